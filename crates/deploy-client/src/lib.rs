@@ -1,0 +1,316 @@
+//! Client library for the `deploy.v1` API.
+//!
+//! A [`Client`] holds a list of endpoints. It connects to the first that answers and moves to
+//! the next when one stops answering; any node can take any request, because the coordinator
+//! forwards writes and linearizable reads to the leader of the group they name. Errors say
+//! which endpoint failed and how, so a CLI can print them as one line.
+//!
+//! This crate must not depend on server crates: it is what CI systems link against.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use deploy_proto::v1::cluster_service_client::ClusterServiceClient;
+use deploy_proto::v1::{
+    AddNodeRequest, ClusterStatus, ClusterStatusRequest, GetMetaReply, GetMetaRequest,
+    MembershipReply, RemoveNodeRequest, SetMetaReply, SetMetaRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+pub use tonic::Code;
+
+/// The endpoint `deployd dev` serves (its first global node), used when none is given.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7001";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    BadEndpoint { endpoint: String, reason: String },
+    #[error("cannot reach the cluster at {endpoints}: {reason}")]
+    Unavailable { endpoints: String, reason: String },
+    #[error("{endpoint}: {code:?}: {message}")]
+    Api {
+        endpoint: String,
+        code: tonic::Code,
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// True when the cluster could not be reached or had no leader to serve the request.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ClientError::Unavailable { .. } => true,
+            ClientError::Api { code, .. } => *code == tonic::Code::Unavailable,
+            ClientError::BadEndpoint { .. } => false,
+        }
+    }
+}
+
+/// A connection to a deploy cluster through any of its nodes.
+pub struct Client {
+    endpoints: Vec<Endpoint>,
+    connected: Mutex<Option<(usize, Channel)>>,
+    timeout: Duration,
+}
+
+fn normalize(endpoint: &str) -> String {
+    let e = endpoint.trim();
+    if e.contains("://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    }
+}
+
+impl Client {
+    /// A client over `endpoints` (`http://host:port` or `host:port`), tried in order.
+    pub fn new<S: AsRef<str>>(endpoints: impl IntoIterator<Item = S>) -> Result<Self, ClientError> {
+        let mut out = Vec::new();
+        for e in endpoints {
+            let raw = e.as_ref();
+            if raw.trim().is_empty() {
+                continue;
+            }
+            let url = normalize(raw);
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|err| ClientError::BadEndpoint {
+                    endpoint: raw.to_string(),
+                    reason: err.to_string(),
+                })?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true);
+            out.push(endpoint);
+        }
+        if out.is_empty() {
+            return Err(ClientError::BadEndpoint {
+                endpoint: String::new(),
+                reason: "no endpoint given".into(),
+            });
+        }
+        Ok(Self {
+            endpoints: out,
+            connected: Mutex::new(None),
+            timeout: Duration::from_secs(15),
+        })
+    }
+
+    /// A client from a comma-separated endpoint list, as `--endpoint` and `DEPLOY_ENDPOINT` give it.
+    pub fn from_list(list: &str) -> Result<Self, ClientError> {
+        Self::new(list.split(','))
+    }
+
+    /// Sets the per-call deadline (default 15 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn endpoint_list(&self) -> String {
+        self.endpoints
+            .iter()
+            .map(|e| e.uri().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The current channel, connecting to the first endpoint that answers.
+    async fn channel(&self, skip: Option<usize>) -> Result<(usize, Channel), ClientError> {
+        if skip.is_none() {
+            if let Some(c) = self
+                .connected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return Ok(c);
+            }
+        }
+        let start = skip.map(|s| s + 1).unwrap_or(0);
+        let mut last = String::new();
+        for k in 0..self.endpoints.len() {
+            let i = (start + k) % self.endpoints.len();
+            match self.endpoints[i].connect().await {
+                Ok(ch) => {
+                    *self.connected.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((i, ch.clone()));
+                    return Ok((i, ch));
+                }
+                Err(e) => {
+                    last = match std::error::Error::source(&e) {
+                        Some(src) => format!("{e}: {src}"),
+                        None => e.to_string(),
+                    };
+                    tracing::debug!(endpoint = %self.endpoints[i].uri(), error = %last, "endpoint did not answer");
+                }
+            }
+        }
+        Err(ClientError::Unavailable {
+            endpoints: self.endpoint_list(),
+            reason: last,
+        })
+    }
+
+    /// Runs one call, moving to the next endpoint if the current one stops answering.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(ClusterServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let (mut index, mut channel) = self.channel(None).await?;
+        let mut tries = 0;
+        loop {
+            let client = ClusterServiceClient::new(channel.clone());
+            let result = tokio::time::timeout(self.timeout, f(client)).await;
+            let endpoint = self.endpoints[index].uri().to_string();
+            match result {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(status)) => {
+                    // A transport failure (the node died) is a locally made Unavailable carrying
+                    // its cause; a status sent by a server has none. Try the other endpoints.
+                    let transport = status.code() == tonic::Code::Unavailable
+                        && std::error::Error::source(&status).is_some();
+                    tries += 1;
+                    if transport && tries < self.endpoints.len() {
+                        *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        (index, channel) = self.channel(Some(index)).await?;
+                        continue;
+                    }
+                    return Err(ClientError::Api {
+                        endpoint,
+                        code: status.code(),
+                        message: status.message().to_string(),
+                    });
+                }
+                Err(_) => {
+                    return Err(ClientError::Api {
+                        endpoint,
+                        code: tonic::Code::DeadlineExceeded,
+                        message: format!("no answer within {:?}", self.timeout),
+                    })
+                }
+            }
+        }
+    }
+
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        self.call(|mut c| async move { c.status(ClusterStatusRequest {}).await })
+            .await
+    }
+
+    pub async fn add_node(
+        &self,
+        group: &str,
+        node_id: &str,
+        addr: &str,
+    ) -> Result<MembershipReply, ClientError> {
+        let req = AddNodeRequest {
+            group: group.into(),
+            node_id: node_id.into(),
+            addr: addr.into(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.add_node(req).await }
+        })
+        .await
+    }
+
+    pub async fn remove_node(
+        &self,
+        group: &str,
+        node_id: &str,
+    ) -> Result<MembershipReply, ClientError> {
+        let req = RemoveNodeRequest {
+            group: group.into(),
+            node_id: node_id.into(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.remove_node(req).await }
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or deletes (`None`) a metadata key of a group.
+    pub async fn set_meta(
+        &self,
+        group: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<SetMetaReply, ClientError> {
+        let req = SetMetaRequest {
+            group: group.into(),
+            key: key.into(),
+            value: value.map(Into::into),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.set_meta(req).await }
+        })
+        .await
+    }
+
+    pub async fn get_meta(
+        &self,
+        group: &str,
+        key: &str,
+        stale: bool,
+    ) -> Result<GetMetaReply, ClientError> {
+        let req = GetMetaRequest {
+            group: group.into(),
+            key: key.into(),
+            stale,
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.get_meta(req).await }
+        })
+        .await
+    }
+}
+
+/// Questions about a [`ClusterStatus`], for tools and tests.
+#[derive(Debug, Clone)]
+pub struct ClusterStatusView(pub ClusterStatus);
+
+impl ClusterStatusView {
+    fn group(&self, name: &str) -> Option<&deploy_proto::v1::GroupStatus> {
+        self.0.groups.iter().find(|g| g.name == name)
+    }
+
+    /// The group's leader, if a member reports one.
+    pub fn leader(&self, group: &str) -> Option<String> {
+        self.group(group)
+            .map(|g| g.leader.clone())
+            .filter(|l| !l.is_empty())
+    }
+
+    pub fn term(&self, group: &str) -> u64 {
+        self.group(group).map(|g| g.term).unwrap_or(0)
+    }
+
+    pub fn members(&self, group: &str) -> Vec<deploy_proto::v1::MemberStatus> {
+        self.group(group)
+            .map(|g| g.members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Some member of `group` in `role` (LEADER, FOLLOWER, ...).
+    pub fn member_with_role(&self, group: &str, role: &str) -> Option<String> {
+        self.members(group)
+            .into_iter()
+            .find(|m| m.role == role)
+            .map(|m| m.id)
+    }
+
+    /// True when the group has a leader and every member answered with the same applied index.
+    pub fn converged(&self, group: &str) -> bool {
+        let members = self.members(group);
+        self.leader(group).is_some()
+            && !members.is_empty()
+            && members
+                .iter()
+                .all(|m| m.role != "UNREACHABLE" && m.last_applied == members[0].last_applied)
+    }
+}

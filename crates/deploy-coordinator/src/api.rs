@@ -1,0 +1,480 @@
+//! The public cluster API.
+//!
+//! Any node answers any request. Writes and linearizable reads must run on the leader of the
+//! group they name: a node that is not that leader forwards the request to it (at most
+//! [`MAX_HOPS`] times, so a confused membership cannot bounce a request forever). Stale reads
+//! are answered by whichever replica receives them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_proto::v1::cluster_service_client::ClusterServiceClient;
+use deploy_proto::v1::cluster_service_server::ClusterService;
+use deploy_proto::v1::raft_service_client::RaftServiceClient;
+use deploy_proto::v1::{
+    AddNodeRequest, ClusterStatus, ClusterStatusRequest, GetMetaReply, GetMetaRequest, GroupStatus,
+    Member, MemberStatus, MembershipReply, NodeStatusReply, NodeStatusRequest, RemoveNodeRequest,
+    SetMetaReply, SetMetaRequest,
+};
+use deploy_raft::DeployNode;
+use deploy_state::{Command, Response as SmResponse};
+use deploy_types::{check_addr, GroupName, NodeName};
+use openraft::ChangeMembers;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use crate::error::ApiError;
+use crate::group::{GroupHandle, LeaderIs};
+use crate::node::Node;
+
+/// Request metadata counting how many times a request was forwarded.
+pub const HOPS_HEADER: &str = "x-deploy-hops";
+pub const MAX_HOPS: u32 = 3;
+/// How long a request waits for a group to elect a leader before answering Unavailable.
+const LEADER_PATIENCE: Duration = Duration::from_secs(3);
+/// How long to wait for one peer's status.
+const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a new node may take to catch up before it is made a voter.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct ClusterApi {
+    node: Arc<Node>,
+}
+
+enum Route<'a> {
+    Local(&'a GroupHandle),
+    Remote(String),
+}
+
+fn hops<T>(req: &Request<T>) -> u32 {
+    req.metadata()
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn parse_group(s: &str) -> Result<GroupName, ApiError> {
+    s.parse()
+        .map_err(|e: deploy_types::IdError| ApiError::InvalidArgument(format!("group: {e}")))
+}
+
+impl ClusterApi {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+        self.node
+            .pool
+            .get(addr)
+            .map_err(|e| ApiError::Unavailable(format!("cannot reach {addr}: {e}")))
+    }
+
+    /// Asks the node at `addr` for its view of `group`.
+    async fn peer_status(
+        &self,
+        addr: &str,
+        group: &GroupName,
+    ) -> Result<NodeStatusReply, ApiError> {
+        let mut client = RaftServiceClient::new(self.channel(addr)?);
+        let mut req = Request::new(NodeStatusRequest {
+            group: group.to_string(),
+        });
+        req.set_timeout(PEER_TIMEOUT);
+        match tokio::time::timeout(PEER_TIMEOUT, client.node_status(req)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(ApiError::Unavailable(format!("{addr}: {}", s.message()))),
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "{addr}: no answer within {PEER_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// The addresses of a group's configured voters, for groups this node does not host.
+    fn configured_addrs(&self, group: &GroupName) -> Vec<(String, String)> {
+        let cfg = &self.node.config;
+        cfg.voters(group)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| cfg.node(v).map(|n| (v.to_string(), n.addr.clone())))
+            .collect()
+    }
+
+    /// Where a leader-only request for `group` must run.
+    async fn route(&self, group: &GroupName, hops: u32) -> Result<Route<'_>, ApiError> {
+        if let Some(handle) = self.node.group(group) {
+            return match handle.leader(LEADER_PATIENCE).await? {
+                LeaderIs::Here => Ok(Route::Local(handle)),
+                LeaderIs::At { addr, .. } => self.remote(addr, hops),
+            };
+        }
+        if self.node.config.voters(group).is_none() {
+            return Err(ApiError::NotFound(format!(
+                "group {group} is not in the cluster config"
+            )));
+        }
+        // Not hosted here: ask the group's members who leads.
+        for (_, addr) in self.configured_addrs(group) {
+            let Ok(status) = self.peer_status(&addr, group).await else {
+                continue;
+            };
+            if status.role == "LEADER" {
+                return self.remote(addr, hops);
+            }
+            if let Some(m) = status.members.iter().find(|m| m.id == status.leader) {
+                return self.remote(m.addr.clone(), hops);
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "group {group}: no member answered with a leader; is a majority of its voters up?"
+        )))
+    }
+
+    fn remote(&self, addr: String, hops: u32) -> Result<Route<'_>, ApiError> {
+        if hops >= MAX_HOPS {
+            return Err(ApiError::Unavailable(format!(
+                "request forwarded {hops} times without reaching a leader; the group is changing leaders, retry"
+            )));
+        }
+        Ok(Route::Remote(addr))
+    }
+
+    fn forward_client(&self, addr: &str) -> Result<ClusterServiceClient<Channel>, ApiError> {
+        Ok(ClusterServiceClient::new(self.channel(addr)?))
+    }
+
+    fn forwarded<T>(msg: T, hops: u32) -> Request<T> {
+        let mut req = Request::new(msg);
+        if let Ok(v) = (hops + 1).to_string().parse() {
+            req.metadata_mut().insert(HOPS_HEADER, v);
+        }
+        req
+    }
+
+    /// Status of one group, asking every member for its own view.
+    async fn group_status(&self, group: &GroupName) -> GroupStatus {
+        let mut members: Vec<Member> = match self.node.group(group) {
+            Some(h) => h.members(),
+            None => Vec::new(),
+        };
+        if members.is_empty() {
+            for (_, addr) in self.configured_addrs(group) {
+                if let Ok(s) = self.peer_status(&addr, group).await {
+                    members = s.members;
+                    break;
+                }
+            }
+        }
+        if members.is_empty() {
+            members = self
+                .configured_addrs(group)
+                .into_iter()
+                .map(|(id, addr)| Member {
+                    id,
+                    addr,
+                    voter: true,
+                })
+                .collect();
+        }
+        let queries = members.iter().map(|m| async move {
+            let status = if m.id == self.node.me.as_str() {
+                match self.node.group(group) {
+                    Some(h) => Ok(h.status()),
+                    None => Err(ApiError::NotFound("not hosted".into())),
+                }
+            } else {
+                self.peer_status(&m.addr, group).await
+            };
+            (m, status)
+        });
+        let results = futures::future::join_all(queries).await;
+        let mut out = GroupStatus {
+            name: group.to_string(),
+            ..Default::default()
+        };
+        for (m, status) in results {
+            match status {
+                Ok(s) => {
+                    if s.role == "LEADER" && s.term >= out.term {
+                        out.leader = s.node_id.clone();
+                    }
+                    out.term = out.term.max(s.term);
+                    out.members.push(MemberStatus {
+                        id: m.id.clone(),
+                        addr: m.addr.clone(),
+                        role: s.role,
+                        last_applied: s.last_applied,
+                        error: String::new(),
+                    });
+                }
+                Err(e) => out.members.push(MemberStatus {
+                    id: m.id.clone(),
+                    addr: m.addr.clone(),
+                    role: "UNREACHABLE".into(),
+                    last_applied: 0,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        out
+    }
+
+    async fn set_meta_local(
+        &self,
+        group: &GroupHandle,
+        cmd: Command,
+        hops: u32,
+    ) -> Result<SetMetaReply, Status> {
+        group
+            .state
+            .read(|d| d.state.check(&cmd))
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        match group.write(cmd.clone()).await {
+            Ok((log_index, SmResponse::MetaSet { previous })) => Ok(SetMetaReply {
+                log_index,
+                previous,
+            }),
+            Ok((_, SmResponse::Rejected(why))) => Err(ApiError::InvalidArgument(why).into()),
+            Ok((_, other)) => {
+                Err(ApiError::Internal(format!("unexpected response {other:?}")).into())
+            }
+            Err(Ok(LeaderIs::At { addr, .. })) => {
+                let Command::SetMeta { key, value } = cmd;
+                let msg = SetMetaRequest {
+                    group: group.name.to_string(),
+                    key,
+                    value,
+                };
+                self.remote(addr.clone(), hops)?;
+                let r = self
+                    .forward_client(&addr)?
+                    .set_meta(Self::forwarded(msg, hops))
+                    .await?;
+                Ok(r.into_inner())
+            }
+            Err(Ok(LeaderIs::Here)) => {
+                Err(ApiError::Internal("write refused by its own leader".into()).into())
+            }
+            Err(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Applies a membership change on the leader and reports the result.
+    async fn change_membership(
+        &self,
+        group: &GroupHandle,
+        change: ChangeMembers<u64, DeployNode>,
+    ) -> Result<MembershipReply, ApiError> {
+        let resp = group
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| ApiError::FailedPrecondition(format!("group {}: {e}", group.name)))?;
+        Ok(MembershipReply {
+            group: group.name.to_string(),
+            members: group.members(),
+            log_index: resp.log_id.index,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    #[instrument(skip_all)]
+    async fn status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        let groups: Vec<GroupName> = self.node.config.groups().cloned().collect();
+        let statuses = futures::future::join_all(groups.iter().map(|g| self.group_status(g))).await;
+        Ok(Response::new(ClusterStatus { groups: statuses }))
+    }
+
+    #[instrument(skip_all, fields(group = %request.get_ref().group, node_id = %request.get_ref().node_id))]
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let group = parse_group(&req.group)?;
+        let name = NodeName::new(req.node_id.clone())
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        check_addr(&req.addr)
+            .map_err(|e| ApiError::InvalidArgument(format!("addr {:?} {e}", req.addr)))?;
+        let handle = match self.route(&group, hops).await? {
+            Route::Remote(addr) => {
+                return self
+                    .forward_client(&addr)?
+                    .add_node(Self::forwarded(req, hops))
+                    .await;
+            }
+            Route::Local(h) => h,
+        };
+        let id = name.raft_id();
+        let nodes = handle.membership_nodes();
+        let voters: BTreeSet<u64> = handle
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.contains(&id) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "{name} is already a voter of {group}"
+            ))
+            .into());
+        }
+        if let Some(existing) = nodes.get(&id) {
+            if existing.addr != req.addr {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "{name} is already a learner of {group} at {}; remove it first to change its address",
+                    existing.addr
+                ))
+                .into());
+            }
+        }
+        let node = DeployNode {
+            name: name.to_string(),
+            addr: req.addr.clone(),
+        };
+        info!(%group, node = %node, "adding learner");
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, handle.raft.add_learner(id, node, true)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ApiError::FailedPrecondition(format!("group {group}: {e}")).into()),
+            Err(_) => {
+                return Err(ApiError::DeadlineExceeded(format!(
+                    "{name} did not catch up with {group} within {CATCH_UP_TIMEOUT:?}; is `deployd node --id {name}` \
+                     running with {group} in its `join` list? It stays a learner until add-node is run again"
+                ))
+                .into())
+            }
+        }
+        info!(%group, node = %name, "promoting learner to voter");
+        let reply = self
+            .change_membership(handle, ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    #[instrument(skip_all, fields(group = %request.get_ref().group, node_id = %request.get_ref().node_id))]
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let group = parse_group(&req.group)?;
+        let name = NodeName::new(req.node_id.clone())
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let handle = match self.route(&group, hops).await? {
+            Route::Remote(addr) => {
+                return self
+                    .forward_client(&addr)?
+                    .remove_node(Self::forwarded(req, hops))
+                    .await;
+            }
+            Route::Local(h) => h,
+        };
+        let id = name.raft_id();
+        let nodes: BTreeMap<u64, DeployNode> = handle.membership_nodes();
+        if !nodes.contains_key(&id) {
+            return Err(ApiError::NotFound(format!("{name} is not a member of {group}")).into());
+        }
+        let voters: BTreeSet<u64> = handle
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let change = if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "{name} is the last voter of {group}"
+                ))
+                .into());
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        info!(%group, node = %name, "removing member");
+        Ok(Response::new(self.change_membership(handle, change).await?))
+    }
+
+    #[instrument(skip_all, fields(group = %request.get_ref().group, key = %request.get_ref().key))]
+    async fn set_meta(
+        &self,
+        request: Request<SetMetaRequest>,
+    ) -> Result<Response<SetMetaReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let group = parse_group(&req.group)?;
+        match self.route(&group, hops).await? {
+            Route::Local(h) => {
+                let cmd = Command::SetMeta {
+                    key: req.key,
+                    value: req.value,
+                };
+                Ok(Response::new(self.set_meta_local(h, cmd, hops).await?))
+            }
+            Route::Remote(addr) => {
+                self.forward_client(&addr)?
+                    .set_meta(Self::forwarded(req, hops))
+                    .await
+            }
+        }
+    }
+
+    #[instrument(skip_all, fields(group = %request.get_ref().group, key = %request.get_ref().key))]
+    async fn get_meta(
+        &self,
+        request: Request<GetMetaRequest>,
+    ) -> Result<Response<GetMetaReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let group = parse_group(&req.group)?;
+        let read = |h: &GroupHandle| {
+            h.state.read(|d| GetMetaReply {
+                value: d.state.get_meta(&req.key).map(str::to_string),
+                applied_index: d.last_applied.map(|l| l.index).unwrap_or(0),
+            })
+        };
+        if req.stale {
+            if let Some(h) = self.node.group(&group) {
+                return Ok(Response::new(read(h)));
+            }
+            let Some((_, addr)) = self.configured_addrs(&group).into_iter().next() else {
+                return Err(ApiError::NotFound(format!(
+                    "group {group} is not in the cluster config"
+                ))
+                .into());
+            };
+            self.remote(addr.clone(), hops)?;
+            return self
+                .forward_client(&addr)?
+                .get_meta(Self::forwarded(req, hops))
+                .await;
+        }
+        let addr = match self.route(&group, hops).await? {
+            Route::Local(h) => match h.linearizable().await {
+                Ok(()) => return Ok(Response::new(read(h))),
+                Err(Ok(LeaderIs::At { addr, .. })) => {
+                    self.remote(addr.clone(), hops)?;
+                    addr
+                }
+                Err(Ok(LeaderIs::Here)) => {
+                    return Err(ApiError::Internal("leader refused its own read".into()).into())
+                }
+                Err(Err(e)) => return Err(e.into()),
+            },
+            Route::Remote(addr) => addr,
+        };
+        self.forward_client(&addr)?
+            .get_meta(Self::forwarded(req, hops))
+            .await
+    }
+}

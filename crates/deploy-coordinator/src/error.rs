@@ -1,0 +1,38 @@
+//! The cluster API's errors and their gRPC codes.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}

@@ -1,0 +1,201 @@
+//! A coordinator node: the set of groups one process hosts, and their bootstrap.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deploy_raft::network::ChannelPool;
+use deploy_raft::{raft_config, store, DeployNode, NodeId, Raft, TypeConfig};
+use deploy_types::{ClusterConfig, GroupName, NodeName};
+use openraft::error::{InitializeError, RaftError};
+use openraft::RaftNetworkFactory;
+use tracing::{info, instrument, warn};
+
+use crate::group::GroupHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {0} is not declared in the cluster config")]
+    UnknownNode(String),
+    #[error("node {0} hosts no group: it is neither a voter of one nor joins one")]
+    NoGroups(String),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("group {group}: cannot open its store in {path}: {source}")]
+    Store {
+        group: GroupName,
+        path: String,
+        #[source]
+        source: Box<openraft::StorageError<NodeId>>,
+    },
+    #[error("group {group}: invalid raft timing: {source}")]
+    RaftConfig {
+        group: GroupName,
+        #[source]
+        source: openraft::ConfigError,
+    },
+    #[error("group {group}: raft failed: {message}")]
+    Raft { group: GroupName, message: String },
+}
+
+/// Where a node keeps its data.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// One RocksDB directory per group is made under it.
+    pub data_dir: PathBuf,
+}
+
+/// The groups hosted by one coordinator node.
+pub struct Node {
+    pub me: NodeName,
+    pub config: Arc<ClusterConfig>,
+    groups: BTreeMap<GroupName, GroupHandle>,
+    /// Channels to other nodes, for forwarding requests and asking their status.
+    pub pool: ChannelPool,
+}
+
+impl Node {
+    /// Opens every group this node hosts and starts its `Raft`. `network` makes each group's
+    /// Raft network: gRPC in production, an in-process router in some tests.
+    #[instrument(skip_all, fields(node = %me))]
+    pub async fn start<N>(
+        config: Arc<ClusterConfig>,
+        me: NodeName,
+        options: &NodeOptions,
+        pool: ChannelPool,
+        network: impl Fn(&GroupName) -> N,
+    ) -> Result<Arc<Node>, NodeError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
+        if config.node(&me).is_none() {
+            return Err(NodeError::UnknownNode(me.to_string()));
+        }
+        let hosted = config.groups_of(&me);
+        if hosted.is_empty() {
+            return Err(NodeError::NoGroups(me.to_string()));
+        }
+        let mut groups = BTreeMap::new();
+        for group in hosted {
+            let handle =
+                start_group(&config, &me, &options.data_dir, &group, network(&group)).await?;
+            groups.insert(group, handle);
+        }
+        Ok(Arc::new(Node {
+            me,
+            config,
+            groups,
+            pool,
+        }))
+    }
+
+    pub fn group(&self, name: &GroupName) -> Option<&GroupHandle> {
+        self.groups.get(name)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &GroupHandle> {
+        self.groups.values()
+    }
+
+    /// Stops every group's `Raft`. Data is already durable; this only ends the tasks.
+    pub async fn shutdown(&self) {
+        for g in self.groups.values() {
+            if let Err(e) = g.raft.shutdown().await {
+                warn!(group = %g.name, error = %e, "raft shutdown failed");
+            }
+        }
+    }
+}
+
+async fn start_group<N>(
+    config: &ClusterConfig,
+    me: &NodeName,
+    data_dir: &Path,
+    group: &GroupName,
+    network: N,
+) -> Result<GroupHandle, NodeError>
+where
+    N: RaftNetworkFactory<TypeConfig>,
+{
+    let dir = data_dir.join(group.dir_name());
+    std::fs::create_dir_all(&dir).map_err(|source| NodeError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let (log, sm) = store::open(&dir).map_err(|source| NodeError::Store {
+        group: group.clone(),
+        path: dir.display().to_string(),
+        source: Box::new(source),
+    })?;
+    let state = sm.reader();
+    let raft_cfg =
+        raft_config(&group.to_string(), &config.raft).map_err(|source| NodeError::RaftConfig {
+            group: group.clone(),
+            source,
+        })?;
+    let raft = Raft::new(me.raft_id(), raft_cfg, network, log, sm)
+        .await
+        .map_err(|e| NodeError::Raft {
+            group: group.clone(),
+            message: e.to_string(),
+        })?;
+    bootstrap(config, me, group, &raft).await?;
+    Ok(GroupHandle {
+        name: group.clone(),
+        me: me.clone(),
+        raft,
+        state,
+    })
+}
+
+/// Initializes a group on its very first start. Only the group's designated bootstrapper (its
+/// first configured voter) does it, and only while its own store is empty: nodes that start
+/// all at once cannot form two clusters, and a restart never re-initializes.
+async fn bootstrap(
+    config: &ClusterConfig,
+    me: &NodeName,
+    group: &GroupName,
+    raft: &Raft,
+) -> Result<(), NodeError> {
+    if config.bootstrapper(group) != Some(me) {
+        return Ok(());
+    }
+    let initialized = raft.is_initialized().await.map_err(|e| NodeError::Raft {
+        group: group.clone(),
+        message: e.to_string(),
+    })?;
+    if initialized {
+        return Ok(());
+    }
+    let voters: BTreeMap<NodeId, DeployNode> = config
+        .voters(group)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|name| {
+            config.node(name).map(|n| {
+                (
+                    name.raft_id(),
+                    DeployNode {
+                        name: name.to_string(),
+                        addr: n.addr.clone(),
+                    },
+                )
+            })
+        })
+        .collect();
+    match raft.initialize(voters).await {
+        Ok(()) => {
+            info!(%group, "bootstrapped group");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(NodeError::Raft {
+            group: group.clone(),
+            message: e.to_string(),
+        }),
+    }
+}

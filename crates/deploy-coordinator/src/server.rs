@@ -1,0 +1,128 @@
+//! Serving a node over gRPC on a listener the caller bound.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use deploy_proto::v1::cluster_service_server::ClusterServiceServer;
+use deploy_proto::v1::raft_service_server::RaftServiceServer;
+use deploy_proto::v1::FILE_DESCRIPTOR_SET;
+use deploy_raft::codec::MAX_RECORD_BYTES;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::ClusterApi;
+use crate::node::Node;
+use crate::raft_service::RaftServer;
+
+/// Largest public API request accepted. Every API message is small; this leaves room for
+/// later ones while refusing floods.
+pub const MAX_API_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("grpc server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the Raft service, the cluster API, gRPC health and reflection on `listener` until
+/// `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ClusterServiceServer<ClusterApi>>()
+        .await;
+    health.set_serving::<RaftServiceServer<RaftServer>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let raft = RaftServiceServer::new(RaftServer::new(node.clone()))
+        .max_decoding_message_size(MAX_RECORD_BYTES)
+        .max_encoding_message_size(MAX_RECORD_BYTES);
+    let api = ClusterServiceServer::new(ClusterApi::new(node))
+        .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
+    Server::builder()
+        .add_service(raft)
+        .add_service(api)
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// A node serving on its listener in this process.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    #[error("cannot read the listener's address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Starts node `me` with gRPC Raft networking and serves it on `listener`.
+pub async fn launch(
+    config: Arc<deploy_types::ClusterConfig>,
+    me: deploy_types::NodeName,
+    options: &crate::node::NodeOptions,
+    listener: TcpListener,
+    pool: deploy_raft::network::ChannelPool,
+) -> Result<RunningNode, LaunchError> {
+    let addr = listener.local_addr().map_err(LaunchError::Listener)?;
+    let net_pool = pool.clone();
+    let node = Node::start(config, me, options, pool, move |g| {
+        deploy_raft::network::GrpcNetwork::new(g.clone(), net_pool.clone())
+    })
+    .await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(node.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    Ok(RunningNode {
+        node,
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+impl RunningNode {
+    /// Stops serving and shuts every group down.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.node.shutdown().await;
+        if let Err(e) = self.serving().await {
+            tracing::warn!(node = %self.node.me, error = %e, "server ended with an error");
+        }
+    }
+
+    /// Resolves when the server ends: after [`RunningNode::stop`], or on its own when the
+    /// transport fails. Resolves at once if it already ended.
+    pub async fn serving(&mut self) -> Result<(), String> {
+        match self.task.take() {
+            None => Ok(()),
+            Some(task) => match task.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("server task failed: {e}")),
+            },
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Generates the deploy.v1 code with protox (a pure-Rust protobuf compiler), so building needs
+//! no `protoc`. The encoded descriptor set is kept for gRPC server reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["deploy/v1/raft.proto", "deploy/v1/cluster.proto"];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", root.join(f).display());
+    }
+    let fds = protox::compile(files, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("deploy_v1_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // JSON output of the CLI uses the proto field names exactly (snake_case).
+        .type_attribute(
+            ".deploy.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
+        .compile_fds(fds)?;
+    Ok(())
+}

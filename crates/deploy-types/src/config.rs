@@ -1,0 +1,528 @@
+//! The cluster configuration (TOML under `cluster-config/`).
+//!
+//! A config names every coordinator node and its address, the global group's voters, and each
+//! region with its voters. Later layers add workers, stores, racks, relays and hosts. Parsing
+//! refuses unknown fields, and validation reports every problem it finds in one error, so an
+//! operator fixes a file in one pass instead of one complaint at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::ids::{check_name, GroupName, NodeName};
+
+/// The embedded default: the local cluster that `deployd dev` runs.
+pub const LOCAL_TOML: &str = include_str!("../../../cluster-config/local.toml");
+
+/// Config files larger than this are refused before parsing: a config is hand-written text.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read cluster config {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster config {path} is {size} bytes, over the {MAX_CONFIG_BYTES}-byte limit")]
+    TooLarge { path: String, size: u64 },
+    #[error("cluster config {origin} does not parse: {message}")]
+    Parse { origin: String, message: String },
+    #[error("cluster config {origin} is invalid:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        origin: String,
+        problems: Vec<String>,
+    },
+}
+
+/// Raft timing and log compaction, shared by every group of the cluster.
+///
+/// The defaults give a new leader in well under a second after a leader dies on loopback,
+/// while staying clear of the spurious elections that openraft's own defaults (50 ms
+/// heartbeat, 150-300 ms election) cause on a loaded two-core machine.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every_logs: u64,
+    /// Log entries kept behind the last snapshot, so slightly lagging followers catch up from
+    /// the log rather than a snapshot.
+    pub keep_logs_after_snapshot: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 700,
+            snapshot_every_logs: 5000,
+            keep_logs_after_snapshot: 1000,
+        }
+    }
+}
+
+/// One coordinator node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: NodeName,
+    /// `host:port` of the node's gRPC listener (Raft, API and health on one port).
+    pub addr: String,
+    /// Groups this node hosts without being one of their initial voters: it starts empty and
+    /// waits for `deployctl cluster add-node` to bring it in.
+    #[serde(default)]
+    pub join: Vec<GroupName>,
+}
+
+/// One region and the voters of its group.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub name: String,
+    pub voters: Vec<NodeName>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GlobalSection {
+    voters: Vec<NodeName>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: ClusterSection,
+    #[serde(default)]
+    raft: RaftTiming,
+    nodes: Vec<NodeConfig>,
+    global: GlobalSection,
+    #[serde(default)]
+    regions: Vec<RegionConfig>,
+}
+
+/// A parsed and validated cluster config.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub raft: RaftTiming,
+    nodes: Vec<NodeConfig>,
+    groups: BTreeMap<GroupName, Vec<NodeName>>,
+    /// Non-fatal findings (an even voter count), for the caller to log.
+    pub warnings: Vec<String>,
+}
+
+impl ClusterConfig {
+    /// The embedded `cluster-config/local.toml`.
+    pub fn local() -> Self {
+        Self::parse(LOCAL_TOML, "cluster-config/local.toml")
+            .expect("the embedded local.toml is validated by a unit test")
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let io = |source| ConfigError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: shown, size });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+
+        if let Err(e) = check_name("cluster name", &raw.cluster.name) {
+            problems.push(e.to_string());
+        }
+        check_timing(&raw.raft, &mut problems);
+
+        let mut ids = BTreeSet::new();
+        let mut raft_ids = BTreeMap::new();
+        let mut addrs = BTreeSet::new();
+        for node in &raw.nodes {
+            if !ids.insert(node.id.clone()) {
+                problems.push(format!("node id {:?} is declared twice", node.id.as_str()));
+            }
+            if let Some(other) = raft_ids.insert(node.id.raft_id(), node.id.clone()) {
+                if other != node.id {
+                    problems.push(format!(
+                        "node ids {:?} and {:?} hash to the same raft id; rename one",
+                        other.as_str(),
+                        node.id.as_str()
+                    ));
+                }
+            }
+            if let Err(e) = check_addr(&node.addr) {
+                problems.push(format!(
+                    "node {:?}: address {:?} {e}",
+                    node.id.as_str(),
+                    node.addr
+                ));
+            } else if !addrs.insert(node.addr.clone()) {
+                problems.push(format!("address {:?} is used by two nodes", node.addr));
+            }
+        }
+
+        let mut groups = BTreeMap::new();
+        groups.insert(GroupName::Global, raw.global.voters.clone());
+        for region in &raw.regions {
+            match GroupName::region(region.name.clone()) {
+                Ok(g) => {
+                    if groups.insert(g, region.voters.clone()).is_some() {
+                        problems.push(format!("region {:?} is declared twice", region.name));
+                    }
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        for (group, voters) in &groups {
+            check_voters(group, voters, &ids, &mut problems, &mut warnings);
+        }
+        for node in &raw.nodes {
+            for g in &node.join {
+                match groups.get(g) {
+                    None => problems.push(format!(
+                        "node {:?} joins group {g}, which the config does not declare",
+                        node.id.as_str()
+                    )),
+                    Some(voters) if voters.contains(&node.id) => problems.push(format!(
+                        "node {:?} joins group {g} but is already one of its voters",
+                        node.id.as_str()
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                problems,
+            });
+        }
+        Ok(Self {
+            name: raw.cluster.name,
+            raft: raw.raft,
+            nodes: raw.nodes,
+            groups,
+            warnings,
+        })
+    }
+
+    pub fn nodes(&self) -> &[NodeConfig] {
+        &self.nodes
+    }
+
+    pub fn node(&self, id: &NodeName) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| &n.id == id)
+    }
+
+    /// Every group: `global` first, then the regions in name order.
+    pub fn groups(&self) -> impl Iterator<Item = &GroupName> {
+        self.groups.keys()
+    }
+
+    pub fn regions(&self) -> impl Iterator<Item = &str> {
+        self.groups.keys().filter_map(|g| match g {
+            GroupName::Region(r) => Some(r.as_str()),
+            GroupName::Global => None,
+        })
+    }
+
+    /// The initial voters of a group.
+    pub fn voters(&self, group: &GroupName) -> Option<&[NodeName]> {
+        self.groups.get(group).map(Vec::as_slice)
+    }
+
+    /// The groups a node hosts: those it is a voter of, plus those it joins.
+    pub fn groups_of(&self, node: &NodeName) -> Vec<GroupName> {
+        let mut out: Vec<GroupName> = self
+            .groups
+            .iter()
+            .filter(|(_, voters)| voters.contains(node))
+            .map(|(g, _)| g.clone())
+            .collect();
+        if let Some(n) = self.node(node) {
+            out.extend(n.join.iter().cloned());
+        }
+        out
+    }
+
+    /// The one node that initializes a group on first start. Exactly one node per group does
+    /// it, so nodes that all start at once can never bootstrap two different clusters.
+    pub fn bootstrapper(&self, group: &GroupName) -> Option<&NodeName> {
+        self.groups.get(group).and_then(|v| v.first())
+    }
+}
+
+impl fmt::Display for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cluster {:?}: {} nodes, groups",
+            self.name,
+            self.nodes.len()
+        )?;
+        for g in self.groups.keys() {
+            write!(f, " {g}")?;
+        }
+        Ok(())
+    }
+}
+
+fn check_timing(t: &RaftTiming, problems: &mut Vec<String>) {
+    if t.heartbeat_ms == 0 {
+        problems.push("raft.heartbeat_ms must be above 0".into());
+    }
+    if t.election_timeout_min_ms <= t.heartbeat_ms {
+        problems.push(format!(
+            "raft.election_timeout_min_ms ({}) must be above raft.heartbeat_ms ({})",
+            t.election_timeout_min_ms, t.heartbeat_ms
+        ));
+    }
+    if t.election_timeout_max_ms <= t.election_timeout_min_ms {
+        problems.push(format!(
+            "raft.election_timeout_max_ms ({}) must be above raft.election_timeout_min_ms ({})",
+            t.election_timeout_max_ms, t.election_timeout_min_ms
+        ));
+    }
+    if t.snapshot_every_logs == 0 {
+        problems.push("raft.snapshot_every_logs must be above 0".into());
+    }
+}
+
+fn check_voters(
+    group: &GroupName,
+    voters: &[NodeName],
+    ids: &BTreeSet<NodeName>,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    if voters.is_empty() {
+        problems.push(format!("group {group} has no voters"));
+        return;
+    }
+    let mut seen = BTreeSet::new();
+    for v in voters {
+        if !ids.contains(v) {
+            problems.push(format!(
+                "group {group} names voter {:?}, which is not a declared node",
+                v.as_str()
+            ));
+        }
+        if !seen.insert(v) {
+            problems.push(format!("group {group} names voter {:?} twice", v.as_str()));
+        }
+    }
+    if voters.len().is_multiple_of(2) {
+        warnings.push(format!(
+            "group {group} has an even number of voters ({}): it tolerates no more failures than {} voters would",
+            voters.len(),
+            voters.len() - 1
+        ));
+    }
+}
+
+/// Checks `host:port`, where host is an IPv4 address, a bracketed IPv6 address or a DNS name.
+pub fn check_addr(addr: &str) -> Result<(), &'static str> {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or("is not host:port")?;
+    let port: u16 = port.parse().map_err(|_| "has no valid port")?;
+    if port == 0 {
+        return Err("has port 0; a node needs a fixed port its peers can reach");
+    }
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+        });
+    if host_ok {
+        Ok(())
+    } else {
+        Err("has an invalid host name")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: &str = r#"
+[cluster]
+name = "t"
+[[nodes]]
+id = "a"
+addr = "127.0.0.1:1"
+[[nodes]]
+id = "b"
+addr = "127.0.0.1:2"
+[[nodes]]
+id = "c"
+addr = "localhost:3"
+[global]
+voters = ["a", "b", "c"]
+"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        match ClusterConfig::parse(text, "test") {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_file_in_cluster_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster-config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let cfg = ClusterConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(
+                    cfg.warnings.is_empty(),
+                    "{}: {:?}",
+                    path.display(),
+                    cfg.warnings
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no config files found in {}", dir.display());
+    }
+
+    #[test]
+    fn local_has_global_and_two_regions_of_three() {
+        let cfg = ClusterConfig::local();
+        let groups: Vec<String> = cfg.groups().map(|g| g.to_string()).collect();
+        assert_eq!(groups.len(), 3, "{groups:?}");
+        assert_eq!(groups[0], "global");
+        for g in cfg.groups() {
+            assert_eq!(cfg.voters(g).unwrap().len(), 3, "{g}");
+        }
+    }
+
+    #[test]
+    fn small_config_parses_with_helpers() {
+        let cfg = ClusterConfig::parse(SMALL, "test").unwrap();
+        let a = NodeName::new("a").unwrap();
+        assert_eq!(cfg.groups_of(&a), vec![GroupName::Global]);
+        assert_eq!(cfg.bootstrapper(&GroupName::Global), Some(&a));
+        assert_eq!(cfg.raft, RaftTiming::default());
+    }
+
+    #[test]
+    fn unknown_field_is_a_parse_error_naming_it() {
+        let text = SMALL.replace("name = \"t\"", "name = \"t\"\ncolour = 1");
+        match ClusterConfig::parse(&text, "test") {
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.contains("colour"), "{message}")
+            }
+            other => panic!("expected Parse, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_and_addresses_are_refused() {
+        let text = SMALL.replace(
+            "id = \"b\"\naddr = \"127.0.0.1:2\"",
+            "id = \"a\"\naddr = \"127.0.0.1:1\"",
+        );
+        let p = problems(&text);
+        assert!(p.iter().any(|p| p.contains("declared twice")), "{p:?}");
+        assert!(p.iter().any(|p| p.contains("used by two nodes")), "{p:?}");
+    }
+
+    #[test]
+    fn zero_voters_is_an_error_and_even_is_a_warning() {
+        let p = problems(&SMALL.replace("voters = [\"a\", \"b\", \"c\"]", "voters = []"));
+        assert!(p.iter().any(|p| p.contains("no voters")), "{p:?}");
+        let cfg = ClusterConfig::parse(&SMALL.replace("\"a\", \"b\", \"c\"", "\"a\", \"b\""), "t")
+            .unwrap();
+        assert!(
+            cfg.warnings.iter().any(|w| w.contains("even number")),
+            "{:?}",
+            cfg.warnings
+        );
+    }
+
+    #[test]
+    fn bad_addresses_are_refused() {
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:x",
+            "host:0",
+            "bad host:80",
+            ":80",
+            "a..b:1",
+        ] {
+            let p = problems(&SMALL.replace("localhost:3", bad));
+            assert!(p.iter().any(|p| p.contains("address")), "{bad}: {p:?}");
+        }
+        for good in ["[::1]:7000", "node-3.example.com:7000"] {
+            ClusterConfig::parse(&SMALL.replace("localhost:3", good), "t").unwrap();
+        }
+    }
+
+    #[test]
+    fn unknown_voter_and_bad_join_are_refused() {
+        let p = problems(&SMALL.replace("\"a\", \"b\", \"c\"", "\"a\", \"b\", \"z\""));
+        assert!(p.iter().any(|p| p.contains("\"z\"")), "{p:?}");
+        let text = SMALL.replace(
+            "addr = \"localhost:3\"",
+            "addr = \"localhost:3\"\njoin = [\"region/nowhere\"]",
+        );
+        let p = problems(&text);
+        assert!(p.iter().any(|p| p.contains("region/nowhere")), "{p:?}");
+    }
+
+    #[test]
+    fn timing_is_checked() {
+        let text = format!("{SMALL}\n[raft]\nheartbeat_ms = 500\nelection_timeout_min_ms = 400\n");
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|p| p.contains("election_timeout_min_ms")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let text = SMALL
+            .replace("name = \"t\"", "name = \"T\"")
+            .replace("\"a\", \"b\", \"c\"", "\"a\", \"q\"");
+        let p = problems(&text);
+        assert!(p.len() >= 2, "{p:?}");
+    }
+}

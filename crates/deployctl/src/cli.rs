@@ -1,0 +1,138 @@
+//! Command-line grammar of `deployctl`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use deploy_client::{Client, ClientError, DEFAULT_ENDPOINT};
+
+use crate::exit;
+
+#[derive(Debug, Parser)]
+#[command(name = "deployctl", version, about = "Client of the deploy cluster")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// API endpoint(s), comma-separated; any node of the cluster will do.
+    #[arg(long, global = true, env = "DEPLOY_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Region whose group a command addresses (default: the global group).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Read from whichever replica answers, without confirming it is up to date.
+    #[arg(long, global = true)]
+    pub stale: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The coordinator cluster: groups, members, membership changes, metadata.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every group with its leader, term, and each member's role and applied index.
+    Status,
+    /// Add a node to a group: as a learner, then as a voter once it has caught up.
+    AddNode {
+        /// Node id (its name in the cluster).
+        #[arg(long)]
+        id: String,
+        /// The node's gRPC address, host:port.
+        #[arg(long)]
+        addr: String,
+        /// Group (`global` or `region/<name>`); defaults to --region's group, else global.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Remove a node from a group's voters and learners.
+    RemoveNode {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Cluster metadata: small key/value pairs kept in a group's log.
+    #[command(subcommand)]
+    Meta(MetaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MetaCommand {
+    Get {
+        key: String,
+        #[arg(long)]
+        group: Option<String>,
+    },
+    Set {
+        key: String,
+        value: String,
+        #[arg(long)]
+        group: Option<String>,
+    },
+    Delete {
+        key: String,
+        #[arg(long)]
+        group: Option<String>,
+    },
+}
+
+/// A failure to report: one line and an exit code.
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::BadEndpoint { .. } => exit::USAGE,
+            e if e.is_unavailable() => exit::UNAVAILABLE,
+            _ => exit::FAILURE,
+        };
+        let hint = if e.is_unavailable() {
+            " (is the cluster running? start one with `deployd dev`, or set --endpoint / DEPLOY_ENDPOINT)"
+        } else {
+            ""
+        };
+        Failure {
+            message: format!("{e}{hint}"),
+            code,
+        }
+    }
+}
+
+impl Global {
+    /// The group a command addresses: an explicit `--group`, else `--region`'s, else global.
+    pub fn group(&self, explicit: Option<&str>) -> String {
+        match (explicit, &self.region) {
+            (Some(g), _) => g.to_string(),
+            (None, Some(r)) => format!("region/{r}"),
+            (None, None) => "global".to_string(),
+        }
+    }
+
+    pub fn client(&self) -> Result<Client, Failure> {
+        Ok(Client::from_list(&self.endpoint)?)
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Cluster(c) => crate::cluster::run(&cli.global, c).await,
+    }
+}

@@ -1,0 +1,30 @@
+//! `deployd`: the daemon. One role per subcommand; see `deployd --help`.
+
+mod cli;
+mod dev;
+mod logging;
+mod node;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("deployd: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("deployd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

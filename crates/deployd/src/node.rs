@@ -1,0 +1,49 @@
+//! `deployd node`: one coordinator node process.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use deploy_coordinator::server::launch;
+use deploy_coordinator::NodeOptions;
+use deploy_raft::network::ChannelPool;
+use deploy_types::NodeName;
+use tokio::net::TcpListener;
+use tracing::info;
+
+pub async fn run(config_path: &Path, id: &str, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Arc::new(crate::cli::load_config(Some(config_path))?);
+    let me = NodeName::new(id).with_context(|| "--id")?;
+    let node_cfg = config
+        .node(&me)
+        .with_context(|| format!("node {me} is not declared in {}", config_path.display()))?;
+    let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(".deploy").join(me.as_str()));
+    let listener = TcpListener::bind(&node_cfg.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (node {me})", node_cfg.addr))?;
+    let mut running = launch(
+        config.clone(),
+        me.clone(),
+        &NodeOptions {
+            data_dir: data_dir.clone(),
+        },
+        listener,
+        ChannelPool::tcp(),
+    )
+    .await
+    .with_context(|| format!("cannot start node {me}"))?;
+    info!(node = %me, addr = %running.addr, data_dir = %data_dir.display(), groups = ?config.groups_of(&me).iter().map(ToString::to_string).collect::<Vec<_>>(), "node serving");
+    let ended = tokio::select! {
+        _ = crate::cli::shutdown_signal() => None,
+        r = running.serving() => Some(r),
+    };
+    info!(node = %me, "stopping");
+    running.stop().await;
+    match ended {
+        None => Ok(()),
+        Some(r) => anyhow::bail!(
+            "node {me}: the server stopped unexpectedly: {}",
+            r.err().unwrap_or_default()
+        ),
+    }
+}

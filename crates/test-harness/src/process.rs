@@ -1,0 +1,186 @@
+//! Real `deployd node` processes on loopback, killed with SIGKILL.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context};
+use deploy_client::Client;
+use tempfile::TempDir;
+
+/// The directory of the `deployd` and `deployctl` binaries: `DEPLOY_BIN_DIR`, else the
+/// profile directory the running test binary was built into.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("DEPLOY_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe()?;
+            // target/<profile>/deps/<test> -> target/<profile>
+            exe.parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .context("cannot locate the target directory")?
+        }
+    };
+    for bin in ["deployd", "deployctl"] {
+        if !dir.join(bin).exists() {
+            bail!(
+                "{} is missing: build the binaries first (`cargo build --bins`; `cargo xtask test` does it)",
+                dir.join(bin).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// Ports the OS reports free at this moment, distinct from each other.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?)
+}
+
+struct Proc {
+    addr: String,
+    child: Option<Child>,
+}
+
+pub struct ProcessCluster {
+    dir: TempDir,
+    bins: PathBuf,
+    config_path: PathBuf,
+    nodes: BTreeMap<String, Proc>,
+}
+
+impl ProcessCluster {
+    /// Starts `global` global nodes and `(name, n)` nodes per region as `deployd node` processes.
+    pub fn start(global: usize, regions: &[(&str, usize)]) -> anyhow::Result<Self> {
+        let bins = bin_dir()?;
+        let total = global + regions.iter().map(|(_, n)| n).sum::<usize>();
+        let mut ports = free_ports(total)?.into_iter();
+        let mut next = |id: String| (id, format!("127.0.0.1:{}", ports.next().unwrap_or(0)));
+        let g: Vec<(String, String)> = (1..=global).map(|i| next(format!("g{i}"))).collect();
+        let r: Vec<(&str, Vec<(String, String)>)> = regions
+            .iter()
+            .map(|(name, n)| {
+                (
+                    *name,
+                    (1..=*n).map(|i| next(format!("{name}-{i}"))).collect(),
+                )
+            })
+            .collect();
+        let dir = TempDir::new()?;
+        let config_path = dir.path().join("cluster.toml");
+        std::fs::write(
+            &config_path,
+            crate::config_toml(&g, &r, &crate::test_timing(5000, 1000)),
+        )?;
+        let mut nodes = BTreeMap::new();
+        for (id, addr) in g.iter().chain(r.iter().flat_map(|(_, m)| m.iter())) {
+            nodes.insert(
+                id.clone(),
+                Proc {
+                    addr: addr.clone(),
+                    child: None,
+                },
+            );
+        }
+        let mut cluster = Self {
+            dir,
+            bins,
+            config_path,
+            nodes,
+        };
+        let names: Vec<String> = cluster.nodes.keys().cloned().collect();
+        for n in names {
+            cluster.start_node(&n)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn bins(&self) -> &Path {
+        &self.bins
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    pub fn addr(&self, name: &str) -> anyhow::Result<&str> {
+        Ok(&self.nodes.get(name).context("unknown node")?.addr)
+    }
+
+    /// Starts (or restarts) one node's process on its data directory; its log goes to a file.
+    pub fn start_node(&mut self, name: &str) -> anyhow::Result<()> {
+        let data = self.dir.path().join(name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))?;
+        let p = self.nodes.get_mut(name).context("unknown node")?;
+        if p.child.is_some() {
+            bail!("{name} is already running");
+        }
+        let child = Command::new(self.bins.join("deployd"))
+            .arg("node")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--id")
+            .arg(name)
+            .arg("--data-dir")
+            .arg(&data)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn deployd node {name}"))?;
+        p.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9` the node's process and reap it.
+    pub fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
+        let p = self.nodes.get_mut(name).context("unknown node")?;
+        let mut child = p.child.take().context("node is not running")?;
+        child.kill()?; // SIGKILL on Unix
+        child.wait()?;
+        Ok(())
+    }
+
+    /// The node's log so far, for failure messages.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// A client over every node's endpoint.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(self.nodes.values().map(|p| p.addr.as_str()))?)
+    }
+
+    pub fn client_of(&self, name: &str) -> anyhow::Result<Client> {
+        Ok(Client::new([self.addr(name)?])?)
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for p in self.nodes.values_mut() {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

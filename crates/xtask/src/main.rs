@@ -1,0 +1,92 @@
+//! `cargo xtask`: the project's own tasks, so a fresh machine needs only the Rust toolchain.
+//!
+//! - `cargo xtask test`: installs missing system packages, builds, runs the whole test suite.
+//! - `cargo xtask demo`: installs, builds, starts the local dev cluster and shows it working.
+//!
+//! This crate uses only std, anyhow and serde_json: it must build before anything else does,
+//! and it must build quickly.
+
+mod demo;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  demo [--keep-running]   start the local dev cluster and show it working
+  test [ARGS...]          run the whole test suite (ARGS go to cargo test)
+  setup                   install the system packages the build needs";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo::run(&args[1..]),
+        Some("setup") => setup::ensure_system_packages(),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(64);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of `crates/xtask`).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Where cargo puts the binaries of the dev profile.
+pub fn bin_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"));
+    target.join("debug")
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    setup::ensure_system_packages()?;
+    // The process-level tests run the real binaries: build them first.
+    run_checked(cargo().args(["build", "--bins", "--workspace"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra);
+    cmd.env("DEPLOY_BIN_DIR", bin_dir());
+    run_checked(&mut cmd)
+}

@@ -1,0 +1,83 @@
+//! Installing what the build needs beyond the Rust toolchain: clang and libclang for
+//! RocksDB's bindings. Installs with apt-get when running as root; otherwise says what to run.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+const PACKAGES: &[&str] = &["clang", "libclang-dev"];
+
+fn libclang_present() -> bool {
+    if let Some(p) = std::env::var_os("LIBCLANG_PATH") {
+        if Path::new(&p).exists() {
+            return true;
+        }
+    }
+    let Ok(dirs) = std::fs::read_dir("/usr/lib") else {
+        return false;
+    };
+    dirs.flatten().any(|d| {
+        let name = d.file_name();
+        name.to_string_lossy().starts_with("llvm-")
+            && std::fs::read_dir(d.path().join("lib")).is_ok_and(|files| {
+                files
+                    .flatten()
+                    .any(|f| f.file_name().to_string_lossy().starts_with("libclang"))
+            })
+    })
+}
+
+fn clang_present() -> bool {
+    Command::new("clang")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+pub fn ensure_system_packages() -> anyhow::Result<()> {
+    if libclang_present() && clang_present() {
+        return Ok(());
+    }
+    let cmd = format!("apt-get install -y {}", PACKAGES.join(" "));
+    if !is_root() {
+        bail!(
+            "clang and libclang are needed to build RocksDB; run as root: apt-get update && {cmd}"
+        );
+    }
+    eprintln!(
+        "xtask: installing {} (needed to build RocksDB)",
+        PACKAGES.join(", ")
+    );
+    let ok = Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    if !ok.success() {
+        bail!("apt-get update failed ({ok})");
+    }
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(PACKAGES)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    if !ok.success() {
+        bail!("{cmd} failed ({ok})");
+    }
+    if !libclang_present() {
+        bail!(
+            "installed {} but found no libclang under /usr/lib/llvm-*",
+            PACKAGES.join(", ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Nodes of one process serving real gRPC on loopback: several groups side by side, the
+//! public API's forwarding, and membership changes.
+
+use std::time::Duration;
+
+use deploy_client::ClientError;
+use deploy_types::GroupName;
+use test_harness::{wait_until, GrpcCluster};
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_in_one_process_stay_independent() -> anyhow::Result<()> {
+    let mut c = GrpcCluster::start(3, &[("east", 3)]).await?;
+    let client = c.client()?;
+    let region = GroupName::region("east")?;
+
+    let status = wait_until(T, "leaders in both groups", || async {
+        let s = deploy_client::ClusterStatusView(client.cluster_status().await.ok()?);
+        (s.leader("global").is_some() && s.leader("region/east").is_some()).then_some(s)
+    })
+    .await?;
+    let global_leader = status.leader("global").unwrap_or_default();
+    let region_leader = status.leader("region/east").unwrap_or_default();
+    let region_term = status.term("region/east");
+    client.set_meta("region/east", "before", Some("1")).await?;
+
+    // Kill the global leader: the region keeps its leader and term, and keeps committing.
+    c.stop_node(&global_leader).await?;
+    let client = c.client()?;
+    for i in 0..5 {
+        client
+            .set_meta("region/east", &format!("k{i}"), Some("v"))
+            .await?;
+    }
+    let node = c.node(&region_leader)?;
+    let m = node.node.group(&region).map(|g| g.metrics());
+    assert_eq!(
+        m.as_ref().map(|m| m.current_term),
+        Some(region_term),
+        "the region's term moved"
+    );
+    assert_eq!(
+        m.and_then(|m| m.current_leader),
+        Some(deploy_types::node_id_of(&region_leader))
+    );
+
+    // Meanwhile the global group elects a new leader among the two survivors.
+    let s = wait_until(T, "a new global leader", || async {
+        let s = deploy_client::ClusterStatusView(client.cluster_status().await.ok()?);
+        s.leader("global")
+            .filter(|l| *l != global_leader)
+            .map(|_| s)
+    })
+    .await?;
+    assert_eq!(
+        s.leader("region/east").as_deref(),
+        Some(region_leader.as_str())
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_forwards_writes_and_linearizable_reads_to_the_leader() -> anyhow::Result<()> {
+    let c = GrpcCluster::start(3, &[("east", 3)]).await?;
+    let any = c.client()?;
+    wait_until(T, "every group to have a leader", || async {
+        let s = deploy_client::ClusterStatusView(any.cluster_status().await.ok()?);
+        (s.leader("global").is_some() && s.leader("region/east").is_some()).then_some(())
+    })
+    .await?;
+    // Every node, including nodes that do not host the group, takes writes and reads of it.
+    for (i, name) in c.addrs.keys().enumerate() {
+        let client = c.client_of(name)?;
+        for group in ["global", "region/east"] {
+            let key = format!("from-{name}");
+            let set = client.set_meta(group, &key, Some(&i.to_string())).await?;
+            assert!(set.log_index > 0);
+            let got = client.get_meta(group, &key, false).await?;
+            assert_eq!(
+                got.value.as_deref(),
+                Some(i.to_string().as_str()),
+                "{group} via {name}"
+            );
+            assert!(
+                got.applied_index >= set.log_index,
+                "a linearizable read saw an older state"
+            );
+        }
+    }
+    // A stale read from a follower eventually shows the write too.
+    let s = deploy_client::ClusterStatusView(any.cluster_status().await?);
+    let follower = s.member_with_role("global", "FOLLOWER").unwrap_or_default();
+    let fc = c.client_of(&follower)?;
+    wait_until(T, "the follower to apply", || async {
+        let r = fc.get_meta("global", "from-g1", true).await.ok()?;
+        r.value.map(|_| ())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_the_field_named_and_change_nothing() -> anyhow::Result<()> {
+    let c = GrpcCluster::start(3, &[]).await?;
+    let client = c.client()?;
+    let code = |r: Result<_, ClientError>| match r {
+        Err(ClientError::Api { code, message, .. }) => (code, message),
+        Err(e) => (deploy_client::Code::Unknown, e.to_string()),
+        Ok(_) => (deploy_client::Code::Unknown, "accepted".into()),
+    };
+    let (k, m) = code(client.set_meta("galaxy", "k", Some("v")).await.map(|_| ()));
+    assert_eq!(k, deploy_client::Code::InvalidArgument, "{m}");
+    assert!(m.contains("group"), "{m}");
+    let (k, m) = code(
+        client
+            .set_meta("region/nowhere", "k", Some("v"))
+            .await
+            .map(|_| ()),
+    );
+    assert_eq!(k, deploy_client::Code::NotFound, "{m}");
+    let (k, m) = code(
+        client
+            .set_meta("global", "bad key", Some("v"))
+            .await
+            .map(|_| ()),
+    );
+    assert_eq!(k, deploy_client::Code::InvalidArgument, "{m}");
+    assert!(m.contains("key"), "{m}");
+    let big = "x".repeat(deploy_state::MAX_META_VALUE_BYTES + 1);
+    let (k, m) = code(client.set_meta("global", "k", Some(&big)).await.map(|_| ()));
+    assert_eq!(k, deploy_client::Code::InvalidArgument, "{m}");
+    let (k, m) = code(
+        client
+            .add_node("global", "Bad_Name", "127.0.0.1:1")
+            .await
+            .map(|_| ()),
+    );
+    assert_eq!(k, deploy_client::Code::InvalidArgument, "{m}");
+    let (k, m) = code(
+        client
+            .add_node("global", "x1", "not-an-address")
+            .await
+            .map(|_| ()),
+    );
+    assert_eq!(k, deploy_client::Code::InvalidArgument, "{m}");
+    assert!(m.contains("addr"), "{m}");
+    // Nothing was written.
+    assert_eq!(client.get_meta("global", "k", false).await?.value, None);
+    let s = deploy_client::ClusterStatusView(client.cluster_status().await?);
+    assert_eq!(s.members("global").len(), 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_node_grows_a_group_and_remove_node_shrinks_it() -> anyhow::Result<()> {
+    let mut c = GrpcCluster::start_with_spares(3, &[], 1).await?;
+    let client = c.client_of("g1")?;
+    wait_until(T, "a global leader", || async {
+        let s = deploy_client::ClusterStatusView(client.cluster_status().await.ok()?);
+        s.leader("global")
+    })
+    .await?;
+    for i in 0..5 {
+        client
+            .set_meta("global", &format!("k{i}"), Some("v"))
+            .await?;
+    }
+    let s1 = c.addrs["s1"].clone();
+    let reply = client.add_node("global", "s1", &s1).await?;
+    assert!(
+        reply.members.iter().any(|m| m.id == "s1" && m.voter),
+        "{reply:?}"
+    );
+    assert_eq!(reply.members.iter().filter(|m| m.voter).count(), 4);
+
+    // The new voter has the whole state.
+    let spare = c.node("s1")?.node.group(&GroupName::Global).cloned();
+    let spare = spare.ok_or_else(|| anyhow::anyhow!("s1 does not host global"))?;
+    let last = reply.log_index;
+    spare
+        .raft
+        .wait(Some(T))
+        .applied_index_at_least(Some(last), "s1 applied the membership")
+        .await?;
+    assert!(spare.state.read(|d| d.state.get_meta("k4").is_some()));
+
+    // Adding it again is refused; removing a voter shrinks the group back to three.
+    let again = client.add_node("global", "s1", &s1).await;
+    assert!(
+        matches!(
+            again,
+            Err(ClientError::Api {
+                code: deploy_client::Code::FailedPrecondition,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    let reply = client.remove_node("global", "g3").await?;
+    assert_eq!(
+        reply.members.iter().filter(|m| m.voter).count(),
+        3,
+        "{reply:?}"
+    );
+    assert!(!reply.members.iter().any(|m| m.id == "g3"));
+    c.stop_node("g3").await?;
+    // The group still commits with g3 gone for good.
+    client.set_meta("global", "after", Some("1")).await?;
+    let missing = client.remove_node("global", "g3").await;
+    assert!(
+        matches!(
+            missing,
+            Err(ClientError::Api {
+                code: deploy_client::Code::NotFound,
+                ..
+            })
+        ),
+        "{missing:?}"
+    );
+    Ok(())
+}
