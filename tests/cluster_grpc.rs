@@ -220,3 +220,47 @@ async fn add_node_grows_a_group_and_remove_node_shrinks_it() -> anyhow::Result<(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_raft_messages_are_refused_and_change_nothing() -> anyhow::Result<()> {
+    use deploy_proto::v1::raft_service_client::RaftServiceClient;
+    use deploy_proto::v1::RaftRequest;
+
+    let c = GrpcCluster::start(3, &[]).await?;
+    let client = c.client()?;
+    let before = wait_until(T, "a converged global group", || async {
+        let s = deploy_client::ClusterStatusView(client.cluster_status().await.ok()?);
+        s.converged("global").then_some(s)
+    })
+    .await?;
+    let mut raft = RaftServiceClient::connect(format!("http://{}", c.addrs["g2"])).await?;
+    let cases: [(&str, &[u8], tonic::Code); 5] = [
+        ("global", b"not json", tonic::Code::InvalidArgument),
+        ("global", b"{}", tonic::Code::InvalidArgument),
+        ("global", &[0xff; 64], tonic::Code::InvalidArgument),
+        ("region/elsewhere", b"{}", tonic::Code::NotFound),
+        ("../../etc", b"{}", tonic::Code::InvalidArgument),
+    ];
+    for (group, payload, want) in cases {
+        let req = || RaftRequest {
+            group: group.into(),
+            payload: payload.to_vec(),
+        };
+        for got in [
+            raft.append_entries(req()).await.map(|_| ()),
+            raft.vote(req()).await.map(|_| ()),
+            raft.install_snapshot(req()).await.map(|_| ()),
+        ] {
+            let status = got
+                .err()
+                .ok_or_else(|| anyhow::anyhow!("{group}: accepted garbage"))?;
+            assert_eq!(status.code(), want, "{group}: {}", status.message());
+        }
+    }
+    // The group is undisturbed: same leader and term, and it still commits.
+    client.set_meta("global", "still", Some("fine")).await?;
+    let after = deploy_client::ClusterStatusView(client.cluster_status().await?);
+    assert_eq!(after.leader("global"), before.leader("global"));
+    assert_eq!(after.term("global"), before.term("global"));
+    Ok(())
+}

@@ -190,7 +190,8 @@ impl ClusterApi {
             };
             (m, status)
         });
-        let results = futures::future::join_all(queries).await;
+        let mut results = futures::future::join_all(queries).await;
+        results.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         let mut out = GroupStatus {
             name: group.to_string(),
             ..Default::default()

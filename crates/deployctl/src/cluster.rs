@@ -27,10 +27,19 @@ pub async fn run(global: &Global, command: ClusterCommand) -> Result<(), Failure
         ClusterCommand::Meta(MetaCommand::Get { key, group }) => {
             let group = global.group(group.as_deref());
             let reply = client.get_meta(&group, &key, global.stale).await?;
-            print(global.output, &reply, |r| match &r.value {
-                Some(v) => println!("{v}"),
-                None => eprintln!("{key} is not set in {group}"),
-            })
+            print(global.output, &reply, |r| {
+                if let Some(v) = &r.value {
+                    println!("{v}");
+                }
+            })?;
+            // Like `git config --get`: an unset key is a failure scripts can test for.
+            match reply.value {
+                Some(_) => Ok(()),
+                None => Err(Failure {
+                    message: format!("{key} is not set in {group}"),
+                    code: crate::exit::FAILURE,
+                }),
+            }
         }
         ClusterCommand::Meta(MetaCommand::Set { key, value, group }) => {
             let group = global.group(group.as_deref());

@@ -2,8 +2,9 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// openraft logs every replication step at info; keep it to warnings unless asked.
-const DEFAULT_FILTER: &str = "info,openraft=warn";
+/// openraft logs every replication step at info, and at warn the normal races of an election
+/// (a vote answered after the vote changed); keep it to errors unless asked.
+const DEFAULT_FILTER: &str = "info,openraft=error";
 
 pub fn init(json: bool) {
     let filter =
