@@ -8,10 +8,12 @@
 //! This crate must not depend on openraft, RocksDB, tonic or tokio: the RocksDB adapter in
 //! `deploy-raft` wraps it, never the other way round.
 
+pub mod builds;
 mod meta;
 
 use serde::{Deserialize, Serialize};
 
+pub use builds::{Build, BuildCommand, BuildError, BuildResponse, BuildState, Builds, Outcome};
 pub use meta::{MetaError, MAX_META_KEYS, MAX_META_KEY_BYTES, MAX_META_VALUE_BYTES};
 
 /// A decision proposed to a group's log.
@@ -19,6 +21,8 @@ pub use meta::{MetaError, MAX_META_KEYS, MAX_META_KEY_BYTES, MAX_META_VALUE_BYTE
 pub enum Command {
     /// Sets (`Some`) or deletes (`None`) a cluster metadata key.
     SetMeta { key: String, value: Option<String> },
+    /// A build queue transition (global group).
+    Build(BuildCommand),
 }
 
 /// What applying a command produced, returned to the proposer.
@@ -27,7 +31,10 @@ pub enum Response {
     /// A no-op entry (leader's blank entry, membership change).
     None,
     /// The metadata value before the change.
-    MetaSet { previous: Option<String> },
+    MetaSet {
+        previous: Option<String>,
+    },
+    Build(BuildResponse),
     /// The command was committed but refused by the state machine; the state is unchanged.
     Rejected(String),
 }
@@ -38,6 +45,20 @@ pub enum Response {
 pub enum CommandError {
     #[error(transparent)]
     Meta(#[from] MetaError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// Checks the user-supplied fields of a build submission.
+pub fn check_build_input(service: &str, repo: &str, commit: &str) -> Result<(), BuildError> {
+    let invalid = |field, e: deploy_types::InputError| BuildError::Invalid {
+        field,
+        why: e.to_string(),
+    };
+    deploy_types::check_service(service).map_err(|e| invalid("service", e))?;
+    deploy_types::check_repo(repo).map_err(|e| invalid("repo", e))?;
+    deploy_types::check_commit(commit).map_err(|e| invalid("commit", e))?;
+    Ok(())
 }
 
 /// The replicated state of one group.
@@ -45,6 +66,9 @@ pub enum CommandError {
 pub struct GroupState {
     /// Operator-set key/value pairs.
     pub meta: std::collections::BTreeMap<String, String>,
+    /// The build queue (global group).
+    #[serde(default)]
+    pub builds: Builds,
 }
 
 impl GroupState {
@@ -52,6 +76,13 @@ impl GroupState {
     pub fn check(&self, cmd: &Command) -> Result<(), CommandError> {
         match cmd {
             Command::SetMeta { key, value } => meta::check(&self.meta, key, value.as_deref())?,
+            Command::Build(BuildCommand::Submit {
+                service,
+                repo,
+                commit,
+                ..
+            }) => check_build_input(service, repo, commit)?,
+            Command::Build(_) => {}
         }
         Ok(())
     }
@@ -69,6 +100,10 @@ impl GroupState {
                 };
                 Response::MetaSet { previous }
             }
+            Command::Build(b) => match self.builds.apply(b) {
+                Ok(r) => Response::Build(r),
+                Err(e) => Response::Rejected(e.to_string()),
+            },
         }
     }
 

@@ -87,6 +87,47 @@ pub struct NodeConfig {
 pub struct RegionConfig {
     pub name: String,
     pub voters: Vec<NodeName>,
+    /// The region's artifact store: a directory path or `file://` URL. A relative path is
+    /// resolved against the process's base directory (`deployd dev`: its data directory).
+    /// Default: `stores/<region>`.
+    #[serde(default)]
+    pub store: Option<String>,
+}
+
+/// One build worker and the region whose store it writes to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub id: String,
+    pub region: String,
+}
+
+/// How builds are leased, retried and bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildSettings {
+    /// How long a worker's lease lasts without renewal; workers renew at a third of it.
+    pub lease_ms: u64,
+    /// Attempts before a build whose leases keep expiring is FAILED.
+    pub max_attempts: u32,
+    /// Build log bytes kept per attempt; the rest is cut with a notice.
+    pub log_cap_bytes: u64,
+    /// Build command timeout when the recipe gives none.
+    pub default_timeout_secs: u64,
+    /// Artifact chunk size.
+    pub chunk_bytes: u64,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self {
+            lease_ms: 10_000,
+            max_attempts: 3,
+            log_cap_bytes: 4 * 1024 * 1024,
+            default_timeout_secs: 1800,
+            chunk_bytes: 4 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +152,10 @@ struct RawConfig {
     global: GlobalSection,
     #[serde(default)]
     regions: Vec<RegionConfig>,
+    #[serde(default)]
+    workers: Vec<WorkerConfig>,
+    #[serde(default)]
+    builds: BuildSettings,
 }
 
 /// A parsed and validated cluster config.
@@ -120,6 +165,9 @@ pub struct ClusterConfig {
     pub raft: RaftTiming,
     nodes: Vec<NodeConfig>,
     groups: BTreeMap<GroupName, Vec<NodeName>>,
+    regions: Vec<RegionConfig>,
+    pub workers: Vec<WorkerConfig>,
+    pub builds: BuildSettings,
     /// Non-fatal findings (an even voter count), for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -203,6 +251,47 @@ impl ClusterConfig {
         for (group, voters) in &groups {
             check_voters(group, voters, &ids, &mut problems, &mut warnings);
         }
+        for region in &raw.regions {
+            if let Some(store) = &region.store {
+                if let Err(e) = check_store(store) {
+                    problems.push(format!("region {:?}: store {store:?} {e}", region.name));
+                }
+            }
+        }
+        let mut worker_ids = BTreeSet::new();
+        for w in &raw.workers {
+            if let Err(e) = check_name("worker id", &w.id) {
+                problems.push(e.to_string());
+            }
+            if !worker_ids.insert(w.id.clone()) {
+                problems.push(format!("worker id {:?} is declared twice", w.id));
+            }
+            if !raw.regions.iter().any(|r| r.name == w.region) {
+                problems.push(format!(
+                    "worker {:?} is in region {:?}, which the config does not declare",
+                    w.id, w.region
+                ));
+            }
+        }
+        let b = &raw.builds;
+        if b.lease_ms < 300 {
+            problems.push(format!(
+                "builds.lease_ms ({}) must be at least 300",
+                b.lease_ms
+            ));
+        }
+        if b.max_attempts == 0 {
+            problems.push("builds.max_attempts must be above 0".into());
+        }
+        if b.chunk_bytes < 4096 || b.chunk_bytes > 64 * 1024 * 1024 {
+            problems.push(format!(
+                "builds.chunk_bytes ({}) must be between 4 KiB and 64 MiB",
+                b.chunk_bytes
+            ));
+        }
+        if b.default_timeout_secs == 0 {
+            problems.push("builds.default_timeout_secs must be above 0".into());
+        }
         for node in &raw.nodes {
             for g in &node.join {
                 match groups.get(g) {
@@ -230,6 +319,9 @@ impl ClusterConfig {
             raft: raw.raft,
             nodes: raw.nodes,
             groups,
+            regions: raw.regions,
+            workers: raw.workers,
+            builds: raw.builds,
             warnings,
         })
     }
@@ -251,6 +343,30 @@ impl ClusterConfig {
         self.groups.keys().filter_map(|g| match g {
             GroupName::Region(r) => Some(r.as_str()),
             GroupName::Global => None,
+        })
+    }
+
+    pub fn region(&self, name: &str) -> Option<&RegionConfig> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    pub fn worker(&self, id: &str) -> Option<&WorkerConfig> {
+        self.workers.iter().find(|w| w.id == id)
+    }
+
+    /// The directory of a region's artifact store; relative paths are resolved against `base`.
+    pub fn store_dir(&self, region: &str, base: &Path) -> Option<std::path::PathBuf> {
+        let r = self.region(region)?;
+        let spec = r
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("stores/{region}"));
+        let path = spec.strip_prefix("file://").unwrap_or(&spec);
+        let path = Path::new(path);
+        Some(if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base.join(path)
         })
     }
 
@@ -346,6 +462,24 @@ fn check_voters(
             voters.len() - 1
         ));
     }
+}
+
+/// A store is a directory path or an absolute `file://` URL (object stores come later).
+fn check_store(store: &str) -> Result<(), &'static str> {
+    if store.is_empty() || store.chars().any(char::is_control) {
+        return Err("is empty or has control characters");
+    }
+    if let Some(rest) = store.strip_prefix("file://") {
+        return if rest.starts_with('/') {
+            Ok(())
+        } else {
+            Err("must be an absolute file:// URL")
+        };
+    }
+    if store.contains("://") {
+        return Err("has an unsupported scheme: only directories and file:// URLs are supported");
+    }
+    Ok(())
 }
 
 /// Checks `host:port`, where host is an IPv4 address, a bracketed IPv6 address or a DNS name.
@@ -514,6 +648,39 @@ voters = ["a", "b", "c"]
         assert!(
             p.iter().any(|p| p.contains("election_timeout_min_ms")),
             "{p:?}"
+        );
+    }
+
+    #[test]
+    fn workers_and_stores_are_checked() {
+        let base = format!("{SMALL}\n[[regions]]\nname = \"r\"\nvoters = [\"a\"]\n");
+        let cfg = ClusterConfig::parse(
+            &format!("{base}[[workers]]\nid = \"w1\"\nregion = \"r\"\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(cfg.worker("w1").map(|w| w.region.as_str()), Some("r"));
+        assert_eq!(
+            cfg.store_dir("r", Path::new("/data")),
+            Some(std::path::PathBuf::from("/data/stores/r"))
+        );
+        let p = problems(&format!(
+            "{base}[[workers]]\nid = \"w1\"\nregion = \"nowhere\"\n"
+        ));
+        assert!(p.iter().any(|p| p.contains("nowhere")), "{p:?}");
+        let p = problems(&base.replace(
+            "voters = [\"a\"]\n",
+            "voters = [\"a\"]\nstore = \"s3://bucket\"\n",
+        ));
+        assert!(p.iter().any(|p| p.contains("scheme")), "{p:?}");
+        let text = base.replace(
+            "voters = [\"a\"]\n",
+            "voters = [\"a\"]\nstore = \"file:///srv/r\"\n",
+        );
+        let cfg = ClusterConfig::parse(&text, "t").unwrap();
+        assert_eq!(
+            cfg.store_dir("r", Path::new("/data")),
+            Some(std::path::PathBuf::from("/srv/r"))
         );
     }
 

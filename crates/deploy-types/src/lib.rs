@@ -7,6 +7,11 @@
 
 pub mod config;
 pub mod ids;
+pub mod validate;
 
-pub use config::{check_addr, ClusterConfig, ConfigError, NodeConfig, RaftTiming, RegionConfig};
-pub use ids::{node_id_of, GroupName, IdError, NodeName};
+pub use config::{
+    check_addr, BuildSettings, ClusterConfig, ConfigError, NodeConfig, RaftTiming, RegionConfig,
+    WorkerConfig,
+};
+pub use ids::{check_name, node_id_of, GroupName, IdError, NodeName};
+pub use validate::{check_commit, check_repo, check_service, InputError};

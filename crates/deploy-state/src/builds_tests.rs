@@ -1,0 +1,405 @@
+use proptest::prelude::*;
+
+use super::*;
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+const LEASE: u64 = 3000;
+const MAX: u32 = 3;
+
+fn submit(q: &mut Builds, service: &str, now_ms: u64) -> String {
+    match q.apply(&BuildCommand::Submit {
+        service: service.into(),
+        repo: "/srv/git/app".into(),
+        commit: COMMIT.into(),
+        now_ms,
+    }) {
+        Ok(BuildResponse::Submitted { id, .. }) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn register(q: &mut Builds, w: &str) {
+    q.apply(&BuildCommand::RegisterWorker {
+        worker: w.into(),
+        region: "r1".into(),
+        now_ms: 0,
+    })
+    .unwrap();
+}
+
+fn acquire(q: &mut Builds, w: &str, now_ms: u64) -> Result<BuildResponse, BuildError> {
+    q.apply(&BuildCommand::Acquire {
+        worker: w.into(),
+        now_ms,
+        lease_ms: LEASE,
+    })
+}
+
+fn complete(
+    q: &mut Builds,
+    id: &str,
+    w: &str,
+    attempt: u32,
+    now_ms: u64,
+    outcome: Outcome,
+) -> Result<BuildResponse, BuildError> {
+    q.apply(&BuildCommand::Complete {
+        id: id.into(),
+        worker: w.into(),
+        attempt,
+        now_ms,
+        outcome,
+        regions: vec!["r1".into(), "r2".into()],
+        max_attempts: MAX,
+    })
+}
+
+fn built(d: &str) -> Outcome {
+    Outcome::Built {
+        artifact_digest: d.into(),
+        artifact_size: 1,
+    }
+}
+
+#[test]
+fn submission_is_idempotent_until_failed_or_cancelled() {
+    let mut q = Builds::default();
+    let a = submit(&mut q, "svc", 1);
+    assert_eq!(submit(&mut q, "svc", 2), a);
+    assert_ne!(submit(&mut q, "other", 3), a);
+    q.apply(&BuildCommand::Cancel {
+        id: a.clone(),
+        now_ms: 4,
+    })
+    .unwrap();
+    let b = submit(&mut q, "svc", 5);
+    assert_ne!(b, a, "a cancelled build is submitted anew");
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_field() {
+    let mut q = Builds::default();
+    for (service, repo, commit, field) in [
+        ("Bad", "/r", COMMIT, "service"),
+        ("ok", "relative", COMMIT, "repo"),
+        ("ok", "/r", "HEAD", "commit"),
+    ] {
+        let e = q
+            .apply(&BuildCommand::Submit {
+                service: service.into(),
+                repo: repo.into(),
+                commit: commit.into(),
+                now_ms: 0,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&e, BuildError::Invalid { field: f, .. } if *f == field),
+            "{e}"
+        );
+    }
+    assert!(q.by_seq.is_empty());
+}
+
+#[test]
+fn lease_fencing_refuses_stale_attempts() {
+    let mut q = Builds::default();
+    register(&mut q, "w1");
+    register(&mut q, "w2");
+    let id = submit(&mut q, "svc", 0);
+    assert!(matches!(
+        acquire(&mut q, "w1", 10),
+        Ok(BuildResponse::Assigned { attempt: 1, .. })
+    ));
+    // The lease expires; the build goes to w2 as attempt 2.
+    q.apply(&BuildCommand::ExpireLeases {
+        now_ms: 10 + LEASE + 1,
+        max_attempts: MAX,
+    })
+    .unwrap();
+    assert!(matches!(
+        acquire(&mut q, "w2", 4000),
+        Ok(BuildResponse::Assigned { attempt: 2, .. })
+    ));
+    // w1's attempt 1 can neither renew nor complete.
+    let renew = q.apply(&BuildCommand::Renew {
+        id: id.clone(),
+        worker: "w1".into(),
+        attempt: 1,
+        now_ms: 4001,
+        lease_ms: LEASE,
+    });
+    assert!(matches!(renew, Err(BuildError::Stale { .. })), "{renew:?}");
+    assert!(matches!(
+        complete(&mut q, &id, "w1", 1, 4002, built("sha256:old")),
+        Err(BuildError::Stale { .. })
+    ));
+    assert!(matches!(
+        complete(&mut q, &id, "w2", 1, 4002, built("sha256:old")),
+        Err(BuildError::Stale { .. })
+    ));
+    // w2's attempt 2 decides.
+    let done = complete(&mut q, &id, "w2", 2, 4003, built("sha256:new")).unwrap();
+    assert_eq!(
+        done,
+        BuildResponse::State {
+            id: id.clone(),
+            state: BuildState::Replicating
+        }
+    );
+    let b = q.get(&id).unwrap();
+    assert_eq!(b.artifact_digest.as_deref(), Some("sha256:new"));
+    // The second region completes it.
+    q.apply(&BuildCommand::Replicated {
+        id: id.clone(),
+        region: "r2".into(),
+        now_ms: 5000,
+        regions: vec!["r1".into(), "r2".into()],
+    })
+    .unwrap();
+    assert_eq!(q.get(&id).unwrap().state, BuildState::Succeeded);
+}
+
+#[test]
+fn expired_leases_fail_the_build_after_max_attempts() {
+    let mut q = Builds::default();
+    register(&mut q, "w1");
+    let id = submit(&mut q, "svc", 0);
+    let mut now = 0;
+    for attempt in 1..=MAX {
+        assert!(
+            matches!(acquire(&mut q, "w1", now), Ok(BuildResponse::Assigned { attempt: a, .. }) if a == attempt)
+        );
+        now += LEASE + 1;
+        q.apply(&BuildCommand::ExpireLeases {
+            now_ms: now,
+            max_attempts: MAX,
+        })
+        .unwrap();
+    }
+    let b = q.get(&id).unwrap();
+    assert_eq!(b.state, BuildState::Failed);
+    assert!(
+        b.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("3 attempts"),
+        "{:?}",
+        b.error
+    );
+    assert_eq!(acquire(&mut q, "w1", now), Ok(BuildResponse::NoWork));
+}
+
+#[test]
+fn a_renewed_lease_survives_the_reaper_and_an_unrenewed_one_does_not() {
+    let mut q = Builds::default();
+    register(&mut q, "w1");
+    let id = submit(&mut q, "svc", 0);
+    acquire(&mut q, "w1", 0).unwrap();
+    q.apply(&BuildCommand::Renew {
+        id: id.clone(),
+        worker: "w1".into(),
+        attempt: 1,
+        now_ms: 2000,
+        lease_ms: LEASE,
+    })
+    .unwrap();
+    let r = q
+        .apply(&BuildCommand::ExpireLeases {
+            now_ms: 4000,
+            max_attempts: MAX,
+        })
+        .unwrap();
+    assert_eq!(
+        r,
+        BuildResponse::Expired {
+            requeued: vec![],
+            failed: vec![]
+        }
+    );
+    let r = q
+        .apply(&BuildCommand::ExpireLeases {
+            now_ms: 5001,
+            max_attempts: MAX,
+        })
+        .unwrap();
+    assert_eq!(
+        r,
+        BuildResponse::Expired {
+            requeued: vec![id],
+            failed: vec![]
+        }
+    );
+}
+
+#[test]
+fn failures_retry_only_when_retryable() {
+    let mut q = Builds::default();
+    register(&mut q, "w1");
+    let a = submit(&mut q, "a", 0);
+    let b = submit(&mut q, "b", 0);
+    acquire(&mut q, "w1", 1).unwrap();
+    acquire(&mut q, "w1", 1).unwrap();
+    let fail = |error: &str, retry| Outcome::Failed {
+        error: error.into(),
+        retry,
+    };
+    assert_eq!(
+        complete(&mut q, &a, "w1", 1, 2, fail("commit not found", false)).unwrap(),
+        BuildResponse::State {
+            id: a.clone(),
+            state: BuildState::Failed
+        }
+    );
+    assert_eq!(
+        complete(&mut q, &b, "w1", 1, 2, fail("store unreachable", true)).unwrap(),
+        BuildResponse::State {
+            id: b.clone(),
+            state: BuildState::Queued
+        }
+    );
+    assert_eq!(
+        q.get(&a).unwrap().error.as_deref(),
+        Some("commit not found")
+    );
+}
+
+#[test]
+fn cancel_stops_queued_and_running_builds_and_fences_the_worker() {
+    let mut q = Builds::default();
+    register(&mut q, "w1");
+    let a = submit(&mut q, "a", 0);
+    let b = submit(&mut q, "b", 0);
+    acquire(&mut q, "w1", 1).unwrap(); // a runs
+    q.apply(&BuildCommand::Cancel {
+        id: a.clone(),
+        now_ms: 2,
+    })
+    .unwrap();
+    q.apply(&BuildCommand::Cancel {
+        id: b.clone(),
+        now_ms: 2,
+    })
+    .unwrap();
+    assert_eq!(q.get(&a).unwrap().state, BuildState::Cancelled);
+    assert_eq!(q.get(&b).unwrap().state, BuildState::Cancelled);
+    assert!(matches!(
+        complete(&mut q, &a, "w1", 1, 3, built("sha256:x")),
+        Err(BuildError::Stale { .. })
+    ));
+    assert_eq!(acquire(&mut q, "w1", 4), Ok(BuildResponse::NoWork));
+    assert!(matches!(
+        q.apply(&BuildCommand::Cancel { id: a, now_ms: 5 }),
+        Err(BuildError::WrongState { .. })
+    ));
+}
+
+#[test]
+fn list_is_newest_first_filtered_and_paged() {
+    let mut q = Builds::default();
+    for i in 0..5u64 {
+        q.apply(&BuildCommand::Submit {
+            service: if i % 2 == 0 { "even" } else { "odd" }.into(),
+            repo: "/r".into(),
+            commit: format!("{i:040x}"),
+            now_ms: i,
+        })
+        .unwrap();
+    }
+    let all: Vec<String> = q.list(None, None, None).map(Build::id).collect();
+    assert_eq!(all, ["b-5", "b-4", "b-3", "b-2", "b-1"]);
+    let even: Vec<String> = q.list(Some("even"), None, None).map(Build::id).collect();
+    assert_eq!(even, ["b-5", "b-3", "b-1"]);
+    let page: Vec<String> = q
+        .list(None, Some(BuildState::Queued), Some(3))
+        .map(Build::id)
+        .collect();
+    assert_eq!(page, ["b-2", "b-1"]);
+}
+
+#[test]
+fn build_ids_parse_strictly() {
+    assert_eq!(parse_build_id("b-12"), Some(12));
+    for bad in ["", "b-", "b-01", "12", "b-1x", "b--1", "B-1"] {
+        assert_eq!(parse_build_id(bad), None, "{bad}");
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit(u8),
+    Acquire(u8),
+    Renew(u8, u8, u32),
+    Complete(u8, u8, u32, bool, bool),
+    Expire,
+    Cancel(u8),
+    Tick(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..4).prop_map(Op::Submit),
+        (0u8..3).prop_map(Op::Acquire),
+        (0u8..6, 0u8..3, 0u32..5).prop_map(|(b, w, a)| Op::Renew(b, w, a)),
+        (0u8..6, 0u8..3, 0u32..5, any::<bool>(), any::<bool>())
+            .prop_map(|(b, w, a, ok, retry)| Op::Complete(b, w, a, ok, retry)),
+        Just(Op::Expire),
+        (0u8..6).prop_map(Op::Cancel),
+        (0u64..2500).prop_map(Op::Tick),
+    ]
+}
+
+proptest! {
+    /// Over random histories: at most one live lease per build and only it can renew or
+    /// complete; attempts never exceed the maximum; final states and artifacts never change;
+    /// the indexes match the states.
+    #[test]
+    fn queue_invariants_hold(ops in proptest::collection::vec(op(), 1..120)) {
+        let workers = ["w1", "w2", "w3"];
+        let mut q = Builds::default();
+        for w in workers {
+            register(&mut q, w);
+        }
+        let mut now = 0u64;
+        let mut finals: BTreeMap<u64, (BuildState, Option<String>)> = BTreeMap::new();
+        for op in ops {
+            let before = q.clone();
+            let result = match &op {
+                Op::Submit(s) => q.apply(&BuildCommand::Submit {
+                    service: format!("s{s}"), repo: "/r".into(), commit: COMMIT.into(), now_ms: now }),
+                Op::Acquire(w) => acquire(&mut q, workers[*w as usize], now),
+                Op::Renew(b, w, a) => q.apply(&BuildCommand::Renew {
+                    id: build_id(*b as u64), worker: workers[*w as usize].into(), attempt: *a, now_ms: now, lease_ms: LEASE }),
+                Op::Complete(b, w, a, ok, retry) => {
+                    let outcome = if *ok { built(&format!("d{b}-{a}")) } else { Outcome::Failed { error: "x".into(), retry: *retry } };
+                    complete(&mut q, &build_id(*b as u64), workers[*w as usize], *a, now, outcome)
+                }
+                Op::Expire => q.apply(&BuildCommand::ExpireLeases { now_ms: now, max_attempts: MAX }),
+                Op::Cancel(b) => q.apply(&BuildCommand::Cancel { id: build_id(*b as u64), now_ms: now }),
+                Op::Tick(d) => { now += d; Ok(BuildResponse::NoWork) }
+            };
+            // A renewal or completion is accepted only from the live lease holder.
+            if let (Op::Renew(b, w, a) | Op::Complete(b, w, a, _, _), Ok(_)) = (&op, &result) {
+                let held = before.by_seq.get(&(*b as u64)).and_then(|x| x.lease.clone());
+                let held = held.filter(|l| l.worker == workers[*w as usize] && l.attempt == *a && now <= l.expires_at_ms);
+                prop_assert!(held.is_some(), "{op:?} accepted without the live lease");
+            }
+            // A refused command changes nothing.
+            if result.is_err() {
+                prop_assert_eq!(&q, &before);
+            }
+            for (seq, b) in &q.by_seq {
+                prop_assert!(b.attempts <= MAX, "{} attempts", b.attempts);
+                prop_assert_eq!(b.lease.is_some(), b.state == BuildState::Running, "{:?}", b);
+                prop_assert_eq!(q.queued.contains(seq), b.state == BuildState::Queued);
+                prop_assert_eq!(q.running.contains(seq), b.state == BuildState::Running);
+                if let Some((state, digest)) = finals.get(seq) {
+                    prop_assert_eq!(*state, b.state, "a final state changed");
+                    prop_assert_eq!(digest, &b.artifact_digest);
+                }
+                if b.state.is_final() {
+                    finals.insert(*seq, (b.state, b.artifact_digest.clone()));
+                }
+            }
+        }
+    }
+}
