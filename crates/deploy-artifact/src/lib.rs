@@ -1,0 +1,39 @@
+//! Artifacts: what a build produces and how it is stored.
+//!
+//! - [`recipe`]: `deploy.toml`, the repository's own build and run recipe.
+//! - [`pack`]: the declared outputs as a deterministic tar stream, cut into fixed-size chunks
+//!   named by their SHA-256, uploaded as they are cut: memory stays at a few chunks whatever
+//!   the artifact's size.
+//! - [`manifest`]: the chunk list, sizes and whole-artifact digest.
+//! - [`store`]: a region's store through `object_store`: chunks and manifests written once,
+//!   atomically, verified against their digest on every read; build log segments.
+//! - [`copy`]: replication of an artifact from one store to another, chunk by chunk, skipping
+//!   chunks the destination already holds intact.
+//!
+//! This crate knows nothing of Raft, gRPC or the cluster's processes.
+
+pub mod copy;
+pub mod manifest;
+pub mod pack;
+pub mod recipe;
+pub mod store;
+
+pub use manifest::{ChunkRef, Manifest};
+pub use recipe::Recipe;
+pub use store::{Store, StoreError};
+
+/// `sha256:<hex>` of some bytes.
+pub fn digest_of(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// The hex part of a `sha256:<hex>` digest, if it is one.
+pub fn digest_hex(digest: &str) -> Option<&str> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(hex)
+}

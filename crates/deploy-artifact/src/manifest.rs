@@ -1,0 +1,72 @@
+//! The manifest: what an artifact is made of.
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest_hex;
+
+/// Largest manifest accepted: a 10 GiB artifact in 4 MiB chunks lists ~2,600 chunks.
+pub const MAX_MANIFEST_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkRef {
+    /// `sha256:<hex>` of the chunk's bytes.
+    pub digest: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: u32,
+    /// `sha256:<hex>` of the whole tar stream: the artifact's name.
+    pub artifact_digest: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunks: Vec<ChunkRef>,
+    pub service: String,
+    pub build_id: String,
+    pub commit: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("manifest is inconsistent: {0}")]
+pub struct ManifestError(pub String);
+
+impl Manifest {
+    /// Checks that the manifest describes itself coherently: digests are well formed, chunk
+    /// sizes add up, every chunk but the last is full size.
+    pub fn check(&self) -> Result<(), ManifestError> {
+        let bad = |m: String| Err(ManifestError(m));
+        if self.version != 1 {
+            return bad(format!("unknown version {}", self.version));
+        }
+        if digest_hex(&self.artifact_digest).is_none() {
+            return bad(format!(
+                "artifact digest {:?} is not sha256:<hex>",
+                self.artifact_digest
+            ));
+        }
+        if self.chunk_size == 0 {
+            return bad("chunk size is 0".into());
+        }
+        let mut total = 0u64;
+        for (i, c) in self.chunks.iter().enumerate() {
+            if digest_hex(&c.digest).is_none() {
+                return bad(format!(
+                    "chunk {i} digest {:?} is not sha256:<hex>",
+                    c.digest
+                ));
+            }
+            let last = i + 1 == self.chunks.len();
+            if c.size == 0 || c.size > self.chunk_size || (!last && c.size != self.chunk_size) {
+                return bad(format!("chunk {i} has size {}", c.size));
+            }
+            total = total.saturating_add(c.size);
+        }
+        if total != self.size {
+            return bad(format!("chunks add up to {total} bytes, not {}", self.size));
+        }
+        Ok(())
+    }
+}

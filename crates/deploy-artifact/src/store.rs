@@ -1,0 +1,251 @@
+//! A region's artifact store, through `object_store`.
+//!
+//! Layout: `chunks/<hex>`, `manifests/<hex>.json`, `logs/<build>/<attempt>/<seq>`. Chunks and
+//! manifests are immutable: written once (`PutMode::Create`, atomic temp-and-rename on a
+//! local directory) and verified against their digest on every read, so no reader ever acts
+//! on partial or corrupt bytes.
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use crate::{digest_hex, digest_of};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {store}: {what} is missing")]
+    Missing { store: String, what: String },
+    #[error("store {store}: {what} is corrupt: {why}")]
+    Corrupt {
+        store: String,
+        what: String,
+        why: String,
+    },
+    #[error("store {store}: {what}: {source}")]
+    Io {
+        store: String,
+        what: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{0:?} is not a sha256:<hex> digest")]
+    BadDigest(String),
+    #[error("cannot open store {path}: {why}")]
+    Open { path: String, why: String },
+}
+
+/// One region's store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    name: String,
+    inner: Arc<dyn ObjectStore>,
+}
+
+fn chunk_path(hex: &str) -> Path {
+    Path::from(format!("chunks/{hex}"))
+}
+
+fn manifest_path(hex: &str) -> Path {
+    Path::from(format!("manifests/{hex}.json"))
+}
+
+fn log_prefix(build: &str, attempt: u32) -> Path {
+    Path::from(format!("logs/{build}/{attempt}"))
+}
+
+impl Store {
+    /// A store in a local directory, created if missing.
+    pub fn local(dir: &FsPath) -> Result<Self, StoreError> {
+        let open = |why: String| StoreError::Open {
+            path: dir.display().to_string(),
+            why,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open(e.to_string()))?;
+        let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| open(e.to_string()))?;
+        Ok(Self {
+            name: dir.display().to_string(),
+            inner: Arc::new(fs),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn io(&self, what: impl Into<String>) -> impl FnOnce(object_store::Error) -> StoreError + '_ {
+        let what = what.into();
+        move |source| match source {
+            object_store::Error::NotFound { .. } => StoreError::Missing {
+                store: self.name.clone(),
+                what,
+            },
+            source => StoreError::Io {
+                store: self.name.clone(),
+                what,
+                source,
+            },
+        }
+    }
+
+    /// Writes an immutable object once; an object already there is left as it is.
+    async fn put_once(&self, path: &Path, data: Bytes, what: &str) -> Result<(), StoreError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .inner
+            .put_opts(path, PutPayload::from_bytes(data), opts)
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(self.io(what)(e)),
+        }
+    }
+
+    async fn read(&self, path: &Path, what: &str, limit: usize) -> Result<Bytes, StoreError> {
+        let got = self.inner.get(path).await.map_err(self.io(what))?;
+        if got.meta.size as usize > limit {
+            return Err(StoreError::Corrupt {
+                store: self.name.clone(),
+                what: what.to_string(),
+                why: format!("{} bytes is over the {limit}-byte limit", got.meta.size),
+            });
+        }
+        got.bytes().await.map_err(self.io(what))
+    }
+
+    /// Stores a chunk under its digest, after checking the bytes match it.
+    pub async fn put_chunk(&self, digest: &str, data: Bytes) -> Result<(), StoreError> {
+        let hex = digest_hex(digest).ok_or_else(|| StoreError::BadDigest(digest.to_string()))?;
+        let actual = digest_of(&data);
+        if actual != digest {
+            return Err(StoreError::Corrupt {
+                store: self.name.clone(),
+                what: format!("chunk {digest}"),
+                why: format!("the bytes to write hash to {actual}"),
+            });
+        }
+        self.put_once(&chunk_path(hex), data, &format!("chunk {digest}"))
+            .await
+    }
+
+    /// Replaces a chunk whose stored bytes are corrupt (replication repair).
+    pub async fn overwrite_chunk(&self, digest: &str, data: Bytes) -> Result<(), StoreError> {
+        let hex = digest_hex(digest).ok_or_else(|| StoreError::BadDigest(digest.to_string()))?;
+        if digest_of(&data) != digest {
+            return Err(StoreError::Corrupt {
+                store: self.name.clone(),
+                what: format!("chunk {digest}"),
+                why: "the bytes to write do not match".into(),
+            });
+        }
+        self.inner
+            .put(&chunk_path(hex), PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(self.io(format!("chunk {digest}")))
+    }
+
+    /// Reads a chunk and verifies it against its digest.
+    pub async fn get_chunk(&self, digest: &str, max: u64) -> Result<Bytes, StoreError> {
+        let hex = digest_hex(digest).ok_or_else(|| StoreError::BadDigest(digest.to_string()))?;
+        let what = format!("chunk {digest}");
+        let data = self.read(&chunk_path(hex), &what, max as usize).await?;
+        let actual = digest_of(&data);
+        if actual != digest {
+            return Err(StoreError::Corrupt {
+                store: self.name.clone(),
+                what,
+                why: format!("its bytes hash to {actual}"),
+            });
+        }
+        Ok(data)
+    }
+
+    pub async fn put_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        let hex = digest_hex(&m.artifact_digest)
+            .ok_or_else(|| StoreError::BadDigest(m.artifact_digest.clone()))?;
+        let data = serde_json::to_vec_pretty(m).map_err(|e| StoreError::Corrupt {
+            store: self.name.clone(),
+            what: "manifest".into(),
+            why: e.to_string(),
+        })?;
+        self.put_once(&manifest_path(hex), Bytes::from(data), "manifest")
+            .await
+    }
+
+    /// Reads a manifest, checks it is coherent and that it names the digest it is stored under.
+    pub async fn get_manifest(&self, artifact_digest: &str) -> Result<Manifest, StoreError> {
+        let hex = digest_hex(artifact_digest)
+            .ok_or_else(|| StoreError::BadDigest(artifact_digest.to_string()))?;
+        let what = format!("manifest {artifact_digest}");
+        let data = self
+            .read(&manifest_path(hex), &what, MAX_MANIFEST_BYTES)
+            .await?;
+        let corrupt = |why: String| StoreError::Corrupt {
+            store: self.name.clone(),
+            what: what.clone(),
+            why,
+        };
+        let m: Manifest = serde_json::from_slice(&data).map_err(|e| corrupt(e.to_string()))?;
+        m.check().map_err(|e| corrupt(e.to_string()))?;
+        if m.artifact_digest != artifact_digest {
+            return Err(corrupt(format!("it names {}", m.artifact_digest)));
+        }
+        Ok(m)
+    }
+
+    /// Appends one segment of a build attempt's log.
+    pub async fn put_log_segment(
+        &self,
+        build: &str,
+        attempt: u32,
+        seq: u32,
+        data: Bytes,
+    ) -> Result<(), StoreError> {
+        let path = Path::from(format!("logs/{build}/{attempt}/{seq:08}"));
+        self.put_once(&path, data, "log segment").await
+    }
+
+    /// The log segments of a build attempt, in order, from `from_seq` on.
+    pub async fn log_segments(
+        &self,
+        build: &str,
+        attempt: u32,
+        from_seq: u32,
+    ) -> Result<Vec<(u32, Bytes)>, StoreError> {
+        let prefix = log_prefix(build, attempt);
+        let metas: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(self.io("log listing"))?;
+        let mut seqs: Vec<(u32, Path)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .and_then(|f| f.parse().ok())
+                    .map(|s| (s, m.location.clone()))
+            })
+            .filter(|(s, _)| *s >= from_seq)
+            .collect();
+        seqs.sort_by_key(|(s, _)| *s);
+        let mut out = Vec::new();
+        for (seq, path) in seqs {
+            out.push((
+                seq,
+                self.read(&path, "log segment", 16 * 1024 * 1024).await?,
+            ));
+        }
+        Ok(out)
+    }
+}
