@@ -7,7 +7,12 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["deploy/v1/raft.proto", "deploy/v1/cluster.proto"];
+    let files = [
+        "deploy/v1/raft.proto",
+        "deploy/v1/cluster.proto",
+        "deploy/v1/build.proto",
+        "deploy/v1/worker.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -10,10 +10,15 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use deploy_proto::v1::build_service_client::BuildServiceClient;
 use deploy_proto::v1::cluster_service_client::ClusterServiceClient;
 use deploy_proto::v1::{
     AddNodeRequest, ClusterStatus, ClusterStatusRequest, GetMetaReply, GetMetaRequest,
     MembershipReply, RemoveNodeRequest, SetMetaReply, SetMetaRequest,
+};
+use deploy_proto::v1::{
+    Build, BuildLogsRequest, CancelBuildRequest, GetBuildRequest, ListBuildsReply,
+    ListBuildsRequest, LogChunk, SubmitBuildRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -151,17 +156,28 @@ impl Client {
         })
     }
 
-    /// Runs one call, moving to the next endpoint if the current one stops answering.
+    /// Runs one cluster-service call.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
         F: Fn(ClusterServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_on(|ch| f(ClusterServiceClient::new(ch))).await
+    }
+
+    /// Runs one call on a channel, moving to the next endpoint if the current one stops
+    /// answering, and retrying briefly when the cluster answers Unavailable (no leader yet,
+    /// leadership moving): the server says so only when the request was not applied.
+    async fn call_on<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let (mut index, mut channel) = self.channel(None).await?;
         let mut tries = 0;
+        let mut unavailable = 0;
         loop {
-            let client = ClusterServiceClient::new(channel.clone());
-            let result = tokio::time::timeout(self.timeout, f(client)).await;
+            let result = tokio::time::timeout(self.timeout, f(channel.clone())).await;
             let endpoint = self.endpoints[index].uri().to_string();
             match result {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
@@ -174,6 +190,11 @@ impl Client {
                     if transport && tries < self.endpoints.len() {
                         *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         (index, channel) = self.channel(Some(index)).await?;
+                        continue;
+                    }
+                    if !transport && status.code() == tonic::Code::Unavailable && unavailable < 3 {
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(300 * unavailable)).await;
                         continue;
                     }
                     return Err(ClientError::Api {
@@ -249,6 +270,78 @@ impl Client {
             async move { c.set_meta(req).await }
         })
         .await
+    }
+
+    pub async fn submit_build(
+        &self,
+        service: &str,
+        repo: &str,
+        commit: &str,
+    ) -> Result<Build, ClientError> {
+        let req = SubmitBuildRequest {
+            service: service.into(),
+            repo: repo.into(),
+            commit: commit.into(),
+        };
+        self.call_on(|ch| {
+            let req = req.clone();
+            async move { BuildServiceClient::new(ch).submit_build(req).await }
+        })
+        .await
+    }
+
+    pub async fn get_build(&self, id: &str, stale: bool) -> Result<Build, ClientError> {
+        let req = GetBuildRequest {
+            id: id.into(),
+            stale,
+        };
+        self.call_on(|ch| {
+            let req = req.clone();
+            async move { BuildServiceClient::new(ch).get_build(req).await }
+        })
+        .await
+    }
+
+    pub async fn list_builds(
+        &self,
+        req: ListBuildsRequest,
+    ) -> Result<ListBuildsReply, ClientError> {
+        self.call_on(|ch| {
+            let req = req.clone();
+            async move { BuildServiceClient::new(ch).list_builds(req).await }
+        })
+        .await
+    }
+
+    pub async fn cancel_build(&self, id: &str) -> Result<Build, ClientError> {
+        let req = CancelBuildRequest { id: id.into() };
+        self.call_on(|ch| {
+            let req = req.clone();
+            async move { BuildServiceClient::new(ch).cancel_build(req).await }
+        })
+        .await
+    }
+
+    /// The build's log as a stream of chunks; with `follow`, until the build ends.
+    pub async fn build_logs(
+        &self,
+        id: &str,
+        follow: bool,
+    ) -> Result<tonic::Streaming<LogChunk>, ClientError> {
+        let (index, channel) = self.channel(None).await?;
+        let req = BuildLogsRequest {
+            id: id.into(),
+            follow,
+        };
+        BuildServiceClient::new(channel)
+            .build_logs(req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| ClientError::Api {
+                endpoint: self.endpoints[index].uri().to_string(),
+                code: s.code(),
+                message: s.message().to_string(),
+            })
     }
 
     pub async fn get_meta(

@@ -2,7 +2,7 @@
 //!
 //! Any node answers any request. Writes and linearizable reads must run on the leader of the
 //! group they name: a node that is not that leader forwards the request to it (at most
-//! [`MAX_HOPS`] times, so a confused membership cannot bounce a request forever). Stale reads
+//! [`crate::routing::MAX_HOPS`] times, so a confused membership cannot bounce a request forever). Stale reads
 //! are answered by whichever replica receives them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,11 +11,9 @@ use std::time::Duration;
 
 use deploy_proto::v1::cluster_service_client::ClusterServiceClient;
 use deploy_proto::v1::cluster_service_server::ClusterService;
-use deploy_proto::v1::raft_service_client::RaftServiceClient;
 use deploy_proto::v1::{
     AddNodeRequest, ClusterStatus, ClusterStatusRequest, GetMetaReply, GetMetaRequest, GroupStatus,
-    Member, MemberStatus, MembershipReply, NodeStatusReply, NodeStatusRequest, RemoveNodeRequest,
-    SetMetaReply, SetMetaRequest,
+    Member, MemberStatus, MembershipReply, RemoveNodeRequest, SetMetaReply, SetMetaRequest,
 };
 use deploy_raft::DeployNode;
 use deploy_state::{Command, Response as SmResponse};
@@ -28,130 +26,26 @@ use tracing::{info, instrument};
 use crate::error::ApiError;
 use crate::group::{GroupHandle, LeaderIs};
 use crate::node::Node;
+use crate::routing::{forwarded, hops, parse_group, Route, Routing};
 
-/// Request metadata counting how many times a request was forwarded.
-pub const HOPS_HEADER: &str = "x-deploy-hops";
-pub const MAX_HOPS: u32 = 3;
-/// How long a request waits for a group to elect a leader before answering Unavailable.
-const LEADER_PATIENCE: Duration = Duration::from_secs(3);
-/// How long to wait for one peer's status.
-const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a new node may take to catch up before it is made a voter.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct ClusterApi {
     node: Arc<Node>,
-}
-
-enum Route<'a> {
-    Local(&'a GroupHandle),
-    Remote(String),
-}
-
-fn hops<T>(req: &Request<T>) -> u32 {
-    req.metadata()
-        .get(HOPS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn parse_group(s: &str) -> Result<GroupName, ApiError> {
-    s.parse()
-        .map_err(|e: deploy_types::IdError| ApiError::InvalidArgument(format!("group: {e}")))
+    routing: Routing,
 }
 
 impl ClusterApi {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
-    }
-
-    fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
-        self.node
-            .pool
-            .get(addr)
-            .map_err(|e| ApiError::Unavailable(format!("cannot reach {addr}: {e}")))
-    }
-
-    /// Asks the node at `addr` for its view of `group`.
-    async fn peer_status(
-        &self,
-        addr: &str,
-        group: &GroupName,
-    ) -> Result<NodeStatusReply, ApiError> {
-        let mut client = RaftServiceClient::new(self.channel(addr)?);
-        let mut req = Request::new(NodeStatusRequest {
-            group: group.to_string(),
-        });
-        req.set_timeout(PEER_TIMEOUT);
-        match tokio::time::timeout(PEER_TIMEOUT, client.node_status(req)).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(ApiError::Unavailable(format!("{addr}: {}", s.message()))),
-            Err(_) => Err(ApiError::Unavailable(format!(
-                "{addr}: no answer within {PEER_TIMEOUT:?}"
-            ))),
+        Self {
+            routing: Routing::new(node.clone()),
+            node,
         }
-    }
-
-    /// The addresses of a group's configured voters, for groups this node does not host.
-    fn configured_addrs(&self, group: &GroupName) -> Vec<(String, String)> {
-        let cfg = &self.node.config;
-        cfg.voters(group)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|v| cfg.node(v).map(|n| (v.to_string(), n.addr.clone())))
-            .collect()
-    }
-
-    /// Where a leader-only request for `group` must run.
-    async fn route(&self, group: &GroupName, hops: u32) -> Result<Route<'_>, ApiError> {
-        if let Some(handle) = self.node.group(group) {
-            return match handle.leader(LEADER_PATIENCE).await? {
-                LeaderIs::Here => Ok(Route::Local(handle)),
-                LeaderIs::At { addr, .. } => self.remote(addr, hops),
-            };
-        }
-        if self.node.config.voters(group).is_none() {
-            return Err(ApiError::NotFound(format!(
-                "group {group} is not in the cluster config"
-            )));
-        }
-        // Not hosted here: ask the group's members who leads.
-        for (_, addr) in self.configured_addrs(group) {
-            let Ok(status) = self.peer_status(&addr, group).await else {
-                continue;
-            };
-            if status.role == "LEADER" {
-                return self.remote(addr, hops);
-            }
-            if let Some(m) = status.members.iter().find(|m| m.id == status.leader) {
-                return self.remote(m.addr.clone(), hops);
-            }
-        }
-        Err(ApiError::Unavailable(format!(
-            "group {group}: no member answered with a leader; is a majority of its voters up?"
-        )))
-    }
-
-    fn remote(&self, addr: String, hops: u32) -> Result<Route<'_>, ApiError> {
-        if hops >= MAX_HOPS {
-            return Err(ApiError::Unavailable(format!(
-                "request forwarded {hops} times without reaching a leader; the group is changing leaders, retry"
-            )));
-        }
-        Ok(Route::Remote(addr))
     }
 
     fn forward_client(&self, addr: &str) -> Result<ClusterServiceClient<Channel>, ApiError> {
-        Ok(ClusterServiceClient::new(self.channel(addr)?))
-    }
-
-    fn forwarded<T>(msg: T, hops: u32) -> Request<T> {
-        let mut req = Request::new(msg);
-        if let Ok(v) = (hops + 1).to_string().parse() {
-            req.metadata_mut().insert(HOPS_HEADER, v);
-        }
-        req
+        Ok(ClusterServiceClient::new(self.routing.channel(addr)?))
     }
 
     /// Status of one group, asking every member for its own view.
@@ -161,8 +55,8 @@ impl ClusterApi {
             None => Vec::new(),
         };
         if members.is_empty() {
-            for (_, addr) in self.configured_addrs(group) {
-                if let Ok(s) = self.peer_status(&addr, group).await {
+            for (_, addr) in self.routing.configured_addrs(group) {
+                if let Ok(s) = self.routing.peer_status(&addr, group).await {
                     members = s.members;
                     break;
                 }
@@ -170,6 +64,7 @@ impl ClusterApi {
         }
         if members.is_empty() {
             members = self
+                .routing
                 .configured_addrs(group)
                 .into_iter()
                 .map(|(id, addr)| Member {
@@ -186,7 +81,7 @@ impl ClusterApi {
                     None => Err(ApiError::NotFound("not hosted".into())),
                 }
             } else {
-                self.peer_status(&m.addr, group).await
+                self.routing.peer_status(&m.addr, group).await
             };
             (m, status)
         });
@@ -226,14 +121,18 @@ impl ClusterApi {
     async fn set_meta_local(
         &self,
         group: &GroupHandle,
-        cmd: Command,
+        req: SetMetaRequest,
         hops: u32,
     ) -> Result<SetMetaReply, Status> {
+        let cmd = Command::SetMeta {
+            key: req.key.clone(),
+            value: req.value.clone(),
+        };
         group
             .state
             .read(|d| d.state.check(&cmd))
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        match group.write(cmd.clone()).await {
+        match group.write(cmd).await {
             Ok((log_index, SmResponse::MetaSet { previous })) => Ok(SetMetaReply {
                 log_index,
                 previous,
@@ -243,16 +142,10 @@ impl ClusterApi {
                 Err(ApiError::Internal(format!("unexpected response {other:?}")).into())
             }
             Err(Ok(LeaderIs::At { addr, .. })) => {
-                let Command::SetMeta { key, value } = cmd;
-                let msg = SetMetaRequest {
-                    group: group.name.to_string(),
-                    key,
-                    value,
-                };
-                self.remote(addr.clone(), hops)?;
+                self.routing.remote(addr.clone(), hops)?;
                 let r = self
                     .forward_client(&addr)?
-                    .set_meta(Self::forwarded(msg, hops))
+                    .set_meta(forwarded(req, hops))
                     .await?;
                 Ok(r.into_inner())
             }
@@ -306,11 +199,11 @@ impl ClusterService for ClusterApi {
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         check_addr(&req.addr)
             .map_err(|e| ApiError::InvalidArgument(format!("addr {:?} {e}", req.addr)))?;
-        let handle = match self.route(&group, hops).await? {
+        let handle = match self.routing.route(&group, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .forward_client(&addr)?
-                    .add_node(Self::forwarded(req, hops))
+                    .add_node(forwarded(req, hops))
                     .await;
             }
             Route::Local(h) => h,
@@ -371,11 +264,11 @@ impl ClusterService for ClusterApi {
         let group = parse_group(&req.group)?;
         let name = NodeName::new(req.node_id.clone())
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let handle = match self.route(&group, hops).await? {
+        let handle = match self.routing.route(&group, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .forward_client(&addr)?
-                    .remove_node(Self::forwarded(req, hops))
+                    .remove_node(forwarded(req, hops))
                     .await;
             }
             Route::Local(h) => h,
@@ -414,17 +307,11 @@ impl ClusterService for ClusterApi {
         let hops = hops(&request);
         let req = request.into_inner();
         let group = parse_group(&req.group)?;
-        match self.route(&group, hops).await? {
-            Route::Local(h) => {
-                let cmd = Command::SetMeta {
-                    key: req.key,
-                    value: req.value,
-                };
-                Ok(Response::new(self.set_meta_local(h, cmd, hops).await?))
-            }
+        match self.routing.route(&group, hops).await? {
+            Route::Local(h) => Ok(Response::new(self.set_meta_local(h, req, hops).await?)),
             Route::Remote(addr) => {
                 self.forward_client(&addr)?
-                    .set_meta(Self::forwarded(req, hops))
+                    .set_meta(forwarded(req, hops))
                     .await
             }
         }
@@ -448,23 +335,23 @@ impl ClusterService for ClusterApi {
             if let Some(h) = self.node.group(&group) {
                 return Ok(Response::new(read(h)));
             }
-            let Some((_, addr)) = self.configured_addrs(&group).into_iter().next() else {
+            let Some((_, addr)) = self.routing.configured_addrs(&group).into_iter().next() else {
                 return Err(ApiError::NotFound(format!(
                     "group {group} is not in the cluster config"
                 ))
                 .into());
             };
-            self.remote(addr.clone(), hops)?;
+            self.routing.remote(addr.clone(), hops)?;
             return self
                 .forward_client(&addr)?
-                .get_meta(Self::forwarded(req, hops))
+                .get_meta(forwarded(req, hops))
                 .await;
         }
-        let addr = match self.route(&group, hops).await? {
+        let addr = match self.routing.route(&group, hops).await? {
             Route::Local(h) => match h.linearizable().await {
                 Ok(()) => return Ok(Response::new(read(h))),
                 Err(Ok(LeaderIs::At { addr, .. })) => {
-                    self.remote(addr.clone(), hops)?;
+                    self.routing.remote(addr.clone(), hops)?;
                     addr
                 }
                 Err(Ok(LeaderIs::Here)) => {
@@ -475,7 +362,7 @@ impl ClusterService for ClusterApi {
             Route::Remote(addr) => addr,
         };
         self.forward_client(&addr)?
-            .get_meta(Self::forwarded(req, hops))
+            .get_meta(forwarded(req, hops))
             .await
     }
 }

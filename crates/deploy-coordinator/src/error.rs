@@ -4,7 +4,7 @@ use tonic::{Code, Status};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
-    #[error("invalid argument: {0}")]
+    #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),

@@ -168,6 +168,26 @@ impl GroupHandle {
         }
     }
 
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Proposes a command on this replica, which must lead the group. A leadership change in
+    /// between is `Unavailable`: the command was not appended, and a retry finds the new leader.
+    pub async fn propose(&self, cmd: Command) -> Result<(u64, Response), ApiError> {
+        match self.write(cmd).await {
+            Ok(r) => Ok(r),
+            Err(Ok(LeaderIs::At { name, .. })) => Err(ApiError::Unavailable(format!(
+                "group {}: leadership moved to {name} before the write was accepted; retry",
+                self.name
+            ))),
+            Err(Ok(LeaderIs::Here)) => {
+                Err(ApiError::Internal("write refused by its own leader".into()))
+            }
+            Err(Err(e)) => Err(e),
+        }
+    }
+
     /// Confirms this replica still leads (a quorum acknowledges it) and that the state machine
     /// has applied everything committed before the call: a linearizable read point.
     pub async fn linearizable(&self) -> Result<(), Result<LeaderIs, ApiError>> {

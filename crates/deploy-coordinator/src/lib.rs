@@ -12,11 +12,15 @@
 //! binaries, on the client library or on test code.
 
 pub mod api;
+pub mod build_api;
+pub mod build_tasks;
 pub mod error;
 pub mod group;
 pub mod node;
 pub mod raft_service;
+pub mod routing;
 pub mod server;
+pub mod worker_api;
 
 pub use error::ApiError;
 pub use group::{GroupHandle, Role};

@@ -11,6 +11,8 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::RaftNetworkFactory;
 use tracing::{info, instrument, warn};
 
+use deploy_artifact::Store;
+
 use crate::group::GroupHandle;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,8 @@ pub enum NodeError {
     },
     #[error("group {group}: raft failed: {message}")]
     Raft { group: GroupName, message: String },
+    #[error("cannot open the artifact stores: {0}")]
+    Stores(String),
 }
 
 /// Where a node keeps its data.
@@ -47,6 +51,8 @@ pub enum NodeError {
 pub struct NodeOptions {
     /// One RocksDB directory per group is made under it.
     pub data_dir: PathBuf,
+    /// Relative store paths of the config are resolved against it.
+    pub store_base: PathBuf,
 }
 
 /// The groups hosted by one coordinator node.
@@ -56,6 +62,9 @@ pub struct Node {
     groups: BTreeMap<GroupName, GroupHandle>,
     /// Channels to other nodes, for forwarding requests and asking their status.
     pub pool: ChannelPool,
+    /// Every region's artifact store, by region name.
+    pub stores: BTreeMap<String, Store>,
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {
@@ -79,6 +88,14 @@ impl Node {
         if hosted.is_empty() {
             return Err(NodeError::NoGroups(me.to_string()));
         }
+        let mut stores = BTreeMap::new();
+        for region in config.regions() {
+            let dir = config
+                .store_dir(region, &options.store_base)
+                .ok_or_else(|| NodeError::UnknownNode(region.to_string()))?;
+            let store = Store::local(&dir).map_err(|e| NodeError::Stores(e.to_string()))?;
+            stores.insert(region.to_string(), store);
+        }
         let mut groups = BTreeMap::new();
         for group in hosted {
             let handle =
@@ -90,6 +107,8 @@ impl Node {
             config,
             groups,
             pool,
+            stores,
+            stopping: tokio::sync::watch::channel(false).0,
         }))
     }
 
@@ -101,8 +120,19 @@ impl Node {
         self.groups.values()
     }
 
+    /// Resolves once [`Node::shutdown`] has begun; background loops select on it.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    pub fn store(&self, region: &str) -> Option<&Store> {
+        self.stores.get(region)
+    }
+
     /// Stops every group's `Raft`. Data is already durable; this only ends the tasks.
     pub async fn shutdown(&self) {
+        self.stopping.send_replace(true);
         for g in self.groups.values() {
             if let Err(e) = g.raft.shutdown().await {
                 warn!(group = %g.name, error = %e, "raft shutdown failed");

@@ -3,8 +3,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use deploy_proto::v1::build_service_server::BuildServiceServer;
 use deploy_proto::v1::cluster_service_server::ClusterServiceServer;
 use deploy_proto::v1::raft_service_server::RaftServiceServer;
+use deploy_proto::v1::worker_service_server::WorkerServiceServer;
 use deploy_proto::v1::FILE_DESCRIPTOR_SET;
 use deploy_raft::codec::MAX_RECORD_BYTES;
 use tokio::net::TcpListener;
@@ -46,12 +48,24 @@ pub async fn serve(
     let raft = RaftServiceServer::new(RaftServer::new(node.clone()))
         .max_decoding_message_size(MAX_RECORD_BYTES)
         .max_encoding_message_size(MAX_RECORD_BYTES);
+    let routing = crate::routing::Routing::new(node.clone());
+    let builds = BuildServiceServer::new(crate::build_api::BuildApi::new(routing.clone()))
+        .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
+    let workers = WorkerServiceServer::new(crate::worker_api::WorkerApi::new(routing))
+        .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
+    health
+        .set_serving::<BuildServiceServer<crate::build_api::BuildApi>>()
+        .await;
     let api = ClusterServiceServer::new(ClusterApi::new(node))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
     Server::builder()
         .add_service(raft)
         .add_service(api)
+        .add_service(builds)
+        .add_service(workers)
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
@@ -89,6 +103,7 @@ pub async fn launch(
         deploy_raft::network::GrpcNetwork::new(g.clone(), net_pool.clone())
     })
     .await?;
+    crate::build_tasks::spawn(node.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(node.clone(), listener, async {
         let _ = stopped.await;

@@ -236,22 +236,23 @@ pub enum BuildResponse {
     Registered,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum BuildError {
     #[error("build {0} does not exist")]
     NotFound(String),
     #[error("build {id} is {state}, not {expected}")]
     WrongState {
         id: String,
-        state: &'static str,
-        expected: &'static str,
+        state: String,
+        expected: String,
     },
     #[error("stale lease for build {id}: {why}")]
     Stale { id: String, why: String },
     #[error("worker {0:?} is not registered")]
     UnknownWorker(String),
-    #[error("invalid {field}: {why}")]
-    Invalid { field: &'static str, why: String },
+    /// `why` names the field.
+    #[error("{why}")]
+    Invalid { field: String, why: String },
 }
 
 /// The build queue and the worker registry.
@@ -386,8 +387,8 @@ impl Builds {
                 if b.state.is_final() || b.state == BuildState::Replicating {
                     return Err(BuildError::WrongState {
                         id: id.clone(),
-                        state: b.state.as_str(),
-                        expected: "QUEUED or RUNNING",
+                        state: b.state.as_str().into(),
+                        expected: "QUEUED or RUNNING".into(),
                     });
                 }
                 let seq = b.seq;
@@ -406,7 +407,7 @@ impl Builds {
             } => {
                 if worker.is_empty() || worker.len() > 63 {
                     return Err(BuildError::Invalid {
-                        field: "worker",
+                        field: "worker".into(),
                         why: "must be 1-63 bytes".into(),
                     });
                 }
@@ -594,8 +595,8 @@ impl Builds {
                 if b.state != BuildState::Replicating {
                     return Err(BuildError::WrongState {
                         id: id.clone(),
-                        state: b.state.as_str(),
-                        expected: "REPLICATING",
+                        state: b.state.as_str().into(),
+                        expected: "REPLICATING".into(),
                     });
                 }
                 b.regions_done.insert(region.clone());

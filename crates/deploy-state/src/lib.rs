@@ -35,6 +35,8 @@ pub enum Response {
         previous: Option<String>,
     },
     Build(BuildResponse),
+    /// A build command refused by the queue; the state is unchanged.
+    BuildRejected(BuildError),
     /// The command was committed but refused by the state machine; the state is unchanged.
     Rejected(String),
 }
@@ -51,8 +53,8 @@ pub enum CommandError {
 
 /// Checks the user-supplied fields of a build submission.
 pub fn check_build_input(service: &str, repo: &str, commit: &str) -> Result<(), BuildError> {
-    let invalid = |field, e: deploy_types::InputError| BuildError::Invalid {
-        field,
+    let invalid = |field: &str, e: deploy_types::InputError| BuildError::Invalid {
+        field: field.into(),
         why: e.to_string(),
     };
     deploy_types::check_service(service).map_err(|e| invalid("service", e))?;
@@ -102,7 +104,7 @@ impl GroupState {
             }
             Command::Build(b) => match self.builds.apply(b) {
                 Ok(r) => Response::Build(r),
-                Err(e) => Response::Rejected(e.to_string()),
+                Err(e) => Response::BuildRejected(e),
             },
         }
     }

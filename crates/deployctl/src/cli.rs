@@ -41,6 +41,51 @@ pub enum Command {
     /// The coordinator cluster: groups, members, membership changes, metadata.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Builds: submit a commit, follow it to an artifact, read its log.
+    #[command(subcommand)]
+    Build(BuildCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildCommand {
+    /// Queue a build of an exact commit (idempotent per service, repo and commit).
+    Submit {
+        #[arg(long)]
+        service: String,
+        /// Repository: an absolute or existing local path, or a file://, https:// or ssh:// URL.
+        #[arg(long)]
+        repo: String,
+        /// Full commit SHA (40 or 64 lowercase hex characters).
+        #[arg(long)]
+        commit: String,
+        /// Wait for the build to end, showing progress; exit 0 only if it SUCCEEDED.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show one build.
+    Get { id: String },
+    /// Builds, newest first.
+    List {
+        #[arg(long)]
+        service: Option<String>,
+        /// QUEUED, RUNNING, REPLICATING, SUCCEEDED, FAILED or CANCELLED.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue from a previous page (printed at its end).
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Cancel a queued or running build; its processes are killed.
+    Cancel { id: String },
+    /// Print the build command's output (latest attempt).
+    Logs {
+        id: String,
+        /// Keep printing until the build ends.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,5 +179,6 @@ impl Global {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Cluster(c) => crate::cluster::run(&cli.global, c).await,
+        Command::Build(c) => crate::build::run(&cli.global, c).await,
     }
 }

@@ -31,8 +31,26 @@ pub enum Command {
         /// Where the node keeps its groups' data (default: .deploy/<id>).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Relative store paths of the config are resolved against this directory.
+        #[arg(long, default_value = ".")]
+        store_base: PathBuf,
     },
-    /// Run every node of a cluster config in this one process, on loopback.
+    /// Run a build worker: lease builds from the global leader, build them, store artifacts.
+    Worker {
+        /// Cluster config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// This worker's id in the config.
+        #[arg(long)]
+        id: String,
+        /// Mirrors and scratch space (default: .deploy/<id>).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Relative store paths of the config are resolved against this directory.
+        #[arg(long, default_value = ".")]
+        store_base: PathBuf,
+    },
+    /// Run every node and worker of a cluster config in this one process, on loopback.
     Dev {
         /// Cluster config file (default: the embedded cluster-config/local.toml).
         #[arg(long)]
@@ -49,7 +67,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             id,
             data_dir,
-        } => crate::node::run(&config, &id, data_dir).await,
+            store_base,
+        } => crate::node::run(&config, &id, data_dir, store_base).await,
+        Command::Worker {
+            config,
+            id,
+            work_dir,
+            store_base,
+        } => crate::worker::run(&config, &id, work_dir, &store_base).await,
         Command::Dev { config, data_dir } => crate::dev::run(config.as_deref(), &data_dir).await,
     }
 }

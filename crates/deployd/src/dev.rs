@@ -29,11 +29,24 @@ pub async fn run(config_path: Option<&Path>, data_dir: &Path) -> anyhow::Result<
     for (id, listener) in listeners {
         let options = NodeOptions {
             data_dir: data_dir.join(id.as_str()),
+            store_base: data_dir.to_path_buf(),
         };
         let running = launch(config.clone(), id.clone(), &options, listener, pool.clone())
             .await
             .with_context(|| format!("cannot start node {id}"))?;
         nodes.push(running);
+    }
+    let stop_workers = tokio_util::sync::CancellationToken::new();
+    let mut workers = Vec::new();
+    for w in &config.workers {
+        let worker = crate::worker::make(
+            &config,
+            &w.id,
+            data_dir.join("workers").join(&w.id),
+            data_dir,
+        )
+        .with_context(|| format!("cannot start worker {}", w.id))?;
+        workers.push(tokio::spawn(worker.run(stop_workers.clone())));
     }
     let endpoint = config
         .voters(&deploy_types::GroupName::Global)
@@ -49,10 +62,15 @@ pub async fn run(config_path: Option<&Path>, data_dir: &Path) -> anyhow::Result<
     );
     println!("deployd dev: {config}");
     println!("deployd dev: data in {}", data_dir.display());
+    println!("deployd dev: {} build workers", config.workers.len());
     println!("deployd dev: API endpoint {endpoint}");
     println!("deployd dev: try `deployctl cluster status`; stop with Ctrl-C");
     crate::cli::shutdown_signal().await;
     info!("stopping the dev cluster");
+    stop_workers.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
     for n in nodes {
         n.stop().await;
     }

@@ -4,6 +4,7 @@ mod cli;
 mod dev;
 mod logging;
 mod node;
+mod worker;
 
 use clap::Parser;
 

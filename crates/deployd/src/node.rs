@@ -11,7 +11,12 @@ use deploy_types::NodeName;
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub async fn run(config_path: &Path, id: &str, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    config_path: &Path,
+    id: &str,
+    data_dir: Option<PathBuf>,
+    store_base: PathBuf,
+) -> anyhow::Result<()> {
     let config = Arc::new(crate::cli::load_config(Some(config_path))?);
     let me = NodeName::new(id).with_context(|| "--id")?;
     let node_cfg = config
@@ -26,6 +31,7 @@ pub async fn run(config_path: &Path, id: &str, data_dir: Option<PathBuf>) -> any
         me.clone(),
         &NodeOptions {
             data_dir: data_dir.clone(),
+            store_base,
         },
         listener,
         ChannelPool::tcp(),

@@ -91,6 +91,7 @@ impl GrpcCluster {
         };
         let options = NodeOptions {
             data_dir: self.dir.path().join(name),
+            store_base: self.dir.path().to_path_buf(),
         };
         let running = launch(
             self.config.clone(),

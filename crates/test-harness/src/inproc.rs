@@ -75,6 +75,7 @@ impl InProcCluster {
         }
         let options = NodeOptions {
             data_dir: self.dir.path().join(name),
+            store_base: self.dir.path().to_path_buf(),
         };
         let routers = self.routers.clone();
         let id = me.raft_id();

@@ -1,0 +1,365 @@
+//! The public build API: submit, get, list, cancel, and the build log stream.
+
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deploy_proto::v1::build_service_client::BuildServiceClient;
+use deploy_proto::v1::build_service_server::BuildService;
+use deploy_proto::v1::{
+    Build as PbBuild, BuildLogsRequest, BuildTransition, CancelBuildRequest, GetBuildRequest,
+    ListBuildsReply, ListBuildsRequest, LogChunk, SubmitBuildRequest,
+};
+use deploy_state::builds::{
+    parse_build_id, Build, BuildCommand, BuildError, BuildResponse, BuildState,
+};
+use deploy_state::{Command, Response as SmResponse};
+use deploy_types::GroupName;
+use futures::Stream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::error::ApiError;
+use crate::group::GroupHandle;
+use crate::routing::{forwarded, hops, Route, Routing};
+
+const GLOBAL: GroupName = GroupName::Global;
+const MAX_PAGE: u32 = 500;
+const DEFAULT_PAGE: u32 = 50;
+/// How often a followed log is polled for new segments.
+const LOG_POLL: Duration = Duration::from_millis(250);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A build as the API shows it.
+pub fn to_proto(b: &Build) -> PbBuild {
+    PbBuild {
+        id: b.id(),
+        service: b.service.clone(),
+        repo: b.repo.clone(),
+        commit: b.commit.clone(),
+        state: b.state.as_str().to_string(),
+        attempts: b.attempts,
+        worker: b.worker.clone(),
+        artifact_digest: b.artifact_digest.clone().unwrap_or_default(),
+        artifact_size: b.artifact_size,
+        error: b.error.clone().unwrap_or_default(),
+        created_at_ms: b.created_at_ms,
+        updated_at_ms: b.updated_at_ms,
+        started_at_ms: b.started_at_ms.unwrap_or(0),
+        finished_at_ms: b.finished_at_ms.unwrap_or(0),
+        regions_done: b.regions_done.iter().cloned().collect(),
+        history: b
+            .history
+            .iter()
+            .map(|t| BuildTransition {
+                state: t.state.as_str().to_string(),
+                at_ms: t.at_ms,
+                note: t.note.clone(),
+            })
+            .collect(),
+        created: false,
+    }
+}
+
+/// A refused build command as an API error.
+pub fn build_error(e: BuildError) -> ApiError {
+    match e {
+        BuildError::NotFound(_) => ApiError::NotFound(e.to_string()),
+        BuildError::Invalid { .. } => ApiError::InvalidArgument(e.to_string()),
+        BuildError::WrongState { .. } | BuildError::Stale { .. } | BuildError::UnknownWorker(_) => {
+            ApiError::FailedPrecondition(e.to_string())
+        }
+    }
+}
+
+/// Proposes a build command on the local leader.
+pub async fn propose(h: &GroupHandle, cmd: BuildCommand) -> Result<BuildResponse, ApiError> {
+    match h.propose(Command::Build(cmd)).await?.1 {
+        SmResponse::Build(r) => Ok(r),
+        SmResponse::BuildRejected(e) => Err(build_error(e)),
+        other => Err(ApiError::Internal(format!("unexpected response {other:?}"))),
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    parse_build_id(id).map(|_| ()).ok_or_else(|| {
+        ApiError::InvalidArgument(format!(
+            "id {:?} is not a build id (b-<number>)",
+            id.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+fn read_build(h: &GroupHandle, id: &str) -> Result<PbBuild, ApiError> {
+    h.state
+        .read(|d| d.state.builds.get(id).map(to_proto))
+        .ok_or_else(|| ApiError::NotFound(format!("build {id} does not exist")))
+}
+
+pub struct BuildApi {
+    routing: Routing,
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+impl BuildApi {
+    pub fn new(routing: Routing) -> Self {
+        Self { routing }
+    }
+
+    fn client(&self, addr: &str) -> Result<BuildServiceClient<Channel>, ApiError> {
+        Ok(BuildServiceClient::new(self.routing.channel(addr)?))
+    }
+
+    /// The replica to read from: the leader after a linearizable check, or any replica.
+    async fn reader(&self, stale: bool, hops: u32) -> Result<Route<'_>, ApiError> {
+        if stale {
+            return self.routing.any_replica(&GLOBAL);
+        }
+        match self.routing.route(&GLOBAL, hops).await? {
+            Route::Local(h) => {
+                h.linearizable().await.map_err(|e| match e {
+                    Ok(_) => ApiError::Unavailable("leadership moved during a read; retry".into()),
+                    Err(e) => e,
+                })?;
+                Ok(Route::Local(h))
+            }
+            remote => Ok(remote),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl BuildService for BuildApi {
+    #[instrument(skip_all, fields(service = %request.get_ref().service, commit = %request.get_ref().commit))]
+    async fn submit_build(
+        &self,
+        request: Request<SubmitBuildRequest>,
+    ) -> Result<Response<PbBuild>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        deploy_state::check_build_input(&req.service, &req.repo, &req.commit)
+            .map_err(build_error)?;
+        let h = match self.routing.route(&GLOBAL, hops).await? {
+            Route::Remote(addr) => {
+                return self.client(&addr)?.submit_build(forwarded(req, hops)).await
+            }
+            Route::Local(h) => h,
+        };
+        let cmd = BuildCommand::Submit {
+            service: req.service,
+            repo: req.repo,
+            commit: req.commit,
+            now_ms: now_ms(),
+        };
+        match propose(h, cmd).await? {
+            BuildResponse::Submitted { id, created } => {
+                let mut b = read_build(h, &id)?;
+                b.created = created;
+                tracing::info!(build = %id, created, "build submitted");
+                Ok(Response::new(b))
+            }
+            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+        }
+    }
+
+    async fn get_build(
+        &self,
+        request: Request<GetBuildRequest>,
+    ) -> Result<Response<PbBuild>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        check_id(&req.id)?;
+        match self.reader(req.stale, hops).await? {
+            Route::Local(h) => Ok(Response::new(read_build(h, &req.id)?)),
+            Route::Remote(addr) => self.client(&addr)?.get_build(forwarded(req, hops)).await,
+        }
+    }
+
+    async fn list_builds(
+        &self,
+        request: Request<ListBuildsRequest>,
+    ) -> Result<Response<ListBuildsReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if !req.service.is_empty() {
+            deploy_types::check_service(&req.service)
+                .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        }
+        let state = match req.state.as_str() {
+            "" => None,
+            s => Some(BuildState::parse(s).ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "state {:?} is not one of QUEUED, RUNNING, REPLICATING, SUCCEEDED, FAILED, CANCELLED",
+                    s.chars().take(40).collect::<String>()
+                ))
+            })?),
+        };
+        let before = match req.page_token.as_str() {
+            "" => None,
+            t => Some(t.parse::<u64>().map_err(|_| {
+                ApiError::InvalidArgument(format!("page_token {t:?} is not one this server gave"))
+            })?),
+        };
+        let size = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        } as usize;
+        let h = match self.reader(req.stale, hops).await? {
+            Route::Local(h) => h,
+            Route::Remote(addr) => {
+                return self.client(&addr)?.list_builds(forwarded(req, hops)).await
+            }
+        };
+        let service = (!req.service.is_empty()).then_some(req.service.as_str());
+        let reply = h.state.read(|d| {
+            let mut page: Vec<&Build> = d
+                .state
+                .builds
+                .list(service, state, before)
+                .take(size + 1)
+                .collect();
+            let next = if page.len() > size {
+                page.truncate(size);
+                page.last().map(|b| b.seq.to_string()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            ListBuildsReply {
+                builds: page.into_iter().map(to_proto).collect(),
+                next_page_token: next,
+            }
+        });
+        Ok(Response::new(reply))
+    }
+
+    #[instrument(skip_all, fields(build = %request.get_ref().id))]
+    async fn cancel_build(
+        &self,
+        request: Request<CancelBuildRequest>,
+    ) -> Result<Response<PbBuild>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        check_id(&req.id)?;
+        let h = match self.routing.route(&GLOBAL, hops).await? {
+            Route::Remote(addr) => {
+                return self.client(&addr)?.cancel_build(forwarded(req, hops)).await
+            }
+            Route::Local(h) => h,
+        };
+        propose(
+            h,
+            BuildCommand::Cancel {
+                id: req.id.clone(),
+                now_ms: now_ms(),
+            },
+        )
+        .await?;
+        tracing::info!(build = %req.id, "build cancelled");
+        Ok(Response::new(read_build(h, &req.id)?))
+    }
+
+    type BuildLogsStream = LogStream;
+
+    async fn build_logs(
+        &self,
+        request: Request<BuildLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        check_id(&req.id)?;
+        let h = match self.routing.any_replica(&GLOBAL)? {
+            Route::Local(h) => h.clone(),
+            Route::Remote(addr) => {
+                self.routing.remote(addr.clone(), hops)?;
+                let remote = self.client(&addr)?.build_logs(forwarded(req, hops)).await?;
+                return Ok(Response::new(Box::pin(remote.into_inner())));
+            }
+        };
+        read_build(&h, &req.id)?;
+        let node = self.routing.node.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            if let Err(e) = stream_logs(&node, &h, &req.id, req.follow, &tx).await {
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Sends the latest attempt's log segments; with `follow`, keeps sending until the build
+/// leaves RUNNING (a new attempt restarts the stream with a marker line).
+async fn stream_logs(
+    node: &crate::node::Node,
+    h: &GroupHandle,
+    id: &str,
+    follow: bool,
+    tx: &tokio::sync::mpsc::Sender<Result<LogChunk, Status>>,
+) -> Result<(), ApiError> {
+    let mut attempt = 0u32;
+    let mut next_seq = 0u32;
+    loop {
+        let Some((state, attempts, region)) = h.state.read(|d| {
+            d.state
+                .builds
+                .get(id)
+                .map(|b| (b.state, b.attempts, b.worker_region.clone()))
+        }) else {
+            return Err(ApiError::NotFound(format!("build {id} does not exist")));
+        };
+        if attempts != attempt && attempts > 0 {
+            if attempt != 0 {
+                let note = format!("\n--- attempt {attempts} ---\n").into_bytes();
+                if tx
+                    .send(Ok(LogChunk {
+                        attempt: attempts,
+                        data: note,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            attempt = attempts;
+            next_seq = 0;
+        }
+        if attempt > 0 {
+            if let Some(store) = node.store(&region) {
+                let segments = store
+                    .log_segments(id, attempt, next_seq)
+                    .await
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                for (seq, data) in segments {
+                    next_seq = seq + 1;
+                    if tx
+                        .send(Ok(LogChunk {
+                            attempt,
+                            data: data.to_vec(),
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        // The state was read before the segments: once it is past RUNNING, every segment of
+        // this attempt was written before it, and has just been sent.
+        let running = matches!(state, BuildState::Running | BuildState::Queued);
+        if !follow || !running {
+            return Ok(());
+        }
+        tokio::time::sleep(LOG_POLL).await;
+    }
+}

@@ -1,0 +1,155 @@
+//! Background work of the global leader: expiring leases and replicating artifacts.
+//!
+//! Both loops run on every node that hosts the global group and act only while it leads, so
+//! a new leader picks the work up from the committed state: leases keep their absolute
+//! expiry times, and replication skips chunks the destination already holds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deploy_artifact::copy::copy_artifact;
+use deploy_state::builds::{BuildCommand, BuildState};
+use deploy_types::GroupName;
+use tracing::{info, warn};
+
+use crate::build_api::{now_ms, propose};
+use crate::group::GroupHandle;
+use crate::node::Node;
+
+const REAP_EVERY: Duration = Duration::from_millis(250);
+const REPLICATE_EVERY: Duration = Duration::from_millis(250);
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Starts the loops if this node hosts the global group; they end when the node stops.
+pub fn spawn(node: Arc<Node>) {
+    if node.group(&GroupName::Global).is_none() {
+        return;
+    }
+    tokio::spawn(reaper(node.clone()));
+    tokio::spawn(replicator(node));
+}
+
+async fn ticks(node: &Node, every: Duration) -> bool {
+    tokio::select! {
+        _ = node.stopped() => false,
+        _ = tokio::time::sleep(every) => true,
+    }
+}
+
+async fn reaper(node: Arc<Node>) {
+    while ticks(&node, REAP_EVERY).await {
+        let Some(h) = node.group(&GroupName::Global) else {
+            return;
+        };
+        if !h.is_leader() {
+            continue;
+        }
+        let now = now_ms();
+        let any_expired = h.state.read(|d| {
+            let b = &d.state.builds;
+            b.running
+                .iter()
+                .filter_map(|s| b.by_seq.get(s))
+                .any(|b| b.lease.as_ref().is_none_or(|l| l.expires_at_ms < now))
+        });
+        if !any_expired {
+            continue;
+        }
+        let cmd = BuildCommand::ExpireLeases {
+            now_ms: now,
+            max_attempts: node.config.builds.max_attempts,
+        };
+        match propose(h, cmd).await {
+            Ok(r) => info!(result = ?r, "expired build leases"),
+            Err(e) => warn!(error = %e, "cannot expire leases"),
+        }
+    }
+}
+
+/// Per (build, region): when to try again after a failure, and how long to wait then.
+type Backoff = BTreeMap<(String, String), (Instant, Duration)>;
+
+async fn replicator(node: Arc<Node>) {
+    let mut backoff: Backoff = BTreeMap::new();
+    while ticks(&node, REPLICATE_EVERY).await {
+        let Some(h) = node.group(&GroupName::Global) else {
+            return;
+        };
+        if !h.is_leader() {
+            continue;
+        }
+        let regions: Vec<String> = node.config.regions().map(str::to_string).collect();
+        let work: Vec<(String, String, String, Vec<String>)> = h.state.read(|d| {
+            d.state
+                .builds
+                .by_seq
+                .values()
+                .filter(|b| b.state == BuildState::Replicating)
+                .filter_map(|b| {
+                    let missing: Vec<String> = regions
+                        .iter()
+                        .filter(|r| !b.regions_done.contains(*r))
+                        .cloned()
+                        .collect();
+                    b.artifact_digest
+                        .clone()
+                        .map(|d| (b.id(), d, b.worker_region.clone(), missing))
+                })
+                .collect()
+        });
+        for (id, digest, source, missing) in work {
+            for region in missing {
+                let key = (id.clone(), region.clone());
+                if backoff
+                    .get(&key)
+                    .is_some_and(|(at, _)| Instant::now() < *at)
+                {
+                    continue;
+                }
+                match replicate_one(&node, h, &id, &digest, &source, &region, &regions).await {
+                    Ok(()) => {
+                        backoff.remove(&key);
+                    }
+                    Err(e) => {
+                        let wait = backoff
+                            .get(&key)
+                            .map(|(_, w)| (*w * 2).min(RETRY_MAX))
+                            .unwrap_or(RETRY_MIN);
+                        warn!(build = %id, %region, error = %e, retry_in_ms = wait.as_millis() as u64, "replication failed");
+                        backoff.insert(key, (Instant::now() + wait, wait));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn replicate_one(
+    node: &Node,
+    h: &GroupHandle,
+    id: &str,
+    digest: &str,
+    source: &str,
+    region: &str,
+    regions: &[String],
+) -> Result<(), String> {
+    let from = node
+        .store(source)
+        .ok_or_else(|| format!("no store for region {source}"))?;
+    let to = node
+        .store(region)
+        .ok_or_else(|| format!("no store for region {region}"))?;
+    let stats = copy_artifact(from, to, digest)
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(build = %id, %region, chunks = stats.chunks, skipped = stats.chunks_skipped, bytes = stats.bytes_copied, "replicated artifact");
+    let cmd = BuildCommand::Replicated {
+        id: id.to_string(),
+        region: region.to_string(),
+        now_ms: now_ms(),
+        regions: regions.to_vec(),
+    };
+    propose(h, cmd).await.map(|_| ()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,154 @@
+//! Finding the leader of a group and forwarding requests to it, shared by every service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_proto::v1::raft_service_client::RaftServiceClient;
+use deploy_proto::v1::{NodeStatusReply, NodeStatusRequest};
+use deploy_types::GroupName;
+use tonic::transport::Channel;
+use tonic::Request;
+
+use crate::error::ApiError;
+use crate::group::{GroupHandle, LeaderIs};
+use crate::node::Node;
+
+/// Request metadata counting how many times a request was forwarded.
+pub const HOPS_HEADER: &str = "x-deploy-hops";
+pub const MAX_HOPS: u32 = 3;
+/// How long a request waits for a group to elect a leader before answering Unavailable.
+pub const LEADER_PATIENCE: Duration = Duration::from_secs(3);
+/// How long to wait for one peer's status.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where a leader-only request must run.
+pub enum Route<'a> {
+    Local(&'a GroupHandle),
+    Remote(String),
+}
+
+/// How many times a request was already forwarded.
+pub fn hops<T>(req: &Request<T>) -> u32 {
+    req.metadata()
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `msg` as a request forwarded one more time.
+pub fn forwarded<T>(msg: T, hops: u32) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Ok(v) = (hops + 1).to_string().parse() {
+        req.metadata_mut().insert(HOPS_HEADER, v);
+    }
+    req
+}
+
+pub fn parse_group(s: &str) -> Result<GroupName, ApiError> {
+    s.parse()
+        .map_err(|e: deploy_types::IdError| ApiError::InvalidArgument(format!("group: {e}")))
+}
+
+/// Routing for one node's services.
+#[derive(Clone)]
+pub struct Routing {
+    pub node: Arc<Node>,
+}
+
+impl Routing {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+        self.node
+            .pool
+            .get(addr)
+            .map_err(|e| ApiError::Unavailable(format!("cannot reach {addr}: {e}")))
+    }
+
+    /// Asks the node at `addr` for its view of `group`.
+    pub async fn peer_status(
+        &self,
+        addr: &str,
+        group: &GroupName,
+    ) -> Result<NodeStatusReply, ApiError> {
+        let mut client = RaftServiceClient::new(self.channel(addr)?);
+        let mut req = Request::new(NodeStatusRequest {
+            group: group.to_string(),
+        });
+        req.set_timeout(PEER_TIMEOUT);
+        match tokio::time::timeout(PEER_TIMEOUT, client.node_status(req)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(ApiError::Unavailable(format!("{addr}: {}", s.message()))),
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "{addr}: no answer within {PEER_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// The (name, address) of a group's configured voters.
+    pub fn configured_addrs(&self, group: &GroupName) -> Vec<(String, String)> {
+        let cfg = &self.node.config;
+        cfg.voters(group)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| cfg.node(v).map(|n| (v.to_string(), n.addr.clone())))
+            .collect()
+    }
+
+    /// Where a leader-only request for `group` must run.
+    pub async fn route(&self, group: &GroupName, hops: u32) -> Result<Route<'_>, ApiError> {
+        if let Some(handle) = self.node.group(group) {
+            return match handle.leader(LEADER_PATIENCE).await? {
+                LeaderIs::Here => Ok(Route::Local(handle)),
+                LeaderIs::At { addr, .. } => self.remote(addr, hops),
+            };
+        }
+        if self.node.config.voters(group).is_none() {
+            return Err(ApiError::NotFound(format!(
+                "group {group} is not in the cluster config"
+            )));
+        }
+        // Not hosted here: ask the group's members who leads.
+        for (_, addr) in self.configured_addrs(group) {
+            let Ok(status) = self.peer_status(&addr, group).await else {
+                continue;
+            };
+            if status.role == "LEADER" {
+                return self.remote(addr, hops);
+            }
+            if let Some(m) = status.members.iter().find(|m| m.id == status.leader) {
+                return self.remote(m.addr.clone(), hops);
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "group {group}: no member answered with a leader; is a majority of its voters up?"
+        )))
+    }
+
+    /// A remote route to `addr`, unless the request has been forwarded too often.
+    pub fn remote(&self, addr: String, hops: u32) -> Result<Route<'_>, ApiError> {
+        if hops >= MAX_HOPS {
+            return Err(ApiError::Unavailable(format!(
+                "request forwarded {hops} times without reaching a leader; the group is changing leaders, retry"
+            )));
+        }
+        Ok(Route::Remote(addr))
+    }
+
+    /// Some node that hosts `group`: this one if it does, else a configured voter.
+    pub fn any_replica(&self, group: &GroupName) -> Result<Route<'_>, ApiError> {
+        if let Some(h) = self.node.group(group) {
+            return Ok(Route::Local(h));
+        }
+        self.configured_addrs(group)
+            .into_iter()
+            .next()
+            .map(|(_, addr)| Route::Remote(addr))
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("group {group} is not in the cluster config"))
+            })
+    }
+}

@@ -1,0 +1,273 @@
+//! `deployctl build ...`
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use deploy_proto::v1::{Build, ListBuildsReply, ListBuildsRequest};
+
+use crate::cli::{BuildCommand, Failure, Global, Output};
+use crate::output::{print, table};
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "SUCCEEDED" | "FAILED" | "CANCELLED")
+}
+
+/// A local repository path given relative to the current directory becomes absolute.
+fn absolute_repo(repo: &str) -> String {
+    if repo.contains("://") || repo.starts_with('/') {
+        return repo.to_string();
+    }
+    std::fs::canonicalize(repo)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| repo.to_string())
+}
+
+pub async fn run(global: &Global, command: BuildCommand) -> Result<(), Failure> {
+    let client = global.client()?;
+    match command {
+        BuildCommand::Submit {
+            service,
+            repo,
+            commit,
+            wait,
+        } => {
+            let b = client
+                .submit_build(&service, &absolute_repo(&repo), &commit)
+                .await?;
+            if !wait {
+                return print(global.output, &b, |b| {
+                    let verb = if b.created {
+                        "queued"
+                    } else {
+                        "already known:"
+                    };
+                    println!("{verb} build {} ({})", b.id, b.state);
+                });
+            }
+            if global.output == Output::Table {
+                let verb = if b.created {
+                    "queued"
+                } else {
+                    "following existing"
+                };
+                eprintln!(
+                    "{verb} build {} of {} at {}",
+                    b.id,
+                    b.service,
+                    &b.commit[..b.commit.len().min(12)]
+                );
+            }
+            let b = wait_for(&client, &b.id, global.output == Output::Table).await?;
+            print(global.output, &b, print_build)?;
+            ended(&b)
+        }
+        BuildCommand::Get { id } => {
+            let b = client.get_build(&id, global.stale).await?;
+            print(global.output, &b, print_build)
+        }
+        BuildCommand::List {
+            service,
+            state,
+            limit,
+            page_token,
+        } => {
+            let req = ListBuildsRequest {
+                service: service.unwrap_or_default(),
+                state: state.map(|s| s.to_uppercase()).unwrap_or_default(),
+                page_size: limit,
+                page_token: page_token.unwrap_or_default(),
+                stale: global.stale,
+            };
+            let reply = client.list_builds(req).await?;
+            print(global.output, &reply, print_list)
+        }
+        BuildCommand::Cancel { id } => {
+            let b = client.cancel_build(&id).await?;
+            print(global.output, &b, |b| {
+                println!("build {} is {}", b.id, b.state)
+            })
+        }
+        BuildCommand::Logs { id, follow } => {
+            let mut stream = client.build_logs(&id, follow).await?;
+            let mut out = std::io::stdout().lock();
+            loop {
+                match stream.message().await {
+                    Ok(Some(chunk)) => {
+                        let _ = out.write_all(&chunk.data);
+                        let _ = out.flush();
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(s) => {
+                        return Err(Failure {
+                            message: format!("log stream of {id} broke: {}", s.message()),
+                            code: crate::exit::FAILURE,
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exit status for a build's end state.
+fn ended(b: &Build) -> Result<(), Failure> {
+    if b.state == "SUCCEEDED" {
+        return Ok(());
+    }
+    let why = if b.error.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", b.error)
+    };
+    Err(Failure {
+        message: format!("build {} ended {}{why}", b.id, b.state),
+        code: crate::exit::ENDED_BADLY,
+    })
+}
+
+/// Polls the build until it ends, with a spinner for people.
+async fn wait_for(client: &deploy_client::Client, id: &str, show: bool) -> Result<Build, Failure> {
+    let bar = if show {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Some(bar)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let mut misses = 0;
+    loop {
+        match client.get_build(id, false).await {
+            Ok(b) => {
+                misses = 0;
+                if let Some(bar) = &bar {
+                    let mut msg = format!("{} {}", b.id, b.state);
+                    if b.attempts > 1 {
+                        msg.push_str(&format!(" (attempt {})", b.attempts));
+                    }
+                    if !b.worker.is_empty() {
+                        msg.push_str(&format!(" on {}", b.worker));
+                    }
+                    if b.state == "REPLICATING" {
+                        msg.push_str(&format!(" ({} regions done)", b.regions_done.len()));
+                    }
+                    bar.set_message(msg);
+                }
+                if is_final(&b.state) {
+                    if let Some(bar) = bar {
+                        bar.finish_and_clear();
+                    }
+                    if show {
+                        eprintln!(
+                            "build {} {} after {:.1}s",
+                            b.id,
+                            b.state,
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(b);
+                }
+            }
+            // The cluster may be electing a leader: keep waiting a while.
+            Err(e) if e.is_unavailable() && misses < 30 => misses += 1,
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}
+
+/// Unix milliseconds as UTC `YYYY-MM-DD hh:mm:ss.mmm`.
+fn ms(t: u64) -> String {
+    if t == 0 {
+        return "-".into();
+    }
+    let (days, rem) = ((t / 86_400_000) as i64, t % 86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}.{milli:03}")
+}
+
+
+fn print_build(b: &Build) {
+    let rows = [
+        ("id", b.id.clone()),
+        ("service", b.service.clone()),
+        ("repo", b.repo.clone()),
+        ("commit", b.commit.clone()),
+        ("state", b.state.clone()),
+        ("attempts", b.attempts.to_string()),
+        ("worker", b.worker.clone()),
+        (
+            "artifact",
+            format!("{} ({} bytes)", b.artifact_digest, b.artifact_size),
+        ),
+        ("regions", b.regions_done.join(", ")),
+        ("error", b.error.clone()),
+        ("created", ms(b.created_at_ms)),
+        ("finished", ms(b.finished_at_ms)),
+    ];
+    for (k, v) in rows {
+        if !v.is_empty() && v != " (0 bytes)" {
+            println!("{k:<9} {v}");
+        }
+    }
+    for t in &b.history {
+        println!("  {} {:<11} {}", ms(t.at_ms), t.state, t.note);
+    }
+}
+
+fn print_list(reply: &ListBuildsReply) {
+    let rows: Vec<Vec<String>> = reply
+        .builds
+        .iter()
+        .map(|b| {
+            vec![
+                b.id.clone(),
+                b.service.clone(),
+                b.state.clone(),
+                b.attempts.to_string(),
+                b.commit.chars().take(12).collect(),
+                b.worker.clone(),
+                b.artifact_digest.chars().take(19).collect(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "SERVICE", "STATE", "ATTEMPTS", "COMMIT", "WORKER", "ARTIFACT",
+        ],
+        &rows,
+    );
+    if !reply.next_page_token.is_empty() {
+        println!("more: --page-token {}", reply.next_page_token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc() {
+        assert_eq!(super::ms(0), "-");
+        assert_eq!(super::ms(1), "1970-01-01 00:00:00.001");
+        assert_eq!(super::ms(951_782_400_000), "2000-02-29 00:00:00.000");
+        assert_eq!(super::ms(1_795_800_934_783), "2026-11-27 17:35:34.783");
+    }
+}

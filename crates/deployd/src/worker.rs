@@ -1,0 +1,53 @@
+//! `deployd worker`: one build worker.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use deploy_artifact::Store;
+use deploy_types::ClusterConfig;
+use deploy_worker::{Worker, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// A worker of `config`, ready to run.
+pub fn make(
+    config: &ClusterConfig,
+    id: &str,
+    work_dir: PathBuf,
+    store_base: &Path,
+) -> anyhow::Result<Worker> {
+    let w = config
+        .worker(id)
+        .with_context(|| format!("worker {id} is not declared in the cluster config"))?;
+    let store_dir = config
+        .store_dir(&w.region, store_base)
+        .with_context(|| format!("region {} has no store", w.region))?;
+    let store = Store::local(&store_dir)?;
+    let opts = WorkerOptions {
+        id: id.to_string(),
+        region: w.region.clone(),
+        endpoints: config.nodes().iter().map(|n| n.addr.clone()).collect(),
+        work_dir,
+        settings: config.builds.clone(),
+    };
+    Ok(Worker::new(opts, store)?)
+}
+
+pub async fn run(
+    config_path: &Path,
+    id: &str,
+    work_dir: Option<PathBuf>,
+    store_base: &Path,
+) -> anyhow::Result<()> {
+    let config = crate::cli::load_config(Some(config_path))?;
+    let work_dir = work_dir.unwrap_or_else(|| PathBuf::from(".deploy").join(id));
+    let worker = make(&config, id, work_dir, store_base)?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    info!(worker = %id, "worker started");
+    crate::cli::shutdown_signal().await;
+    info!(worker = %id, "stopping");
+    stop.cancel();
+    let _ = task.await;
+    Ok(())
+}
