@@ -205,7 +205,6 @@ fn ms(t: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}.{milli:03}")
 }
 
-
 fn print_build(b: &Build) {
     let rows = [
         ("id", b.id.clone()),

@@ -1,6 +1,8 @@
-//! Nodes of one process, each serving real gRPC on its own loopback port.
+//! Nodes of one process, each serving real gRPC on its own loopback port, and optional
+//! in-process build workers.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,19 +13,27 @@ use deploy_raft::network::ChannelPool;
 use deploy_types::{ClusterConfig, NodeName};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Spec;
 
 pub struct GrpcCluster {
     dir: TempDir,
     pub config: Arc<ClusterConfig>,
     nodes: BTreeMap<String, Option<RunningNode>>,
     listeners: BTreeMap<String, TcpListener>,
+    workers: BTreeMap<String, (CancellationToken, tokio::task::JoinHandle<()>)>,
     pub addrs: BTreeMap<String, String>,
 }
 
 impl GrpcCluster {
     /// A global group of `global` nodes `g1..`, and per region `(name, n)` nodes `<name>-1..`.
     pub async fn start(global: usize, regions: &[(&str, usize)]) -> anyhow::Result<Self> {
-        Self::start_with_spares(global, regions, 0).await
+        let mut spec = Spec::new(global);
+        for (r, n) in regions {
+            spec = spec.region(r, *n);
+        }
+        Self::start_spec(spec).await
     }
 
     /// As [`GrpcCluster::start`], plus `spares` nodes `s1..` that host the global group
@@ -33,54 +43,45 @@ impl GrpcCluster {
         regions: &[(&str, usize)],
         spares: usize,
     ) -> anyhow::Result<Self> {
+        let mut spec = Spec::new(global).spares(spares);
+        for (r, n) in regions {
+            spec = spec.region(r, *n);
+        }
+        Self::start_spec(spec).await
+    }
+
+    /// Starts every node of `spec` and every worker it names.
+    pub async fn start_spec(spec: Spec) -> anyhow::Result<Self> {
         crate::init_logging();
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
-        let bind = |id: String| async move {
+        for name in spec.node_names() {
             let l = TcpListener::bind("127.0.0.1:0").await?;
-            let addr = l.local_addr()?.to_string();
-            anyhow::Ok((id, addr, l))
-        };
-        let mut g = Vec::new();
-        for i in 1..=global {
-            let (id, addr, l) = bind(format!("g{i}")).await?;
-            g.push((id.clone(), addr.clone()));
-            addrs.insert(id.clone(), addr);
-            listeners.insert(id, l);
+            addrs.insert(name.clone(), l.local_addr()?.to_string());
+            listeners.insert(name, l);
         }
-        let mut r = Vec::new();
-        for (name, n) in regions {
-            let mut members = Vec::new();
-            for i in 1..=*n {
-                let (id, addr, l) = bind(format!("{name}-{i}")).await?;
-                members.push((id.clone(), addr.clone()));
-                addrs.insert(id.clone(), addr);
-                listeners.insert(id, l);
-            }
-            r.push((*name, members));
-        }
-        let mut text = crate::config_toml(&g, &r, &crate::test_timing(5000, 1000));
-        for i in 1..=spares {
-            let (id, addr, l) = bind(format!("s{i}")).await?;
-            text.push_str(&format!(
-                "\n[[nodes]]\nid = \"{id}\"\naddr = \"{addr}\"\njoin = [\"global\"]\n"
-            ));
-            addrs.insert(id.clone(), addr);
-            listeners.insert(id, l);
-        }
+        let dir = TempDir::new()?;
+        let text = spec.toml(&addrs, &dir.path().join("stores"));
         let config = Arc::new(ClusterConfig::parse(&text, "grpc test")?);
         let mut cluster = Self {
-            dir: TempDir::new()?,
+            dir,
             config,
             nodes: addrs.keys().map(|k| (k.clone(), None)).collect(),
             listeners,
+            workers: BTreeMap::new(),
             addrs,
         };
-        let names: Vec<String> = cluster.nodes.keys().cloned().collect();
-        for n in names {
+        for n in spec.node_names() {
             cluster.start_node(&n).await?;
         }
+        for (id, _) in &spec.workers {
+            cluster.start_worker(id)?;
+        }
         Ok(cluster)
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
     }
 
     /// Starts a node: on its original listener the first time, on a new bind of its address after.
@@ -116,6 +117,44 @@ impl GrpcCluster {
             .context("not running")?;
         running.stop().await;
         Ok(())
+    }
+
+    /// Starts an in-process build worker of the config.
+    pub fn start_worker(&mut self, id: &str) -> anyhow::Result<()> {
+        let w = self.config.worker(id).context("unknown worker")?;
+        let store_dir = self
+            .config
+            .store_dir(&w.region, self.dir.path())
+            .context("no store")?;
+        let opts = deploy_worker::WorkerOptions {
+            id: id.to_string(),
+            region: w.region.clone(),
+            endpoints: self.addrs.values().cloned().collect(),
+            work_dir: self.dir.path().join("workers").join(id),
+            settings: self.config.builds.clone(),
+        };
+        let worker = deploy_worker::Worker::new(opts, deploy_artifact::Store::local(&store_dir)?)?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        self.workers.insert(id.to_string(), (stop, task));
+        Ok(())
+    }
+
+    /// Stops an in-process worker (its running build's processes are killed).
+    pub async fn stop_worker(&mut self, id: &str) -> anyhow::Result<()> {
+        let (stop, task) = self.workers.remove(id).context("worker not running")?;
+        stop.cancel();
+        let _ = task.await;
+        Ok(())
+    }
+
+    /// A region's store, as the cluster's nodes see it.
+    pub fn store(&self, region: &str) -> anyhow::Result<deploy_artifact::Store> {
+        let dir = self
+            .config
+            .store_dir(region, self.dir.path())
+            .context("no such region")?;
+        Ok(deploy_artifact::Store::local(&dir)?)
     }
 
     pub fn node(&self, name: &str) -> anyhow::Result<&RunningNode> {

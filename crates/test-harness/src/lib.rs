@@ -18,6 +18,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use grpc::GrpcCluster;
+pub mod gitrepo;
 pub use inproc::InProcCluster;
 pub use process::ProcessCluster;
 
@@ -82,6 +83,108 @@ pub fn config_toml(
         ));
     }
     s
+}
+
+/// The shape of a test cluster: node names follow it (`g1..`, `<region>-1..`, `s1..`).
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub global: usize,
+    pub regions: Vec<(String, usize)>,
+    /// Nodes hosting the global group without being voters (for add-node).
+    pub spares: usize,
+    /// Build workers: (id, region).
+    pub workers: Vec<(String, String)>,
+    pub lease_ms: u64,
+}
+
+impl Spec {
+    pub fn new(global: usize) -> Self {
+        Self {
+            global,
+            regions: Vec::new(),
+            spares: 0,
+            workers: Vec::new(),
+            lease_ms: 2000,
+        }
+    }
+
+    pub fn region(mut self, name: &str, nodes: usize) -> Self {
+        self.regions.push((name.to_string(), nodes));
+        self
+    }
+
+    pub fn spares(mut self, n: usize) -> Self {
+        self.spares = n;
+        self
+    }
+
+    pub fn worker(mut self, id: &str, region: &str) -> Self {
+        self.workers.push((id.to_string(), region.to_string()));
+        self
+    }
+
+    pub fn lease_ms(mut self, ms: u64) -> Self {
+        self.lease_ms = ms;
+        self
+    }
+
+    /// Every node name, in config order.
+    pub fn node_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = (1..=self.global).map(|i| format!("g{i}")).collect();
+        for (r, n) in &self.regions {
+            out.extend((1..=*n).map(|i| format!("{r}-{i}")));
+        }
+        out.extend((1..=self.spares).map(|i| format!("s{i}")));
+        out
+    }
+
+    /// The config text, with each node at `addrs[name]` and stores under `store_root`.
+    pub fn toml(
+        &self,
+        addrs: &std::collections::BTreeMap<String, String>,
+        store_root: &std::path::Path,
+    ) -> String {
+        let mut s = format!(
+            "[cluster]\nname = \"test\"\n\n[raft]\n{}\n",
+            test_timing(5000, 1000)
+        );
+        s.push_str(&format!(
+            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = 65536\n\n",
+            self.lease_ms
+        ));
+        let spares: Vec<String> = (1..=self.spares).map(|i| format!("s{i}")).collect();
+        for name in self.node_names() {
+            let addr = addrs.get(&name).cloned().unwrap_or_default();
+            s.push_str(&format!("[[nodes]]\nid = \"{name}\"\naddr = \"{addr}\"\n"));
+            if spares.contains(&name) {
+                s.push_str("join = [\"global\"]\n");
+            }
+        }
+        let list = |names: Vec<String>| {
+            names
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        s.push_str(&format!(
+            "\n[global]\nvoters = [{}]\n",
+            list((1..=self.global).map(|i| format!("g{i}")).collect())
+        ));
+        for (r, n) in &self.regions {
+            s.push_str(&format!(
+                "\n[[regions]]\nname = \"{r}\"\nvoters = [{}]\nstore = \"file://{}\"\n",
+                list((1..=*n).map(|i| format!("{r}-{i}")).collect()),
+                store_root.join(r).display()
+            ));
+        }
+        for (id, region) in &self.workers {
+            s.push_str(&format!(
+                "\n[[workers]]\nid = \"{id}\"\nregion = \"{region}\"\n"
+            ));
+        }
+        s
+    }
 }
 
 /// Raft timing for tests: the production defaults, with snapshots every `snapshot_every` logs.

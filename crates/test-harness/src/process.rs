@@ -45,7 +45,9 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 }
 
 struct Proc {
+    /// Empty for workers.
     addr: String,
+    worker: bool,
     child: Option<Child>,
 }
 
@@ -59,32 +61,46 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Starts `global` global nodes and `(name, n)` nodes per region as `deployd node` processes.
     pub fn start(global: usize, regions: &[(&str, usize)]) -> anyhow::Result<Self> {
+        let mut spec = crate::Spec::new(global);
+        for (r, n) in regions {
+            spec = spec.region(r, *n);
+        }
+        Self::start_spec(spec)
+    }
+
+    /// Starts every node of `spec` as a `deployd node` process and every worker as a
+    /// `deployd worker` process.
+    pub fn start_spec(spec: crate::Spec) -> anyhow::Result<Self> {
         let bins = bin_dir()?;
-        let total = global + regions.iter().map(|(_, n)| n).sum::<usize>();
-        let mut ports = free_ports(total)?.into_iter();
-        let mut next = |id: String| (id, format!("127.0.0.1:{}", ports.next().unwrap_or(0)));
-        let g: Vec<(String, String)> = (1..=global).map(|i| next(format!("g{i}"))).collect();
-        let r: Vec<(&str, Vec<(String, String)>)> = regions
+        let names = spec.node_names();
+        let ports = free_ports(names.len())?;
+        let addrs: BTreeMap<String, String> = names
             .iter()
-            .map(|(name, n)| {
-                (
-                    *name,
-                    (1..=*n).map(|i| next(format!("{name}-{i}"))).collect(),
-                )
-            })
+            .zip(ports)
+            .map(|(n, p)| (n.clone(), format!("127.0.0.1:{p}")))
             .collect();
         let dir = TempDir::new()?;
         let config_path = dir.path().join("cluster.toml");
-        std::fs::write(
-            &config_path,
-            crate::config_toml(&g, &r, &crate::test_timing(5000, 1000)),
-        )?;
-        let mut nodes = BTreeMap::new();
-        for (id, addr) in g.iter().chain(r.iter().flat_map(|(_, m)| m.iter())) {
+        std::fs::write(&config_path, spec.toml(&addrs, &dir.path().join("stores")))?;
+        let mut nodes: BTreeMap<String, Proc> = addrs
+            .into_iter()
+            .map(|(n, addr)| {
+                (
+                    n,
+                    Proc {
+                        addr,
+                        worker: false,
+                        child: None,
+                    },
+                )
+            })
+            .collect();
+        for (id, _) in &spec.workers {
             nodes.insert(
                 id.clone(),
                 Proc {
-                    addr: addr.clone(),
+                    addr: String::new(),
+                    worker: true,
                     child: None,
                 },
             );
@@ -95,11 +111,14 @@ impl ProcessCluster {
             config_path,
             nodes,
         };
-        let names: Vec<String> = cluster.nodes.keys().cloned().collect();
-        for n in names {
-            cluster.start_node(&n)?;
+        for n in names.iter().chain(spec.workers.iter().map(|(id, _)| id)) {
+            cluster.start_node(n)?;
         }
         Ok(cluster)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn config_path(&self) -> &Path {
@@ -110,15 +129,21 @@ impl ProcessCluster {
         &self.bins
     }
 
+    /// The coordinator nodes' names.
     pub fn names(&self) -> Vec<String> {
-        self.nodes.keys().cloned().collect()
+        self.nodes
+            .iter()
+            .filter(|(_, p)| !p.worker)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     pub fn addr(&self, name: &str) -> anyhow::Result<&str> {
         Ok(&self.nodes.get(name).context("unknown node")?.addr)
     }
 
-    /// Starts (or restarts) one node's process on its data directory; its log goes to a file.
+    /// Starts (or restarts) one node's or worker's process on its data directory; its log
+    /// goes to a file.
     pub fn start_node(&mut self, name: &str) -> anyhow::Result<()> {
         let data = self.dir.path().join(name);
         let log = std::fs::OpenOptions::new()
@@ -129,14 +154,20 @@ impl ProcessCluster {
         if p.child.is_some() {
             bail!("{name} is already running");
         }
-        let child = Command::new(self.bins.join("deployd"))
-            .arg("node")
+        let mut cmd = Command::new(self.bins.join("deployd"));
+        if p.worker {
+            cmd.arg("worker").arg("--work-dir");
+        } else {
+            cmd.arg("node").arg("--data-dir");
+        }
+        let child = cmd
+            .arg(&data)
             .arg("--config")
             .arg(&self.config_path)
             .arg("--id")
             .arg(name)
-            .arg("--data-dir")
-            .arg(&data)
+            .arg("--store-base")
+            .arg(self.dir.path())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -150,7 +181,7 @@ impl ProcessCluster {
         Ok(())
     }
 
-    /// `kill -9` the node's process and reap it.
+    /// `kill -9` the node's (or worker's) process and reap it.
     pub fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
         let p = self.nodes.get_mut(name).context("unknown node")?;
         let mut child = p.child.take().context("node is not running")?;
@@ -164,9 +195,21 @@ impl ProcessCluster {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
+    /// A region's store, as the cluster's processes see it.
+    pub fn store(&self, region: &str) -> anyhow::Result<deploy_artifact::Store> {
+        Ok(deploy_artifact::Store::local(
+            &self.dir.path().join("stores").join(region),
+        )?)
+    }
+
     /// A client over every node's endpoint.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(self.nodes.values().map(|p| p.addr.as_str()))?)
+        Ok(Client::new(
+            self.nodes
+                .values()
+                .filter(|p| !p.worker)
+                .map(|p| p.addr.as_str()),
+        )?)
     }
 
     pub fn client_of(&self, name: &str) -> anyhow::Result<Client> {

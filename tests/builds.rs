@@ -1,0 +1,354 @@
+//! The build system over loopback gRPC with in-process workers: real git repositories,
+//! real build commands, real stores.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use deploy_client::{Client, ClientError, Code};
+use deploy_proto::v1::{Build, ListBuildsRequest};
+use test_harness::gitrepo::{GitRepo, RECIPE};
+use test_harness::{wait_until, GrpcCluster, Spec};
+
+const T: Duration = Duration::from_secs(60);
+
+fn spec() -> Spec {
+    Spec::new(3)
+        .region("east", 1)
+        .region("west", 1)
+        .worker("wk-east", "east")
+        .worker("wk-west", "west")
+}
+
+async fn wait_final(client: &Client, id: &str) -> anyhow::Result<Build> {
+    wait_until(T, &format!("build {id} to end"), || async {
+        let b = client.get_build(id, false).await.ok()?;
+        matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
+    })
+    .await
+}
+
+/// The files of an artifact, read back from a store through its manifest and chunks.
+async fn artifact_files(
+    store: &deploy_artifact::Store,
+    digest: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let m = store.get_manifest(digest).await?;
+    let mut tar = Vec::new();
+    for c in &m.chunks {
+        tar.extend_from_slice(&store.get_chunk(&c.digest, m.chunk_size).await?);
+    }
+    assert_eq!(deploy_artifact::digest_of(&tar), m.artifact_digest);
+    let mut files = BTreeMap::new();
+    let mut ar = tar::Archive::new(&tar[..]);
+    for e in ar.entries()? {
+        let mut e = e?;
+        if e.header().entry_type().is_file() {
+            let name = e.path()?.display().to_string();
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut e, &mut s)?;
+            files.insert(name, s);
+        }
+    }
+    Ok(files)
+}
+
+async fn logs(client: &Client, id: &str) -> anyhow::Result<String> {
+    let mut stream = client.build_logs(id, false).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        out.extend_from_slice(&chunk.data);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_commit_builds_with_that_commits_files_into_every_region() -> anyhow::Result<()> {
+    let c = GrpcCluster::start_spec(spec()).await?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let script = "echo \"building $(cat VERSION)\"\nmkdir -p out\ncp VERSION out/version\necho app > out/app\n";
+    let v1 = repo.commit(
+        "v1",
+        &[
+            ("deploy.toml", RECIPE),
+            ("build.sh", script),
+            ("VERSION", "1\n"),
+        ],
+    )?;
+    repo.commit("v2", &[("VERSION", "2\n")])?;
+    repo.commit("v3", &[("VERSION", "3\n")])?;
+    let client = c.client()?;
+
+    let submitted = client.submit_build("hello", &repo.url(), &v1).await?;
+    assert!(submitted.created);
+    let b = wait_final(&client, &submitted.id).await?;
+    assert_eq!(b.state, "SUCCEEDED", "{b:?}");
+    assert_eq!(b.attempts, 1);
+    assert_eq!(b.regions_done, ["east", "west"]);
+    assert!(b.artifact_digest.starts_with("sha256:"));
+    for region in ["east", "west"] {
+        let files = artifact_files(&c.store(region)?, &b.artifact_digest).await?;
+        assert_eq!(
+            files.get("out/version").map(String::as_str),
+            Some("1\n"),
+            "{region}: {files:?}"
+        );
+        assert!(files
+            .get(".deploy/run.toml")
+            .is_some_and(|r| r.contains("./out/app")));
+    }
+    // Submitting again returns the same build; the log holds the command's output.
+    let again = client.submit_build("hello", &repo.url(), &v1).await?;
+    assert_eq!((again.id.as_str(), again.created), (b.id.as_str(), false));
+    let log = logs(&client, &b.id).await?;
+    assert!(log.contains("building 1"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_end_failed_with_the_reason_and_are_not_retried() -> anyhow::Result<()> {
+    let c = GrpcCluster::start_spec(spec()).await?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let no_recipe = repo.commit("nothing", &[("README", "no recipe here\n")])?;
+    let failing = repo.commit(
+        "fails",
+        &[
+            ("deploy.toml", RECIPE),
+            ("build.sh", "echo broken >&2\nexit 3\n"),
+        ],
+    )?;
+    let client = c.client()?;
+    let missing = "0".repeat(40);
+    for (commit, want) in [
+        (no_recipe.as_str(), "deploy.toml is missing"),
+        (failing.as_str(), "exited with code 3"),
+        (missing.as_str(), "commit not found"),
+    ] {
+        let b = client.submit_build("svc", &repo.url(), commit).await?;
+        let b = wait_final(&client, &b.id).await?;
+        assert_eq!(b.state, "FAILED", "{b:?}");
+        assert!(b.error.contains(want), "{want}: {}", b.error);
+        assert_eq!(b.attempts, 1, "a final failure is not retried");
+    }
+    // A failed build is submitted anew.
+    let retry = client.submit_build("svc", &repo.url(), &failing).await?;
+    assert!(retry.created);
+    Ok(())
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_the_running_build_and_its_children() -> anyhow::Result<()> {
+    let c = GrpcCluster::start_spec(Spec::new(3).region("east", 1).worker("wk", "east")).await?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let pids = c.dir().join("pids");
+    let script = format!(
+        "echo $$ > {p}.tmp\nsleep 300 &\necho $! >> {p}.tmp\nmv {p}.tmp {p}\nwait\n",
+        p = pids.display()
+    );
+    let slow = repo.commit("slow", &[("deploy.toml", RECIPE), ("build.sh", &script)])?;
+    let quick = repo.commit(
+        "quick",
+        &[("build.sh", "mkdir -p out && echo hi > out/app\n")],
+    )?;
+    let client = c.client()?;
+    let b = client.submit_build("slow", &repo.url(), &slow).await?;
+    let running: Vec<i32> = wait_until(T, "the build's processes to start", || async {
+        let text = std::fs::read_to_string(&pids).ok()?;
+        let p: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (p.len() == 2).then_some(p)
+    })
+    .await?;
+    assert!(running.iter().all(|p| pid_alive(*p)));
+
+    let cancelled = client.cancel_build(&b.id).await?;
+    assert_eq!(cancelled.state, "CANCELLED");
+    wait_until(
+        Duration::from_secs(5),
+        "the build's processes to die",
+        || async { running.iter().all(|p| !pid_alive(*p)).then_some(()) },
+    )
+    .await?;
+    // Cancelling again is refused; the worker is free for the next build.
+    let again = client.cancel_build(&b.id).await;
+    assert!(
+        matches!(
+            again,
+            Err(ClientError::Api {
+                code: Code::FailedPrecondition,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    let next = client.submit_build("quick", &repo.url(), &quick).await?;
+    assert_eq!(wait_final(&client, &next.id).await?.state, "SUCCEEDED");
+    assert_eq!(client.get_build(&b.id, false).await?.state, "CANCELLED");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_build_requests_are_refused_naming_the_field() -> anyhow::Result<()> {
+    let c = GrpcCluster::start_spec(spec()).await?;
+    let client = c.client()?;
+    let sha = "a".repeat(40);
+    let cases = [
+        ("Bad_Service", "/srv/repo", sha.as_str(), "service"),
+        ("", "/srv/repo", sha.as_str(), "service"),
+        ("svc", "relative/path", sha.as_str(), "repo"),
+        ("svc", "ftp://host/repo", sha.as_str(), "repo"),
+        ("svc", "-uoops", sha.as_str(), "repo"),
+        ("svc", "/srv/repo", "HEAD", "commit"),
+        ("svc", "/srv/repo", &"A".repeat(40), "commit"),
+        ("svc", "/srv/repo", "abc123", "commit"),
+    ];
+    for (service, repo, commit, field) in cases {
+        match client.submit_build(service, repo, commit).await {
+            Err(ClientError::Api { code, message, .. }) => {
+                assert_eq!(code, Code::InvalidArgument, "{field}: {message}");
+                assert!(message.contains(field), "{field}: {message}");
+            }
+            other => panic!("{field}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    for bad in ["b-0x", "nonsense", "../b-1"] {
+        let r = client.get_build(bad, false).await;
+        assert!(
+            matches!(
+                r,
+                Err(ClientError::Api {
+                    code: Code::InvalidArgument,
+                    ..
+                })
+            ),
+            "{bad}: {r:?}"
+        );
+    }
+    let r = client.get_build("b-999", false).await;
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Api {
+                code: Code::NotFound,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = client
+        .list_builds(ListBuildsRequest {
+            state: "DONE".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Api {
+                code: Code::InvalidArgument,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    // Nothing was queued.
+    let all = client.list_builds(ListBuildsRequest::default()).await?;
+    assert!(all.builds.is_empty(), "{:?}", all.builds);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_builds_on_four_workers_each_run_exactly_once() -> anyhow::Result<()> {
+    let spec = Spec::new(3)
+        .region("east", 1)
+        .region("west", 1)
+        .worker("wk-1", "east")
+        .worker("wk-2", "east")
+        .worker("wk-3", "west")
+        .worker("wk-4", "west");
+    let c = GrpcCluster::start_spec(spec).await?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let ran = c.dir().join("ran.log");
+    let script = format!("cat ID >> {}\nmkdir -p out\ncp ID out/app\n", ran.display());
+    let mut commits = vec![repo.commit(
+        "0",
+        &[
+            ("deploy.toml", RECIPE),
+            ("build.sh", &script),
+            ("ID", "0\n"),
+        ],
+    )?];
+    for i in 1..200 {
+        commits.push(repo.commit(&i.to_string(), &[("ID", &format!("{i}\n"))])?);
+    }
+    let client = c.client()?;
+    let url = repo.url();
+    let submitted = futures::future::try_join_all(
+        commits
+            .iter()
+            .map(|sha| client.submit_build("many", &url, sha)),
+    )
+    .await?;
+    let ids: Vec<String> = submitted.iter().map(|b| b.id.clone()).collect();
+    assert_eq!(
+        ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        200
+    );
+
+    // Page through the list until every build has ended.
+    let all = wait_until(
+        Duration::from_secs(180),
+        "all 200 builds to end",
+        || async {
+            let mut builds = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_builds(ListBuildsRequest {
+                        service: "many".into(),
+                        page_size: 64,
+                        page_token: token.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                builds.extend(page.builds);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            builds
+                .iter()
+                .all(|b| matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED"))
+                .then_some(builds)
+        },
+    )
+    .await?;
+    assert_eq!(all.len(), 200);
+    let mut workers = std::collections::BTreeSet::new();
+    for b in &all {
+        assert_eq!(b.state, "SUCCEEDED", "{b:?}");
+        assert_eq!(b.attempts, 1, "{b:?}");
+        workers.insert(b.worker.clone());
+    }
+    assert!(
+        workers.len() >= 2,
+        "builds should spread over workers: {workers:?}"
+    );
+    let log = std::fs::read_to_string(&ran)?;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in log.lines() {
+        *counts.entry(line).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 200, "every build ran");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "a build ran twice: {counts:?}"
+    );
+    Ok(())
+}

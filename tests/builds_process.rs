@@ -1,0 +1,125 @@
+//! The build system as real processes: `deployd node` and `deployd worker`, killed with
+//! SIGKILL mid-work.
+
+use std::time::Duration;
+
+use deploy_client::{Client, ClusterStatusView};
+use deploy_proto::v1::Build;
+use test_harness::gitrepo::{GitRepo, RECIPE};
+use test_harness::{wait_until, ProcessCluster, Spec};
+
+const T: Duration = Duration::from_secs(60);
+
+async fn wait_final(client: &Client, id: &str) -> anyhow::Result<Build> {
+    wait_until(T, &format!("build {id} to end"), || async {
+        let b = client.get_build(id, false).await.ok()?;
+        matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
+    })
+    .await
+}
+
+/// Kills a process group left behind by a killed worker's build (its leader's pid is in `file`).
+fn kill_group_in(file: &std::path::Path) {
+    if let Some(pid) = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &format!("-{pid}")])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_build_loses_its_lease_and_another_worker_completes_it(
+) -> anyhow::Result<()> {
+    let spec = Spec::new(3)
+        .region("east", 1)
+        .worker("wk-a", "east")
+        .worker("wk-b", "east")
+        .lease_ms(1500);
+    let mut c = ProcessCluster::start_spec(spec)?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let marker = c.dir().join("first-attempt");
+    // The first attempt hangs (until its worker is killed); later attempts finish at once.
+    let script = format!(
+        "if [ ! -e {m} ]; then echo $$ > {m}; echo first attempt; sleep 30; fi\nmkdir -p out\necho ok > out/app\n",
+        m = marker.display()
+    );
+    let sha = repo.commit("v1", &[("deploy.toml", RECIPE), ("build.sh", &script)])?;
+    let client = c.client()?;
+    let b = client.submit_build("svc", &repo.url(), &sha).await?;
+    let first = wait_until(T, "the first attempt to start", || async {
+        let b = client.get_build(&b.id, false).await.ok()?;
+        (b.state == "RUNNING" && marker.exists()).then_some(b)
+    })
+    .await?;
+    assert_eq!(first.attempts, 1);
+    let victim = first.worker.clone();
+    c.kill9(&victim)?;
+    kill_group_in(&marker);
+
+    let done = wait_final(&client, &b.id).await?;
+    assert_eq!(done.state, "SUCCEEDED", "{done:?}");
+    assert_eq!(done.attempts, 2, "{done:?}");
+    assert_ne!(
+        done.worker, victim,
+        "the dead worker cannot have completed it"
+    );
+    assert!(
+        done.history
+            .iter()
+            .any(|t| t.note.contains("expired") && t.note.contains(&victim)),
+        "{:?}",
+        done.history
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_survive_kill9_of_the_global_leader() -> anyhow::Result<()> {
+    let spec = Spec::new(3)
+        .region("east", 1)
+        .worker("wk-a", "east")
+        .worker("wk-b", "east")
+        .lease_ms(5000);
+    let mut c = ProcessCluster::start_spec(spec)?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let script = "sleep 0.3\nmkdir -p out\ncp ID out/app\n";
+    let mut commits = vec![repo.commit(
+        "0",
+        &[("deploy.toml", RECIPE), ("build.sh", script), ("ID", "0")],
+    )?];
+    for i in 1..20 {
+        commits.push(repo.commit(&i.to_string(), &[("ID", &i.to_string())])?);
+    }
+    let client = c.client()?;
+    let status = wait_until(T, "a global leader", || async {
+        let s = ClusterStatusView(client.cluster_status().await.ok()?);
+        s.leader("global").map(|l| (l, s))
+    })
+    .await?;
+    let leader = status.0;
+    let mut ids = Vec::new();
+    for sha in &commits {
+        ids.push(client.submit_build("svc", &repo.url(), sha).await?.id);
+    }
+    // Kill the leader once some builds are under way.
+    wait_until(T, "builds to be running", || async {
+        let b = client.get_build(&ids[0], false).await.ok()?;
+        (b.state != "QUEUED").then_some(())
+    })
+    .await?;
+    c.kill9(&leader)?;
+
+    let survivors: Vec<String> = c.names().into_iter().filter(|n| *n != leader).collect();
+    let client = Client::new(survivors.iter().map(|n| c.addr(n).unwrap_or_default()))?;
+    for id in &ids {
+        let b = wait_final(&client, id).await?;
+        assert_eq!(b.state, "SUCCEEDED", "{b:?}");
+        // Leases live in the replicated state with absolute expiry times: the new leader
+        // honours them, so no build was re-queued by the failover.
+        assert_eq!(b.attempts, 1, "{b:?}");
+    }
+    Ok(())
+}
