@@ -2,7 +2,9 @@
 //!
 //! Builds the binaries, starts `deployd dev` on the embedded config with a fresh data
 //! directory, waits until every group has a leader and all members agree, prints the
-//! cluster status, then keeps the cluster running until Ctrl-C.
+//! cluster status, makes a sample git repository and builds its HEAD through the cluster
+//! (queue, worker, artifact in every region's store), then keeps the cluster running until
+//! Ctrl-C.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,13 +73,28 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     println!();
     print!("{status}");
     println!();
+    let repo = data.join("sample");
+    let commit = sample_repo(&repo)?;
+    println!("building the sample repository {} at {commit}:", repo.display());
+    let ctl = bins.join("deployctl");
+    run_checked(
+        Command::new(&ctl)
+            .args(["build", "submit", "--service", "hello", "--commit", &commit, "--wait", "--repo"])
+            .arg(&repo),
+    )?;
+    println!();
+    println!("its build log:");
+    run_checked(Command::new(&ctl).args(["build", "logs", "b-1"]))?;
+    println!();
     println!("the cluster keeps running; in another terminal try:");
-    println!("  {}/deployctl cluster status", bins.display());
-    println!(
-        "  {}/deployctl cluster meta set greeting hello",
-        bins.display()
-    );
-    println!("  {}/deployctl cluster meta get greeting", bins.display());
+    for cmd in [
+        "cluster status",
+        "build list",
+        "build get b-1 --output json",
+        "cluster meta set greeting hello",
+    ] {
+        println!("  {}/deployctl {cmd}", bins.display());
+    }
     println!("stop it with Ctrl-C");
     let code = guard.0.wait()?;
     if !code.success() {
@@ -117,4 +134,47 @@ fn converged(bins: &std::path::Path) -> anyhow::Result<Option<String>> {
     }
     let table = Command::new(&ctl).args(["cluster", "status"]).output()?;
     Ok(Some(String::from_utf8_lossy(&table.stdout).into_owned()))
+}
+
+const SAMPLE_RECIPE: &str = "[build]
+command = \"sh build.sh\"
+outputs = [\"out\"]
+timeout_secs = 60
+
+[run]
+command = \"./out/hello\"
+";
+
+const SAMPLE_BUILD: &str = "echo \"building hello $(cat VERSION)\"
+mkdir -p out
+printf '#!/bin/sh\\necho hello from version %s\\n' \"$(cat VERSION)\" > out/hello
+chmod +x out/hello
+echo done
+";
+
+/// Makes a git repository with a tiny service and its recipe; returns its HEAD.
+fn sample_repo(dir: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("deploy.toml"), SAMPLE_RECIPE)?;
+    std::fs::write(dir.join("build.sh"), SAMPLE_BUILD)?;
+    std::fs::write(dir.join("VERSION"), "1\n")?;
+    let git = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "demo")
+            .env("GIT_AUTHOR_EMAIL", "demo@localhost")
+            .env("GIT_COMMITTER_NAME", "demo")
+            .env("GIT_COMMITTER_EMAIL", "demo@localhost")
+            .output()
+            .context("cannot run git")?;
+        if !out.status.success() {
+            bail!("git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    git(&["init", "-q"])?;
+    git(&["add", "-A"])?;
+    git(&["commit", "-q", "-m", "hello, version 1"])?;
+    git(&["rev-parse", "HEAD"])
 }

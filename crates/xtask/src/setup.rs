@@ -6,7 +6,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-const PACKAGES: &[&str] = &["clang", "libclang-dev"];
+/// clang and libclang build RocksDB's bindings; git is what build workers fetch sources with.
+const PACKAGES: &[&str] = &["clang", "libclang-dev", "git"];
 
 fn libclang_present() -> bool {
     if let Some(p) = std::env::var_os("LIBCLANG_PATH") {
@@ -28,11 +29,8 @@ fn libclang_present() -> bool {
     })
 }
 
-fn clang_present() -> bool {
-    Command::new("clang")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+fn present(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 fn is_root() -> bool {
@@ -43,7 +41,7 @@ fn is_root() -> bool {
 }
 
 pub fn ensure_system_packages() -> anyhow::Result<()> {
-    if libclang_present() && clang_present() {
+    if libclang_present() && present("clang") && present("git") {
         return Ok(());
     }
     let cmd = format!("apt-get install -y {}", PACKAGES.join(" "));
