@@ -5,6 +5,7 @@
 //!   named by their SHA-256, uploaded as they are cut: memory stays at a few chunks whatever
 //!   the artifact's size.
 //! - [`manifest`]: the chunk list, sizes and whole-artifact digest.
+//! - [`signing`]: ed25519 signatures on manifests, checked against the trusted keys.
 //! - [`store`]: a region's store through `object_store`: chunks and manifests written once,
 //!   atomically, verified against their digest on every read; build log segments.
 //! - [`copy`]: replication of an artifact from one store to another, chunk by chunk, skipping
@@ -16,10 +17,12 @@ pub mod copy;
 pub mod manifest;
 pub mod pack;
 pub mod recipe;
+pub mod signing;
 pub mod store;
 
 pub use manifest::{ChunkRef, Manifest};
 pub use recipe::Recipe;
+pub use signing::{KeyPair, SignError, TrustedKeys};
 pub use store::{Store, StoreError};
 
 /// `sha256:<hex>` of some bytes.

@@ -27,6 +27,18 @@ pub struct Manifest {
     pub service: String,
     pub build_id: String,
     pub commit: String,
+    /// The build system's signature over the rest (see `signing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ManifestSignature>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSignature {
+    /// The signer's public key, hex.
+    pub key: String,
+    /// The ed25519 signature, hex.
+    pub sig: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +46,12 @@ pub struct Manifest {
 pub struct ManifestError(pub String);
 
 impl Manifest {
+    /// The bytes a signature covers: the JSON of the manifest as it is, which signers and
+    /// verifiers call with `signature` cleared.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
     /// Checks that the manifest describes itself coherently: digests are well formed, chunk
     /// sizes add up, every chunk but the last is full size.
     pub fn check(&self) -> Result<(), ManifestError> {

@@ -27,12 +27,13 @@ pub enum PackError {
     Store(#[from] StoreError),
 }
 
-/// What the artifact is of.
+/// What the artifact is of, and the key that signs its manifest.
 pub struct PackInfo<'a> {
     pub service: &'a str,
     pub build_id: &'a str,
     pub commit: &'a str,
     pub chunk_size: u64,
+    pub key: &'a crate::KeyPair,
 }
 
 /// Cuts a byte stream into chunks, hashing each and the whole.
@@ -174,7 +175,7 @@ pub async fn pack(
         return Err(e.into());
     }
     let (artifact_digest, size, chunks) = joined?;
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         version: 1,
         artifact_digest,
         size,
@@ -183,7 +184,9 @@ pub async fn pack(
         service: info.service.to_string(),
         build_id: info.build_id.to_string(),
         commit: info.commit.to_string(),
+        signature: None,
     };
+    info.key.sign(&mut manifest);
     store.put_manifest(&manifest).await?;
     Ok(manifest)
 }
@@ -196,11 +199,13 @@ mod tests {
         "[build]\ncommand = \"true\"\noutputs = [\"out\"]\n[run]\ncommand = \"./out/app\"\n";
 
     async fn pack_dir(root: &Path, store: &Store, chunk: u64) -> Result<Manifest, PackError> {
+        let key = crate::KeyPair::generate().unwrap();
         let info = PackInfo {
             service: "svc",
             build_id: "b-1",
             commit: "c",
             chunk_size: chunk,
+            key: &key,
         };
         pack(root, &Recipe::parse(RECIPE).unwrap(), info, store).await
     }
@@ -216,6 +221,7 @@ mod tests {
         let store = Store::local(dir.path()).unwrap();
         let m = pack_dir(src.path(), &store, 64 * 1024).await.unwrap();
         m.check().unwrap();
+        assert!(m.signature.is_some());
         assert!(m.chunks.len() >= 6, "{} chunks", m.chunks.len());
         // Same inputs, same artifact.
         let again = pack_dir(src.path(), &store, 64 * 1024).await.unwrap();

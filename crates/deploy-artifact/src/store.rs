@@ -15,7 +15,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
-use crate::{digest_hex, digest_of};
+use crate::{digest_hex, digest_of, TrustedKeys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -199,6 +199,22 @@ impl Store {
         if m.artifact_digest != artifact_digest {
             return Err(corrupt(format!("it names {}", m.artifact_digest)));
         }
+        Ok(m)
+    }
+
+    /// Reads a manifest and checks its signature against `keys`: what every consumer of an
+    /// artifact must use.
+    pub async fn get_trusted_manifest(
+        &self,
+        artifact_digest: &str,
+        keys: &TrustedKeys,
+    ) -> Result<Manifest, StoreError> {
+        let m = self.get_manifest(artifact_digest).await?;
+        keys.verify(&m).map_err(|e| StoreError::Corrupt {
+            store: self.name.clone(),
+            what: format!("manifest {artifact_digest}"),
+            why: e.to_string(),
+        })?;
         Ok(m)
     }
 

@@ -141,7 +141,7 @@ async fn replicate_one(
     let to = node
         .store(region)
         .ok_or_else(|| format!("no store for region {region}"))?;
-    let stats = copy_artifact(from, to, digest)
+    let stats = copy_artifact(from, to, digest, &node.trusted)
         .await
         .map_err(|e| e.to_string())?;
     info!(build = %id, %region, chunks = stats.chunks, skipped = stats.chunks_skipped, bytes = stats.bytes_copied, "replicated artifact");

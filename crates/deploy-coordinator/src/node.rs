@@ -11,7 +11,7 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::RaftNetworkFactory;
 use tracing::{info, instrument, warn};
 
-use deploy_artifact::Store;
+use deploy_artifact::{Store, TrustedKeys};
 
 use crate::group::GroupHandle;
 
@@ -42,7 +42,7 @@ pub enum NodeError {
     },
     #[error("group {group}: raft failed: {message}")]
     Raft { group: GroupName, message: String },
-    #[error("cannot open the artifact stores: {0}")]
+    #[error("cannot set up artifacts: {0}")]
     Stores(String),
 }
 
@@ -64,6 +64,8 @@ pub struct Node {
     pub pool: ChannelPool,
     /// Every region's artifact store, by region name.
     pub stores: BTreeMap<String, Store>,
+    /// The keys whose manifest signatures this cluster accepts.
+    pub trusted: TrustedKeys,
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
@@ -88,6 +90,8 @@ impl Node {
         if hosted.is_empty() {
             return Err(NodeError::NoGroups(me.to_string()));
         }
+        let trusted = TrustedKeys::parse(&config.signing.trusted_keys)
+            .map_err(|e| NodeError::Stores(e.to_string()))?;
         let mut stores = BTreeMap::new();
         for region in config.regions() {
             let dir = config
@@ -108,6 +112,7 @@ impl Node {
             groups,
             pool,
             stores,
+            trusted,
             stopping: tokio::sync::watch::channel(false).0,
         }))
     }

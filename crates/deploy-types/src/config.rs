@@ -102,6 +102,17 @@ pub struct WorkerConfig {
     pub region: String,
 }
 
+/// Artifact signing: the key workers sign manifests with, and the keys everyone trusts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// The build system's private key file (relative paths: against the store base).
+    /// `deployd dev` makes one on first start when none is set.
+    pub key_file: Option<String>,
+    /// Public keys (64 hex characters) whose manifest signatures are accepted.
+    pub trusted_keys: Vec<String>,
+}
+
 /// How builds are leased, retried and bounded.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,6 +167,8 @@ struct RawConfig {
     workers: Vec<WorkerConfig>,
     #[serde(default)]
     builds: BuildSettings,
+    #[serde(default)]
+    signing: SigningConfig,
 }
 
 /// A parsed and validated cluster config.
@@ -168,6 +181,7 @@ pub struct ClusterConfig {
     regions: Vec<RegionConfig>,
     pub workers: Vec<WorkerConfig>,
     pub builds: BuildSettings,
+    pub signing: SigningConfig,
     /// Non-fatal findings (an even voter count), for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -292,6 +306,14 @@ impl ClusterConfig {
         if b.default_timeout_secs == 0 {
             problems.push("builds.default_timeout_secs must be above 0".into());
         }
+        for k in &raw.signing.trusted_keys {
+            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                problems.push(format!(
+                    "signing.trusted_keys entry {:?} is not 64 hex characters",
+                    k.chars().take(80).collect::<String>()
+                ));
+            }
+        }
         for node in &raw.nodes {
             for g in &node.join {
                 match groups.get(g) {
@@ -322,6 +344,7 @@ impl ClusterConfig {
             regions: raw.regions,
             workers: raw.workers,
             builds: raw.builds,
+            signing: raw.signing,
             warnings,
         })
     }
@@ -367,6 +390,17 @@ impl ClusterConfig {
             path.to_path_buf()
         } else {
             base.join(path)
+        })
+    }
+
+    /// The signing key file, resolved against `base`.
+    pub fn key_file(&self, base: &Path) -> Option<std::path::PathBuf> {
+        let k = self.signing.key_file.as_ref()?;
+        let p = Path::new(k);
+        Some(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
         })
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploy_artifact::pack::{pack, PackInfo};
-use deploy_artifact::{Recipe, Store};
+use deploy_artifact::{KeyPair, Recipe, Store};
 use deploy_proto::v1::worker_service_client::WorkerServiceClient;
 use deploy_proto::v1::{
     AcquireBuildReply, AcquireBuildRequest, CompleteBuildRequest, RegisterWorkerRequest,
@@ -36,6 +36,7 @@ pub struct Worker {
     opts: WorkerOptions,
     client: WorkerServiceClient<Channel>,
     store: Store,
+    key: KeyPair,
     mirrors: MirrorCache,
 }
 
@@ -57,7 +58,12 @@ const POLL_WAIT_MS: u64 = 10_000;
 const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 impl Worker {
-    pub fn new(opts: WorkerOptions, store: Store) -> Result<Self, tonic::transport::Error> {
+    /// A worker writing to `store` and signing manifests with `key`.
+    pub fn new(
+        opts: WorkerOptions,
+        store: Store,
+        key: KeyPair,
+    ) -> Result<Self, tonic::transport::Error> {
         let endpoints = opts
             .endpoints
             .iter()
@@ -75,6 +81,7 @@ impl Worker {
             mirrors: MirrorCache::new(opts.work_dir.join("git")),
             client: WorkerServiceClient::new(channel),
             store,
+            key,
             opts,
         })
     }
@@ -354,6 +361,7 @@ impl Worker {
             build_id: &a.id,
             commit: &a.commit,
             chunk_size: self.opts.settings.chunk_bytes,
+            key: &self.key,
         };
         let packed = tokio::select! {
             r = pack(&src, &recipe, info, &self.store) => r,

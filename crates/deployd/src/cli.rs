@@ -50,6 +50,9 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         store_base: PathBuf,
     },
+    /// Signing keys for artifacts.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Run every node and worker of a cluster config in this one process, on loopback.
     Dev {
         /// Cluster config file (default: the embedded cluster-config/local.toml).
@@ -58,6 +61,15 @@ pub enum Command {
         /// Where the nodes keep their data; restarting with the same directory resumes.
         #[arg(long, default_value = ".deploy/dev")]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make an ed25519 key pair: the private key (mode 0600) at OUT, the public key at OUT.pub.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -75,6 +87,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             work_dir,
             store_base,
         } => crate::worker::run(&config, &id, work_dir, &store_base).await,
+        Command::Keys(KeysCommand::Generate { out }) => {
+            let key = deploy_artifact::KeyPair::generate()?;
+            key.save(&out).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot write {}: {e} (an existing key is never overwritten)",
+                    out.display()
+                )
+            })?;
+            let public = key.public_hex();
+            let pub_path = out.with_extension("pub");
+            std::fs::write(&pub_path, format!("{public}\n"))?;
+            println!(
+                "private key: {} (keep it on the build workers only)",
+                out.display()
+            );
+            println!("public key:  {}", pub_path.display());
+            println!("add to the cluster config:\n[signing]\nkey_file = \"{}\"\ntrusted_keys = [\"{public}\"]", out.display());
+            Ok(())
+        }
         Command::Dev { config, data_dir } => crate::dev::run(config.as_deref(), &data_dir).await,
     }
 }

@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 pub async fn run(config_path: Option<&Path>, data_dir: &Path) -> anyhow::Result<()> {
-    let config = Arc::new(crate::cli::load_config(config_path)?);
+    let mut config = crate::cli::load_config(config_path)?;
+    ensure_signing_key(&mut config, data_dir)?;
+    let config = Arc::new(config);
     let pool = ChannelPool::tcp();
     // Bind every listener before starting any node, so a busy port fails fast and cleanly.
     let mut listeners = Vec::new();
@@ -93,4 +95,28 @@ async fn wait_for_leaders(nodes: &[RunningNode], within: Duration) {
             }
         }
     }
+}
+
+/// Gives the dev cluster a signing key of its own when its config names none: made on first
+/// start under the data directory, trusted by every node.
+fn ensure_signing_key(
+    config: &mut deploy_types::ClusterConfig,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    if config.signing.key_file.is_some() {
+        return Ok(());
+    }
+    let path = std::path::absolute(data_dir.join("keys").join("build.key"))?;
+    if !path.exists() {
+        deploy_artifact::KeyPair::generate()?
+            .save(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        info!(path = %path.display(), "made a signing key for the dev cluster");
+    }
+    let key = deploy_artifact::KeyPair::load(&path)?;
+    config.signing.key_file = Some(path.display().to_string());
+    if !config.signing.trusted_keys.contains(&key.public_hex()) {
+        config.signing.trusted_keys.push(key.public_hex());
+    }
+    Ok(())
 }

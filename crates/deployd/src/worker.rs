@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use deploy_artifact::Store;
+use deploy_artifact::{KeyPair, Store};
 use deploy_types::ClusterConfig;
 use deploy_worker::{Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,10 @@ pub fn make(
         .store_dir(&w.region, store_base)
         .with_context(|| format!("region {} has no store", w.region))?;
     let store = Store::local(&store_dir)?;
+    let key_file = config.key_file(store_base).context(
+        "signing.key_file is not set: workers sign every manifest (make a key with `deployd keys generate`)",
+    )?;
+    let key = KeyPair::load(&key_file)?;
     let opts = WorkerOptions {
         id: id.to_string(),
         region: w.region.clone(),
@@ -30,7 +34,7 @@ pub fn make(
         work_dir,
         settings: config.builds.clone(),
     };
-    Ok(Worker::new(opts, store)?)
+    Ok(Worker::new(opts, store, key)?)
 }
 
 pub async fn run(

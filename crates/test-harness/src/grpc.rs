@@ -61,7 +61,7 @@ impl GrpcCluster {
             listeners.insert(name, l);
         }
         let dir = TempDir::new()?;
-        let text = spec.toml(&addrs, &dir.path().join("stores"));
+        let text = spec.toml(&addrs, dir.path())?;
         let config = Arc::new(ClusterConfig::parse(&text, "grpc test")?);
         let mut cluster = Self {
             dir,
@@ -133,7 +133,14 @@ impl GrpcCluster {
             work_dir: self.dir.path().join("workers").join(id),
             settings: self.config.builds.clone(),
         };
-        let worker = deploy_worker::Worker::new(opts, deploy_artifact::Store::local(&store_dir)?)?;
+        let key = deploy_artifact::KeyPair::load(
+            &self
+                .config
+                .key_file(self.dir.path())
+                .context("no signing key")?,
+        )?;
+        let worker =
+            deploy_worker::Worker::new(opts, deploy_artifact::Store::local(&store_dir)?, key)?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(worker.run(stop.clone()));
         self.workers.insert(id.to_string(), (stop, task));

@@ -138,12 +138,19 @@ impl Spec {
         out
     }
 
-    /// The config text, with each node at `addrs[name]` and stores under `store_root`.
+    /// The config text, with each node at `addrs[name]` and stores under `root/stores`; makes
+    /// a signing key at `root/keys/build.key` if there is none.
     pub fn toml(
         &self,
         addrs: &std::collections::BTreeMap<String, String>,
-        store_root: &std::path::Path,
-    ) -> String {
+        root: &std::path::Path,
+    ) -> anyhow::Result<String> {
+        let store_root = root.join("stores");
+        let key_path = root.join("keys").join("build.key");
+        if !key_path.exists() {
+            deploy_artifact::KeyPair::generate()?.save(&key_path)?;
+        }
+        let public = deploy_artifact::KeyPair::load(&key_path)?.public_hex();
         let mut s = format!(
             "[cluster]\nname = \"test\"\n\n[raft]\n{}\n",
             test_timing(5000, 1000)
@@ -183,7 +190,11 @@ impl Spec {
                 "\n[[workers]]\nid = \"{id}\"\nregion = \"{region}\"\n"
             ));
         }
-        s
+        s.push_str(&format!(
+            "\n[signing]\nkey_file = \"{}\"\ntrusted_keys = [\"{public}\"]\n",
+            key_path.display()
+        ));
+        Ok(s)
     }
 }
 

@@ -81,7 +81,7 @@ impl ProcessCluster {
             .collect();
         let dir = TempDir::new()?;
         let config_path = dir.path().join("cluster.toml");
-        std::fs::write(&config_path, spec.toml(&addrs, &dir.path().join("stores")))?;
+        std::fs::write(&config_path, spec.toml(&addrs, dir.path())?)?;
         let mut nodes: BTreeMap<String, Proc> = addrs
             .into_iter()
             .map(|(n, addr)| {

@@ -75,11 +75,23 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     println!();
     let repo = data.join("sample");
     let commit = sample_repo(&repo)?;
-    println!("building the sample repository {} at {commit}:", repo.display());
+    println!(
+        "building the sample repository {} at {commit}:",
+        repo.display()
+    );
     let ctl = bins.join("deployctl");
     run_checked(
         Command::new(&ctl)
-            .args(["build", "submit", "--service", "hello", "--commit", &commit, "--wait", "--repo"])
+            .args([
+                "build",
+                "submit",
+                "--service",
+                "hello",
+                "--commit",
+                &commit,
+                "--wait",
+                "--repo",
+            ])
             .arg(&repo),
     )?;
     println!();
@@ -169,7 +181,10 @@ fn sample_repo(dir: &std::path::Path) -> anyhow::Result<String> {
             .output()
             .context("cannot run git")?;
         if !out.status.success() {
-            bail!("git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "git {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
