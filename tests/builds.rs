@@ -352,3 +352,164 @@ async fn two_hundred_builds_on_four_workers_each_run_exactly_once() -> anyhow::R
     );
     Ok(())
 }
+
+/// A plain HTTP/1.1 GET over loopback: (status, headers, body).
+async fn http_get(
+    addr: &str,
+    path: &str,
+    range: Option<&str>,
+) -> anyhow::Result<(u16, String, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{range}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head.to_lowercase(), raw[split + 4..].to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_served_over_http_by_each_regions_nodes() -> anyhow::Result<()> {
+    let c = GrpcCluster::start_spec(spec()).await?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let big: String = (0..20_000).map(|i| format!("{i}\n")).collect();
+    let script = "mkdir -p out\ncp data out/data\necho app > out/app\n";
+    let sha = repo.commit(
+        "v1",
+        &[
+            ("deploy.toml", RECIPE),
+            ("build.sh", script),
+            ("data", &big),
+        ],
+    )?;
+    let client = c.client()?;
+    let b = client.submit_build("web", &repo.url(), &sha).await?;
+    let b = wait_final(&client, &b.id).await?;
+    assert_eq!(b.state, "SUCCEEDED", "{b:?}");
+    // Both regions hold it; the one the worker was not in received it by replication.
+    let copies: BTreeMap<String, (String, u64)> = b
+        .replication
+        .iter()
+        .map(|r| (r.region.clone(), (r.state.clone(), r.bytes_copied)))
+        .collect();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    assert!(
+        copies
+            .values()
+            .all(|(state, bytes)| state == "DONE" && *bytes >= b.artifact_size),
+        "{copies:?}"
+    );
+
+    for node in ["east-1", "west-1"] {
+        let addr = &c.addrs[node];
+        let (status, head, body) =
+            http_get(addr, &format!("/v1/manifests/{}", b.artifact_digest), None).await?;
+        assert_eq!(status, 200, "{node}: {head}");
+        let m: deploy_artifact::Manifest = serde_json::from_slice(&body)?;
+        assert!(m.signature.is_some());
+        assert!(m.chunks.len() >= 2, "{} chunks", m.chunks.len());
+        let chunk = &m.chunks[1];
+        let (status, _, full) =
+            http_get(addr, &format!("/v1/chunks/{}", chunk.digest), None).await?;
+        assert_eq!(status, 200);
+        assert_eq!(deploy_artifact::digest_of(&full), chunk.digest);
+        let (status, head, part) = http_get(
+            addr,
+            &format!("/v1/chunks/{}", chunk.digest),
+            Some("bytes=100-199"),
+        )
+        .await?;
+        assert_eq!(status, 206, "{head}");
+        assert!(
+            head.contains(&format!("content-range: bytes 100-199/{}", full.len())),
+            "{head}"
+        );
+        assert_eq!(part, full[100..200]);
+        let (status, ..) = http_get(
+            addr,
+            &format!("/v1/chunks/{}", chunk.digest),
+            Some("bytes=999999999-"),
+        )
+        .await?;
+        assert_eq!(status, 416);
+    }
+    // Bad digests never reach a store; unknown ones are 404; a global-only node serves none.
+    let east = &c.addrs["east-1"];
+    assert_eq!(
+        http_get(east, "/v1/chunks/..%2F..%2Fetc%2Fpasswd", None)
+            .await?
+            .0,
+        400
+    );
+    assert_eq!(
+        http_get(east, "/v1/manifests/sha256:1234", None).await?.0,
+        400
+    );
+    assert_eq!(
+        http_get(east, &format!("/v1/chunks/sha256:{}", "0".repeat(64)), None)
+            .await?
+            .0,
+        404
+    );
+    assert_eq!(
+        http_get(
+            &c.addrs["g1"],
+            &format!("/v1/manifests/{}", b.artifact_digest),
+            None
+        )
+        .await?
+        .0,
+        404
+    );
+    assert_eq!(http_get(east, "/healthz", None).await?.0, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_unreachable_past_the_deadline_fails_the_build_naming_it() -> anyhow::Result<()> {
+    let spec = Spec::new(3)
+        .region("east", 1)
+        .region("west", 1)
+        .worker("wk-east", "east")
+        .replication_deadline_secs(2);
+    let c = GrpcCluster::start_spec(spec).await?;
+    // The west store becomes unwritable: its directory is replaced by a file.
+    let west = c.dir().join("stores").join("west");
+    std::fs::remove_dir_all(&west)?;
+    std::fs::write(&west, "not a directory")?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let sha = repo.commit(
+        "v1",
+        &[
+            ("deploy.toml", RECIPE),
+            ("build.sh", "mkdir -p out && echo x > out/app\n"),
+        ],
+    )?;
+    let client = c.client()?;
+    let b = client.submit_build("svc", &repo.url(), &sha).await?;
+    let b = wait_final(&client, &b.id).await?;
+    assert_eq!(b.state, "FAILED", "{b:?}");
+    assert!(b.error.contains("region west"), "{}", b.error);
+    let states: BTreeMap<String, String> = b
+        .replication
+        .iter()
+        .map(|r| (r.region.clone(), r.state.clone()))
+        .collect();
+    assert_eq!(states.get("east").map(String::as_str), Some("DONE"));
+    assert_eq!(states.get("west").map(String::as_str), Some("FAILED"));
+    Ok(())
+}

@@ -36,8 +36,8 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A build as the API shows it.
-pub fn to_proto(b: &Build) -> PbBuild {
+/// A build as the API shows it; `regions` are the cluster's regions.
+pub fn to_proto(b: &Build, regions: &[String]) -> PbBuild {
     PbBuild {
         id: b.id(),
         service: b.service.clone(),
@@ -64,7 +64,27 @@ pub fn to_proto(b: &Build) -> PbBuild {
             })
             .collect(),
         created: false,
+        replication: replication_of(b, regions),
     }
+}
+
+/// Each configured region's copy of the artifact.
+fn replication_of(b: &Build, regions: &[String]) -> Vec<deploy_proto::v1::RegionReplication> {
+    regions
+        .iter()
+        .map(|r| deploy_proto::v1::RegionReplication {
+            region: r.clone(),
+            state: if b.regions_done.contains(r) {
+                "DONE"
+            } else if b.replication_failed.as_ref() == Some(r) {
+                "FAILED"
+            } else {
+                "PENDING"
+            }
+            .to_string(),
+            bytes_copied: b.bytes_copied.get(r).copied().unwrap_or(0),
+        })
+        .collect()
 }
 
 /// A refused build command as an API error.
@@ -96,9 +116,9 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     })
 }
 
-fn read_build(h: &GroupHandle, id: &str) -> Result<PbBuild, ApiError> {
+fn read_build(h: &GroupHandle, id: &str, regions: &[String]) -> Result<PbBuild, ApiError> {
     h.state
-        .read(|d| d.state.builds.get(id).map(to_proto))
+        .read(|d| d.state.builds.get(id).map(|b| to_proto(b, regions)))
         .ok_or_else(|| ApiError::NotFound(format!("build {id} does not exist")))
 }
 
@@ -115,6 +135,15 @@ impl BuildApi {
 
     fn client(&self, addr: &str) -> Result<BuildServiceClient<Channel>, ApiError> {
         Ok(BuildServiceClient::new(self.routing.channel(addr)?))
+    }
+
+    fn regions(&self) -> Vec<String> {
+        self.routing
+            .node
+            .config
+            .regions()
+            .map(str::to_string)
+            .collect()
     }
 
     /// The replica to read from: the leader after a linearizable check, or any replica.
@@ -160,7 +189,7 @@ impl BuildService for BuildApi {
         };
         match propose(h, cmd).await? {
             BuildResponse::Submitted { id, created } => {
-                let mut b = read_build(h, &id)?;
+                let mut b = read_build(h, &id, &self.regions())?;
                 b.created = created;
                 tracing::info!(build = %id, created, "build submitted");
                 Ok(Response::new(b))
@@ -177,7 +206,7 @@ impl BuildService for BuildApi {
         let req = request.into_inner();
         check_id(&req.id)?;
         match self.reader(req.stale, hops).await? {
-            Route::Local(h) => Ok(Response::new(read_build(h, &req.id)?)),
+            Route::Local(h) => Ok(Response::new(read_build(h, &req.id, &self.regions())?)),
             Route::Remote(addr) => self.client(&addr)?.get_build(forwarded(req, hops)).await,
         }
     }
@@ -218,6 +247,7 @@ impl BuildService for BuildApi {
             }
         };
         let service = (!req.service.is_empty()).then_some(req.service.as_str());
+        let regions = self.regions();
         let reply = h.state.read(|d| {
             let mut page: Vec<&Build> = d
                 .state
@@ -232,7 +262,7 @@ impl BuildService for BuildApi {
                 String::new()
             };
             ListBuildsReply {
-                builds: page.into_iter().map(to_proto).collect(),
+                builds: page.into_iter().map(|b| to_proto(b, &regions)).collect(),
                 next_page_token: next,
             }
         });
@@ -262,7 +292,7 @@ impl BuildService for BuildApi {
         )
         .await?;
         tracing::info!(build = %req.id, "build cancelled");
-        Ok(Response::new(read_build(h, &req.id)?))
+        Ok(Response::new(read_build(h, &req.id, &self.regions())?))
     }
 
     type BuildLogsStream = LogStream;
@@ -282,7 +312,7 @@ impl BuildService for BuildApi {
                 return Ok(Response::new(Box::pin(remote.into_inner())));
             }
         };
-        read_build(&h, &req.id)?;
+        read_build(&h, &req.id, &self.regions())?;
         let node = self.routing.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {

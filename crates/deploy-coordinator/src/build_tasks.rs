@@ -81,7 +81,7 @@ async fn replicator(node: Arc<Node>) {
             continue;
         }
         let regions: Vec<String> = node.config.regions().map(str::to_string).collect();
-        let work: Vec<(String, String, String, Vec<String>)> = h.state.read(|d| {
+        let work: Vec<(String, String, String, Vec<String>, u64)> = h.state.read(|d| {
             d.state
                 .builds
                 .by_seq
@@ -93,13 +93,25 @@ async fn replicator(node: Arc<Node>) {
                         .filter(|r| !b.regions_done.contains(*r))
                         .cloned()
                         .collect();
+                    let since = b
+                        .history
+                        .iter()
+                        .rev()
+                        .find(|t| t.state == BuildState::Replicating)
+                        .map(|t| t.at_ms)
+                        .unwrap_or(b.updated_at_ms);
                     b.artifact_digest
                         .clone()
-                        .map(|d| (b.id(), d, b.worker_region.clone(), missing))
+                        .map(|d| (b.id(), d, b.worker_region.clone(), missing, since))
                 })
                 .collect()
         });
-        for (id, digest, source, missing) in work {
+        let deadline_ms = node
+            .config
+            .builds
+            .replication_deadline_secs
+            .saturating_mul(1000);
+        for (id, digest, source, missing, since) in work {
             for region in missing {
                 let key = (id.clone(), region.clone());
                 if backoff
@@ -111,6 +123,20 @@ async fn replicator(node: Arc<Node>) {
                 match replicate_one(&node, h, &id, &digest, &source, &region, &regions).await {
                     Ok(()) => {
                         backoff.remove(&key);
+                    }
+                    Err(e) if now_ms().saturating_sub(since) > deadline_ms => {
+                        warn!(build = %id, %region, error = %e, "replication deadline passed; failing the build");
+                        let cmd = BuildCommand::ReplicationFailed {
+                            id: id.clone(),
+                            region: region.clone(),
+                            error: e,
+                            now_ms: now_ms(),
+                        };
+                        if let Err(e) = propose(h, cmd).await {
+                            warn!(build = %id, error = %e, "cannot fail the build");
+                        }
+                        backoff.remove(&key);
+                        break;
                     }
                     Err(e) => {
                         let wait = backoff
@@ -150,6 +176,7 @@ async fn replicate_one(
         region: region.to_string(),
         now_ms: now_ms(),
         regions: regions.to_vec(),
+        bytes_copied: stats.bytes_copied,
     };
     propose(h, cmd).await.map(|_| ()).map_err(|e| e.to_string())
 }

@@ -16,6 +16,7 @@ pub mod build_api;
 pub mod build_tasks;
 pub mod error;
 pub mod group;
+pub mod http;
 pub mod node;
 pub mod raft_service;
 pub mod routing;

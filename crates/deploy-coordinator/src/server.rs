@@ -49,6 +49,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_RECORD_BYTES)
         .max_encoding_message_size(MAX_RECORD_BYTES);
     let routing = crate::routing::Routing::new(node.clone());
+    let http_node = node.clone();
     let builds = BuildServiceServer::new(crate::build_api::BuildApi::new(routing.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
@@ -61,13 +62,19 @@ pub async fn serve(
     let api = ClusterServiceServer::new(ClusterApi::new(node))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
-    Server::builder()
-        .add_service(raft)
+    // gRPC and plain HTTP share the port: gRPC by its paths, the rest by the HTTP router.
+    let grpc = tonic::service::Routes::new(raft)
         .add_service(api)
         .add_service(builds)
         .add_service(workers)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection);
+    let routes = grpc
+        .into_axum_router()
+        .merge(crate::http::router(http_node));
+    Server::builder()
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(routes))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -91,6 +91,12 @@ pub struct Build {
     pub error: Option<String>,
     /// Regions whose store holds the whole artifact.
     pub regions_done: BTreeSet<String>,
+    /// Bytes copied into each region's store by replication (the first region: the size).
+    #[serde(default)]
+    pub bytes_copied: BTreeMap<String, u64>,
+    /// The region whose replication failed the build, if one did.
+    #[serde(default)]
+    pub replication_failed: Option<String>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub started_at_ms: Option<u64>,
@@ -207,6 +213,14 @@ pub enum BuildCommand {
         region: String,
         now_ms: u64,
         regions: Vec<String>,
+        bytes_copied: u64,
+    },
+    /// `region` stayed unreachable past the replication deadline: the build fails.
+    ReplicationFailed {
+        id: String,
+        region: String,
+        error: String,
+        now_ms: u64,
     },
 }
 
@@ -367,6 +381,8 @@ impl Builds {
                     artifact_size: 0,
                     error: None,
                     regions_done: BTreeSet::new(),
+                    bytes_copied: BTreeMap::new(),
+                    replication_failed: None,
                     created_at_ms: *now_ms,
                     updated_at_ms: *now_ms,
                     started_at_ms: None,
@@ -498,6 +514,8 @@ impl Builds {
                         b.artifact_digest = Some(artifact_digest.clone());
                         b.artifact_size = *artifact_size;
                         b.regions_done.insert(b.worker_region.clone());
+                        b.bytes_copied
+                            .insert(b.worker_region.clone(), *artifact_size);
                         let state = if regions.iter().all(|r| b.regions_done.contains(r)) {
                             BuildState::Succeeded
                         } else {
@@ -585,11 +603,40 @@ impl Builds {
                 }
                 Ok(BuildResponse::Expired { requeued, failed })
             }
+            BuildCommand::ReplicationFailed {
+                id,
+                region,
+                error,
+                now_ms,
+            } => {
+                let b = self.get_mut(id)?;
+                if b.state != BuildState::Replicating {
+                    return Err(BuildError::WrongState {
+                        id: id.clone(),
+                        state: b.state.as_str().into(),
+                        expected: "REPLICATING".into(),
+                    });
+                }
+                b.error = Some(clip(&format!(
+                    "replication to region {region} failed: {error}"
+                )));
+                b.replication_failed = Some(region.clone());
+                b.to(
+                    BuildState::Failed,
+                    *now_ms,
+                    format!("region {region} unreachable past the deadline"),
+                );
+                Ok(BuildResponse::State {
+                    id: id.clone(),
+                    state: BuildState::Failed,
+                })
+            }
             BuildCommand::Replicated {
                 id,
                 region,
                 now_ms,
                 regions,
+                bytes_copied,
             } => {
                 let b = self.get_mut(id)?;
                 if b.state != BuildState::Replicating {
@@ -600,6 +647,7 @@ impl Builds {
                     });
                 }
                 b.regions_done.insert(region.clone());
+                *b.bytes_copied.entry(region.clone()).or_default() += bytes_copied;
                 b.updated_at_ms = *now_ms;
                 if regions.iter().all(|r| b.regions_done.contains(r)) {
                     b.to(

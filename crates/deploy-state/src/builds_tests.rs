@@ -154,6 +154,7 @@ fn lease_fencing_refuses_stale_attempts() {
         region: "r2".into(),
         now_ms: 5000,
         regions: vec!["r1".into(), "r2".into()],
+        bytes_copied: 1,
     })
     .unwrap();
     assert_eq!(q.get(&id).unwrap().state, BuildState::Succeeded);
@@ -402,4 +403,41 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn an_unreachable_region_fails_the_build_naming_it() {
+    let mut q = Builds::default();
+    register(&mut q, "w1");
+    let id = submit(&mut q, "svc", 0);
+    acquire(&mut q, "w1", 1).unwrap();
+    complete(&mut q, &id, "w1", 1, 2, built("sha256:d")).unwrap();
+    let r = q.apply(&BuildCommand::ReplicationFailed {
+        id: id.clone(),
+        region: "r2".into(),
+        error: "connection refused".into(),
+        now_ms: 3,
+    });
+    assert_eq!(
+        r,
+        Ok(BuildResponse::State {
+            id: id.clone(),
+            state: BuildState::Failed
+        })
+    );
+    let b = q.get(&id).unwrap();
+    assert!(
+        b.error.as_deref().unwrap_or_default().contains("region r2"),
+        "{:?}",
+        b.error
+    );
+    // A late success report for that region changes nothing.
+    let late = q.apply(&BuildCommand::Replicated {
+        id,
+        region: "r2".into(),
+        now_ms: 4,
+        regions: vec!["r1".into(), "r2".into()],
+        bytes_copied: 1,
+    });
+    assert!(matches!(late, Err(BuildError::WrongState { .. })));
 }

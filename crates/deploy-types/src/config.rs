@@ -127,6 +127,8 @@ pub struct BuildSettings {
     pub default_timeout_secs: u64,
     /// Artifact chunk size.
     pub chunk_bytes: u64,
+    /// A region whose store cannot be written for this long fails the build.
+    pub replication_deadline_secs: u64,
 }
 
 impl Default for BuildSettings {
@@ -137,6 +139,7 @@ impl Default for BuildSettings {
             log_cap_bytes: 4 * 1024 * 1024,
             default_timeout_secs: 1800,
             chunk_bytes: 4 * 1024 * 1024,
+            replication_deadline_secs: 600,
         }
     }
 }

@@ -218,7 +218,14 @@ fn print_build(b: &Build) {
             "artifact",
             format!("{} ({} bytes)", b.artifact_digest, b.artifact_size),
         ),
-        ("regions", b.regions_done.join(", ")),
+        (
+            "regions",
+            b.replication
+                .iter()
+                .map(|r| format!("{} {} ({} bytes copied)", r.region, r.state, r.bytes_copied))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         ("error", b.error.clone()),
         ("created", ms(b.created_at_ms)),
         ("finished", ms(b.finished_at_ms)),

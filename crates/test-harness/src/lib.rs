@@ -95,6 +95,7 @@ pub struct Spec {
     /// Build workers: (id, region).
     pub workers: Vec<(String, String)>,
     pub lease_ms: u64,
+    pub replication_deadline_secs: u64,
 }
 
 impl Spec {
@@ -105,7 +106,13 @@ impl Spec {
             spares: 0,
             workers: Vec::new(),
             lease_ms: 2000,
+            replication_deadline_secs: 600,
         }
+    }
+
+    pub fn replication_deadline_secs(mut self, secs: u64) -> Self {
+        self.replication_deadline_secs = secs;
+        self
     }
 
     pub fn region(mut self, name: &str, nodes: usize) -> Self {
@@ -156,8 +163,8 @@ impl Spec {
             test_timing(5000, 1000)
         );
         s.push_str(&format!(
-            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = 65536\n\n",
-            self.lease_ms
+            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = 65536\nreplication_deadline_secs = {}\n\n",
+            self.lease_ms, self.replication_deadline_secs
         ));
         let spares: Vec<String> = (1..=self.spares).map(|i| format!("s{i}")).collect();
         for name in self.node_names() {

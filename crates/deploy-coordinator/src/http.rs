@@ -1,0 +1,191 @@
+//! Plain HTTP on the node's port (beside gRPC): `/healthz`, and the artifact endpoints that
+//! are the root of the fan-out tree: `/v1/manifests/{digest}` and `/v1/chunks/{digest}`
+//! (with `Range`), served from the store of the region this node belongs to.
+//!
+//! A digest is `sha256:<hex>` or bare `<hex>`; anything else is a 400 before any store is
+//! touched, so a path can never name something outside the store. Chunks are verified
+//! against their digest and manifests against the trusted keys before a byte is sent.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use deploy_artifact::{Store, StoreError};
+use deploy_types::GroupName;
+
+use crate::node::Node;
+
+/// The HTTP routes of a node.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/manifests/{digest}", get(manifest))
+        .route("/v1/chunks/{digest}", get(chunk))
+        .with_state(node)
+}
+
+/// A refusal: a status and a one-line reason.
+type Refusal = (StatusCode, String);
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    refusal(status, msg).into_response()
+}
+
+fn refusal(status: StatusCode, msg: impl Into<String>) -> Refusal {
+    (status, format!("{}\n", msg.into()))
+}
+
+/// The store this node serves: that of the (first) region whose group it hosts.
+fn serving_store(node: &Node) -> Result<&Store, Refusal> {
+    node.groups()
+        .find_map(|g| match &g.name {
+            GroupName::Region(r) => node.store(r),
+            GroupName::Global => None,
+        })
+        .ok_or_else(|| {
+            refusal(
+                StatusCode::NOT_FOUND,
+                "this node belongs to no region and serves no store",
+            )
+        })
+}
+
+fn parse_digest(raw: &str) -> Result<String, Refusal> {
+    let full = if raw.starts_with("sha256:") {
+        raw.to_string()
+    } else {
+        format!("sha256:{raw}")
+    };
+    match deploy_artifact::digest_hex(&full) {
+        Some(_) => Ok(full),
+        None => Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "expected a digest: sha256:<64 hex> or <64 hex>",
+        )),
+    }
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::Missing { .. } => text(StatusCode::NOT_FOUND, e.to_string()),
+        StoreError::BadDigest(_) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        // Corrupt or unverifiable bytes are never served.
+        StoreError::Corrupt { .. } => text(StatusCode::BAD_GATEWAY, e.to_string()),
+        _ => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn manifest(State(node): State<Arc<Node>>, Path(raw): Path<String>) -> Response {
+    let digest = match parse_digest(&raw) {
+        Ok(d) => d,
+        Err(r) => return r.into_response(),
+    };
+    let store = match serving_store(&node) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    match store.get_trusted_manifest(&digest, &node.trusted).await {
+        Ok(m) => match serde_json::to_vec(&m) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Err(e) => store_error(e),
+    }
+}
+
+/// A single `bytes=` range of a body of `len` bytes, as a half-open interval.
+pub fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", "") => return None,
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 {
+                return None;
+            }
+            (len.saturating_sub(n), len)
+        }
+        (s, "") => (s.parse().ok()?, len),
+        (s, e) => (
+            s.parse().ok()?,
+            e.parse::<u64>().ok()?.checked_add(1)?.min(len),
+        ),
+    };
+    (start < end && start < len).then_some((start, end))
+}
+
+async fn chunk(
+    State(node): State<Arc<Node>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let digest = match parse_digest(&raw) {
+        Ok(d) => d,
+        Err(r) => return r.into_response(),
+    };
+    let store = match serving_store(&node) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    let max = node.config.builds.chunk_bytes.max(64 * 1024 * 1024);
+    let data = match store.get_chunk(&digest, max).await {
+        Ok(d) => d,
+        Err(e) => return store_error(e),
+    };
+    let len = data.len() as u64;
+    let Some(range) = headers.get(header::RANGE) else {
+        return ([(header::ACCEPT_RANGES, "bytes".to_string())], data).into_response();
+    };
+    let parsed = range.to_str().ok().and_then(|r| parse_range(r, len));
+    match parsed {
+        Some((start, end)) => (
+            StatusCode::PARTIAL_CONTENT,
+            [
+                (
+                    header::CONTENT_RANGE,
+                    format!("bytes {start}-{}/{len}", end - 1),
+                ),
+                (header::ACCEPT_RANGES, "bytes".to_string()),
+            ],
+            data.slice(start as usize..end as usize),
+        )
+            .into_response(),
+        None => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            "unsatisfiable range\n",
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 100)));
+        for bad in [
+            "bytes=100-",
+            "bytes=5-4",
+            "bytes=-0",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=x-1",
+            "bytes=-",
+        ] {
+            assert_eq!(parse_range(bad, 100), None, "{bad}");
+        }
+    }
+}
