@@ -513,3 +513,77 @@ async fn a_region_unreachable_past_the_deadline_fails_the_build_naming_it() -> a
     assert_eq!(states.get("west").map(String::as_str), Some("FAILED"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_what_the_policy_drops_and_keeps_the_rest_whole() -> anyhow::Result<()> {
+    let c = GrpcCluster::start_spec(spec().retention(1, 0)).await?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let script = "mkdir -p out\ncp VERSION out/app\n";
+    let mut builds = Vec::new();
+    let client = c.client()?;
+    for v in 1..=3 {
+        let files: Vec<(&str, String)> = vec![("VERSION", format!("{v}\n"))];
+        let mut all: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if v == 1 {
+            all.extend([("deploy.toml", RECIPE), ("build.sh", script)]);
+        }
+        let sha = repo.commit(&format!("v{v}"), &all)?;
+        let b = client.submit_build("svc", &repo.url(), &sha).await?;
+        let b = wait_final(&client, &b.id).await?;
+        assert_eq!(b.state, "SUCCEEDED");
+        builds.push(b);
+    }
+    let newest = builds[2].artifact_digest.clone();
+    let older: BTreeMap<String, ()> = builds[..2]
+        .iter()
+        .map(|b| (b.artifact_digest.clone(), ()))
+        .collect();
+
+    // A dry run says what would go and deletes nothing.
+    let dry = client.collect_garbage(true).await?;
+    assert_eq!(dry.kept_artifacts, [newest.clone()]);
+    assert_eq!(dry.stores.len(), 2);
+    for s in &dry.stores {
+        let listed: BTreeMap<String, ()> =
+            s.delete_manifests.iter().map(|m| (m.clone(), ())).collect();
+        assert_eq!(listed, older, "{}", s.region);
+        assert!(s.delete_chunks >= 2 && s.bytes_freed > 0, "{s:?}");
+    }
+    let keys = deploy_artifact::TrustedKeys::parse(&c.config.signing.trusted_keys)?;
+    for region in ["east", "west"] {
+        for b in &builds {
+            c.store(region)?
+                .get_trusted_manifest(&b.artifact_digest, &keys)
+                .await?;
+        }
+    }
+    // The real run deletes exactly that; the kept artifact stays whole everywhere.
+    let done = client.collect_garbage(false).await?;
+    assert!(!done.dry_run);
+    for region in ["east", "west"] {
+        let store = c.store(region)?;
+        for d in older.keys() {
+            assert!(
+                matches!(
+                    store.get_manifest(d).await,
+                    Err(deploy_artifact::StoreError::Missing { .. })
+                ),
+                "{region} {d}"
+            );
+        }
+        let m = store.get_trusted_manifest(&newest, &keys).await?;
+        for ch in &m.chunks {
+            store.get_chunk(&ch.digest, m.chunk_size).await?;
+        }
+    }
+    // Nothing left to collect.
+    let again = client.collect_garbage(true).await?;
+    assert!(
+        again
+            .stores
+            .iter()
+            .all(|s| s.delete_manifests.is_empty() && s.delete_chunks == 0),
+        "{again:?}"
+    );
+    Ok(())
+}

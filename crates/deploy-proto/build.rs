@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "deploy/v1/cluster.proto",
         "deploy/v1/build.proto",
         "deploy/v1/worker.proto",
+        "deploy/v1/artifact.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

@@ -8,12 +8,14 @@
 //! - [`signing`]: ed25519 signatures on manifests, checked against the trusted keys.
 //! - [`store`]: a region's store through `object_store`: chunks and manifests written once,
 //!   atomically, verified against their digest on every read; build log segments.
+//! - [`gc`]: retention: which artifacts are kept and what garbage collection may delete.
 //! - [`copy`]: replication of an artifact from one store to another, chunk by chunk, skipping
 //!   chunks the destination already holds intact.
 //!
 //! This crate knows nothing of Raft, gRPC or the cluster's processes.
 
 pub mod copy;
+pub mod gc;
 pub mod manifest;
 pub mod pack;
 pub mod recipe;

@@ -218,6 +218,81 @@ impl Store {
         Ok(m)
     }
 
+    /// What the store holds, for garbage collection; objects modified less than `grace_ms`
+    /// ago are marked recent.
+    pub async fn contents(&self, grace_ms: u64) -> Result<crate::gc::StoreContents, StoreError> {
+        use crate::gc::StoredObject;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let recent = |m: &object_store::ObjectMeta| {
+            now - m.last_modified.timestamp_millis() < grace_ms as i64
+        };
+        let list = |prefix: &'static str| async move {
+            self.inner
+                .list(Some(&Path::from(prefix)))
+                .try_collect::<Vec<object_store::ObjectMeta>>()
+                .await
+                .map_err(self.io(format!("{prefix} listing")))
+        };
+        let mut out = crate::gc::StoreContents::default();
+        for m in list("manifests").await? {
+            let Some(hex) = m.location.filename().and_then(|f| f.strip_suffix(".json")) else {
+                continue;
+            };
+            let digest = format!("sha256:{hex}");
+            if digest_hex(&digest).is_none() {
+                continue;
+            }
+            if let Ok(manifest) = self.get_manifest(&digest).await {
+                out.manifest_chunks.insert(
+                    digest.clone(),
+                    manifest.chunks.into_iter().map(|c| c.digest).collect(),
+                );
+            }
+            out.manifests.push(StoredObject {
+                digest,
+                size: m.size,
+                recent: recent(&m),
+            });
+        }
+        for m in list("chunks").await? {
+            let Some(hex) = m.location.filename() else {
+                continue;
+            };
+            let digest = format!("sha256:{hex}");
+            if digest_hex(&digest).is_some() {
+                out.chunks.push(StoredObject {
+                    digest,
+                    size: m.size,
+                    recent: recent(&m),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes what a plan says: manifests first, so no manifest ever names a missing chunk.
+    pub async fn apply_gc(&self, plan: &crate::gc::GcPlan) -> Result<(), StoreError> {
+        for d in &plan.delete_manifests {
+            let hex = digest_hex(d).ok_or_else(|| StoreError::BadDigest(d.clone()))?;
+            self.delete_quietly(&manifest_path(hex), "manifest").await?;
+        }
+        for d in &plan.delete_chunks {
+            let hex = digest_hex(d).ok_or_else(|| StoreError::BadDigest(d.clone()))?;
+            self.delete_quietly(&chunk_path(hex), "chunk").await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_quietly(&self, path: &Path, what: &str) -> Result<(), StoreError> {
+        match self.inner.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.io(what)(e)),
+        }
+    }
+
     /// Appends one segment of a build attempt's log.
     pub async fn put_log_segment(
         &self,

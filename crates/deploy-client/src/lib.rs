@@ -322,6 +322,19 @@ impl Client {
         .await
     }
 
+    /// Garbage-collects the regions' stores (or, with `dry_run`, says what would go).
+    pub async fn collect_garbage(
+        &self,
+        dry_run: bool,
+    ) -> Result<deploy_proto::v1::CollectGarbageReply, ClientError> {
+        self.call_on(|ch| async move {
+            deploy_proto::v1::artifact_service_client::ArtifactServiceClient::new(ch)
+                .collect_garbage(deploy_proto::v1::CollectGarbageRequest { dry_run })
+                .await
+        })
+        .await
+    }
+
     /// The build's log as a stream of chunks; with `follow`, until the build ends.
     pub async fn build_logs(
         &self,

@@ -12,6 +12,7 @@
 //! binaries, on the client library or on test code.
 
 pub mod api;
+pub mod artifact_api;
 pub mod build_api;
 pub mod build_tasks;
 pub mod error;

@@ -53,6 +53,9 @@ pub async fn serve(
     let builds = BuildServiceServer::new(crate::build_api::BuildApi::new(routing.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
+    let artifacts = deploy_proto::v1::artifact_service_server::ArtifactServiceServer::new(
+        crate::artifact_api::ArtifactApi::new(routing.clone()),
+    );
     let workers = WorkerServiceServer::new(crate::worker_api::WorkerApi::new(routing))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
@@ -67,6 +70,7 @@ pub async fn serve(
         .add_service(api)
         .add_service(builds)
         .add_service(workers)
+        .add_service(artifacts)
         .add_service(health_service)
         .add_service(reflection);
     let routes = grpc

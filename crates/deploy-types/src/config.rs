@@ -129,6 +129,10 @@ pub struct BuildSettings {
     pub chunk_bytes: u64,
     /// A region whose store cannot be written for this long fails the build.
     pub replication_deadline_secs: u64,
+    /// Retention: the newest successful builds kept per service.
+    pub keep_per_service: u32,
+    /// Garbage collection never deletes objects younger than this.
+    pub gc_grace_secs: u64,
 }
 
 impl Default for BuildSettings {
@@ -140,6 +144,8 @@ impl Default for BuildSettings {
             default_timeout_secs: 1800,
             chunk_bytes: 4 * 1024 * 1024,
             replication_deadline_secs: 600,
+            keep_per_service: 10,
+            gc_grace_secs: 3600,
         }
     }
 }

@@ -44,6 +44,19 @@ pub enum Command {
     /// Builds: submit a commit, follow it to an artifact, read its log.
     #[command(subcommand)]
     Build(BuildCommand),
+    /// Artifacts in the regions' stores.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// Delete artifacts the retention policy no longer keeps (builds.keep_per_service).
+    Gc {
+        /// Only show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,5 +193,45 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Cluster(c) => crate::cluster::run(&cli.global, c).await,
         Command::Build(c) => crate::build::run(&cli.global, c).await,
+        Command::Artifacts(ArtifactsCommand::Gc { dry_run }) => {
+            let reply = cli.global.client()?.collect_garbage(dry_run).await?;
+            crate::output::print(cli.global.output, &reply, |r| {
+                let verb = if r.dry_run { "would delete" } else { "deleted" };
+                let rows: Vec<Vec<String>> = r
+                    .stores
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.region.clone(),
+                            s.delete_manifests.len().to_string(),
+                            s.delete_chunks.to_string(),
+                            s.bytes_freed.to_string(),
+                            s.kept_manifests.to_string(),
+                            s.kept_chunks.to_string(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{verb} (keeping {} artifacts by policy):",
+                    r.kept_artifacts.len()
+                );
+                crate::output::table(
+                    &[
+                        "REGION",
+                        "MANIFESTS",
+                        "CHUNKS",
+                        "BYTES",
+                        "KEPT_MANIFESTS",
+                        "KEPT_CHUNKS",
+                    ],
+                    &rows,
+                );
+                for s in &r.stores {
+                    for m in &s.delete_manifests {
+                        println!("  {} {m}", s.region);
+                    }
+                }
+            })
+        }
     }
 }

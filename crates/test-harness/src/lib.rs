@@ -96,6 +96,8 @@ pub struct Spec {
     pub workers: Vec<(String, String)>,
     pub lease_ms: u64,
     pub replication_deadline_secs: u64,
+    /// (builds.keep_per_service, builds.gc_grace_secs)
+    pub retention: (u32, u64),
 }
 
 impl Spec {
@@ -107,7 +109,13 @@ impl Spec {
             workers: Vec::new(),
             lease_ms: 2000,
             replication_deadline_secs: 600,
+            retention: (10, 3600),
         }
+    }
+
+    pub fn retention(mut self, keep_per_service: u32, gc_grace_secs: u64) -> Self {
+        self.retention = (keep_per_service, gc_grace_secs);
+        self
     }
 
     pub fn replication_deadline_secs(mut self, secs: u64) -> Self {
@@ -163,8 +171,8 @@ impl Spec {
             test_timing(5000, 1000)
         );
         s.push_str(&format!(
-            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = 65536\nreplication_deadline_secs = {}\n\n",
-            self.lease_ms, self.replication_deadline_secs
+            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = 65536\nreplication_deadline_secs = {}\nkeep_per_service = {}\ngc_grace_secs = {}\n\n",
+            self.lease_ms, self.replication_deadline_secs, self.retention.0, self.retention.1
         ));
         let spares: Vec<String> = (1..=self.spares).map(|i| format!("s{i}")).collect();
         for name in self.node_names() {

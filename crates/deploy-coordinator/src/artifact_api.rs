@@ -1,0 +1,101 @@
+//! The artifact API: garbage collection of the regions' stores by the retention policy.
+//! It runs on the global leader, which knows every build.
+
+use std::collections::BTreeSet;
+
+use deploy_artifact::gc::{kept_artifacts, plan, BuildRef};
+use deploy_proto::v1::artifact_service_client::ArtifactServiceClient;
+use deploy_proto::v1::artifact_service_server::ArtifactService;
+use deploy_proto::v1::{CollectGarbageReply, CollectGarbageRequest, StoreGc};
+use deploy_state::builds::BuildState;
+use deploy_types::GroupName;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use crate::error::ApiError;
+use crate::routing::{forwarded, hops, Route, Routing};
+
+pub struct ArtifactApi {
+    routing: Routing,
+}
+
+impl ArtifactApi {
+    pub fn new(routing: Routing) -> Self {
+        Self { routing }
+    }
+}
+
+#[tonic::async_trait]
+impl ArtifactService for ArtifactApi {
+    #[instrument(skip_all, fields(dry_run = request.get_ref().dry_run))]
+    async fn collect_garbage(
+        &self,
+        request: Request<CollectGarbageRequest>,
+    ) -> Result<Response<CollectGarbageReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let h = match self.routing.route(&GroupName::Global, hops).await? {
+            Route::Remote(addr) => {
+                let ch = self.routing.channel(&addr)?;
+                return ArtifactServiceClient::new(ch)
+                    .collect_garbage(forwarded(req, hops))
+                    .await;
+            }
+            Route::Local(h) => h,
+        };
+        h.linearizable().await.map_err(|e| match e {
+            Ok(_) => ApiError::Unavailable("leadership moved; retry".into()),
+            Err(e) => e,
+        })?;
+        let node = &self.routing.node;
+        let builds: Vec<BuildRef> = h.state.read(|d| {
+            d.state
+                .builds
+                .by_seq
+                .values()
+                .map(|b| BuildRef {
+                    service: b.service.clone(),
+                    seq: b.seq,
+                    succeeded: b.state == BuildState::Succeeded,
+                    in_flight: matches!(b.state, BuildState::Running | BuildState::Replicating),
+                    artifact_digest: b.artifact_digest.clone(),
+                })
+                .collect()
+        });
+        // No release references artifacts yet; releases will add theirs here.
+        let kept = kept_artifacts(
+            &builds,
+            node.config.builds.keep_per_service as usize,
+            &BTreeSet::new(),
+        );
+        let grace_ms = node.config.builds.gc_grace_secs.saturating_mul(1000);
+        let mut stores = Vec::new();
+        for (region, store) in &node.stores {
+            let contents = store
+                .contents(grace_ms)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            let p = plan(&kept, &contents);
+            if !req.dry_run {
+                store
+                    .apply_gc(&p)
+                    .await
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                info!(%region, manifests = p.delete_manifests.len(), chunks = p.delete_chunks.len(), bytes = p.bytes_freed, "collected garbage");
+            }
+            stores.push(StoreGc {
+                region: region.clone(),
+                delete_manifests: p.delete_manifests,
+                delete_chunks: p.delete_chunks.len() as u32,
+                bytes_freed: p.bytes_freed,
+                kept_manifests: p.kept_manifests as u32,
+                kept_chunks: p.kept_chunks as u32,
+            });
+        }
+        Ok(Response::new(CollectGarbageReply {
+            stores,
+            kept_artifacts: kept.into_iter().collect(),
+            dry_run: req.dry_run,
+        }))
+    }
+}
