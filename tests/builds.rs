@@ -541,7 +541,7 @@ async fn gc_deletes_what_the_policy_drops_and_keeps_the_rest_whole() -> anyhow::
 
     // A dry run says what would go and deletes nothing.
     let dry = client.collect_garbage(true).await?;
-    assert_eq!(dry.kept_artifacts, [newest.clone()]);
+    assert_eq!(dry.kept_artifacts, std::slice::from_ref(&newest));
     assert_eq!(dry.stores.len(), 2);
     for s in &dry.stores {
         let listed: BTreeMap<String, ()> =
