@@ -123,3 +123,77 @@ async fn builds_survive_kill9_of_the_global_leader() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Files in a store's chunk directory that are not complete objects (object_store stages a
+/// write in `<name>#<n>` and renames it into place).
+fn staging_files(store_dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(store_dir.join("chunks"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains('#'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_mid_chunk_leaves_nothing_visible_and_the_retry_succeeds(
+) -> anyhow::Result<()> {
+    // Large chunks make each write long enough to be caught half done.
+    let spec = Spec::new(3)
+        .region("east", 1)
+        .worker("wk-a", "east")
+        .worker("wk-b", "east")
+        .lease_ms(1500)
+        .chunk_bytes(32 * 1024 * 1024);
+    let mut c = ProcessCluster::start_spec(spec)?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let script = "mkdir -p out\nhead -c 268435456 /dev/urandom > out/big\necho app > out/app\n";
+    let sha = repo.commit("big", &[("deploy.toml", RECIPE), ("build.sh", script)])?;
+    let client = c.client()?;
+    let store_dir = c.dir().join("stores").join("east");
+    let b = client.submit_build("big", &repo.url(), &sha).await?;
+
+    // Kill the worker the moment a chunk is half written.
+    let staged = wait_until(T, "a chunk write in progress", || async {
+        let s = staging_files(&store_dir);
+        (!s.is_empty()).then_some(s)
+    })
+    .await?;
+    let running = client.get_build(&b.id, false).await?;
+    c.kill9(&running.worker)?;
+    assert!(!staged.is_empty());
+
+    // No reader sees a partial object: everything the store lists verifies.
+    let store = c.store("east")?;
+    let contents = store.contents(0).await?;
+    for chunk in &contents.chunks {
+        assert!(!chunk.digest.contains('#'));
+        store.get_chunk(&chunk.digest, 64 * 1024 * 1024).await?;
+    }
+    for name in &staged {
+        let digest = format!("sha256:{}", name.split('#').next().unwrap_or_default());
+        match store.get_chunk(&digest, 64 * 1024 * 1024).await {
+            Ok(data) => assert_eq!(deploy_artifact::digest_of(&data), digest),
+            Err(deploy_artifact::StoreError::Missing { .. }) => {}
+            Err(e) => panic!("a half-written chunk is visible: {e}"),
+        }
+    }
+
+    // The lease expires and the other worker's attempt stores a whole artifact.
+    let done = wait_final(&client, &b.id).await?;
+    assert_eq!(done.state, "SUCCEEDED", "{done:?}");
+    assert_eq!(done.attempts, 2);
+    assert_ne!(done.worker, running.worker);
+    let key = deploy_artifact::KeyPair::load(&c.dir().join("keys").join("build.key"))?;
+    let keys = deploy_artifact::TrustedKeys::parse(&[key.public_hex()])?;
+    let m = store
+        .get_trusted_manifest(&done.artifact_digest, &keys)
+        .await?;
+    assert_eq!(m.size, done.artifact_size);
+    for ch in &m.chunks {
+        store.get_chunk(&ch.digest, m.chunk_size).await?;
+    }
+    Ok(())
+}

@@ -98,6 +98,7 @@ pub struct Spec {
     pub replication_deadline_secs: u64,
     /// (builds.keep_per_service, builds.gc_grace_secs)
     pub retention: (u32, u64),
+    pub chunk_bytes: u64,
 }
 
 impl Spec {
@@ -110,7 +111,13 @@ impl Spec {
             lease_ms: 2000,
             replication_deadline_secs: 600,
             retention: (10, 3600),
+            chunk_bytes: 65536,
         }
+    }
+
+    pub fn chunk_bytes(mut self, n: u64) -> Self {
+        self.chunk_bytes = n;
+        self
     }
 
     pub fn retention(mut self, keep_per_service: u32, gc_grace_secs: u64) -> Self {
@@ -171,8 +178,12 @@ impl Spec {
             test_timing(5000, 1000)
         );
         s.push_str(&format!(
-            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = 65536\nreplication_deadline_secs = {}\nkeep_per_service = {}\ngc_grace_secs = {}\n\n",
-            self.lease_ms, self.replication_deadline_secs, self.retention.0, self.retention.1
+            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = {}\nreplication_deadline_secs = {}\nkeep_per_service = {}\ngc_grace_secs = {}\n\n",
+            self.lease_ms,
+            self.chunk_bytes,
+            self.replication_deadline_secs,
+            self.retention.0,
+            self.retention.1
         ));
         let spares: Vec<String> = (1..=self.spares).map(|i| format!("s{i}")).collect();
         for name in self.node_names() {
