@@ -197,3 +197,77 @@ async fn a_writer_killed_mid_chunk_leaves_nothing_visible_and_the_retry_succeeds
     }
     Ok(())
 }
+
+/// Complete chunk objects in a store directory.
+fn complete_chunks(store_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(store_dir.join("chunks"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().contains('#'))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_resumes_after_kill9_of_the_global_leader_without_recopying(
+) -> anyhow::Result<()> {
+    let spec = Spec::new(3)
+        .region("east", 1)
+        .region("west", 1)
+        .worker("wk", "east")
+        .chunk_bytes(16 * 1024 * 1024);
+    let mut c = ProcessCluster::start_spec(spec)?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    // 16 chunks of 16 MiB.
+    let script = "mkdir -p out\nhead -c 268435456 /dev/urandom > out/big\n";
+    let sha = repo.commit("big", &[("deploy.toml", RECIPE), ("build.sh", script)])?;
+    let client = c.client()?;
+    let leader = wait_until(T, "a global leader", || async {
+        ClusterStatusView(client.cluster_status().await.ok()?).leader("global")
+    })
+    .await?;
+    let west = c.dir().join("stores").join("west");
+    let b = client.submit_build("big", &repo.url(), &sha).await?;
+
+    // Kill the leader once replication to west is under way but far from done.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let n = complete_chunks(&west);
+        if (2..=10).contains(&n) && !west.join("manifests").exists() {
+            break;
+        }
+        anyhow::ensure!(
+            n <= 10,
+            "replication finished before it could be interrupted ({n} chunks)"
+        );
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "replication never started"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let before = complete_chunks(&west);
+    c.kill9(&leader)?;
+
+    let survivors: Vec<String> = c.names().into_iter().filter(|n| *n != leader).collect();
+    let client = Client::new(survivors.iter().map(|n| c.addr(n).unwrap_or_default()))?;
+    let done = wait_final(&client, &b.id).await?;
+    assert_eq!(done.state, "SUCCEEDED", "{done:?}");
+    let west_copy = done
+        .replication
+        .iter()
+        .find(|r| r.region == "west")
+        .ok_or_else(|| anyhow::anyhow!("no west replication in {done:?}"))?;
+    assert_eq!(west_copy.state, "DONE");
+    // The new leader copied only what the old one had not verified into place.
+    let chunk = 16 * 1024 * 1024;
+    assert!(
+        west_copy.bytes_copied <= done.artifact_size - before as u64 * chunk,
+        "re-copied verified chunks: {} bytes copied of {}, {before} chunks were already there",
+        west_copy.bytes_copied,
+        done.artifact_size
+    );
+    assert!(west_copy.bytes_copied > 0);
+    Ok(())
+}
