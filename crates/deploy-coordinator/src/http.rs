@@ -68,6 +68,11 @@ fn parse_digest(raw: &str) -> Result<String, Refusal> {
     }
 }
 
+/// The digest a request names and the store that serves it.
+fn target<'a>(node: &'a Node, raw: &str) -> Result<(String, &'a Store), Refusal> {
+    Ok((parse_digest(raw)?, serving_store(node)?))
+}
+
 fn store_error(e: StoreError) -> Response {
     match e {
         StoreError::Missing { .. } => text(StatusCode::NOT_FOUND, e.to_string()),
@@ -79,12 +84,8 @@ fn store_error(e: StoreError) -> Response {
 }
 
 async fn manifest(State(node): State<Arc<Node>>, Path(raw): Path<String>) -> Response {
-    let digest = match parse_digest(&raw) {
-        Ok(d) => d,
-        Err(r) => return r.into_response(),
-    };
-    let store = match serving_store(&node) {
-        Ok(s) => s,
+    let (digest, store) = match target(&node, &raw) {
+        Ok(t) => t,
         Err(r) => return r.into_response(),
     };
     match store.get_trusted_manifest(&digest, &node.trusted).await {
@@ -126,12 +127,8 @@ async fn chunk(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let digest = match parse_digest(&raw) {
-        Ok(d) => d,
-        Err(r) => return r.into_response(),
-    };
-    let store = match serving_store(&node) {
-        Ok(s) => s,
+    let (digest, store) = match target(&node, &raw) {
+        Ok(t) => t,
         Err(r) => return r.into_response(),
     };
     let max = node.config.builds.chunk_bytes.max(64 * 1024 * 1024);

@@ -309,6 +309,19 @@ impl Builds {
             .ok_or_else(|| BuildError::NotFound(id.chars().take(40).collect()))
     }
 
+    /// A build that must be REPLICATING for the command at hand.
+    fn replicating_mut(&mut self, id: &str) -> Result<&mut Build, BuildError> {
+        let b = self.get_mut(id)?;
+        if b.state != BuildState::Replicating {
+            return Err(BuildError::WrongState {
+                id: id.to_string(),
+                state: b.state.as_str().into(),
+                expected: "REPLICATING".into(),
+            });
+        }
+        Ok(b)
+    }
+
     /// Checks a lease claim: the build is running under exactly this worker and attempt, and
     /// the lease has not expired.
     fn check_lease(
@@ -609,14 +622,7 @@ impl Builds {
                 error,
                 now_ms,
             } => {
-                let b = self.get_mut(id)?;
-                if b.state != BuildState::Replicating {
-                    return Err(BuildError::WrongState {
-                        id: id.clone(),
-                        state: b.state.as_str().into(),
-                        expected: "REPLICATING".into(),
-                    });
-                }
+                let b = self.replicating_mut(id)?;
                 b.error = Some(clip(&format!(
                     "replication to region {region} failed: {error}"
                 )));
@@ -638,14 +644,7 @@ impl Builds {
                 regions,
                 bytes_copied,
             } => {
-                let b = self.get_mut(id)?;
-                if b.state != BuildState::Replicating {
-                    return Err(BuildError::WrongState {
-                        id: id.clone(),
-                        state: b.state.as_str().into(),
-                        expected: "REPLICATING".into(),
-                    });
-                }
+                let b = self.replicating_mut(id)?;
                 b.regions_done.insert(region.clone());
                 *b.bytes_copied.entry(region.clone()).or_default() += bytes_copied;
                 b.updated_at_ms = *now_ms;
