@@ -304,10 +304,10 @@ impl BuildService for BuildApi {
         let hops = hops(&request);
         let req = request.into_inner();
         check_id(&req.id)?;
-        let h = match self.routing.any_replica(&GLOBAL)? {
+        // Served by the leader, which knows every build submitted so far.
+        let h = match self.reader(false, hops).await? {
             Route::Local(h) => h.clone(),
             Route::Remote(addr) => {
-                self.routing.remote(addr.clone(), hops)?;
                 let remote = self.client(&addr)?.build_logs(forwarded(req, hops)).await?;
                 return Ok(Response::new(Box::pin(remote.into_inner())));
             }
