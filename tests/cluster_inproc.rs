@@ -55,8 +55,14 @@ async fn crashed_leader_is_replaced_without_losing_writes_and_catches_up_on_rest
     }
     let old_term = c.group(&old, &G)?.metrics().current_term;
     c.crash(&old).await?;
+    let crashed_at = std::time::Instant::now();
 
     let new = c.leader(&G, T).await?;
+    // A figure for the record, not an assertion: timing belongs to benchmarks.
+    eprintln!(
+        "new leader {new} elected {} ms after {old} crashed",
+        crashed_at.elapsed().as_millis()
+    );
     assert_ne!(new, old);
     assert!(c.group(&new, &G)?.metrics().current_term > old_term);
     // Every write acknowledged before the crash is on the new leader.

@@ -99,6 +99,8 @@ pub struct Spec {
     /// (builds.keep_per_service, builds.gc_grace_secs)
     pub retention: (u32, u64),
     pub chunk_bytes: u64,
+    /// Use the shipped Raft timing defaults instead of the tests' slower, steadier one.
+    pub default_timing: bool,
 }
 
 impl Spec {
@@ -112,7 +114,14 @@ impl Spec {
             replication_deadline_secs: 600,
             retention: (10, 3600),
             chunk_bytes: 65536,
+            default_timing: false,
         }
+    }
+
+    /// Uses the shipped Raft timing defaults (what `deployd` runs with).
+    pub fn default_timing(mut self) -> Self {
+        self.default_timing = true;
+        self
     }
 
     pub fn chunk_bytes(mut self, n: u64) -> Self {
@@ -175,7 +184,11 @@ impl Spec {
         let public = deploy_artifact::KeyPair::load(&key_path)?.public_hex();
         let mut s = format!(
             "[cluster]\nname = \"test\"\n\n[raft]\n{}\n",
-            test_timing(5000, 1000)
+            if self.default_timing {
+                String::new()
+            } else {
+                test_timing(5000, 1000)
+            }
         );
         s.push_str(&format!(
             "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = {}\nreplication_deadline_secs = {}\nkeep_per_service = {}\ngc_grace_secs = {}\n\n",
