@@ -10,6 +10,7 @@
 
 pub mod builds;
 mod meta;
+pub mod rollout;
 
 use serde::{Deserialize, Serialize};
 
