@@ -587,3 +587,42 @@ async fn gc_deletes_what_the_policy_drops_and_keeps_the_rest_whole() -> anyhow::
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_logs_are_capped_and_commands_time_out() -> anyhow::Result<()> {
+    let c = GrpcCluster::start_spec(spec()).await?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    // The test cluster caps logs at 1 MiB; this prints 3 MB.
+    let noisy = repo.commit(
+        "noisy",
+        &[
+            ("deploy.toml", RECIPE),
+            ("build.sh", "yes 'a fairly long line of build output' | head -c 3000000\nmkdir -p out && echo x > out/app\n"),
+        ],
+    )?;
+    let slow_recipe = RECIPE.replace("timeout_secs = 60", "timeout_secs = 1");
+    let slow = repo.commit(
+        "slow",
+        &[("deploy.toml", &slow_recipe), ("build.sh", "sleep 30\n")],
+    )?;
+    let client = c.client()?;
+
+    let b = client.submit_build("noisy", &repo.url(), &noisy).await?;
+    let b = wait_final(&client, &b.id).await?;
+    assert_eq!(b.state, "SUCCEEDED", "{b:?}");
+    let log = logs(&client, &b.id).await?;
+    assert!(log.len() < 1024 * 1024 + 4096, "{} bytes of log", log.len());
+    assert!(
+        log.contains("log cut at 1048576 bytes"),
+        "{}",
+        &log[log.len().saturating_sub(300)..]
+    );
+
+    // Were the timeout not enforced, the 30 s sleep would end and the build would fail for
+    // its missing output instead.
+    let b = client.submit_build("slow", &repo.url(), &slow).await?;
+    let b = wait_final(&client, &b.id).await?;
+    assert_eq!(b.state, "FAILED", "{b:?}");
+    assert!(b.error.contains("timed out after 1s"), "{}", b.error);
+    Ok(())
+}
