@@ -146,7 +146,8 @@ async fn a_writer_killed_mid_chunk_leaves_nothing_visible_and_the_retry_succeeds
         .worker("wk-a", "east")
         .worker("wk-b", "east")
         .lease_ms(1500)
-        .chunk_bytes(32 * 1024 * 1024);
+        .chunk_bytes(32 * 1024 * 1024)
+        .retention(10, 0);
     let mut c = ProcessCluster::start_spec(spec)?;
     let repo = GitRepo::init(&c.dir().join("repo"))?;
     let script = "mkdir -p out\nhead -c 268435456 /dev/urandom > out/big\necho app > out/app\n";
@@ -195,6 +196,17 @@ async fn a_writer_killed_mid_chunk_leaves_nothing_visible_and_the_retry_succeeds
     for ch in &m.chunks {
         store.get_chunk(&ch.digest, m.chunk_size).await?;
     }
+    // Garbage collection removes what the killed writer left staged, and nothing else.
+    let gc = client.collect_garbage(false).await?;
+    assert!(gc.stores.iter().any(|s| s.staging_files >= 1), "{gc:?}");
+    assert!(
+        staging_files(&store_dir).is_empty(),
+        "{:?}",
+        staging_files(&store_dir)
+    );
+    store
+        .get_trusted_manifest(&done.artifact_digest, &keys)
+        .await?;
     Ok(())
 }
 

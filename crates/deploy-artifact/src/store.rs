@@ -45,6 +45,8 @@ pub enum StoreError {
 pub struct Store {
     name: String,
     inner: Arc<dyn ObjectStore>,
+    /// The directory of a local store: where a killed writer's staged files may linger.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 fn chunk_path(hex: &str) -> Path {
@@ -71,6 +73,7 @@ impl Store {
         Ok(Self {
             name: dir.display().to_string(),
             inner: Arc::new(fs),
+            local_dir: Some(dir.to_path_buf()),
         })
     }
 
@@ -284,6 +287,43 @@ impl Store {
             self.delete_quietly(&chunk_path(hex), "chunk").await?;
         }
         Ok(())
+    }
+
+    /// Files a killed writer left half written in a local store (`<name>#<n>`, never visible
+    /// to readers), older than `grace_ms`: (path, size). Deleted unless `dry_run`.
+    pub fn stale_staging(
+        &self,
+        grace_ms: u64,
+        dry_run: bool,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let Some(dir) = &self.local_dir else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for sub in ["chunks", "manifests"] {
+            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Ok(meta) = e.metadata() else { continue };
+                let age_ms = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .map(|d| d.as_millis() as u64);
+                if name.contains('#') && meta.is_file() && age_ms.is_some_and(|a| a >= grace_ms) {
+                    if !dry_run {
+                        std::fs::remove_file(e.path()).map_err(|err| StoreError::Open {
+                            path: e.path().display().to_string(),
+                            why: err.to_string(),
+                        })?;
+                    }
+                    out.push((format!("{sub}/{name}"), meta.len()));
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn delete_quietly(&self, path: &Path, what: &str) -> Result<(), StoreError> {

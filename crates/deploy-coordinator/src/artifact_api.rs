@@ -76,6 +76,9 @@ impl ArtifactService for ArtifactApi {
                 .await
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
             let p = plan(&kept, &contents);
+            let staging = store
+                .stale_staging(grace_ms, req.dry_run)
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
             if !req.dry_run {
                 store
                     .apply_gc(&p)
@@ -87,7 +90,8 @@ impl ArtifactService for ArtifactApi {
                 region: region.clone(),
                 delete_manifests: p.delete_manifests,
                 delete_chunks: p.delete_chunks.len() as u32,
-                bytes_freed: p.bytes_freed,
+                bytes_freed: p.bytes_freed + staging.iter().map(|(_, n)| n).sum::<u64>(),
+                staging_files: staging.len() as u32,
                 kept_manifests: p.kept_manifests as u32,
                 kept_chunks: p.kept_chunks as u32,
             });
