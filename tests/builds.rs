@@ -626,3 +626,63 @@ async fn build_logs_are_capped_and_commands_time_out() -> anyhow::Result<()> {
     assert!(b.error.contains("timed out after 1s"), "{}", b.error);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_can_keep_its_artifacts_in_an_s3_bucket() -> anyhow::Result<()> {
+    let moto = test_harness::s3::MotoServer::start().await?;
+    moto.create_bucket("artifacts").await?;
+    let c = GrpcCluster::start_spec(spec().s3_region("east", &moto.endpoint, "artifacts")).await?;
+    let repo = GitRepo::init(&c.dir().join("repo"))?;
+    let script = "echo building on s3\nmkdir -p out\nhead -c 300000 /dev/urandom > out/app\n";
+    let sha = repo.commit("v1", &[("deploy.toml", RECIPE), ("build.sh", script)])?;
+    let client = c.client()?;
+    let b = client.submit_build("s3svc", &repo.url(), &sha).await?;
+    let b = wait_final(&client, &b.id).await?;
+    assert_eq!(b.state, "SUCCEEDED", "{b:?}");
+    assert!(
+        b.replication.iter().all(|r| r.state == "DONE"),
+        "{:?}",
+        b.replication
+    );
+
+    // The east store is the bucket: the manifest and chunks are read back from it, verified;
+    // the other region received its copy from it.
+    let keys = deploy_artifact::TrustedKeys::parse(&c.config.signing.trusted_keys)?;
+    let east = c.store("east")?;
+    assert!(
+        east.name().starts_with("s3://artifacts/east"),
+        "{}",
+        east.name()
+    );
+    for store in [east, c.store("west")?] {
+        let m = store
+            .get_trusted_manifest(&b.artifact_digest, &keys)
+            .await?;
+        assert!(m.chunks.len() >= 4, "{} chunks", m.chunks.len());
+        for ch in &m.chunks {
+            store.get_chunk(&ch.digest, m.chunk_size).await?;
+        }
+    }
+    // The log lives in the bucket too; the east nodes serve the artifact from it.
+    assert!(logs(&client, &b.id).await?.contains("building on s3"));
+    let (status, _, body) = http_get(
+        &c.addrs["east-1"],
+        &format!("/v1/manifests/{}", b.artifact_digest),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert!(serde_json::from_slice::<deploy_artifact::Manifest>(&body).is_ok());
+    // Retention lists the bucket and keeps the only build.
+    let gc = client.collect_garbage(true).await?;
+    let east_gc = gc
+        .stores
+        .iter()
+        .find(|s| s.region == "east")
+        .ok_or_else(|| anyhow::anyhow!("{gc:?}"))?;
+    assert!(
+        east_gc.kept_manifests == 1 && east_gc.delete_manifests.is_empty(),
+        "{east_gc:?}"
+    );
+    Ok(())
+}

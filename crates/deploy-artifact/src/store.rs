@@ -1,9 +1,9 @@
 //! A region's artifact store, through `object_store`.
 //!
 //! Layout: `chunks/<hex>`, `manifests/<hex>.json`, `logs/<build>/<attempt>/<seq>`. Chunks and
-//! manifests are immutable: written once (`PutMode::Create`, atomic temp-and-rename on a
-//! local directory) and verified against their digest on every read, so no reader ever acts
-//! on partial or corrupt bytes.
+//! manifests are immutable: named by their content, written only when absent (a put is
+//! atomic: temp-and-rename on a local directory, a single PUT on S3), and verified against
+//! their digest on every read, so no reader ever acts on partial or corrupt bytes.
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::{digest_hex, digest_of, TrustedKeys};
@@ -77,6 +77,33 @@ impl Store {
         })
     }
 
+    /// The store at `location`: a local directory or an object store URL (`s3://...`).
+    pub fn open(location: &deploy_types::StoreLocation) -> Result<Self, StoreError> {
+        match location {
+            deploy_types::StoreLocation::Dir(dir) => Self::local(dir),
+            deploy_types::StoreLocation::Url { url, options } => {
+                let open = |why: String| StoreError::Open {
+                    path: url.clone(),
+                    why,
+                };
+                let parsed = url::Url::parse(url).map_err(|e| open(e.to_string()))?;
+                let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter())
+                    .map_err(|e| open(e.to_string()))?;
+                let store: Arc<dyn ObjectStore> = Arc::from(store);
+                let inner: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+                    store
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+                };
+                Ok(Self {
+                    name: url.clone(),
+                    inner,
+                    local_dir: None,
+                })
+            }
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -96,20 +123,20 @@ impl Store {
         }
     }
 
-    /// Writes an immutable object once; an object already there is left as it is.
+    /// Writes an immutable object unless it is already there. Names are content digests, so
+    /// two writers racing on one name write the same bytes: no conditional put is needed,
+    /// which keeps every S3-compatible store usable.
     async fn put_once(&self, path: &Path, data: Bytes, what: &str) -> Result<(), StoreError> {
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .inner
-            .put_opts(path, PutPayload::from_bytes(data), opts)
-            .await
-        {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(self.io(what)(e)),
+        match self.inner.head(path).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.io(what)(e)),
         }
+        self.inner
+            .put(path, PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(self.io(what))
     }
 
     async fn read(&self, path: &Path, what: &str, limit: usize) -> Result<Bytes, StoreError> {

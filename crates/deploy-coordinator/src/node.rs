@@ -94,10 +94,10 @@ impl Node {
             .map_err(|e| NodeError::Stores(e.to_string()))?;
         let mut stores = BTreeMap::new();
         for region in config.regions() {
-            let dir = config
-                .store_dir(region, &options.store_base)
+            let location = config
+                .store_location(region, &options.store_base)
                 .ok_or_else(|| NodeError::UnknownNode(region.to_string()))?;
-            let store = Store::local(&dir).map_err(|e| NodeError::Stores(e.to_string()))?;
+            let store = Store::open(&location).map_err(|e| NodeError::Stores(e.to_string()))?;
             stores.insert(region.to_string(), store);
         }
         let mut groups = BTreeMap::new();

@@ -90,11 +90,27 @@ pub struct NodeConfig {
 pub struct RegionConfig {
     pub name: String,
     pub voters: Vec<NodeName>,
-    /// The region's artifact store: a directory path or `file://` URL. A relative path is
-    /// resolved against the process's base directory (`deployd dev`: its data directory).
-    /// Default: `stores/<region>`.
+    /// The region's artifact store: a directory path, a `file://` URL, or an
+    /// `s3://bucket[/prefix]` URL. A relative path is resolved against the process's base
+    /// directory (`deployd dev`: its data directory). Default: `stores/<region>`.
     #[serde(default)]
     pub store: Option<String>,
+    /// Options of an object store (`aws_endpoint`, `aws_region`, `aws_allow_http`, ...), as
+    /// object_store names them. Credentials normally come from the `AWS_*` environment.
+    #[serde(default)]
+    pub store_options: BTreeMap<String, String>,
+}
+
+/// Where a region's store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A local directory.
+    Dir(std::path::PathBuf),
+    /// An object store URL (`s3://...`) and its options.
+    Url {
+        url: String,
+        options: BTreeMap<String, String>,
+    },
 }
 
 /// One build worker and the region whose store it writes to.
@@ -389,20 +405,34 @@ impl ClusterConfig {
         self.workers.iter().find(|w| w.id == id)
     }
 
-    /// The directory of a region's artifact store; relative paths are resolved against `base`.
-    pub fn store_dir(&self, region: &str, base: &Path) -> Option<std::path::PathBuf> {
+    /// Where a region's artifact store is; relative paths are resolved against `base`.
+    pub fn store_location(&self, region: &str, base: &Path) -> Option<StoreLocation> {
         let r = self.region(region)?;
         let spec = r
             .store
             .clone()
             .unwrap_or_else(|| format!("stores/{region}"));
+        if spec.starts_with("s3://") {
+            return Some(StoreLocation::Url {
+                url: spec,
+                options: r.store_options.clone(),
+            });
+        }
         let path = spec.strip_prefix("file://").unwrap_or(&spec);
         let path = Path::new(path);
-        Some(if path.is_absolute() {
+        Some(StoreLocation::Dir(if path.is_absolute() {
             path.to_path_buf()
         } else {
             base.join(path)
-        })
+        }))
+    }
+
+    /// The directory of a region's store, if it is a local one.
+    pub fn store_dir(&self, region: &str, base: &Path) -> Option<std::path::PathBuf> {
+        match self.store_location(region, base)? {
+            StoreLocation::Dir(d) => Some(d),
+            StoreLocation::Url { .. } => None,
+        }
     }
 
     /// The signing key file, resolved against `base`.
@@ -510,7 +540,7 @@ fn check_voters(
     }
 }
 
-/// A store is a directory path or an absolute `file://` URL (object stores come later).
+/// A store is a directory path, an absolute `file://` URL, or `s3://bucket[/prefix]`.
 fn check_store(store: &str) -> Result<(), &'static str> {
     if store.is_empty() || store.chars().any(char::is_control) {
         return Err("is empty or has control characters");
@@ -522,8 +552,20 @@ fn check_store(store: &str) -> Result<(), &'static str> {
             Err("must be an absolute file:// URL")
         };
     }
+    if let Some(rest) = store.strip_prefix("s3://") {
+        let bucket = rest.split('/').next().unwrap_or_default();
+        let ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        return if ok {
+            Ok(())
+        } else {
+            Err("has an invalid S3 bucket name")
+        };
+    }
     if store.contains("://") {
-        return Err("has an unsupported scheme: only directories and file:// URLs are supported");
+        return Err("has an unsupported scheme: use a directory, file:// or s3://");
     }
     Ok(())
 }
@@ -716,9 +758,26 @@ voters = ["a", "b", "c"]
         assert!(p.iter().any(|p| p.contains("nowhere")), "{p:?}");
         let p = problems(&base.replace(
             "voters = [\"a\"]\n",
-            "voters = [\"a\"]\nstore = \"s3://bucket\"\n",
+            "voters = [\"a\"]\nstore = \"ftp://bucket\"\n",
         ));
         assert!(p.iter().any(|p| p.contains("scheme")), "{p:?}");
+        let p = problems(&base.replace(
+            "voters = [\"a\"]\n",
+            "voters = [\"a\"]\nstore = \"s3://B_ad\"\n",
+        ));
+        assert!(p.iter().any(|p| p.contains("bucket")), "{p:?}");
+        let s3 = base.replace(
+            "voters = [\"a\"]\n",
+            "voters = [\"a\"]\nstore = \"s3://my-bucket/r\"\nstore_options = { aws_region = \"eu-west-1\" }\n",
+        );
+        let cfg = ClusterConfig::parse(&s3, "t").unwrap();
+        match cfg.store_location("r", Path::new("/data")) {
+            Some(StoreLocation::Url { url, options }) => {
+                assert_eq!(url, "s3://my-bucket/r");
+                assert_eq!(options["aws_region"], "eu-west-1");
+            }
+            other => panic!("{other:?}"),
+        }
         let text = base.replace(
             "voters = [\"a\"]\n",
             "voters = [\"a\"]\nstore = \"file:///srv/r\"\n",

@@ -11,7 +11,7 @@ pub mod validate;
 
 pub use config::{
     check_addr, BuildSettings, ClusterConfig, ConfigError, NodeConfig, RaftTiming, RegionConfig,
-    SigningConfig, WorkerConfig,
+    SigningConfig, StoreLocation, WorkerConfig,
 };
 pub use ids::{check_name, node_id_of, GroupName, IdError, NodeName};
 pub use validate::{check_commit, check_repo, check_service, InputError};

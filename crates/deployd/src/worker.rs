@@ -19,10 +19,10 @@ pub fn make(
     let w = config
         .worker(id)
         .with_context(|| format!("worker {id} is not declared in the cluster config"))?;
-    let store_dir = config
-        .store_dir(&w.region, store_base)
+    let location = config
+        .store_location(&w.region, store_base)
         .with_context(|| format!("region {} has no store", w.region))?;
-    let store = Store::local(&store_dir)?;
+    let store = Store::open(&location)?;
     let key_file = config.key_file(store_base).context(
         "signing.key_file is not set: workers sign every manifest (make a key with `deployd keys generate`)",
     )?;

@@ -122,9 +122,9 @@ impl GrpcCluster {
     /// Starts an in-process build worker of the config.
     pub fn start_worker(&mut self, id: &str) -> anyhow::Result<()> {
         let w = self.config.worker(id).context("unknown worker")?;
-        let store_dir = self
+        let location = self
             .config
-            .store_dir(&w.region, self.dir.path())
+            .store_location(&w.region, self.dir.path())
             .context("no store")?;
         let opts = deploy_worker::WorkerOptions {
             id: id.to_string(),
@@ -140,7 +140,7 @@ impl GrpcCluster {
                 .context("no signing key")?,
         )?;
         let worker =
-            deploy_worker::Worker::new(opts, deploy_artifact::Store::local(&store_dir)?, key)?;
+            deploy_worker::Worker::new(opts, deploy_artifact::Store::open(&location)?, key)?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(worker.run(stop.clone()));
         self.workers.insert(id.to_string(), (stop, task));
@@ -157,11 +157,11 @@ impl GrpcCluster {
 
     /// A region's store, as the cluster's nodes see it.
     pub fn store(&self, region: &str) -> anyhow::Result<deploy_artifact::Store> {
-        let dir = self
+        let location = self
             .config
-            .store_dir(region, self.dir.path())
+            .store_location(region, self.dir.path())
             .context("no such region")?;
-        Ok(deploy_artifact::Store::local(&dir)?)
+        Ok(deploy_artifact::Store::open(&location)?)
     }
 
     pub fn node(&self, name: &str) -> anyhow::Result<&RunningNode> {

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod inproc;
 pub mod process;
 pub mod router;
+pub mod s3;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -101,6 +102,8 @@ pub struct Spec {
     pub chunk_bytes: u64,
     /// Use the shipped Raft timing defaults instead of the tests' slower, steadier one.
     pub default_timing: bool,
+    /// Regions whose store is an S3 bucket: region -> (endpoint, bucket).
+    pub s3: std::collections::BTreeMap<String, (String, String)>,
 }
 
 impl Spec {
@@ -115,7 +118,17 @@ impl Spec {
             retention: (10, 3600),
             chunk_bytes: 65536,
             default_timing: false,
+            s3: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Keeps `region`'s artifacts in `bucket` of the S3-compatible server at `endpoint`.
+    pub fn s3_region(mut self, region: &str, endpoint: &str, bucket: &str) -> Self {
+        self.s3.insert(
+            region.to_string(),
+            (endpoint.to_string(), bucket.to_string()),
+        );
+        self
     }
 
     /// Uses the shipped Raft timing defaults (what `deployd` runs with).
@@ -218,10 +231,16 @@ impl Spec {
             list((1..=self.global).map(|i| format!("g{i}")).collect())
         ));
         for (r, n) in &self.regions {
+            let store = match self.s3.get(r) {
+                Some((endpoint, bucket)) => format!(
+                    "store = \"s3://{bucket}/{r}\"\nstore_options = {{ aws_endpoint = \"{endpoint}\", aws_allow_http = \"true\", \
+                     aws_access_key_id = \"test\", aws_secret_access_key = \"test\", aws_region = \"us-east-1\" }}\n"
+                ),
+                None => format!("store = \"file://{}\"\n", store_root.join(r).display()),
+            };
             s.push_str(&format!(
-                "\n[[regions]]\nname = \"{r}\"\nvoters = [{}]\nstore = \"file://{}\"\n",
+                "\n[[regions]]\nname = \"{r}\"\nvoters = [{}]\n{store}",
                 list((1..=*n).map(|i| format!("{r}-{i}")).collect()),
-                store_root.join(r).display()
             ));
         }
         for (id, region) in &self.workers {

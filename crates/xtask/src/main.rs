@@ -82,6 +82,7 @@ pub fn bin_dir() -> PathBuf {
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
     setup::ensure_system_packages()?;
+    setup::ensure_test_tools()?;
     // The process-level tests run the real binaries: build them first.
     run_checked(cargo().args(["build", "--bins", "--workspace"]))?;
     let mut cmd = cargo();

@@ -82,3 +82,25 @@ pub fn ensure_system_packages() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Tools only the test suite needs: moto's S3-compatible server (from PyPI), which the
+/// object-store tests run against on loopback.
+pub fn ensure_test_tools() -> anyhow::Result<()> {
+    if present("moto_server")
+        || Command::new("moto_server")
+            .arg("-h")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing moto[server] from PyPI (a local S3 for the tests)");
+    let ok = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "moto[server]"])
+        .status()
+        .context("cannot run python3 -m pip")?;
+    if !ok.success() {
+        bail!("pip install 'moto[server]' failed ({ok})");
+    }
+    Ok(())
+}
