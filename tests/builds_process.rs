@@ -12,10 +12,10 @@ const T: Duration = Duration::from_secs(60);
 
 /// These tests each run a whole cluster of processes and move large artifacts: one at a time
 /// keeps a two-core machine responsive.
-static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
 }
 
 async fn wait_final(client: &Client, id: &str) -> anyhow::Result<Build> {
@@ -29,7 +29,7 @@ async fn wait_final(client: &Client, id: &str) -> anyhow::Result<Build> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_build_loses_its_lease_and_another_worker_completes_it(
 ) -> anyhow::Result<()> {
-    let _heavy = one_at_a_time();
+    let _heavy = one_at_a_time().await;
     let spec = Spec::new(3)
         .region("east", 1)
         .worker("wk-a", "east")
@@ -75,7 +75,7 @@ async fn a_worker_killed_mid_build_loses_its_lease_and_another_worker_completes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_survive_kill9_of_the_global_leader() -> anyhow::Result<()> {
-    let _heavy = one_at_a_time();
+    let _heavy = one_at_a_time().await;
     let spec = Spec::new(3)
         .region("east", 1)
         .worker("wk-a", "east")
@@ -138,7 +138,7 @@ fn staging_files(store_dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_killed_mid_chunk_leaves_nothing_visible_and_the_retry_succeeds(
 ) -> anyhow::Result<()> {
-    let _heavy = one_at_a_time();
+    let _heavy = one_at_a_time().await;
     // Large chunks make each write long enough to be caught half done.
     let spec = Spec::new(3)
         .region("east", 1)
@@ -223,7 +223,7 @@ fn complete_chunks(store_dir: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_resumes_after_kill9_of_the_global_leader_without_recopying(
 ) -> anyhow::Result<()> {
-    let _heavy = one_at_a_time();
+    let _heavy = one_at_a_time().await;
     let spec = Spec::new(3)
         .region("east", 1)
         .region("west", 1)
