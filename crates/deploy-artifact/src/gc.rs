@@ -173,6 +173,62 @@ mod tests {
     }
 
     proptest! {
+        /// Over random build histories (services, outcomes, artifacts sharing chunks): the
+        /// kept set is exactly the newest `keep` successes per service plus in-flight builds,
+        /// and collecting the store those builds produced never removes a chunk of a kept one.
+        #[test]
+        fn random_histories_keep_what_the_policy_says(
+            history in proptest::collection::vec((0u8..3, 0u8..4, proptest::collection::vec(0u8..10, 1..4)), 0..30),
+            keep in 1usize..4,
+        ) {
+            // (service, outcome: 0 succeeded, 1 failed, 2 in flight, 3 cancelled, chunks)
+            let builds: Vec<BuildRef> = history
+                .iter()
+                .enumerate()
+                .map(|(i, (svc, outcome, _))| BuildRef {
+                    service: format!("s{svc}"),
+                    seq: i as u64 + 1,
+                    succeeded: *outcome == 0,
+                    in_flight: *outcome == 2,
+                    artifact_digest: (*outcome != 3).then(|| format!("a{i}")),
+                })
+                .collect();
+            let kept = kept_artifacts(&builds, keep, &BTreeSet::new());
+            for svc in 0..3u8 {
+                let service = format!("s{svc}");
+                let mut wins: Vec<&BuildRef> = builds.iter().filter(|b| b.service == service && b.succeeded).collect();
+                wins.sort_by_key(|b| std::cmp::Reverse(b.seq));
+                for (rank, b) in wins.iter().enumerate() {
+                    let digest = b.artifact_digest.clone().unwrap_or_default();
+                    prop_assert_eq!(kept.contains(&digest), rank < keep, "{} rank {}", digest, rank);
+                }
+            }
+            for b in builds.iter().filter(|b| b.in_flight) {
+                prop_assert!(kept.contains(b.artifact_digest.as_ref().unwrap()));
+            }
+            // The store those builds left (failed builds' artifacts too), nothing recent.
+            let store = StoreContents {
+                manifests: builds.iter().filter_map(|b| b.artifact_digest.as_ref()).map(|d| obj(d, false)).collect(),
+                manifest_chunks: history
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, o, _))| *o != 3)
+                    .map(|(i, (_, _, cs))| (format!("a{i}"), cs.iter().map(|c| format!("c{c}")).collect()))
+                    .collect(),
+                chunks: (0..10).map(|c| obj(&format!("c{c}"), false)).collect(),
+            };
+            let p = plan(&kept, &store);
+            for d in &kept {
+                prop_assert!(!p.delete_manifests.contains(d));
+                for c in store.manifest_chunks.get(d).into_iter().flatten() {
+                    prop_assert!(!p.delete_chunks.contains(c), "chunk {} of kept {} deleted", c, d);
+                }
+            }
+            for m in &store.manifests {
+                prop_assert_eq!(p.delete_manifests.contains(&m.digest), !kept.contains(&m.digest));
+            }
+        }
+
         /// Over random stores and kept sets: no chunk named by a kept manifest is deleted, no
         /// kept or recent object is deleted, and everything else is.
         #[test]
