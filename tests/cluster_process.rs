@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use deploy_client::ClusterStatusView;
 use test_harness::process::{bin_dir, free_ports};
-use test_harness::{config_toml, test_timing, wait_until, ProcessCluster};
+use test_harness::{wait_until, ProcessCluster, Spec};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -94,22 +94,19 @@ async fn kill9_of_the_leader_process_elects_another_and_the_restarted_node_catch
 async fn dev_cluster_status_through_deployctl_and_restart_from_data() -> anyhow::Result<()> {
     let bins = bin_dir()?;
     let dir = tempfile::TempDir::new()?;
+    let spec = Spec::new(3).region("us-east", 3).region("eu-west", 3);
     let ports = free_ports(9)?;
-    let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
-    let named = |prefix: &str, from: usize| -> Vec<(String, String)> {
-        (0..3)
-            .map(|k| (format!("{prefix}{}", k + 1), addr(from + k)))
-            .collect()
-    };
-    let text = config_toml(
-        &named("g", 0),
-        &[("us-east", named("e", 3)), ("eu-west", named("w", 6))],
-        &test_timing(5000, 1000),
-    );
+    let addrs: std::collections::BTreeMap<String, String> = spec
+        .node_names()
+        .into_iter()
+        .zip(ports)
+        .map(|(n, p)| (n, format!("127.0.0.1:{p}")))
+        .collect();
+    let text = spec.toml(&addrs, dir.path())?;
     let config = dir.path().join("dev.toml");
     std::fs::write(&config, text)?;
     let data = dir.path().join("data");
-    let endpoint = format!("http://{}", addr(0));
+    let endpoint = format!("http://{}", addrs["g1"]);
 
     let ctl_status = || -> Option<serde_json::Value> {
         let out = Command::new(bins.join("deployctl"))

@@ -332,20 +332,15 @@ impl ClusterService for ClusterApi {
             })
         };
         if req.stale {
-            if let Some(h) = self.node.group(&group) {
-                return Ok(Response::new(read(h)));
-            }
-            let Some((_, addr)) = self.routing.configured_addrs(&group).into_iter().next() else {
-                return Err(ApiError::NotFound(format!(
-                    "group {group} is not in the cluster config"
-                ))
-                .into());
+            return match self.routing.any_replica(&group)? {
+                Route::Local(h) => Ok(Response::new(read(h))),
+                Route::Remote(addr) => {
+                    self.routing.remote(addr.clone(), hops)?;
+                    self.forward_client(&addr)?
+                        .get_meta(forwarded(req, hops))
+                        .await
+                }
             };
-            self.routing.remote(addr.clone(), hops)?;
-            return self
-                .forward_client(&addr)?
-                .get_meta(forwarded(req, hops))
-                .await;
         }
         let addr = match self.routing.route(&group, hops).await? {
             Route::Local(h) => match h.linearizable().await {

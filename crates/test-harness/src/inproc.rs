@@ -25,18 +25,23 @@ pub struct InProcCluster {
 }
 
 impl InProcCluster {
-    /// A global group of `n` nodes `n1..nN`, snapshotting every `snapshot_every` logs and
+    /// A global group of `n` nodes `g1..gN`, snapshotting every `snapshot_every` logs and
     /// keeping `keep` logs behind each snapshot.
     pub async fn start(n: usize, snapshot_every: u64, keep: u64) -> anyhow::Result<Self> {
         crate::init_logging();
         // Addresses are never dialled: the router carries every message.
-        let nodes: Vec<(String, String)> = (1..=n)
-            .map(|i| (format!("n{i}"), format!("127.0.0.1:{}", 1000 + i)))
+        let spec = crate::Spec::new(n).snapshots(snapshot_every, keep);
+        let addrs = spec
+            .node_names()
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| (name, format!("127.0.0.1:{}", 1001 + i)))
             .collect();
-        let text = crate::config_toml(&nodes, &[], &crate::test_timing(snapshot_every, keep));
+        let dir = TempDir::new()?;
+        let text = spec.toml(&addrs, dir.path())?;
         let config = Arc::new(ClusterConfig::parse(&text, "in-process test")?);
         let mut cluster = Self {
-            dir: TempDir::new()?,
+            dir,
             routers: config
                 .groups()
                 .map(|g| (g.clone(), Router::default()))

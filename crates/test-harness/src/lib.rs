@@ -53,39 +53,6 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// A TOML cluster config for `n` global nodes `n1..` (and regions of their own nodes) at
-/// the given addresses.
-pub fn config_toml(
-    global: &[(String, String)],
-    regions: &[(&str, Vec<(String, String)>)],
-    extra_raft: &str,
-) -> String {
-    let mut s = String::from("[cluster]\nname = \"test\"\n\n[raft]\n");
-    s.push_str(extra_raft);
-    s.push('\n');
-    let mut nodes = global.to_vec();
-    for (_, members) in regions {
-        nodes.extend(members.iter().cloned());
-    }
-    for (id, addr) in &nodes {
-        s.push_str(&format!("[[nodes]]\nid = \"{id}\"\naddr = \"{addr}\"\n"));
-    }
-    let list = |m: &[(String, String)]| {
-        m.iter()
-            .map(|(id, _)| format!("\"{id}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    s.push_str(&format!("\n[global]\nvoters = [{}]\n", list(global)));
-    for (name, members) in regions {
-        s.push_str(&format!(
-            "\n[[regions]]\nname = \"{name}\"\nvoters = [{}]\n",
-            list(members)
-        ));
-    }
-    s
-}
-
 /// The shape of a test cluster: node names follow it (`g1..`, `<region>-1..`, `s1..`).
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -104,6 +71,8 @@ pub struct Spec {
     pub default_timing: bool,
     /// Regions whose store is an S3 bucket: region -> (endpoint, bucket).
     pub s3: std::collections::BTreeMap<String, (String, String)>,
+    /// (raft.snapshot_every_logs, raft.keep_logs_after_snapshot)
+    pub snapshots: (u64, u64),
 }
 
 impl Spec {
@@ -119,7 +88,14 @@ impl Spec {
             chunk_bytes: 65536,
             default_timing: false,
             s3: std::collections::BTreeMap::new(),
+            snapshots: (5000, 1000),
         }
+    }
+
+    /// Snapshots every `every` log entries, keeping `keep` entries behind each.
+    pub fn snapshots(mut self, every: u64, keep: u64) -> Self {
+        self.snapshots = (every, keep);
+        self
     }
 
     /// Keeps `region`'s artifacts in `bucket` of the S3-compatible server at `endpoint`.
@@ -200,7 +176,7 @@ impl Spec {
             if self.default_timing {
                 String::new()
             } else {
-                test_timing(5000, 1000)
+                test_timing(self.snapshots.0, self.snapshots.1)
             }
         );
         s.push_str(&format!(
