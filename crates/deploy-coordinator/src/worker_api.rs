@@ -138,7 +138,11 @@ impl WorkerService for WorkerApi {
                 return Ok(Response::new(AcquireBuildReply::default()));
             }
             // Only propose when there is work: an empty poll writes nothing to the log.
-            if h.state.read(|d| !d.state.builds.queued.is_empty()) {
+            let pending = h.state.read(|d| {
+                let b = &d.state.builds;
+                !b.queued.is_empty() || b.held_by(&req.worker, now_ms()).is_some()
+            });
+            if pending {
                 let cmd = BuildCommand::Acquire {
                     worker: req.worker.clone(),
                     now_ms: now_ms(),

@@ -309,6 +309,19 @@ impl Builds {
             .ok_or_else(|| BuildError::NotFound(id.chars().take(40).collect()))
     }
 
+    /// The running build whose live lease `worker` holds, if any. A worker runs one build at a
+    /// time and only polls between builds, so a poll from a worker that still holds a lease
+    /// means the reply that handed it out was lost (a leader died after committing it).
+    pub fn held_by(&self, worker: &str, now_ms: u64) -> Option<u64> {
+        self.running.iter().copied().find(|seq| {
+            self.by_seq.get(seq).is_some_and(|b| {
+                b.lease
+                    .as_ref()
+                    .is_some_and(|l| l.worker == worker && l.expires_at_ms >= now_ms)
+            })
+        })
+    }
+
     /// A build that must be REPLICATING for the command at hand.
     fn replicating_mut(&mut self, id: &str) -> Result<&mut Build, BuildError> {
         let b = self.get_mut(id)?;
@@ -459,6 +472,24 @@ impl Builds {
                     .get(worker)
                     .map(|w| w.region.clone())
                     .ok_or_else(|| BuildError::UnknownWorker(worker.clone()))?;
+                // Hand a lost assignment back to its holder instead of leaving the build to
+                // wait out its lease: same attempt, fresh expiry.
+                if let Some(seq) = self.held_by(worker, *now_ms) {
+                    if let Some(b) = self.by_seq.get_mut(&seq) {
+                        let expires_at_ms = now_ms.saturating_add(*lease_ms);
+                        let attempt = b.attempts;
+                        if let Some(l) = b.lease.as_mut() {
+                            l.expires_at_ms = expires_at_ms;
+                        }
+                        let note = format!("attempt {attempt} handed to {worker} again");
+                        b.to(BuildState::Running, *now_ms, note);
+                        return Ok(BuildResponse::Assigned {
+                            id: build_id(seq),
+                            attempt,
+                            expires_at_ms,
+                        });
+                    }
+                }
                 let Some(seq) = self.queued.pop_first() else {
                     return Ok(BuildResponse::NoWork);
                 };

@@ -161,6 +161,44 @@ fn lease_fencing_refuses_stale_attempts() {
 }
 
 #[test]
+fn a_poll_from_a_lease_holder_hands_back_the_same_attempt() {
+    // The leader committed the lease and died before its reply reached the worker, which
+    // polls again: it gets the same build and attempt back, with a fresh expiry, instead of
+    // a second build while the first waits out its lease.
+    let mut q = Builds::default();
+    register(&mut q, "w1");
+    let first = submit(&mut q, "svc", 0);
+    let second = submit(&mut q, "other", 0);
+    let Ok(BuildResponse::Assigned { id, attempt: 1, .. }) = acquire(&mut q, "w1", 10) else {
+        panic!("no assignment");
+    };
+    assert_eq!(id, first);
+    let again = acquire(&mut q, "w1", 2000).unwrap();
+    assert_eq!(
+        again,
+        BuildResponse::Assigned {
+            id: first.clone(),
+            attempt: 1,
+            expires_at_ms: 2000 + LEASE
+        }
+    );
+    let b = q.get(&first).unwrap();
+    assert_eq!(b.attempts, 1);
+    assert!(
+        b.history.last().unwrap().note.contains("again"),
+        "{:?}",
+        b.history
+    );
+    assert_eq!(q.get(&second).unwrap().state, BuildState::Queued);
+    // Once that lease has expired, a poll takes new work instead.
+    let later = acquire(&mut q, "w1", 2000 + LEASE + 1).unwrap();
+    assert!(
+        matches!(&later, BuildResponse::Assigned { id, attempt: 1, .. } if *id == second),
+        "{later:?}"
+    );
+}
+
+#[test]
 fn expired_leases_fail_the_build_after_max_attempts() {
     let mut q = Builds::default();
     register(&mut q, "w1");
@@ -236,10 +274,11 @@ fn a_renewed_lease_survives_the_reaper_and_an_unrenewed_one_does_not() {
 fn failures_retry_only_when_retryable() {
     let mut q = Builds::default();
     register(&mut q, "w1");
+    register(&mut q, "w2");
     let a = submit(&mut q, "a", 0);
     let b = submit(&mut q, "b", 0);
     acquire(&mut q, "w1", 1).unwrap();
-    acquire(&mut q, "w1", 1).unwrap();
+    acquire(&mut q, "w2", 1).unwrap();
     let fail = |error: &str, retry| Outcome::Failed {
         error: error.into(),
         retry,
@@ -252,7 +291,7 @@ fn failures_retry_only_when_retryable() {
         }
     );
     assert_eq!(
-        complete(&mut q, &b, "w1", 1, 2, fail("store unreachable", true)).unwrap(),
+        complete(&mut q, &b, "w2", 1, 2, fail("store unreachable", true)).unwrap(),
         BuildResponse::State {
             id: b.clone(),
             state: BuildState::Queued
@@ -387,6 +426,12 @@ proptest! {
             // A refused command changes nothing.
             if result.is_err() {
                 prop_assert_eq!(&q, &before);
+            }
+            // A worker holds at most one live lease: a poll re-delivers the one it holds.
+            for w in workers {
+                let live = q.by_seq.values().filter(|b| b.lease.as_ref()
+                    .is_some_and(|l| l.worker == w && l.expires_at_ms >= now)).count();
+                prop_assert!(live <= 1, "{} holds {} live leases", w, live);
             }
             for (seq, b) in &q.by_seq {
                 prop_assert!(b.attempts <= MAX, "{} attempts", b.attempts);
