@@ -10,12 +10,16 @@
 
 pub mod builds;
 mod meta;
+pub mod region;
+pub mod releases;
 pub mod rollout;
 
 use serde::{Deserialize, Serialize};
 
 pub use builds::{Build, BuildCommand, BuildError, BuildResponse, BuildState, Builds, Outcome};
 pub use meta::{MetaError, MAX_META_KEYS, MAX_META_KEY_BYTES, MAX_META_VALUE_BYTES};
+pub use region::{Region, RegionCommand, RegionResponse};
+pub use releases::{ReleaseCommand, ReleaseError, ReleaseResponse, ReleaseState, Releases};
 
 /// A decision proposed to a group's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +28,10 @@ pub enum Command {
     SetMeta { key: String, value: Option<String> },
     /// A build queue transition (global group).
     Build(BuildCommand),
+    /// A release decision or a region's report (global group).
+    Release(ReleaseCommand),
+    /// A regional group's decisions, hosts and wave transitions.
+    Region(RegionCommand),
 }
 
 /// What applying a command produced, returned to the proposer.
@@ -38,6 +46,10 @@ pub enum Response {
     Build(BuildResponse),
     /// A build command refused by the queue; the state is unchanged.
     BuildRejected(BuildError),
+    Release(ReleaseResponse),
+    Region(RegionResponse),
+    /// A release or region command refused; the state is unchanged.
+    ReleaseRejected(ReleaseError),
     /// The command was committed but refused by the state machine; the state is unchanged.
     Rejected(String),
 }
@@ -72,6 +84,12 @@ pub struct GroupState {
     /// The build queue (global group).
     #[serde(default)]
     pub builds: Builds,
+    /// Releases and the decisions regions pull (global group).
+    #[serde(default)]
+    pub releases: Releases,
+    /// A regional group's state.
+    #[serde(default)]
+    pub region: Region,
 }
 
 impl GroupState {
@@ -85,7 +103,7 @@ impl GroupState {
                 commit,
                 ..
             }) => check_build_input(service, repo, commit)?,
-            Command::Build(_) => {}
+            Command::Build(_) | Command::Release(_) | Command::Region(_) => {}
         }
         Ok(())
     }
@@ -106,6 +124,15 @@ impl GroupState {
             Command::Build(b) => match self.builds.apply(b) {
                 Ok(r) => Response::Build(r),
                 Err(e) => Response::BuildRejected(e),
+            },
+            // Both check everything before they change anything: a refusal changes nothing.
+            Command::Release(c) => match self.releases.apply(&self.builds, c) {
+                Ok(r) => Response::Release(r),
+                Err(e) => Response::ReleaseRejected(e),
+            },
+            Command::Region(c) => match self.region.apply(c) {
+                Ok(r) => Response::Region(r),
+                Err(e) => Response::ReleaseRejected(e),
             },
         }
     }

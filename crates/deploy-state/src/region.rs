@@ -1,0 +1,635 @@
+//! A regional group's state: the global decisions it applied, its hosts, each service's goal,
+//! and its releases' waves.
+//!
+//! Goals are kept per rack, with per-host exceptions for a canary that takes part of a rack,
+//! so 100k hosts cost one entry per rack, and a host that joins a rack later gets the rack's
+//! goal. Every goal change a release makes is recorded with what it replaced, so a rollback
+//! restores exactly the previous goals, in reverse order. Host reports are not here: the
+//! leader keeps them as soft state and commits only transitions and summaries.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::releases::{
+    clip, parse_release_id, push_history, release_id, Action, Counts, Decision, DecisionKind,
+    Entry, ReleaseError, ReleaseState, Strategy,
+};
+use crate::rollout::{plan, PlanError, Wave};
+
+/// Hosts one registration command may carry.
+pub const MAX_HOSTS_PER_COMMAND: usize = 4096;
+/// Finished releases a region keeps.
+pub const MAX_FINISHED_KEPT: usize = 1000;
+
+/// What a host (or a rack) should run for one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goal {
+    pub build_id: String,
+    pub artifact_digest: String,
+    pub release: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    Rack(String),
+    Host(String),
+}
+
+/// One goal change a release made, with the goal it replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    pub target: Target,
+    pub prev: Option<Goal>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceGoals {
+    pub racks: BTreeMap<String, Goal>,
+    /// Exceptions to the rack's goal (a canary taking part of a rack).
+    pub hosts: BTreeMap<String, Goal>,
+    /// The release rolling out, if any.
+    pub active: Option<u64>,
+    /// The newest release applied, the only one a rollback may undo once it succeeded.
+    pub latest: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionRelease {
+    pub seq: u64,
+    pub service: String,
+    pub build_id: String,
+    pub artifact_digest: String,
+    pub strategy: Strategy,
+    pub plan: Vec<Wave>,
+    /// The wave in progress, or the last one once final.
+    pub wave: u32,
+    pub wave_started_ms: u64,
+    pub state: ReleaseState,
+    pub reason: String,
+    pub moved: Vec<Moved>,
+    pub counts: Counts,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub history: Vec<Entry>,
+}
+
+impl RegionRelease {
+    pub fn id(&self) -> String {
+        release_id(self.seq)
+    }
+
+    pub fn hosts_total(&self) -> u64 {
+        self.plan.iter().map(|w| w.hosts.len() as u64).sum()
+    }
+
+    /// The hosts of the current wave.
+    pub fn wave_hosts(&self) -> &[String] {
+        self.plan
+            .get(self.wave as usize)
+            .map(|w| w.hosts.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Every host of waves up to and including the current one.
+    pub fn moved_hosts(&self) -> impl Iterator<Item = &String> {
+        self.plan
+            .iter()
+            .take(self.wave as usize + 1)
+            .flat_map(|w| w.hosts.iter())
+    }
+
+    fn end(&mut self, state: ReleaseState, now_ms: u64, by: &str, reason: String) {
+        self.state = state;
+        self.reason = clip(&reason);
+        self.finished_at_ms = Some(now_ms);
+        let what = if reason.is_empty() {
+            state.as_str().to_string()
+        } else {
+            format!("{}: {}", state.as_str(), clip(&reason))
+        };
+        push_history(&mut self.history, now_ms, by, what);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionCommand {
+    /// Global decisions pulled by the leader, in order; `upto` is the global decision number
+    /// the region has seen everything up to once these are applied.
+    Apply {
+        decisions: Vec<Decision>,
+        upto: u64,
+        now_ms: u64,
+    },
+    /// New hosts, or hosts that moved rack: (host, rack).
+    RegisterHosts { hosts: Vec<(String, String)> },
+    /// Every host of `wave` ran the build healthy for the minimum time.
+    WavePassed {
+        id: String,
+        wave: u32,
+        counts: Counts,
+        now_ms: u64,
+    },
+    /// A wave crossed its failure threshold or its deadline.
+    Halt {
+        id: String,
+        wave: u32,
+        reason: String,
+        counts: Counts,
+        now_ms: u64,
+    },
+    /// A periodic summary of the hosts' reports.
+    Summary { id: String, counts: Counts },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionResponse {
+    Applied {
+        applied: u64,
+    },
+    Registered {
+        added: usize,
+    },
+    State {
+        id: String,
+        state: ReleaseState,
+        wave: u32,
+    },
+}
+
+/// The replicated state of a regional group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    /// The last global decision applied.
+    pub applied: u64,
+    /// host -> rack.
+    pub hosts: BTreeMap<String, String>,
+    pub services: BTreeMap<String, ServiceGoals>,
+    pub releases: BTreeMap<u64, RegionRelease>,
+}
+
+fn stale(r: &RegionRelease, why: String) -> ReleaseError {
+    ReleaseError::WrongState {
+        id: r.id(),
+        state: r.state.as_str().into(),
+        why,
+    }
+}
+
+impl Region {
+    pub fn release(&self, id: &str) -> Option<&RegionRelease> {
+        parse_release_id(id).and_then(|s| self.releases.get(&s))
+    }
+
+    /// Releases rolling out or paused.
+    pub fn unfinished(&self) -> impl Iterator<Item = &RegionRelease> {
+        self.releases.values().filter(|r| !r.state.is_final())
+    }
+
+    /// Racks and their hosts, in name order.
+    pub fn racks(&self) -> BTreeMap<String, Vec<String>> {
+        let mut racks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (h, r) in &self.hosts {
+            racks.entry(r.clone()).or_default().push(h.clone());
+        }
+        racks
+    }
+
+    /// What `host` should run: (service, goal) for every service with a goal there.
+    pub fn goals_of(&self, host: &str) -> Vec<(String, Goal)> {
+        let Some(rack) = self.hosts.get(host) else {
+            return Vec::new();
+        };
+        self.services
+            .iter()
+            .filter_map(|(s, g)| {
+                g.hosts
+                    .get(host)
+                    .or_else(|| g.racks.get(rack))
+                    .map(|goal| (s.clone(), goal.clone()))
+            })
+            .collect()
+    }
+
+    fn release_mut(&mut self, id: &str) -> Result<&mut RegionRelease, ReleaseError> {
+        parse_release_id(id)
+            .and_then(|s| self.releases.get_mut(&s))
+            .ok_or_else(|| ReleaseError::NotFound(id.chars().take(40).collect()))
+    }
+
+    pub fn apply(&mut self, cmd: &RegionCommand) -> Result<RegionResponse, ReleaseError> {
+        match cmd {
+            RegionCommand::Apply {
+                decisions,
+                upto,
+                now_ms,
+            } => {
+                for d in decisions {
+                    // Each decision once, in order: a repeated pull changes nothing.
+                    if d.seq <= self.applied {
+                        continue;
+                    }
+                    self.decide(d, *now_ms);
+                    self.applied = d.seq;
+                }
+                self.applied = self.applied.max(*upto);
+                self.trim();
+                Ok(RegionResponse::Applied {
+                    applied: self.applied,
+                })
+            }
+            RegionCommand::RegisterHosts { hosts } => {
+                if hosts.len() > MAX_HOSTS_PER_COMMAND {
+                    return Err(ReleaseError::Invalid {
+                        field: "hosts".into(),
+                        why: format!("at most {MAX_HOSTS_PER_COMMAND} per registration"),
+                    });
+                }
+                for (h, r) in hosts {
+                    for (kind, name) in [("host", h), ("rack", r)] {
+                        deploy_types::check_name(kind, name).map_err(|e| {
+                            ReleaseError::Invalid {
+                                field: kind.into(),
+                                why: e.to_string(),
+                            }
+                        })?;
+                    }
+                }
+                let mut added = 0;
+                for (h, r) in hosts {
+                    if self.hosts.insert(h.clone(), r.clone()).as_ref() != Some(r) {
+                        added += 1;
+                    }
+                }
+                Ok(RegionResponse::Registered { added })
+            }
+            RegionCommand::WavePassed {
+                id,
+                wave,
+                counts,
+                now_ms,
+            } => {
+                let r = self.release_mut(id)?;
+                if r.state != ReleaseState::RollingOut || r.wave != *wave {
+                    let why = format!("wave {wave} is not the wave rolling out");
+                    return Err(stale(r, why));
+                }
+                r.counts = *counts;
+                let seq = r.seq;
+                self.advance(seq, *now_ms, "region", format!("wave {wave} passed"));
+                self.state_of(seq)
+            }
+            RegionCommand::Halt {
+                id,
+                wave,
+                reason,
+                counts,
+                now_ms,
+            } => {
+                let r = self.release_mut(id)?;
+                if r.state.is_final() || r.wave != *wave {
+                    let why = format!("wave {wave} is not the wave rolling out");
+                    return Err(stale(r, why));
+                }
+                r.counts = *counts;
+                let seq = r.seq;
+                if r.strategy.auto_rollback {
+                    self.roll_back(seq, *now_ms, "region", reason.clone());
+                } else if let Some(r) = self.releases.get_mut(&seq) {
+                    r.end(ReleaseState::Failed, *now_ms, "region", reason.clone());
+                    self.clear_active(seq);
+                }
+                self.state_of(seq)
+            }
+            RegionCommand::Summary { id, counts } => {
+                let r = self.release_mut(id)?;
+                r.counts = *counts;
+                let seq = r.seq;
+                self.state_of(seq)
+            }
+        }
+    }
+
+    fn state_of(&self, seq: u64) -> Result<RegionResponse, ReleaseError> {
+        let r = self
+            .releases
+            .get(&seq)
+            .ok_or_else(|| ReleaseError::NotFound(release_id(seq)))?;
+        Ok(RegionResponse::State {
+            id: r.id(),
+            state: r.state,
+            wave: r.wave,
+        })
+    }
+
+    /// Applies one global decision. Never fails: a decision that no longer fits (a pause
+    /// for a release that already ended here) is recorded in the history and ignored.
+    fn decide(&mut self, d: &Decision, now_ms: u64) {
+        let Some(seq) = parse_release_id(&d.release) else {
+            return;
+        };
+        match &d.kind {
+            DecisionKind::Start {
+                service,
+                build_id,
+                artifact_digest,
+                strategy,
+            } => self.start(seq, d, service, build_id, artifact_digest, strategy, now_ms),
+            DecisionKind::Act(action) => {
+                let Some(r) = self.releases.get_mut(&seq) else {
+                    return;
+                };
+                let what = if d.reason.is_empty() {
+                    action.as_str().to_string()
+                } else {
+                    format!("{}: {}", action.as_str(), d.reason)
+                };
+                let latest = self.services.get(&r.service).and_then(|g| g.latest);
+                let fits = match action {
+                    Action::Pause => r.state == ReleaseState::RollingOut,
+                    Action::Resume => r.state == ReleaseState::Paused,
+                    Action::Abort | Action::Promote => !r.state.is_final(),
+                    Action::Rollback => {
+                        !r.state.is_final()
+                            || (r.state == ReleaseState::Succeeded && latest == Some(seq))
+                    }
+                };
+                if !fits {
+                    let note = format!("{what} (ignored: the release is {})", r.state.as_str());
+                    push_history(&mut r.history, now_ms, &d.by, note);
+                    return;
+                }
+                match action {
+                    Action::Pause => {
+                        r.state = ReleaseState::Paused;
+                        push_history(&mut r.history, now_ms, &d.by, what);
+                    }
+                    Action::Resume => {
+                        r.state = ReleaseState::RollingOut;
+                        // The wave's deadline counts from the resume.
+                        r.wave_started_ms = now_ms;
+                        push_history(&mut r.history, now_ms, &d.by, what);
+                    }
+                    Action::Abort => {
+                        let reason = if d.reason.is_empty() {
+                            format!("aborted by {}", d.by)
+                        } else {
+                            d.reason.clone()
+                        };
+                        r.end(ReleaseState::Aborted, now_ms, &d.by, reason);
+                        self.clear_active(seq);
+                    }
+                    Action::Rollback => {
+                        let reason = if d.reason.is_empty() {
+                            format!("rolled back by {}", d.by)
+                        } else {
+                            d.reason.clone()
+                        };
+                        self.roll_back(seq, now_ms, &d.by, reason);
+                    }
+                    Action::Promote => {
+                        r.state = ReleaseState::RollingOut;
+                        let wave = r.wave;
+                        self.advance(seq, now_ms, &d.by, format!("wave {wave} promoted"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        seq: u64,
+        d: &Decision,
+        service: &str,
+        build_id: &str,
+        artifact_digest: &str,
+        strategy: &Strategy,
+        now_ms: u64,
+    ) {
+        if self.releases.contains_key(&seq) {
+            return;
+        }
+        // A rolling release of the service is superseded here too (the global group already
+        // sent its abort; this covers a region that applies both in one pull).
+        let old = self.services.get(service).and_then(|g| g.active);
+        if let Some(old) = old {
+            if let Some(o) = self.releases.get_mut(&old) {
+                let reason = format!("superseded by {}", release_id(seq));
+                o.end(ReleaseState::Aborted, now_ms, &d.by, reason);
+            }
+        }
+        let mut history = Vec::new();
+        push_history(
+            &mut history,
+            now_ms,
+            &d.by,
+            format!("started: {service} build {build_id}"),
+        );
+        let mut r = RegionRelease {
+            seq,
+            service: service.to_string(),
+            build_id: build_id.to_string(),
+            artifact_digest: artifact_digest.to_string(),
+            strategy: strategy.clone(),
+            plan: Vec::new(),
+            wave: 0,
+            wave_started_ms: now_ms,
+            state: ReleaseState::RollingOut,
+            reason: String::new(),
+            moved: Vec::new(),
+            counts: Counts::default(),
+            started_at_ms: now_ms,
+            finished_at_ms: None,
+            history,
+        };
+        let planned = plan(&self.racks(), &strategy.wave_spec());
+        let goals = self.services.entry(service.to_string()).or_default();
+        goals.latest = Some(seq);
+        match planned {
+            Ok(p) => {
+                r.counts.hosts_total = p.iter().map(|w| w.hosts.len() as u64).sum();
+                let waves = p.len();
+                r.plan = p;
+                let what = format!("planned {waves} waves over {} hosts", r.counts.hosts_total);
+                push_history(&mut r.history, now_ms, "region", what);
+                goals.active = Some(seq);
+                self.releases.insert(seq, r);
+                self.move_wave(seq);
+            }
+            Err(PlanError::NoHosts) => {
+                r.end(
+                    ReleaseState::Succeeded,
+                    now_ms,
+                    "region",
+                    "no hosts are registered in this region".into(),
+                );
+                goals.active = None;
+                self.releases.insert(seq, r);
+            }
+            Err(e) => {
+                r.end(
+                    ReleaseState::Failed,
+                    now_ms,
+                    "region",
+                    format!("cannot plan: {e}"),
+                );
+                goals.active = None;
+                self.releases.insert(seq, r);
+            }
+        }
+    }
+
+    /// Sets the goal of the current wave's hosts: the whole rack when the waves so far cover
+    /// every host it has, else those hosts one by one.
+    fn move_wave(&mut self, seq: u64) {
+        let Some(r) = self.releases.get(&seq) else {
+            return;
+        };
+        let Some(wave) = r.plan.get(r.wave as usize) else {
+            return;
+        };
+        let covered: BTreeSet<&String> = r.moved_hosts().collect();
+        let goal = Goal {
+            build_id: r.build_id.clone(),
+            artifact_digest: r.artifact_digest.clone(),
+            release: r.id(),
+        };
+        let mut changes: Vec<Target> = Vec::new();
+        for rack in &wave.racks {
+            let members: Vec<&String> = self
+                .hosts
+                .iter()
+                .filter(|(_, k)| *k == rack)
+                .map(|(h, _)| h)
+                .collect();
+            if members.iter().all(|h| covered.contains(h)) {
+                changes.push(Target::Rack(rack.clone()));
+            } else {
+                changes.extend(
+                    wave.hosts
+                        .iter()
+                        .filter(|h| self.hosts.get(*h) == Some(rack))
+                        .map(|h| Target::Host(h.clone())),
+                );
+            }
+        }
+        let service = r.service.clone();
+        let goals = self.services.entry(service).or_default();
+        let mut moved = Vec::new();
+        for t in changes {
+            match &t {
+                Target::Rack(rack) => {
+                    let prev = goals.racks.insert(rack.clone(), goal.clone());
+                    moved.push(Moved {
+                        target: t.clone(),
+                        prev,
+                    });
+                    // The rack's goal now covers its hosts' exceptions.
+                    let members: Vec<String> = self
+                        .hosts
+                        .iter()
+                        .filter(|(_, k)| *k == rack)
+                        .map(|(h, _)| h.clone())
+                        .collect();
+                    for h in members {
+                        if let Some(prev) = goals.hosts.remove(&h) {
+                            moved.push(Moved {
+                                target: Target::Host(h),
+                                prev: Some(prev),
+                            });
+                        }
+                    }
+                }
+                Target::Host(h) => {
+                    let prev = goals.hosts.insert(h.clone(), goal.clone());
+                    moved.push(Moved {
+                        target: t.clone(),
+                        prev,
+                    });
+                }
+            }
+        }
+        if let Some(r) = self.releases.get_mut(&seq) {
+            r.moved.extend(moved);
+        }
+    }
+
+    /// Passes the current wave: the next one starts, or the release succeeds after the last.
+    fn advance(&mut self, seq: u64, now_ms: u64, by: &str, what: String) {
+        let Some(r) = self.releases.get_mut(&seq) else {
+            return;
+        };
+        push_history(&mut r.history, now_ms, by, what);
+        if r.wave as usize + 1 >= r.plan.len() {
+            r.end(ReleaseState::Succeeded, now_ms, "region", String::new());
+            self.clear_active(seq);
+            return;
+        }
+        r.wave += 1;
+        r.wave_started_ms = now_ms;
+        self.move_wave(seq);
+    }
+
+    /// Restores every goal the release changed, newest change first.
+    fn roll_back(&mut self, seq: u64, now_ms: u64, by: &str, reason: String) {
+        let Some(r) = self.releases.get_mut(&seq) else {
+            return;
+        };
+        let moved = std::mem::take(&mut r.moved);
+        r.end(ReleaseState::RolledBack, now_ms, by, reason);
+        let service = r.service.clone();
+        let goals = self.services.entry(service).or_default();
+        for m in moved.into_iter().rev() {
+            let map = match &m.target {
+                Target::Rack(k) => (&mut goals.racks, k),
+                Target::Host(h) => (&mut goals.hosts, h),
+            };
+            match m.prev {
+                Some(g) => {
+                    map.0.insert(map.1.clone(), g);
+                }
+                None => {
+                    map.0.remove(map.1);
+                }
+            }
+        }
+        self.clear_active(seq);
+    }
+
+    fn clear_active(&mut self, seq: u64) {
+        for g in self.services.values_mut() {
+            if g.active == Some(seq) {
+                g.active = None;
+            }
+        }
+    }
+
+    /// Drops the oldest finished releases beyond [`MAX_FINISHED_KEPT`]; a service's newest
+    /// release is always kept, as a rollback still needs its changes.
+    fn trim(&mut self) {
+        let finished: Vec<u64> = self
+            .releases
+            .values()
+            .filter(|r| r.state.is_final())
+            .map(|r| r.seq)
+            .collect();
+        if finished.len() <= MAX_FINISHED_KEPT {
+            return;
+        }
+        let keep: BTreeSet<u64> = self.services.values().filter_map(|g| g.latest).collect();
+        let excess = finished.len() - MAX_FINISHED_KEPT;
+        for seq in finished
+            .into_iter()
+            .filter(|s| !keep.contains(s))
+            .take(excess)
+        {
+            self.releases.remove(&seq);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "region_tests.rs"]
+mod tests;

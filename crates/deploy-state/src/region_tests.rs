@@ -1,0 +1,345 @@
+use proptest::prelude::*;
+use proptest::strategy::Strategy as Gen;
+
+use super::*;
+use crate::releases::Strategy;
+use crate::rollout::Canary;
+
+/// A region of `racks` racks (k0, k1, ...) with `per` hosts each (k0-h0, ...).
+fn region(racks: usize, per: usize) -> Region {
+    let mut r = Region::default();
+    let hosts = (0..racks)
+        .flat_map(|k| (0..per).map(move |h| (format!("k{k}-h{h}"), format!("k{k}"))))
+        .collect();
+    r.apply(&RegionCommand::RegisterHosts { hosts }).unwrap();
+    r
+}
+
+fn start(seq: u64, dseq: u64, build: &str, strategy: Strategy) -> Decision {
+    Decision {
+        seq: dseq,
+        release: release_id(seq),
+        region: "east".into(),
+        kind: DecisionKind::Start {
+            service: "web".into(),
+            build_id: build.into(),
+            artifact_digest: format!("sha256:{build}"),
+            strategy,
+        },
+        by: "global".into(),
+        reason: String::new(),
+        at_ms: 0,
+    }
+}
+
+fn act(seq: u64, dseq: u64, action: Action) -> Decision {
+    Decision {
+        seq: dseq,
+        release: release_id(seq),
+        region: "east".into(),
+        kind: DecisionKind::Act(action),
+        by: "carol".into(),
+        reason: String::new(),
+        at_ms: 0,
+    }
+}
+
+fn apply(r: &mut Region, ds: Vec<Decision>) {
+    let upto = ds.iter().map(|d| d.seq).max().unwrap_or(0);
+    r.apply(&RegionCommand::Apply {
+        decisions: ds,
+        upto,
+        now_ms: 100,
+    })
+    .unwrap();
+}
+
+fn passed(r: &mut Region, seq: u64, wave: u32) -> Result<RegionResponse, ReleaseError> {
+    r.apply(&RegionCommand::WavePassed {
+        id: release_id(seq),
+        wave,
+        counts: Counts::default(),
+        now_ms: 200,
+    })
+}
+
+/// Each host's build for `web`, "-" for none.
+fn builds(r: &Region) -> BTreeMap<String, String> {
+    r.hosts
+        .keys()
+        .map(|h| {
+            let b = r
+                .goals_of(h)
+                .into_iter()
+                .find(|(s, _)| s == "web")
+                .map(|(_, g)| g.build_id)
+                .unwrap_or_else(|| "-".into());
+            (h.clone(), b)
+        })
+        .collect()
+}
+
+fn count(r: &Region, build: &str) -> usize {
+    builds(r).values().filter(|b| *b == build).count()
+}
+
+fn strategy() -> Strategy {
+    Strategy {
+        canary: Canary::Hosts(2),
+        waves: vec![50, 100],
+        ..Strategy::default()
+    }
+}
+
+#[test]
+fn waves_move_the_canary_then_racks_and_the_last_wave_succeeds() {
+    let mut r = region(4, 3);
+    apply(&mut r, vec![start(1, 1, "b-1", strategy())]);
+    let rel = r.release("r-1").unwrap();
+    assert_eq!(rel.plan.len(), 3);
+    assert_eq!(rel.counts.hosts_total, 12);
+    assert_eq!(count(&r, "b-1"), 2, "the canary: two hosts of rack k0");
+    assert_eq!(r.services["web"].racks.len(), 0, "k0 is only partly moved");
+    assert!(passed(&mut r, 1, 1).is_err(), "not the current wave");
+    passed(&mut r, 1, 0).unwrap();
+    assert_eq!(count(&r, "b-1"), 6, "racks k0 and k1");
+    assert!(
+        r.services["web"].hosts.is_empty(),
+        "k0's goal covers its canary hosts"
+    );
+    passed(&mut r, 1, 1).unwrap();
+    assert_eq!(count(&r, "b-1"), 12);
+    passed(&mut r, 1, 2).unwrap();
+    let rel = r.release("r-1").unwrap();
+    assert_eq!(rel.state, ReleaseState::Succeeded);
+    assert_eq!(r.services["web"].active, None);
+    // A host that joins a moved rack later gets the rack's goal.
+    r.apply(&RegionCommand::RegisterHosts {
+        hosts: vec![("k3-h9".into(), "k3".into())],
+    })
+    .unwrap();
+    assert_eq!(builds(&r)["k3-h9"], "b-1");
+}
+
+#[test]
+fn a_halt_with_auto_rollback_restores_every_previous_goal() {
+    let mut r = region(3, 2);
+    apply(&mut r, vec![start(1, 1, "b-1", strategy())]);
+    for w in 0..3 {
+        passed(&mut r, 1, w).unwrap();
+    }
+    let before = builds(&r);
+    apply(&mut r, vec![start(2, 2, "b-2", strategy())]);
+    passed(&mut r, 2, 0).unwrap();
+    assert!(count(&r, "b-2") > 2);
+    r.apply(&RegionCommand::Halt {
+        id: "r-2".into(),
+        wave: 1,
+        reason: "1 of 2 hosts failed".into(),
+        counts: Counts::default(),
+        now_ms: 300,
+    })
+    .unwrap();
+    assert_eq!(r.release("r-2").unwrap().state, ReleaseState::RolledBack);
+    assert_eq!(builds(&r), before, "every host is back on b-1");
+    // Without auto-rollback the moved hosts stay and the release FAILED.
+    let keep = Strategy {
+        auto_rollback: false,
+        ..strategy()
+    };
+    apply(&mut r, vec![start(3, 3, "b-3", keep)]);
+    r.apply(&RegionCommand::Halt {
+        id: "r-3".into(),
+        wave: 0,
+        reason: "deadline".into(),
+        counts: Counts::default(),
+        now_ms: 300,
+    })
+    .unwrap();
+    assert_eq!(r.release("r-3").unwrap().state, ReleaseState::Failed);
+    assert_eq!(count(&r, "b-3"), 2);
+}
+
+#[test]
+fn decisions_apply_in_order_each_once() {
+    let mut r = region(2, 2);
+    let ds = vec![
+        start(1, 4, "b-1", strategy()),
+        act(1, 5, Action::Pause),
+        act(1, 7, Action::Resume),
+    ];
+    apply(&mut r, ds.clone());
+    let once = r.clone();
+    apply(&mut r, ds);
+    assert_eq!(r, once, "a repeated pull changes nothing");
+    assert_eq!(r.applied, 7);
+    assert_eq!(r.release("r-1").unwrap().state, ReleaseState::RollingOut);
+    // A stale decision (older than the applied number) is skipped.
+    apply(&mut r, vec![act(1, 6, Action::Abort)]);
+    assert_eq!(r.release("r-1").unwrap().state, ReleaseState::RollingOut);
+}
+
+#[test]
+fn pause_holds_promote_passes_abort_freezes_and_a_new_release_supersedes() {
+    let mut r = region(3, 2);
+    apply(&mut r, vec![start(1, 1, "b-1", strategy())]);
+    apply(&mut r, vec![act(1, 2, Action::Pause)]);
+    assert!(
+        passed(&mut r, 1, 0).is_err(),
+        "a paused release does not move on"
+    );
+    apply(&mut r, vec![act(1, 3, Action::Promote)]);
+    let rel = r.release("r-1").unwrap();
+    assert_eq!((rel.state, rel.wave), (ReleaseState::RollingOut, 1));
+    assert!(rel
+        .history
+        .iter()
+        .any(|e| e.by == "carol" && e.what.contains("promoted")));
+    let moved = builds(&r);
+    apply(&mut r, vec![act(1, 4, Action::Abort)]);
+    assert_eq!(r.release("r-1").unwrap().state, ReleaseState::Aborted);
+    assert_eq!(builds(&r), moved, "an abort leaves goals where they are");
+    apply(&mut r, vec![start(2, 5, "b-2", strategy())]);
+    apply(&mut r, vec![start(3, 6, "b-3", strategy())]);
+    assert_eq!(r.release("r-2").unwrap().state, ReleaseState::Aborted);
+    assert!(r
+        .release("r-2")
+        .unwrap()
+        .reason
+        .contains("superseded by r-3"));
+    assert_eq!(r.services["web"].active, Some(3));
+}
+
+#[test]
+fn a_region_without_hosts_succeeds_at_once_and_bad_hosts_are_refused() {
+    let mut r = Region::default();
+    apply(&mut r, vec![start(1, 1, "b-1", strategy())]);
+    let rel = r.release("r-1").unwrap();
+    assert_eq!(rel.state, ReleaseState::Succeeded);
+    assert!(rel.reason.contains("no hosts"));
+    let before = r.clone();
+    for bad in [("", "k0"), ("h/1", "k0"), ("h1", "K 0")] {
+        let e = r.apply(&RegionCommand::RegisterHosts {
+            hosts: vec![("ok".into(), "k0".into()), (bad.0.into(), bad.1.into())],
+        });
+        assert!(
+            matches!(e, Err(ReleaseError::Invalid { .. })),
+            "{bad:?}: {e:?}"
+        );
+    }
+    assert_eq!(r, before);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Start(Strategy),
+    Pass,
+    Halt,
+    Act(Action),
+    Join(u8, u8),
+}
+
+fn op() -> impl Gen<Value = Op> {
+    let strat = (0u32..3, any::<bool>(), 0usize..3).prop_map(|(c, auto, w)| Strategy {
+        canary: match c {
+            0 => Canary::None,
+            1 => Canary::Hosts(1 + w as u32),
+            _ => Canary::FirstRack,
+        },
+        waves: [vec![100], vec![50, 100], vec![10, 30, 100]][w].clone(),
+        auto_rollback: auto,
+        ..Strategy::default()
+    });
+    prop_oneof![
+        strat.prop_map(Op::Start),
+        Just(Op::Pass),
+        Just(Op::Pass),
+        Just(Op::Halt),
+        prop_oneof![
+            Just(Action::Pause),
+            Just(Action::Resume),
+            Just(Action::Abort),
+            Just(Action::Rollback),
+            Just(Action::Promote),
+        ]
+        .prop_map(Op::Act),
+        (0u8..5, 0u8..4).prop_map(|(k, h)| Op::Join(k, h)),
+    ]
+}
+
+proptest! {
+    /// Over random histories: a host's goal is always the build of a release that reached
+    /// it or none; rolling back the newest release restores the goals from before it; every
+    /// wave's hosts are distinct; a refused command changes nothing; replaying the same
+    /// commands gives the same state.
+    #[test]
+    fn goals_and_rollbacks_stay_consistent(ops in proptest::collection::vec(op(), 1..40), racks in 1usize..4, per in 1usize..4) {
+        let mut r = region(racks, per);
+        let mut log: Vec<RegionCommand> = Vec::new();
+        let mut dseq = 0u64;
+        let mut rseq = 0u64;
+        // The goals before the newest release started.
+        let mut before_newest: Option<BTreeMap<String, String>> = None;
+        for op in ops {
+            let cmd = match op {
+                Op::Start(s) => {
+                    dseq += 1;
+                    rseq += 1;
+                    before_newest = Some(builds(&r));
+                    RegionCommand::Apply { decisions: vec![start(rseq, dseq, &format!("b-{rseq}"), s)], upto: dseq, now_ms: dseq }
+                }
+                Op::Pass | Op::Halt if rseq == 0 => continue,
+                Op::Pass => {
+                    let wave = r.releases.get(&rseq).map(|x| x.wave).unwrap_or(0);
+                    RegionCommand::WavePassed { id: release_id(rseq), wave, counts: Counts::default(), now_ms: dseq }
+                }
+                Op::Halt => {
+                    let wave = r.releases.get(&rseq).map(|x| x.wave).unwrap_or(0);
+                    RegionCommand::Halt { id: release_id(rseq), wave, reason: "x".into(), counts: Counts::default(), now_ms: dseq }
+                }
+                Op::Act(a) => {
+                    if rseq == 0 { continue; }
+                    dseq += 1;
+                    RegionCommand::Apply { decisions: vec![act(rseq, dseq, a)], upto: dseq, now_ms: dseq }
+                }
+                Op::Join(k, h) => RegionCommand::RegisterHosts { hosts: vec![(format!("k{k}-n{h}"), format!("k{k}"))] },
+            };
+            let prior = r.clone();
+            let result = r.apply(&cmd);
+            log.push(cmd.clone());
+            if result.is_err() {
+                prop_assert_eq!(&r, &prior);
+            }
+            // Every goal names a release that was started here, with its build.
+            for g in r.services.values() {
+                for goal in g.racks.values().chain(g.hosts.values()) {
+                    let rel = r.release(&goal.release);
+                    prop_assert!(rel.is_some_and(|x| x.build_id == goal.build_id), "{:?}", goal);
+                }
+            }
+            if let Some(rel) = r.releases.get(&rseq) {
+                let mut seen = BTreeSet::new();
+                for w in &rel.plan {
+                    for h in &w.hosts {
+                        prop_assert!(seen.insert(h.clone()), "{} in two waves", h);
+                    }
+                }
+                let joined = matches!(cmd, RegionCommand::RegisterHosts { .. });
+                if rel.state == ReleaseState::RolledBack && !joined {
+                    if let Some(b) = &before_newest {
+                        // Hosts that joined since may have no goal before; compare the rest.
+                        let now = builds(&r);
+                        for (h, build) in b {
+                            prop_assert_eq!(now.get(h), Some(build), "{} after rollback", h);
+                        }
+                    }
+                }
+            }
+        }
+        let mut replay = region(racks, per);
+        for c in &log {
+            let _ = replay.apply(c);
+        }
+        prop_assert_eq!(replay, r);
+    }
+}
