@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "deploy/v1/build.proto",
         "deploy/v1/worker.proto",
         "deploy/v1/artifact.proto",
+        "deploy/v1/release.proto",
+        "deploy/v1/region.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

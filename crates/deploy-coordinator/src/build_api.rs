@@ -146,21 +146,8 @@ impl BuildApi {
             .collect()
     }
 
-    /// The replica to read from: the leader after a linearizable check, or any replica.
     async fn reader(&self, stale: bool, hops: u32) -> Result<Route<'_>, ApiError> {
-        if stale {
-            return self.routing.any_replica(&GLOBAL);
-        }
-        match self.routing.route(&GLOBAL, hops).await? {
-            Route::Local(h) => {
-                h.linearizable().await.map_err(|e| match e {
-                    Ok(_) => ApiError::Unavailable("leadership moved during a read; retry".into()),
-                    Err(e) => e,
-                })?;
-                Ok(Route::Local(h))
-            }
-            remote => Ok(remote),
-        }
+        self.routing.reader(&GLOBAL, stale, hops).await
     }
 }
 

@@ -66,6 +66,8 @@ pub struct Node {
     pub stores: BTreeMap<String, Store>,
     /// The keys whose manifest signatures this cluster accepts.
     pub trusted: TrustedKeys,
+    /// Host reports held while this node leads a region (soft state, never persisted).
+    pub reports: crate::reports::Reports,
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
@@ -113,6 +115,7 @@ impl Node {
             pool,
             stores,
             trusted,
+            reports: Default::default(),
             stopping: tokio::sync::watch::channel(false).0,
         }))
     }

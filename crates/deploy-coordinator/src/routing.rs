@@ -128,6 +128,29 @@ impl Routing {
         )))
     }
 
+    /// The replica to read `group` from: the leader after a linearizable check, or (with
+    /// `stale`) any replica, this node's first.
+    pub async fn reader(
+        &self,
+        group: &GroupName,
+        stale: bool,
+        hops: u32,
+    ) -> Result<Route<'_>, ApiError> {
+        if stale {
+            return self.any_replica(group);
+        }
+        match self.route(group, hops).await? {
+            Route::Local(h) => {
+                h.linearizable().await.map_err(|e| match e {
+                    Ok(_) => ApiError::Unavailable("leadership moved during a read; retry".into()),
+                    Err(e) => e,
+                })?;
+                Ok(Route::Local(h))
+            }
+            remote => Ok(remote),
+        }
+    }
+
     /// A remote route to `addr`, unless the request has been forwarded too often.
     pub fn remote(&self, addr: String, hops: u32) -> Result<Route<'_>, ApiError> {
         if hops >= MAX_HOPS {

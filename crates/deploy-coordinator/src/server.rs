@@ -6,6 +6,8 @@ use std::sync::Arc;
 use deploy_proto::v1::build_service_server::BuildServiceServer;
 use deploy_proto::v1::cluster_service_server::ClusterServiceServer;
 use deploy_proto::v1::raft_service_server::RaftServiceServer;
+use deploy_proto::v1::region_service_server::RegionServiceServer;
+use deploy_proto::v1::release_service_server::ReleaseServiceServer;
 use deploy_proto::v1::worker_service_server::WorkerServiceServer;
 use deploy_proto::v1::FILE_DESCRIPTOR_SET;
 use deploy_raft::codec::MAX_RECORD_BYTES;
@@ -56,11 +58,23 @@ pub async fn serve(
     let artifacts = deploy_proto::v1::artifact_service_server::ArtifactServiceServer::new(
         crate::artifact_api::ArtifactApi::new(routing.clone()),
     );
+    let releases = ReleaseServiceServer::new(crate::release_api::ReleaseApi::new(routing.clone()))
+        .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
+    let regions = RegionServiceServer::new(crate::region_api::RegionApi::new(routing.clone()))
+        .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
     let workers = WorkerServiceServer::new(crate::worker_api::WorkerApi::new(routing))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
     health
         .set_serving::<BuildServiceServer<crate::build_api::BuildApi>>()
+        .await;
+    health
+        .set_serving::<ReleaseServiceServer<crate::release_api::ReleaseApi>>()
+        .await;
+    health
+        .set_serving::<RegionServiceServer<crate::region_api::RegionApi>>()
         .await;
     let api = ClusterServiceServer::new(ClusterApi::new(node))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
@@ -71,6 +85,8 @@ pub async fn serve(
         .add_service(builds)
         .add_service(workers)
         .add_service(artifacts)
+        .add_service(releases)
+        .add_service(regions)
         .add_service(health_service)
         .add_service(reflection);
     let routes = grpc
@@ -115,6 +131,7 @@ pub async fn launch(
     })
     .await?;
     crate::build_tasks::spawn(node.clone());
+    crate::rollout_tasks::spawn(node.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(node.clone(), listener, async {
         let _ = stopped.await;

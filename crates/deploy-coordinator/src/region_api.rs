@@ -1,0 +1,489 @@
+//! The region API: status, hosts and host reports, answered by the region's own group (so it
+//! works while the global group is down), and the two internal calls between a regional
+//! leader and the global group.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use deploy_proto::v1 as pb;
+use deploy_proto::v1::region_service_client::RegionServiceClient;
+use deploy_proto::v1::region_service_server::RegionService;
+use deploy_state::region::{Region, RegionCommand, RegionRelease};
+use deploy_state::releases::{
+    Counts, RegionProgress, ReleaseCommand, ReleaseResponse, ReleaseState,
+};
+use deploy_state::{Command, Response as SmResponse};
+use deploy_types::GroupName;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::build_api::now_ms;
+use crate::error::ApiError;
+use crate::group::GroupHandle;
+use crate::release_api::propose_release;
+use crate::reports::{HostSeen, HOST_STATES, MAX_HOSTS_PER_REPORT, MAX_SERVICES_PER_HOST};
+use crate::routing::{forwarded, hops, Route, Routing};
+
+/// How often relays should report.
+pub const REPORT_EVERY_MS: u32 = 500;
+/// Decisions one pull returns at most.
+pub const MAX_PULL: u32 = 256;
+/// Finished releases a status page shows.
+const RECENT_FINISHED: usize = 10;
+const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+
+fn invalid(e: impl std::fmt::Display) -> ApiError {
+    ApiError::InvalidArgument(e.to_string())
+}
+
+/// The group of a named region, checked against the config.
+fn region_group(routing: &Routing, region: &str) -> Result<GroupName, ApiError> {
+    if routing.node.config.region(region).is_none() {
+        let known: Vec<&str> = routing.node.config.regions().collect();
+        return Err(ApiError::NotFound(format!(
+            "region {:?} is not in the cluster config (regions: {})",
+            region.chars().take(64).collect::<String>(),
+            known.join(", ")
+        )));
+    }
+    Ok(GroupName::Region(region.to_string()))
+}
+
+fn region_release(r: &RegionRelease) -> pb::RegionRelease {
+    pb::RegionRelease {
+        id: r.id(),
+        service: r.service.clone(),
+        build_id: r.build_id.clone(),
+        state: r.state.as_str().into(),
+        wave: r.wave + 1,
+        waves: r.plan.len() as u32,
+        hosts_total: r.counts.hosts_total,
+        hosts_updated: r.counts.hosts_updated,
+        hosts_failed: r.counts.hosts_failed,
+        reason: r.reason.clone(),
+        wave_started_at_ms: r.wave_started_ms,
+        history: r
+            .history
+            .iter()
+            .map(|e| pb::RegionEvent {
+                at_ms: e.at_ms,
+                by: e.by.clone(),
+                what: e.what.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn host_view(
+    region: &str,
+    state: &Region,
+    host: &str,
+    seen: Option<&HostSeen>,
+    now: Instant,
+) -> Option<pb::Host> {
+    let rack = state.hosts.get(host)?;
+    let goals: BTreeMap<String, _> = state.goals_of(host).into_iter().collect();
+    let mut services: BTreeMap<String, pb::HostService> = goals
+        .iter()
+        .map(|(s, g)| {
+            (
+                s.clone(),
+                pb::HostService {
+                    service: s.clone(),
+                    goal_build_id: g.build_id.clone(),
+                    goal_release: g.release.clone(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    if let Some(seen) = seen {
+        for (s, r) in &seen.services {
+            let e = services
+                .entry(s.clone())
+                .or_insert_with(|| pb::HostService {
+                    service: s.clone(),
+                    ..Default::default()
+                });
+            e.running_build_id = r.build_id.clone();
+            e.state = r.state.clone();
+            e.detail = r.detail.clone();
+        }
+    }
+    Some(pb::Host {
+        host: host.to_string(),
+        rack: rack.clone(),
+        region: region.to_string(),
+        services: services.into_values().collect(),
+        last_report_ms_ago: seen
+            .map(|s| now.saturating_duration_since(s.at).as_millis() as u64)
+            .unwrap_or(0),
+        reported: seen.is_some(),
+    })
+}
+
+pub struct RegionApi {
+    routing: Routing,
+}
+
+impl RegionApi {
+    pub fn new(routing: Routing) -> Self {
+        Self { routing }
+    }
+
+    fn client(&self, addr: &str) -> Result<RegionServiceClient<Channel>, ApiError> {
+        Ok(RegionServiceClient::new(self.routing.channel(addr)?))
+    }
+
+    /// The host reports this replica holds: only a leader has them.
+    fn reports(&self, h: &GroupHandle, region: &str) -> Option<HashMap<String, HostSeen>> {
+        if !h.is_leader() {
+            return None;
+        }
+        let term = h.metrics().current_term;
+        Some(self.routing.node.reports.all(region, term, Instant::now()))
+    }
+}
+
+#[tonic::async_trait]
+impl RegionService for RegionApi {
+    async fn region_status(
+        &self,
+        request: Request<pb::RegionStatusRequest>,
+    ) -> Result<Response<pb::RegionStatusReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let group = region_group(&self.routing, &req.region)?;
+        let h = match self.routing.reader(&group, req.stale, hops).await? {
+            Route::Local(h) => h,
+            Route::Remote(addr) => {
+                return self
+                    .client(&addr)?
+                    .region_status(forwarded(req, hops))
+                    .await
+            }
+        };
+        let seen = self.reports(h, &req.region);
+        let status = h.status();
+        let reply = h.state.read(|d| {
+            let r = &d.state.region;
+            let mut releases: Vec<pb::RegionRelease> = r.unfinished().map(region_release).collect();
+            releases.extend(
+                r.releases
+                    .values()
+                    .rev()
+                    .filter(|x| x.state.is_final())
+                    .take(RECENT_FINISHED)
+                    .map(region_release),
+            );
+            let services = r
+                .services
+                .iter()
+                .map(|(s, g)| {
+                    let mut goals: BTreeMap<String, u64> = BTreeMap::new();
+                    for host in r.hosts.keys() {
+                        if let Some((_, goal)) = r.goals_of(host).into_iter().find(|(x, _)| x == s)
+                        {
+                            *goals.entry(goal.build_id).or_default() += 1;
+                        }
+                    }
+                    let mut running: BTreeMap<String, u64> = BTreeMap::new();
+                    for h in seen.iter().flat_map(|m| m.values()) {
+                        if let Some(x) = h.services.get(s) {
+                            *running.entry(x.build_id.clone()).or_default() += 1;
+                        }
+                    }
+                    let counts = |m: BTreeMap<String, u64>| {
+                        m.into_iter()
+                            .map(|(build_id, hosts)| pb::BuildHosts { build_id, hosts })
+                            .collect()
+                    };
+                    pb::ServiceStatus {
+                        service: s.clone(),
+                        active_release: g
+                            .active
+                            .map(deploy_state::releases::release_id)
+                            .unwrap_or_default(),
+                        goals: counts(goals),
+                        running: counts(running),
+                    }
+                })
+                .collect();
+            pb::RegionStatusReply {
+                region: req.region.clone(),
+                answered_by: status.node_id.clone(),
+                leader: status.leader.clone(),
+                applied_decision: r.applied,
+                hosts: r.hosts.len() as u64,
+                racks: r.racks().len() as u64,
+                services,
+                releases,
+                has_reports: seen.is_some(),
+            }
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn list_hosts(
+        &self,
+        request: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let group = region_group(&self.routing, &req.region)?;
+        if !req.rack.is_empty() {
+            deploy_types::check_name("rack", &req.rack).map_err(invalid)?;
+        }
+        if !req.page_token.is_empty() {
+            deploy_types::check_name("page_token", &req.page_token).map_err(invalid)?;
+        }
+        let size = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        } as usize;
+        let h = match self.routing.reader(&group, req.stale, hops).await? {
+            Route::Local(h) => h,
+            Route::Remote(addr) => {
+                return self.client(&addr)?.list_hosts(forwarded(req, hops)).await
+            }
+        };
+        let seen = self.reports(h, &req.region).unwrap_or_default();
+        let now = Instant::now();
+        let reply = h.state.read(|d| {
+            let r = &d.state.region;
+            let after = req.page_token.clone();
+            let mut hosts: Vec<pb::Host> = r
+                .hosts
+                .iter()
+                .filter(|(host, rack)| {
+                    (req.rack.is_empty() || **rack == req.rack)
+                        && (after.is_empty() || **host > after)
+                })
+                .take(size + 1)
+                .filter_map(|(host, _)| host_view(&req.region, r, host, seen.get(host), now))
+                .collect();
+            let next = if hosts.len() > size {
+                hosts.truncate(size);
+                hosts.last().map(|h| h.host.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            pb::ListHostsReply {
+                hosts,
+                next_page_token: next,
+            }
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn get_host(
+        &self,
+        request: Request<pb::GetHostRequest>,
+    ) -> Result<Response<pb::Host>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let group = region_group(&self.routing, &req.region)?;
+        deploy_types::check_name("host", &req.host).map_err(invalid)?;
+        let h = match self.routing.reader(&group, req.stale, hops).await? {
+            Route::Local(h) => h,
+            Route::Remote(addr) => return self.client(&addr)?.get_host(forwarded(req, hops)).await,
+        };
+        let seen = self.reports(h, &req.region).unwrap_or_default();
+        let host = h.state.read(|d| {
+            host_view(
+                &req.region,
+                &d.state.region,
+                &req.host,
+                seen.get(&req.host),
+                Instant::now(),
+            )
+        });
+        host.map(Response::new).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "host {} is not registered in region {}",
+                req.host, req.region
+            ))
+            .into()
+        })
+    }
+
+    async fn report_rack(
+        &self,
+        request: Request<pb::ReportRackRequest>,
+    ) -> Result<Response<pb::ReportRackReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let group = region_group(&self.routing, &req.region)?;
+        deploy_types::check_name("rack", &req.rack).map_err(invalid)?;
+        if req.hosts.len() > MAX_HOSTS_PER_REPORT {
+            return Err(invalid(format!("at most {MAX_HOSTS_PER_REPORT} hosts per report")).into());
+        }
+        for host in &req.hosts {
+            deploy_types::check_name("host", &host.host).map_err(invalid)?;
+            if host.services.len() > MAX_SERVICES_PER_HOST {
+                return Err(invalid(format!(
+                    "host {}: at most {MAX_SERVICES_PER_HOST} services",
+                    host.host
+                ))
+                .into());
+            }
+            for s in &host.services {
+                deploy_types::check_service(&s.service).map_err(invalid)?;
+                if !HOST_STATES.contains(&s.state.as_str()) {
+                    return Err(invalid(format!(
+                        "host {}: state {:?} is not one of {}",
+                        host.host,
+                        s.state.chars().take(40).collect::<String>(),
+                        HOST_STATES.join(", ")
+                    ))
+                    .into());
+                }
+                if s.build_id.len() > 64 || s.detail.len() > 4096 {
+                    return Err(invalid(format!(
+                        "host {}: build_id or detail too long",
+                        host.host
+                    ))
+                    .into());
+                }
+            }
+        }
+        let h = match self.routing.route(&group, hops).await? {
+            Route::Local(h) => h,
+            Route::Remote(addr) => {
+                return self.client(&addr)?.report_rack(forwarded(req, hops)).await
+            }
+        };
+        // Hosts the region does not know yet (or that moved rack) are registered once.
+        let new: Vec<(String, String)> = h.state.read(|d| {
+            req.hosts
+                .iter()
+                .filter(|x| d.state.region.hosts.get(&x.host) != Some(&req.rack))
+                .map(|x| (x.host.clone(), req.rack.clone()))
+                .collect()
+        });
+        if !new.is_empty() {
+            propose_release(
+                h,
+                Command::Region(RegionCommand::RegisterHosts { hosts: new }),
+            )
+            .await?;
+        }
+        let term = h.metrics().current_term;
+        self.routing
+            .node
+            .reports
+            .record(&req.region, term, &req.rack, &req.hosts, Instant::now());
+        let reply = h.state.read(|d| {
+            let r = &d.state.region;
+            pb::ReportRackReply {
+                hosts: req
+                    .hosts
+                    .iter()
+                    .map(|x| pb::HostGoals {
+                        host: x.host.clone(),
+                        goals: r
+                            .goals_of(&x.host)
+                            .into_iter()
+                            .map(|(service, g)| pb::ServiceGoal {
+                                max_unavailable_per_rack: r
+                                    .release(&g.release)
+                                    .map(|rel| rel.strategy.max_unavailable_per_rack)
+                                    .unwrap_or(1),
+                                service,
+                                build_id: g.build_id,
+                                artifact_digest: g.artifact_digest,
+                                release: g.release,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                report_every_ms: REPORT_EVERY_MS,
+            }
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn pull_decisions(
+        &self,
+        request: Request<pb::PullDecisionsRequest>,
+    ) -> Result<Response<pb::PullDecisionsReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        region_group(&self.routing, &req.region)?;
+        let h = match self.routing.route(&GroupName::Global, hops).await? {
+            Route::Local(h) => h,
+            Route::Remote(addr) => {
+                return self
+                    .client(&addr)?
+                    .pull_decisions(forwarded(req, hops))
+                    .await
+            }
+        };
+        let limit = req.limit.clamp(1, MAX_PULL) as usize;
+        let (decisions, upto) = h
+            .state
+            .read(|d| d.state.releases.decisions_for(&req.region, req.after, limit))
+            .map_err(|oldest| {
+                ApiError::FailedPrecondition(format!(
+                    "region {} applied decisions up to {}, but the oldest kept is {oldest}: it must be rebuilt from a snapshot of another region replica",
+                    req.region, req.after
+                ))
+            })?;
+        let decisions =
+            serde_json::to_vec(&decisions).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Response::new(pb::PullDecisionsReply { decisions, upto }))
+    }
+
+    async fn report_region(
+        &self,
+        request: Request<pb::ReportRegionRequest>,
+    ) -> Result<Response<pb::ReportRegionReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        region_group(&self.routing, &req.region)?;
+        let state = ReleaseState::parse(&req.state).ok_or_else(|| {
+            invalid(format!(
+                "state {:?} is not a release state",
+                req.state.chars().take(40).collect::<String>()
+            ))
+        })?;
+        if req.reason.len() > 4096 {
+            return Err(invalid("reason: at most 4096 bytes").into());
+        }
+        let h = match self.routing.route(&GroupName::Global, hops).await? {
+            Route::Local(h) => h,
+            Route::Remote(addr) => {
+                return self
+                    .client(&addr)?
+                    .report_region(forwarded(req, hops))
+                    .await
+            }
+        };
+        let cmd = Command::Release(ReleaseCommand::Report {
+            id: req.release_id.clone(),
+            region: req.region.clone(),
+            progress: RegionProgress {
+                state: Some(state),
+                wave: req.wave,
+                waves: req.waves,
+                counts: Counts {
+                    hosts_total: req.hosts_total,
+                    hosts_updated: req.hosts_updated,
+                    hosts_failed: req.hosts_failed,
+                },
+                reason: req.reason,
+                updated_at_ms: 0,
+            },
+            now_ms: now_ms(),
+        });
+        match propose_release(h, cmd).await? {
+            SmResponse::Release(ReleaseResponse::State { state, .. }) => {
+                Ok(Response::new(pb::ReportRegionReply {
+                    release_state: state.as_str().into(),
+                }))
+            }
+            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The public release API: create, get, list, and operator actions. Decided by the global
+//! group; any node forwards to its leader.
+
+use deploy_proto::v1 as pb;
+use deploy_proto::v1::release_service_client::ReleaseServiceClient;
+use deploy_proto::v1::release_service_server::ReleaseService;
+use deploy_state::releases::{
+    parse_release_id, Action, Release, ReleaseCommand, ReleaseError, ReleaseResponse, ReleaseState,
+    Strategy,
+};
+use deploy_state::rollout::Canary;
+use deploy_state::{Command, Response as SmResponse};
+use deploy_types::GroupName;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use crate::build_api::now_ms;
+use crate::error::ApiError;
+use crate::group::GroupHandle;
+use crate::routing::{forwarded, hops, Route, Routing};
+
+const GLOBAL: GroupName = GroupName::Global;
+const MAX_PAGE: u32 = 500;
+const DEFAULT_PAGE: u32 = 50;
+const MAX_ACTOR_BYTES: usize = 64;
+
+/// A refused release command as an API error.
+pub fn release_error(e: ReleaseError) -> ApiError {
+    match e {
+        ReleaseError::NotFound(_) => ApiError::NotFound(e.to_string()),
+        ReleaseError::Invalid { .. } => ApiError::InvalidArgument(e.to_string()),
+        ReleaseError::WrongState { .. } | ReleaseError::Refused(_) => {
+            ApiError::FailedPrecondition(e.to_string())
+        }
+    }
+}
+
+/// Proposes a release or region command on the local leader.
+pub async fn propose_release(h: &GroupHandle, cmd: Command) -> Result<SmResponse, ApiError> {
+    match h.propose(cmd).await?.1 {
+        SmResponse::ReleaseRejected(e) => Err(release_error(e)),
+        SmResponse::Rejected(e) => Err(ApiError::InvalidArgument(e)),
+        other => Ok(other),
+    }
+}
+
+fn canary_str(c: &Canary) -> String {
+    match c {
+        Canary::None => "none".into(),
+        Canary::FirstRack => "first-rack".into(),
+        Canary::Hosts(n) => n.to_string(),
+    }
+}
+
+pub fn parse_canary(s: &str) -> Result<Canary, ApiError> {
+    match s {
+        "none" => Ok(Canary::None),
+        "first-rack" => Ok(Canary::FirstRack),
+        n => n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Canary::Hosts)
+            .ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "canary {:?}: expected none, first-rack, or a number of hosts",
+                    n.chars().take(40).collect::<String>()
+                ))
+            }),
+    }
+}
+
+/// A strategy from the API, defaults filled in, checked.
+pub fn strategy_from_proto(p: Option<pb::Strategy>) -> Result<Strategy, ApiError> {
+    let d = Strategy::default();
+    let p = p.unwrap_or_default();
+    let s = Strategy {
+        canary: match p.canary.as_deref() {
+            None => d.canary,
+            Some(c) => parse_canary(c)?,
+        },
+        waves: if p.waves.is_empty() { d.waves } else { p.waves },
+        max_unavailable_per_rack: p
+            .max_unavailable_per_rack
+            .unwrap_or(d.max_unavailable_per_rack),
+        failure_threshold_pct: p.failure_threshold_pct.unwrap_or(d.failure_threshold_pct),
+        min_healthy_ms: p.min_healthy_ms.unwrap_or(d.min_healthy_ms),
+        progress_deadline_ms: p.progress_deadline_ms.unwrap_or(d.progress_deadline_ms),
+        regions_at_once: p.regions_at_once.unwrap_or(d.regions_at_once),
+        auto_rollback: p.auto_rollback.unwrap_or(d.auto_rollback),
+        halt_all_on_failure: p.halt_all_on_failure.unwrap_or(d.halt_all_on_failure),
+    };
+    s.check().map_err(release_error)?;
+    Ok(s)
+}
+
+pub fn strategy_to_proto(s: &Strategy) -> pb::Strategy {
+    pb::Strategy {
+        canary: Some(canary_str(&s.canary)),
+        waves: s.waves.clone(),
+        max_unavailable_per_rack: Some(s.max_unavailable_per_rack),
+        failure_threshold_pct: Some(s.failure_threshold_pct),
+        min_healthy_ms: Some(s.min_healthy_ms),
+        progress_deadline_ms: Some(s.progress_deadline_ms),
+        regions_at_once: Some(s.regions_at_once),
+        auto_rollback: Some(s.auto_rollback),
+        halt_all_on_failure: Some(s.halt_all_on_failure),
+    }
+}
+
+pub fn release_to_proto(r: &Release) -> pb::Release {
+    let c = r.counts();
+    pb::Release {
+        id: r.id(),
+        service: r.service.clone(),
+        build_id: r.build_id.clone(),
+        artifact_digest: r.artifact_digest.clone(),
+        state: r.state.as_str().into(),
+        reason: r.reason.clone(),
+        hosts_total: c.hosts_total,
+        hosts_updated: c.hosts_updated,
+        hosts_failed: c.hosts_failed,
+        regions: r
+            .regions
+            .iter()
+            .map(|g| {
+                let p = r.progress.get(g).cloned().unwrap_or_default();
+                let started = p.state.is_some();
+                pb::RegionRollout {
+                    region: g.clone(),
+                    state: p.state().as_str().into(),
+                    wave: if started { p.wave + 1 } else { 0 },
+                    waves: p.waves,
+                    hosts_total: p.counts.hosts_total,
+                    hosts_updated: p.counts.hosts_updated,
+                    hosts_failed: p.counts.hosts_failed,
+                    reason: p.reason,
+                    updated_at_ms: p.updated_at_ms,
+                }
+            })
+            .collect(),
+        strategy: Some(strategy_to_proto(&r.strategy)),
+        created_by: r.created_by.clone(),
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+        finished_at_ms: r.finished_at_ms.unwrap_or(0),
+        superseded_by: r.superseded_by.clone().unwrap_or_default(),
+        history: r
+            .history
+            .iter()
+            .map(|e| pb::ReleaseEvent {
+                at_ms: e.at_ms,
+                by: e.by.clone(),
+                what: e.what.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    parse_release_id(id).map(|_| ()).ok_or_else(|| {
+        ApiError::InvalidArgument(format!(
+            "id {:?} is not a release id (r-<number>)",
+            id.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+/// Who decides: the request's actor, or "anonymous".
+pub fn actor(a: &str) -> Result<String, ApiError> {
+    if a.is_empty() {
+        return Ok("anonymous".into());
+    }
+    if a.len() > MAX_ACTOR_BYTES || a.chars().any(char::is_control) {
+        return Err(ApiError::InvalidArgument(format!(
+            "actor: expected at most {MAX_ACTOR_BYTES} printable bytes"
+        )));
+    }
+    Ok(a.to_string())
+}
+
+fn read_release(h: &GroupHandle, id: &str) -> Result<pb::Release, ApiError> {
+    h.state
+        .read(|d| d.state.releases.get(id).map(release_to_proto))
+        .ok_or_else(|| ApiError::NotFound(format!("release {id} does not exist")))
+}
+
+pub struct ReleaseApi {
+    routing: Routing,
+}
+
+impl ReleaseApi {
+    pub fn new(routing: Routing) -> Self {
+        Self { routing }
+    }
+
+    fn client(&self, addr: &str) -> Result<ReleaseServiceClient<Channel>, ApiError> {
+        Ok(ReleaseServiceClient::new(self.routing.channel(addr)?))
+    }
+
+    async fn leader(&self, hops: u32) -> Result<Route<'_>, ApiError> {
+        self.routing.route(&GLOBAL, hops).await
+    }
+
+    async fn reader(&self, stale: bool, hops: u32) -> Result<Route<'_>, ApiError> {
+        self.routing.reader(&GLOBAL, stale, hops).await
+    }
+}
+
+#[tonic::async_trait]
+impl ReleaseService for ReleaseApi {
+    #[instrument(skip_all, fields(service = %request.get_ref().service, build = %request.get_ref().build_id))]
+    async fn create_release(
+        &self,
+        request: Request<pb::CreateReleaseRequest>,
+    ) -> Result<Response<pb::Release>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        deploy_types::check_service(&req.service)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        if deploy_state::builds::parse_build_id(&req.build_id).is_none() {
+            return Err(ApiError::InvalidArgument(format!(
+                "build_id {:?} is not a build id (b-<number>)",
+                req.build_id.chars().take(40).collect::<String>()
+            ))
+            .into());
+        }
+        let strategy = strategy_from_proto(req.strategy.clone())?;
+        let by = actor(&req.actor)?;
+        let h = match self.leader(hops).await? {
+            Route::Remote(addr) => {
+                return self
+                    .client(&addr)?
+                    .create_release(forwarded(req, hops))
+                    .await
+            }
+            Route::Local(h) => h,
+        };
+        let known: Vec<String> = self
+            .routing
+            .node
+            .config
+            .regions()
+            .map(str::to_string)
+            .collect();
+        let regions = if req.regions.is_empty() {
+            known.clone()
+        } else {
+            req.regions.clone()
+        };
+        let cmd = Command::Release(ReleaseCommand::Create {
+            service: req.service,
+            build_id: req.build_id,
+            regions,
+            strategy,
+            by,
+            now_ms: now_ms(),
+            known_regions: known,
+        });
+        match propose_release(h, cmd).await? {
+            SmResponse::Release(ReleaseResponse::Created { id, superseded }) => {
+                info!(release = %id, superseded = ?superseded, "release created");
+                Ok(Response::new(read_release(h, &id)?))
+            }
+            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+        }
+    }
+
+    async fn get_release(
+        &self,
+        request: Request<pb::GetReleaseRequest>,
+    ) -> Result<Response<pb::Release>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        check_id(&req.id)?;
+        match self.reader(req.stale, hops).await? {
+            Route::Local(h) => Ok(Response::new(read_release(h, &req.id)?)),
+            Route::Remote(addr) => self.client(&addr)?.get_release(forwarded(req, hops)).await,
+        }
+    }
+
+    async fn list_releases(
+        &self,
+        request: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesReply>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if !req.service.is_empty() {
+            deploy_types::check_service(&req.service)
+                .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        }
+        let state = match req.state.as_str() {
+            "" => None,
+            s => Some(ReleaseState::parse(s).ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "state {:?} is not one of PENDING, ROLLING_OUT, PAUSED, SUCCEEDED, FAILED, ABORTED, ROLLED_BACK",
+                    s.chars().take(40).collect::<String>()
+                ))
+            })?),
+        };
+        let before = match req.page_token.as_str() {
+            "" => None,
+            t => Some(t.parse::<u64>().map_err(|_| {
+                ApiError::InvalidArgument(format!("page_token {t:?} is not one this server gave"))
+            })?),
+        };
+        let size = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        } as usize;
+        let h = match self.reader(req.stale, hops).await? {
+            Route::Local(h) => h,
+            Route::Remote(addr) => {
+                return self
+                    .client(&addr)?
+                    .list_releases(forwarded(req, hops))
+                    .await
+            }
+        };
+        let service = (!req.service.is_empty()).then_some(req.service.as_str());
+        let reply = h.state.read(|d| {
+            let mut page: Vec<&Release> = d
+                .state
+                .releases
+                .list(service, state, before)
+                .take(size + 1)
+                .collect();
+            let next = if page.len() > size {
+                page.truncate(size);
+                page.last().map(|r| r.seq.to_string()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            pb::ListReleasesReply {
+                releases: page.into_iter().map(release_to_proto).collect(),
+                next_page_token: next,
+            }
+        });
+        Ok(Response::new(reply))
+    }
+
+    #[instrument(skip_all, fields(release = %request.get_ref().id, action = %request.get_ref().action))]
+    async fn release_action(
+        &self,
+        request: Request<pb::ReleaseActionRequest>,
+    ) -> Result<Response<pb::Release>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        check_id(&req.id)?;
+        let action = Action::parse(&req.action).ok_or_else(|| {
+            ApiError::InvalidArgument(format!(
+                "action {:?} is not one of pause, resume, abort, rollback, promote",
+                req.action.chars().take(40).collect::<String>()
+            ))
+        })?;
+        let by = actor(&req.actor)?;
+        if req.reason.len() > 1024 {
+            return Err(ApiError::InvalidArgument("reason: at most 1024 bytes".into()).into());
+        }
+        let h = match self.leader(hops).await? {
+            Route::Remote(addr) => {
+                return self
+                    .client(&addr)?
+                    .release_action(forwarded(req, hops))
+                    .await
+            }
+            Route::Local(h) => h,
+        };
+        let cmd = Command::Release(ReleaseCommand::Act {
+            id: req.id.clone(),
+            action,
+            by: by.clone(),
+            reason: req.reason,
+            now_ms: now_ms(),
+        });
+        propose_release(h, cmd).await?;
+        info!(release = %req.id, action = action.as_str(), %by, "release action");
+        Ok(Response::new(read_release(h, &req.id)?))
+    }
+}

@@ -1,0 +1,312 @@
+//! The regional leader's rollout driver.
+//!
+//! One loop per regional group hosted here, acting only while this replica leads: it pulls
+//! the region's global decisions after the last one applied and proposes them into the
+//! region's log; judges each release's current wave from the hosts' reports and commits the
+//! outcome (wave passed, release halted) and periodic summaries; and reports each release's
+//! progress back to the global group until acknowledged. Everything it needs survives a
+//! failover in the log, except reports, which a new leader rebuilds from fresh ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deploy_proto::v1 as pb;
+use deploy_proto::v1::region_service_client::RegionServiceClient;
+use deploy_state::region::RegionCommand;
+use deploy_state::releases::{Counts, Decision, ReleaseState};
+use deploy_state::Command;
+use deploy_types::GroupName;
+use tracing::{debug, info, warn};
+
+use crate::build_api::now_ms;
+use crate::group::GroupHandle;
+use crate::node::Node;
+use crate::region_api::MAX_PULL;
+use crate::release_api::propose_release;
+use crate::reports::{judge, Verdict};
+
+const TICK: Duration = Duration::from_millis(250);
+/// How often unchanged-but-moving counts are committed as a summary.
+const SUMMARY_EVERY: Duration = Duration::from_secs(2);
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most decisions a pulled reply may hold once decoded.
+const MAX_PULL_BYTES: usize = 16 * 1024 * 1024;
+
+/// Starts a driver for every regional group this node hosts.
+pub fn spawn(node: Arc<Node>) {
+    let regions: Vec<String> = node
+        .groups()
+        .filter_map(|g| match &g.name {
+            GroupName::Region(r) => Some(r.clone()),
+            GroupName::Global => None,
+        })
+        .collect();
+    for region in regions {
+        tokio::spawn(drive(node.clone(), region));
+    }
+}
+
+/// What was last acknowledged by the global group for a release: (state, wave, counts).
+type Acked = HashMap<u64, (ReleaseState, u32, Counts)>;
+
+struct Driver {
+    node: Arc<Node>,
+    region: String,
+    group: GroupName,
+    /// Which global voter to ask next.
+    next_global: usize,
+    acked: Acked,
+    summarized: HashMap<u64, Instant>,
+    /// When the global group was last unreachable, to log that once per outage.
+    global_down_since: Option<Instant>,
+}
+
+async fn drive(node: Arc<Node>, region: String) {
+    let mut d = Driver {
+        group: GroupName::Region(region.clone()),
+        node,
+        region,
+        next_global: 0,
+        acked: HashMap::new(),
+        summarized: HashMap::new(),
+        global_down_since: None,
+    };
+    let mut term = 0;
+    loop {
+        tokio::select! {
+            _ = d.node.stopped() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        let Some(h) = d.node.group(&d.group).cloned() else {
+            return;
+        };
+        if !h.is_leader() {
+            continue;
+        }
+        let now_term = h.metrics().current_term;
+        if now_term != term {
+            // A new term: report everything again, the global group may have missed some.
+            term = now_term;
+            d.acked.clear();
+            info!(region = %d.region, term, "leading the region's rollouts");
+        }
+        d.pull(&h).await;
+        d.judge(&h, term).await;
+        d.report(&h).await;
+    }
+}
+
+impl Driver {
+    /// A client of some global voter, rotating on failure.
+    fn global_client(&mut self) -> Option<RegionServiceClient<tonic::transport::Channel>> {
+        let voters = self.node.config.voters(&GroupName::Global)?;
+        if voters.is_empty() {
+            return None;
+        }
+        let name = &voters[self.next_global % voters.len()];
+        let addr = self.node.config.node(name)?.addr.clone();
+        let channel = self.node.pool.get(&addr).ok()?;
+        Some(RegionServiceClient::new(channel))
+    }
+
+    fn global_failed(&mut self, what: &str, e: &tonic::Status) {
+        self.next_global += 1;
+        if self.global_down_since.is_none() {
+            warn!(region = %self.region, error = %e.message(), "cannot {what} the global group; the region carries on with what it holds");
+            self.global_down_since = Some(Instant::now());
+        } else {
+            debug!(region = %self.region, error = %e.message(), "global group still unreachable");
+        }
+    }
+
+    fn global_ok(&mut self) {
+        if let Some(since) = self.global_down_since.take() {
+            info!(region = %self.region, after_ms = since.elapsed().as_millis() as u64, "global group reachable again");
+        }
+    }
+
+    /// Pulls decisions after the last applied and proposes them, until caught up.
+    async fn pull(&mut self, h: &GroupHandle) {
+        for _ in 0..16 {
+            let after = h.state.read(|s| s.state.region.applied);
+            let Some(mut client) = self.global_client() else {
+                return;
+            };
+            let mut req = tonic::Request::new(pb::PullDecisionsRequest {
+                region: self.region.clone(),
+                after,
+                limit: MAX_PULL,
+            });
+            req.set_timeout(CALL_TIMEOUT);
+            let reply = match tokio::time::timeout(CALL_TIMEOUT, client.pull_decisions(req)).await {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(e)) => return self.global_failed("pull decisions from", &e),
+                Err(_) => {
+                    return self.global_failed(
+                        "pull decisions from",
+                        &tonic::Status::deadline_exceeded("no answer"),
+                    )
+                }
+            };
+            self.global_ok();
+            if reply.decisions.len() > MAX_PULL_BYTES {
+                warn!(region = %self.region, bytes = reply.decisions.len(), "refusing an oversized pull");
+                return;
+            }
+            let decisions: Vec<Decision> = match serde_json::from_slice(&reply.decisions) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(region = %self.region, error = %e, "cannot decode pulled decisions");
+                    return;
+                }
+            };
+            if decisions.is_empty() && reply.upto <= after {
+                return;
+            }
+            let full = decisions.len() >= MAX_PULL as usize;
+            let n = decisions.len();
+            let cmd = Command::Region(RegionCommand::Apply {
+                decisions,
+                upto: reply.upto,
+                now_ms: now_ms(),
+            });
+            match propose_release(h, cmd).await {
+                Ok(_) if n > 0 => {
+                    info!(region = %self.region, decisions = n, upto = reply.upto, "applied global decisions")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(region = %self.region, error = %e, "cannot apply pulled decisions");
+                    return;
+                }
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// Judges every rolling release's current wave and commits what follows.
+    async fn judge(&mut self, h: &GroupHandle, term: u64) {
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let releases = h
+            .state
+            .read(|s| s.state.region.unfinished().cloned().collect::<Vec<_>>());
+        for r in releases {
+            let hosts: Vec<&String> = r.plan.iter().flat_map(|w| w.hosts.iter()).collect();
+            let seen = self.node.reports.fresh(&self.region, term, &hosts, now);
+            let (verdict, counts) = judge(&r, &seen, now, now_ms);
+            let id = r.id();
+            let cmd = match verdict {
+                _ if r.state == ReleaseState::Paused => None,
+                Verdict::Pass => Some(RegionCommand::WavePassed {
+                    id: id.clone(),
+                    wave: r.wave,
+                    counts,
+                    now_ms,
+                }),
+                Verdict::Halt(reason) => {
+                    warn!(region = %self.region, release = %id, wave = r.wave + 1, %reason, "halting the release");
+                    Some(RegionCommand::Halt {
+                        id: id.clone(),
+                        wave: r.wave,
+                        reason,
+                        counts,
+                        now_ms,
+                    })
+                }
+                Verdict::Wait => None,
+            };
+            let cmd = cmd.or_else(|| {
+                let due = self
+                    .summarized
+                    .get(&r.seq)
+                    .is_none_or(|t| t.elapsed() >= SUMMARY_EVERY);
+                (counts != r.counts && due).then(|| {
+                    self.summarized.insert(r.seq, now);
+                    RegionCommand::Summary {
+                        id: id.clone(),
+                        counts,
+                    }
+                })
+            });
+            let Some(cmd) = cmd else {
+                continue;
+            };
+            match propose_release(h, Command::Region(cmd)).await {
+                Ok(deploy_state::Response::Region(deploy_state::RegionResponse::State {
+                    state,
+                    wave,
+                    ..
+                })) => {
+                    if state != r.state || wave != r.wave {
+                        info!(region = %self.region, release = %id, state = state.as_str(), wave = wave + 1, "release moved");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    debug!(region = %self.region, release = %id, error = %e, "wave outcome not committed")
+                }
+            }
+        }
+    }
+
+    /// Reports each release whose progress changed since the global group last acknowledged.
+    async fn report(&mut self, h: &GroupHandle) {
+        let releases = h.state.read(|s| {
+            s.state
+                .region
+                .releases
+                .values()
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        for r in releases {
+            let now = (r.state, r.wave, r.counts);
+            if self.acked.get(&r.seq) == Some(&now) {
+                continue;
+            }
+            let Some(mut client) = self.global_client() else {
+                return;
+            };
+            let mut req = tonic::Request::new(pb::ReportRegionRequest {
+                release_id: r.id(),
+                region: self.region.clone(),
+                state: r.state.as_str().into(),
+                wave: r.wave,
+                waves: r.plan.len() as u32,
+                hosts_total: r.counts.hosts_total,
+                hosts_updated: r.counts.hosts_updated,
+                hosts_failed: r.counts.hosts_failed,
+                reason: r.reason.clone(),
+            });
+            req.set_timeout(CALL_TIMEOUT);
+            match tokio::time::timeout(CALL_TIMEOUT, client.report_region(req)).await {
+                Ok(Ok(_)) => {
+                    self.global_ok();
+                    self.acked.insert(r.seq, now);
+                }
+                // The global group does not know this release in this region (it was
+                // dropped, or never sent here): nothing to report.
+                Ok(Err(e))
+                    if matches!(
+                        e.code(),
+                        tonic::Code::NotFound
+                            | tonic::Code::FailedPrecondition
+                            | tonic::Code::InvalidArgument
+                    ) =>
+                {
+                    debug!(region = %self.region, release = %r.id(), error = %e.message(), "report refused");
+                    self.acked.insert(r.seq, now);
+                }
+                Ok(Err(e)) => return self.global_failed("report to", &e),
+                Err(_) => {
+                    return self
+                        .global_failed("report to", &tonic::Status::deadline_exceeded("no answer"))
+                }
+            }
+        }
+    }
+}
