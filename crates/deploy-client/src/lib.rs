@@ -7,6 +7,8 @@
 //!
 //! This crate must not depend on server crates: it is what CI systems link against.
 
+mod releases;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -168,7 +170,7 @@ impl Client {
     /// Runs one call on a channel, moving to the next endpoint if the current one stops
     /// answering, and retrying briefly when the cluster answers Unavailable (no leader yet,
     /// leadership moving): the server says so only when the request was not applied.
-    async fn call_on<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    pub(crate) async fn call_on<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,

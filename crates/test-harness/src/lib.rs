@@ -5,6 +5,7 @@
 //!   restart keep each node's RocksDB directory, as a real crash would.
 //! - [`grpc`]: [`GrpcCluster`], nodes of one process serving real gRPC on loopback.
 //! - [`process`]: [`ProcessCluster`], real `deployd node` processes killed with `kill -9`.
+//! - [`releases`]: simulated hosts and release helpers shared by the release tests.
 //! - [`wait_until`]: tests wait on conditions, never on fixed sleeps.
 //!
 //! Used only by tests; nothing in the product depends on it.
@@ -12,6 +13,7 @@
 pub mod grpc;
 pub mod inproc;
 pub mod process;
+pub mod releases;
 pub mod router;
 pub mod s3;
 

@@ -1,0 +1,170 @@
+//! Helpers of the release tests: simulated hosts, fast strategies, waiting on releases.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_client::Client;
+use deploy_hostsim::{FailRule, SimOptions};
+use deploy_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::gitrepo::{GitRepo, RECIPE};
+use crate::wait_until;
+
+pub const T: Duration = Duration::from_secs(60);
+
+/// Simulated hosts of one region, stopped on drop.
+pub struct Sim {
+    stop: CancellationToken,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Simulates `racks` x `per` hosts of `region` reporting through `endpoints` (the region's
+/// nodes), failing health where `fails` says.
+pub fn simulate(
+    endpoints: &[String],
+    region: &str,
+    racks: u32,
+    per: u32,
+    fails: Option<FailRule>,
+) -> anyhow::Result<Sim> {
+    let client = Arc::new(Client::new(endpoints)?.with_timeout(Duration::from_secs(3)));
+    let mut opts = SimOptions::new(region, racks, per);
+    opts.step = Duration::from_millis(50);
+    if let Some(f) = fails {
+        opts.fails = f;
+    }
+    let stop = CancellationToken::new();
+    tokio::spawn(deploy_hostsim::run(client, opts, stop.clone()));
+    Ok(Sim { stop })
+}
+
+/// A strategy that moves quickly: a one-rack canary, then half the racks, then the rest;
+/// hosts must stay healthy `min_healthy_ms`.
+pub fn fast(min_healthy_ms: u64) -> pb::Strategy {
+    pb::Strategy {
+        canary: Some("first-rack".into()),
+        waves: vec![50, 100],
+        min_healthy_ms: Some(min_healthy_ms),
+        progress_deadline_ms: Some(min_healthy_ms.max(30_000) * 2),
+        ..Default::default()
+    }
+}
+
+/// Waits until region `region` has registered `hosts` hosts.
+pub async fn wait_hosts(client: &Client, region: &str, hosts: u64) -> anyhow::Result<()> {
+    wait_until(T, &format!("{hosts} hosts in {region}"), || async {
+        let s = client
+            .region_status(pb::RegionStatusRequest {
+                region: region.into(),
+                stale: false,
+            })
+            .await
+            .ok()?;
+        (s.hosts >= hosts).then_some(())
+    })
+    .await
+}
+
+/// Waits until release `id` satisfies `done` (as the global group sees it).
+pub async fn wait_release(
+    client: &Client,
+    id: &str,
+    what: &str,
+    done: impl Fn(&pb::Release) -> bool,
+) -> anyhow::Result<pb::Release> {
+    wait_until(T, &format!("release {id}: {what}"), || async {
+        let r = client.get_release(id, false).await.ok()?;
+        done(&r).then_some(r)
+    })
+    .await
+}
+
+pub fn is_final(r: &pb::Release) -> bool {
+    matches!(
+        r.state.as_str(),
+        "SUCCEEDED" | "FAILED" | "ABORTED" | "ROLLED_BACK"
+    )
+}
+
+/// The region's view of release `id`.
+pub async fn region_release(client: &Client, region: &str, id: &str) -> Option<pb::RegionRelease> {
+    let s = client
+        .region_status(pb::RegionStatusRequest {
+            region: region.into(),
+            stale: false,
+        })
+        .await
+        .ok()?;
+    s.releases.into_iter().find(|r| r.id == id)
+}
+
+/// Every host of a region, with its goal and what it reports.
+pub async fn hosts(client: &Client, region: &str) -> anyhow::Result<Vec<pb::Host>> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_hosts(pb::ListHostsRequest {
+                region: region.into(),
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await?;
+        out.extend(page.hosts);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// The goal build of `service` on `host` ("" for none).
+pub fn goal(host: &pb::Host, service: &str) -> String {
+    host.services
+        .iter()
+        .find(|s| s.service == service)
+        .map(|s| s.goal_build_id.clone())
+        .unwrap_or_default()
+}
+
+/// Builds commits of a fresh repository, one per `tags` entry, and waits until each build
+/// SUCCEEDED; returns their ids.
+pub async fn succeeded_builds(
+    client: &Client,
+    dir: &std::path::Path,
+    service: &str,
+    tags: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    let repo = GitRepo::init(&dir.join(format!("repo-{service}")))?;
+    let script = "mkdir -p out\ncp TAG out/tag\n";
+    let mut ids = Vec::new();
+    for (i, tag) in tags.iter().enumerate() {
+        let files: Vec<(&str, &str)> = if i == 0 {
+            vec![("deploy.toml", RECIPE), ("build.sh", script), ("TAG", tag)]
+        } else {
+            vec![("TAG", tag)]
+        };
+        let sha = repo.commit(tag, &files)?;
+        ids.push(client.submit_build(service, &repo.url(), &sha).await?.id);
+    }
+    for id in &ids {
+        let b = wait_until(T, &format!("build {id} to end"), || async {
+            let b = client.get_build(id, false).await.ok()?;
+            matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
+        })
+        .await?;
+        anyhow::ensure!(
+            b.state == "SUCCEEDED",
+            "build {id} ended {}: {}",
+            b.state,
+            b.error
+        );
+    }
+    Ok(ids)
+}
