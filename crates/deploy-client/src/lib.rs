@@ -26,8 +26,10 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use tonic::Code;
 
-/// The endpoint `deployd dev` serves (its first global node), used when none is given.
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7001";
+/// The nodes `deployd dev` serves (cluster-config/local.toml), used when no endpoint is
+/// given: the global nodes first, then each region's, so a region still answers while the
+/// global group is down.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003,http://127.0.0.1:7011,http://127.0.0.1:7012,http://127.0.0.1:7013,http://127.0.0.1:7021,http://127.0.0.1:7022,http://127.0.0.1:7023";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -44,6 +46,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The gRPC code the cluster answered with, if it answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
     /// True when the cluster could not be reached or had no leader to serve the request.
     pub fn is_unavailable(&self) -> bool {
         match self {

@@ -276,7 +276,8 @@ impl Region {
                 }
                 r.counts = *counts;
                 let seq = r.seq;
-                self.advance(seq, *now_ms, "region", format!("wave {wave} passed"));
+                let what = format!("wave {} passed", wave + 1);
+                self.advance(seq, *now_ms, "region", what);
                 self.state_of(seq)
             }
             RegionCommand::Halt {
@@ -389,8 +390,8 @@ impl Region {
                     }
                     Action::Promote => {
                         r.state = ReleaseState::RollingOut;
-                        let wave = r.wave;
-                        self.advance(seq, now_ms, &d.by, format!("wave {wave} promoted"));
+                        let what = format!("wave {} promoted", r.wave + 1);
+                        self.advance(seq, now_ms, &d.by, what);
                     }
                 }
             }

@@ -47,6 +47,130 @@ pub enum Command {
     /// Artifacts in the regions' stores.
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
+    /// Releases: roll a build out to regions in waves, and steer it.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// A region as its own group sees it (works while the global group is down).
+    #[command(subcommand)]
+    Region(RegionCommand),
+    /// The hosts of a region (--region).
+    #[command(subcommand)]
+    Hosts(HostsCommand),
+    /// One host: its rack, goals, and what it last reported.
+    #[command(subcommand)]
+    Host(HostCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct StrategyArgs {
+    /// Canary: `first-rack`, `none`, or a number of hosts.
+    #[arg(long)]
+    pub canary: Option<String>,
+    /// Cumulative percentages of racks per wave after the canary (e.g. 10,50,100).
+    #[arg(long, value_delimiter = ',')]
+    pub waves: Vec<u32>,
+    /// Hosts of one rack updating at once.
+    #[arg(long)]
+    pub max_unavailable: Option<u32>,
+    /// Percentage of a wave's hosts that may fail before the release halts.
+    #[arg(long)]
+    pub failure_threshold: Option<u32>,
+    /// How long a wave's hosts must stay healthy, in milliseconds.
+    #[arg(long)]
+    pub min_healthy_ms: Option<u64>,
+    /// A wave not passed within this many seconds halts the release.
+    #[arg(long)]
+    pub deadline_secs: Option<u64>,
+    /// Regions rolling out at once, in the order given.
+    #[arg(long)]
+    pub regions_at_once: Option<u32>,
+    /// On a halt, leave moved hosts on the new build (default: roll them back).
+    #[arg(long)]
+    pub no_auto_rollback: bool,
+    /// Let other regions carry on when one fails (default: stop them all).
+    #[arg(long)]
+    pub continue_on_failure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Decision {
+    /// Release id (r-<n>).
+    pub id: String,
+    /// Why, recorded in the release's history.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Release a SUCCEEDED build of a service to regions (default: all, in config order).
+    Create {
+        #[arg(long)]
+        service: String,
+        /// Build id (b-<n>); it must have SUCCEEDED.
+        #[arg(long)]
+        build: String,
+        /// Regions in rollout order, comma-separated.
+        #[arg(long = "regions", value_delimiter = ',')]
+        regions: Vec<String>,
+        #[command(flatten)]
+        strategy: StrategyArgs,
+        /// Wait until the release ends, showing each region's waves; exit 0 only if it SUCCEEDED.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show one release with its regions and decision history.
+    Get { id: String },
+    /// Releases, newest first.
+    List {
+        #[arg(long)]
+        service: Option<String>,
+        /// PENDING, ROLLING_OUT, PAUSED, SUCCEEDED, FAILED, ABORTED or ROLLED_BACK.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Hold the rollout at its current wave.
+    Pause(Decision),
+    /// Continue a paused rollout.
+    Resume(Decision),
+    /// Stop the rollout where it is; moved hosts keep the new build.
+    Abort(Decision),
+    /// Return every moved host to the build it had.
+    Rollback(Decision),
+    /// Pass the current wave now (skip the canary's wait).
+    Promote(Decision),
+    /// Follow a release until it ends; exit 0 only if it SUCCEEDED.
+    Watch { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegionCommand {
+    /// The region's releases, services, and what its hosts run (needs --region).
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// Hosts of --region, with their goal and reported state per service.
+    List {
+        /// Only this rack's hosts.
+        #[arg(long)]
+        rack: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// One host (searched in every region unless --region is given).
+    Get { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +308,21 @@ impl Global {
         }
     }
 
+    /// Who decides: `DEPLOY_ACTOR`, else the login name.
+    pub fn actor(&self) -> String {
+        std::env::var("DEPLOY_ACTOR")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "anonymous".into())
+    }
+
+    /// The region a command needs.
+    pub fn need_region(&self) -> Result<String, Failure> {
+        self.region.clone().ok_or_else(|| Failure {
+            message: "this command needs --region <name>".into(),
+            code: exit::USAGE,
+        })
+    }
+
     pub fn client(&self) -> Result<Client, Failure> {
         Ok(Client::from_list(&self.endpoint)?)
     }
@@ -193,6 +332,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Cluster(c) => crate::cluster::run(&cli.global, c).await,
         Command::Build(c) => crate::build::run(&cli.global, c).await,
+        Command::Release(c) => crate::release::run(&cli.global, c).await,
+        Command::Region(c) => crate::region::region(&cli.global, c).await,
+        Command::Hosts(c) => crate::region::hosts(&cli.global, c).await,
+        Command::Host(c) => crate::region::host(&cli.global, c).await,
         Command::Artifacts(ArtifactsCommand::Gc { dry_run }) => {
             let reply = cli.global.client()?.collect_garbage(dry_run).await?;
             crate::output::print(cli.global.output, &reply, |r| {

@@ -4,6 +4,8 @@ mod build;
 mod cli;
 mod cluster;
 mod output;
+mod region;
+mod release;
 
 use std::process::ExitCode;
 

@@ -44,3 +44,39 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
         line(row.iter().map(String::as_str).collect());
     }
 }
+
+/// Unix milliseconds as UTC `YYYY-MM-DD hh:mm:ss.mmm`.
+pub fn ms(t: u64) -> String {
+    if t == 0 {
+        return "-".into();
+    }
+    let (days, rem) = ((t / 86_400_000) as i64, t % 86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}.{milli:03}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc() {
+        assert_eq!(super::ms(0), "-");
+        assert_eq!(super::ms(1), "1970-01-01 00:00:00.001");
+        assert_eq!(super::ms(951_782_400_000), "2000-02-29 00:00:00.000");
+        assert_eq!(super::ms(1_795_800_934_783), "2026-11-27 17:35:34.783");
+    }
+}

@@ -61,7 +61,45 @@ pub enum Command {
         /// Where the nodes keep their data; restarting with the same directory resumes.
         #[arg(long, default_value = ".deploy/dev")]
         data_dir: PathBuf,
+        /// Also simulate RACKSxHOSTS hosts in every region (e.g. 3x4), reporting like agents.
+        #[arg(long, value_name = "RACKSxHOSTS", value_parser = parse_shape)]
+        simulate_hosts: Option<(u32, u32)>,
+        /// Nodes not to run here (comma-separated), to run them as separate `deployd node`
+        /// processes with the config this writes to <data-dir>/cluster.toml, and stop them
+        /// at will (e.g. the whole global group).
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<String>,
     },
+    /// Simulate a region's hosts: report like rack relays and follow the goals, so releases
+    /// can be tried without agents.
+    Simhosts {
+        /// API endpoint(s) of the region's nodes (any node forwards), comma-separated.
+        #[arg(long, env = "DEPLOY_ENDPOINT", default_value = "http://127.0.0.1:7001")]
+        endpoint: String,
+        #[arg(long)]
+        region: String,
+        /// RACKSxHOSTS, e.g. 3x4.
+        #[arg(long, value_parser = parse_shape, default_value = "3x4")]
+        shape: (u32, u32),
+        /// How long each update step (download, install, start) takes, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        step_ms: u64,
+        /// Builds on which every host fails its health check (repeatable).
+        #[arg(long)]
+        fail_build: Vec<String>,
+    },
+}
+
+/// Parses RACKSxHOSTS, each 1-1000.
+pub fn parse_shape(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?}: expected RACKSxHOSTS, each 1-1000, e.g. 3x4");
+    let (r, h) = s.split_once('x').ok_or_else(bad)?;
+    let r: u32 = r.parse().map_err(|_| bad())?;
+    let h: u32 = h.parse().map_err(|_| bad())?;
+    if !(1..=1000).contains(&r) || !(1..=1000).contains(&h) {
+        return Err(bad());
+    }
+    Ok((r, h))
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,7 +144,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("add to the cluster config:\n[signing]\nkey_file = \"{}\"\ntrusted_keys = [\"{public}\"]", out.display());
             Ok(())
         }
-        Command::Dev { config, data_dir } => crate::dev::run(config.as_deref(), &data_dir).await,
+        Command::Dev {
+            config,
+            data_dir,
+            simulate_hosts,
+            exclude,
+        } => crate::dev::run(config.as_deref(), &data_dir, simulate_hosts, &exclude).await,
+        Command::Simhosts {
+            endpoint,
+            region,
+            shape,
+            step_ms,
+            fail_build,
+        } => {
+            let client = deploy_client::Client::from_list(&endpoint)?
+                .with_timeout(std::time::Duration::from_secs(5));
+            let mut opts = deploy_hostsim::SimOptions::new(&region, shape.0, shape.1);
+            opts.step = std::time::Duration::from_millis(step_ms.clamp(1, 60_000));
+            if !fail_build.is_empty() {
+                opts.fails =
+                    std::sync::Arc::new(move |_, _, build| fail_build.iter().any(|b| b == build));
+            }
+            let stop = tokio_util::sync::CancellationToken::new();
+            let task = tokio::spawn(deploy_hostsim::run(
+                std::sync::Arc::new(client),
+                opts,
+                stop.clone(),
+            ));
+            println!(
+                "simulating {}x{} hosts in {region}; stop with Ctrl-C",
+                shape.0, shape.1
+            );
+            shutdown_signal().await;
+            stop.cancel();
+            let _ = task.await;
+            Ok(())
+        }
     }
 }
 

@@ -11,14 +11,29 @@ use deploy_raft::network::ChannelPool;
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub async fn run(config_path: Option<&Path>, data_dir: &Path) -> anyhow::Result<()> {
+pub async fn run(
+    config_path: Option<&Path>,
+    data_dir: &Path,
+    simulate_hosts: Option<(u32, u32)>,
+    exclude: &[String],
+) -> anyhow::Result<()> {
     let mut config = crate::cli::load_config(config_path)?;
-    ensure_signing_key(&mut config, data_dir)?;
+    for id in exclude {
+        if config.node(&deploy_types::NodeName::new(id)?).is_none() {
+            anyhow::bail!("--exclude {id}: no such node in the config");
+        }
+    }
+    let made_key = ensure_signing_key(&mut config, data_dir)?;
+    let written = write_effective_config(config_path, data_dir, made_key.as_ref())?;
     let config = Arc::new(config);
     let pool = ChannelPool::tcp();
     // Bind every listener before starting any node, so a busy port fails fast and cleanly.
     let mut listeners = Vec::new();
-    for n in config.nodes() {
+    for n in config
+        .nodes()
+        .iter()
+        .filter(|n| !exclude.contains(&n.id.to_string()))
+    {
         let l = TcpListener::bind(&n.addr).await.with_context(|| {
             format!(
                 "cannot listen on {} for node {}; is another deployd dev running?",
@@ -50,6 +65,25 @@ pub async fn run(config_path: Option<&Path>, data_dir: &Path) -> anyhow::Result<
         .with_context(|| format!("cannot start worker {}", w.id))?;
         workers.push(tokio::spawn(worker.run(stop_workers.clone())));
     }
+    // Simulated hosts report to their region's own nodes, like rack relays would.
+    if let Some((racks, per)) = simulate_hosts {
+        for region in config.regions() {
+            let group = deploy_types::GroupName::Region(region.to_string());
+            let addrs: Vec<String> = config
+                .voters(&group)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| config.node(n).map(|n| n.addr.clone()))
+                .collect();
+            let client = deploy_client::Client::new(&addrs)?.with_timeout(Duration::from_secs(5));
+            let opts = deploy_hostsim::SimOptions::new(region, racks, per);
+            workers.push(tokio::spawn(deploy_hostsim::run(
+                Arc::new(client),
+                opts,
+                stop_workers.clone(),
+            )));
+        }
+    }
     let endpoint = config
         .voters(&deploy_types::GroupName::Global)
         .and_then(|v| v.first())
@@ -64,7 +98,20 @@ pub async fn run(config_path: Option<&Path>, data_dir: &Path) -> anyhow::Result<
     );
     println!("deployd dev: {config}");
     println!("deployd dev: data in {}", data_dir.display());
+    println!("deployd dev: config in {}", written.display());
+    if !exclude.is_empty() {
+        println!(
+            "deployd dev: not running {}; start one with `deployd node --config {} --id <id> --data-dir {}/<id> --store-base {}`",
+            exclude.join(", "),
+            written.display(),
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
     println!("deployd dev: {} build workers", config.workers.len());
+    if let Some((racks, per)) = simulate_hosts {
+        println!("deployd dev: {racks}x{per} simulated hosts in every region");
+    }
     println!("deployd dev: API endpoint {endpoint}");
     println!("deployd dev: try `deployctl cluster status`; stop with Ctrl-C");
     crate::cli::shutdown_signal().await;
@@ -98,13 +145,14 @@ async fn wait_for_leaders(nodes: &[RunningNode], within: Duration) {
 }
 
 /// Gives the dev cluster a signing key of its own when its config names none: made on first
-/// start under the data directory, trusted by every node.
+/// start under the data directory, trusted by every node. Returns (key file, public key)
+/// when it did.
 fn ensure_signing_key(
     config: &mut deploy_types::ClusterConfig,
     data_dir: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<(String, String)>> {
     if config.signing.key_file.is_some() {
-        return Ok(());
+        return Ok(None);
     }
     let path = std::path::absolute(data_dir.join("keys").join("build.key"))?;
     if !path.exists() {
@@ -118,5 +166,34 @@ fn ensure_signing_key(
     if !config.signing.trusted_keys.contains(&key.public_hex()) {
         config.signing.trusted_keys.push(key.public_hex());
     }
-    Ok(())
+    Ok(Some((path.display().to_string(), key.public_hex())))
+}
+
+/// Writes the config the dev cluster runs (with the key it made) to
+/// `<data_dir>/cluster.toml`, so its nodes can also be run as separate processes.
+fn write_effective_config(
+    config_path: Option<&Path>,
+    data_dir: &Path,
+    made_key: Option<&(String, String)>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let mut text = match config_path {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
+        None => deploy_types::config::LOCAL_TOML.to_string(),
+    };
+    if let Some((key_file, public)) = made_key {
+        if text.lines().any(|l| l.trim() == "[signing]") {
+            anyhow::bail!(
+                "the config has a [signing] table without key_file: name the key file there"
+            );
+        }
+        text.push_str(&format!(
+            "\n# Added by deployd dev: the key it made for this data directory.\n[signing]\nkey_file = {key_file:?}\ntrusted_keys = [{public:?}]\n"
+        ));
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("cluster.toml");
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
