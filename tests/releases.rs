@@ -371,3 +371,40 @@ async fn pause_holds_resume_continues_promote_skips_the_wait_and_abort_stops() -
     assert_eq!(hs.iter().filter(|h| goal(h, "web") == ids[1]).count(), 4);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_a_released_artifact_past_keep_per_service() -> anyhow::Result<()> {
+    // Keep one build per service, no grace: only a release keeps the older artifact.
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .retention(1, 0);
+    let c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    let ids = succeeded_builds(&client, &c.dir(), "web", &["v1", "v2", "v3"]).await?;
+    let digest = |id: &str| {
+        let client = &client;
+        let id = id.to_string();
+        async move { anyhow::Ok(client.get_build(&id, false).await?.artifact_digest) }
+    };
+    // A region without hosts: the release succeeds at once.
+    let r = create(&client, &ids[0], &["east"], fast(100)).await?;
+    let done = wait_release(&client, &r.id, "to end", is_final).await?;
+    assert_eq!(done.state, "SUCCEEDED");
+    let gc = client.collect_garbage(false).await?;
+    let kept: Vec<&String> = gc.kept_artifacts.iter().collect();
+    assert!(
+        kept.contains(&&digest(&ids[0]).await?),
+        "the released v1: {kept:?}"
+    );
+    assert!(kept.contains(&&digest(&ids[2]).await?), "the newest v3");
+    let v2 = digest(&ids[1]).await?;
+    assert!(!kept.contains(&&v2), "v2 is neither newest nor released");
+    let deleted: Vec<&String> = gc
+        .stores
+        .iter()
+        .flat_map(|s| s.delete_manifests.iter())
+        .collect();
+    assert!(deleted.contains(&&v2), "{deleted:?}");
+    Ok(())
+}

@@ -1,8 +1,6 @@
 //! The artifact API: garbage collection of the regions' stores by the retention policy.
 //! It runs on the global leader, which knows every build.
 
-use std::collections::BTreeSet;
-
 use deploy_artifact::gc::{kept_artifacts, plan, BuildRef};
 use deploy_proto::v1::artifact_service_client::ArtifactServiceClient;
 use deploy_proto::v1::artifact_service_server::ArtifactService;
@@ -14,6 +12,9 @@ use tracing::{info, instrument};
 
 use crate::error::ApiError;
 use crate::routing::{forwarded, hops, Route, Routing};
+
+/// Each service's newest releases whose artifacts are kept.
+const RELEASES_KEPT_PER_SERVICE: usize = 3;
 
 pub struct ArtifactApi {
     routing: Routing,
@@ -62,11 +63,16 @@ impl ArtifactService for ArtifactApi {
                 })
                 .collect()
         });
-        // No release references artifacts yet; releases will add theirs here.
+        // What releases put (or may put back) on hosts stays, whatever its age.
+        let referenced = h.state.read(|d| {
+            d.state
+                .releases
+                .referenced_artifacts(RELEASES_KEPT_PER_SERVICE)
+        });
         let kept = kept_artifacts(
             &builds,
             node.config.builds.keep_per_service as usize,
-            &BTreeSet::new(),
+            &referenced,
         );
         let grace_ms = node.config.builds.gc_grace_secs.saturating_mul(1000);
         let mut stores = Vec::new();

@@ -193,12 +193,12 @@ pub fn judge(
     let mut failed: Vec<(&String, String)> = Vec::new();
     for h in hosts {
         match on_build(h) {
-            Some(s) if s.state == HEALTHY => {
-                if s.healthy_since
-                    .is_some_and(|t| now.saturating_duration_since(t) >= min_healthy)
-                {
-                    ready += 1;
-                }
+            Some(s)
+                if s.state == HEALTHY
+                    && s.healthy_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= min_healthy) =>
+            {
+                ready += 1
             }
             Some(s) if is_failure(&s.state) => failed.push((h, s.detail.clone())),
             _ => {}

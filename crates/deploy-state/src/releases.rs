@@ -7,7 +7,7 @@
 //! Regions report their progress back; from those reports this module starts the next regions
 //! (in the release's order, so many at once) and stops the others when one fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -453,6 +453,22 @@ impl Releases {
             .map(|(_, r)| r)
             .filter(move |r| service.is_none_or(|s| r.service == s))
             .filter(move |r| state.is_none_or(|s| r.state == s))
+    }
+
+    /// Artifacts hosts may run or roll back to, which retention must keep: those of every
+    /// unfinished release and of each service's newest `per_service` releases (what runs,
+    /// what a rollback returns to, what an abort left on part of the hosts).
+    pub fn referenced_artifacts(&self, per_service: usize) -> BTreeSet<String> {
+        let mut kept = BTreeSet::new();
+        let mut taken: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in self.by_seq.values().rev() {
+            let n = taken.entry(&r.service).or_default();
+            if !r.state.is_final() || *n < per_service {
+                kept.insert(r.artifact_digest.clone());
+            }
+            *n += 1;
+        }
+        kept
     }
 
     /// Up to `limit` decisions for `region` after number `after`, and the number the region

@@ -367,3 +367,22 @@ fn pulls_page_in_order_and_say_how_far_they_reach() {
         assert_eq!(parse_release_id(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn retention_keeps_what_hosts_run_or_may_return_to() {
+    let mut b = Builds::default();
+    let web = build(&mut b, "web", true);
+    let api = build(&mut b, "api", true);
+    let mut q = Releases::default();
+    for _ in 0..4 {
+        create(&mut q, &b, &web, "web", Strategy::default()).unwrap();
+    }
+    create(&mut q, &b, &api, "api", Strategy::default()).unwrap();
+    let kept = q.referenced_artifacts(3);
+    assert!(
+        kept.contains("sha256:web") && kept.contains("sha256:api"),
+        "{kept:?}"
+    );
+    assert_eq!(kept.len(), 2);
+    assert!(Releases::default().referenced_artifacts(3).is_empty());
+}

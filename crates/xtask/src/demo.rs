@@ -3,7 +3,8 @@
 //! Builds the binaries, starts `deployd dev` on the embedded config with a fresh data
 //! directory, waits until every group has a leader and all members agree, prints the
 //! cluster status, makes a sample git repository and builds its HEAD through the cluster
-//! (queue, worker, artifact in every region's store), then keeps the cluster running until
+//! (queue, worker, artifact in every region's store), releases it in waves to every
+//! (simulated) host of both regions with live progress, then keeps the cluster running until
 //! Ctrl-C.
 
 use std::process::{Child, Command, Stdio};
@@ -47,6 +48,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .arg("dev")
         .arg("--data-dir")
         .arg(&data)
+        .args(["--simulate-hosts", "3x4"])
         .stdin(Stdio::null())
         .spawn()
         .context("cannot start deployd dev")?;
@@ -98,11 +100,30 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     println!("its build log:");
     run_checked(Command::new(&ctl).args(["build", "logs", "b-1"]))?;
     println!();
+    println!("releasing b-1 to every host of both regions, in waves:");
+    run_checked(Command::new(&ctl).args([
+        "release",
+        "create",
+        "--service",
+        "hello",
+        "--build",
+        "b-1",
+        "--min-healthy-ms",
+        "1000",
+        "--wait",
+    ]))?;
+    for region in ["us-east", "eu-west"] {
+        println!();
+        run_checked(Command::new(&ctl).args(["region", "status", "--region", region]))?;
+    }
+    println!();
     println!("the cluster keeps running; in another terminal try:");
     for cmd in [
         "cluster status",
         "build list",
         "build get b-1 --output json",
+        "release get r-1",
+        "hosts list --region us-east",
         "cluster meta set greeting hello",
     ] {
         println!("  {}/deployctl {cmd}", bins.display());
