@@ -231,7 +231,10 @@ async fn a_region_cut_off_applies_every_decision_in_order_once_restored() -> any
     let _west = simulate(&region_addrs(&c, "west"), "west", 2, 2, None)?;
     let ids = succeeded_builds(&client, &c.dir(), "web", &["v1", "v2", "v3"]).await?;
     wait_hosts(&client, "west", 4).await?;
-    c.stop_node("west-1").await?;
+    // West's nodes can no longer reach the global group (the other way needs no path:
+    // regions pull).
+    c.cut(&["west-1"], &["g1", "g2", "g3"]);
+    let west = region_client(&c, "west")?;
     let both = pb::Strategy {
         regions_at_once: Some(2),
         ..fast(100)
@@ -249,10 +252,24 @@ async fn a_region_cut_off_applies_every_decision_in_order_once_restored() -> any
         let r = client.get_release(id, false).await?;
         assert_eq!(r.state, "ABORTED");
     }
-    c.start_node("west-1").await?;
+    // East went ahead; west, cut off, has applied none of it and still answers.
+    wait_until(T, "east to finish the third", || async {
+        let rr = region_release(&client, "east", &rel[2]).await?;
+        (rr.state == "SUCCEEDED").then_some(())
+    })
+    .await?;
+    let status = west
+        .region_status(pb::RegionStatusRequest {
+            region: "west".into(),
+            stale: false,
+        })
+        .await?;
+    assert!(status.releases.is_empty(), "{:?}", status.releases);
+    assert_eq!(status.applied_decision, 0);
+    assert_eq!(client.get_release(&rel[2], false).await?.state, "ROLLING_OUT");
+    c.heal();
     let done = wait_release(&client, &rel[2], "to end", is_final).await?;
     assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
-    let west = region_client(&c, "west")?;
     let status = west
         .region_status(pb::RegionStatusRequest {
             region: "west".into(),

@@ -21,11 +21,10 @@ use tracing::instrument;
 
 use crate::error::ApiError;
 use crate::group::GroupHandle;
+use crate::paging::{list_args, page};
 use crate::routing::{forwarded, hops, Route, Routing};
 
 const GLOBAL: GroupName = GroupName::Global;
-const MAX_PAGE: u32 = 500;
-const DEFAULT_PAGE: u32 = 50;
 /// How often a followed log is polled for new segments.
 const LOG_POLL: Duration = Duration::from_millis(250);
 
@@ -204,50 +203,27 @@ impl BuildService for BuildApi {
     ) -> Result<Response<ListBuildsReply>, Status> {
         let hops = hops(&request);
         let req = request.into_inner();
-        if !req.service.is_empty() {
-            deploy_types::check_service(&req.service)
-                .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        }
-        let state = match req.state.as_str() {
-            "" => None,
-            s => Some(BuildState::parse(s).ok_or_else(|| {
-                ApiError::InvalidArgument(format!(
-                    "state {:?} is not one of QUEUED, RUNNING, REPLICATING, SUCCEEDED, FAILED, CANCELLED",
-                    s.chars().take(40).collect::<String>()
-                ))
-            })?),
-        };
-        let before = match req.page_token.as_str() {
-            "" => None,
-            t => Some(t.parse::<u64>().map_err(|_| {
-                ApiError::InvalidArgument(format!("page_token {t:?} is not one this server gave"))
-            })?),
-        };
-        let size = match req.page_size {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        } as usize;
+        let args = list_args(
+            &req.service,
+            &req.state,
+            BuildState::parse,
+            "QUEUED, RUNNING, REPLICATING, SUCCEEDED, FAILED, CANCELLED",
+            &req.page_token,
+            req.page_size,
+        )?;
         let h = match self.reader(req.stale, hops).await? {
             Route::Local(h) => h,
             Route::Remote(addr) => {
                 return self.client(&addr)?.list_builds(forwarded(req, hops)).await
             }
         };
-        let service = (!req.service.is_empty()).then_some(req.service.as_str());
         let regions = self.regions();
         let reply = h.state.read(|d| {
-            let mut page: Vec<&Build> = d
+            let items = d
                 .state
                 .builds
-                .list(service, state, before)
-                .take(size + 1)
-                .collect();
-            let next = if page.len() > size {
-                page.truncate(size);
-                page.last().map(|b| b.seq.to_string()).unwrap_or_default()
-            } else {
-                String::new()
-            };
+                .list(args.service.as_deref(), args.state, args.before);
+            let (page, next) = page(items, args.size, |b| b.seq);
             ListBuildsReply {
                 builds: page.into_iter().map(|b| to_proto(b, &regions)).collect(),
                 next_page_token: next,

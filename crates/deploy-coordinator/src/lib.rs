@@ -19,6 +19,7 @@ pub mod error;
 pub mod group;
 pub mod http;
 pub mod node;
+pub mod paging;
 pub mod raft_service;
 pub mod region_api;
 pub mod release_api;

@@ -18,11 +18,10 @@ use tracing::{info, instrument};
 use crate::build_api::now_ms;
 use crate::error::ApiError;
 use crate::group::GroupHandle;
+use crate::paging::{list_args, page};
 use crate::routing::{forwarded, hops, Route, Routing};
 
 const GLOBAL: GroupName = GroupName::Global;
-const MAX_PAGE: u32 = 500;
-const DEFAULT_PAGE: u32 = 50;
 const MAX_ACTOR_BYTES: usize = 64;
 
 /// A refused release command as an API error.
@@ -286,29 +285,14 @@ impl ReleaseService for ReleaseApi {
     ) -> Result<Response<pb::ListReleasesReply>, Status> {
         let hops = hops(&request);
         let req = request.into_inner();
-        if !req.service.is_empty() {
-            deploy_types::check_service(&req.service)
-                .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        }
-        let state = match req.state.as_str() {
-            "" => None,
-            s => Some(ReleaseState::parse(s).ok_or_else(|| {
-                ApiError::InvalidArgument(format!(
-                    "state {:?} is not one of PENDING, ROLLING_OUT, PAUSED, SUCCEEDED, FAILED, ABORTED, ROLLED_BACK",
-                    s.chars().take(40).collect::<String>()
-                ))
-            })?),
-        };
-        let before = match req.page_token.as_str() {
-            "" => None,
-            t => Some(t.parse::<u64>().map_err(|_| {
-                ApiError::InvalidArgument(format!("page_token {t:?} is not one this server gave"))
-            })?),
-        };
-        let size = match req.page_size {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        } as usize;
+        let args = list_args(
+            &req.service,
+            &req.state,
+            ReleaseState::parse,
+            "PENDING, ROLLING_OUT, PAUSED, SUCCEEDED, FAILED, ABORTED, ROLLED_BACK",
+            &req.page_token,
+            req.page_size,
+        )?;
         let h = match self.reader(req.stale, hops).await? {
             Route::Local(h) => h,
             Route::Remote(addr) => {
@@ -318,20 +302,12 @@ impl ReleaseService for ReleaseApi {
                     .await
             }
         };
-        let service = (!req.service.is_empty()).then_some(req.service.as_str());
         let reply = h.state.read(|d| {
-            let mut page: Vec<&Release> = d
+            let items = d
                 .state
                 .releases
-                .list(service, state, before)
-                .take(size + 1)
-                .collect();
-            let next = if page.len() > size {
-                page.truncate(size);
-                page.last().map(|r| r.seq.to_string()).unwrap_or_default()
-            } else {
-                String::new()
-            };
+                .list(args.service.as_deref(), args.state, args.before);
+            let (page, next) = page(items, args.size, |r| r.seq);
             pb::ListReleasesReply {
                 releases: page.into_iter().map(release_to_proto).collect(),
                 next_page_token: next,

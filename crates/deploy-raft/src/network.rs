@@ -73,6 +73,15 @@ impl ChannelPool {
         Ok(ch)
     }
 
+    /// Drops every cached channel, so the next `get` asks the factory again (a test that
+    /// changes what its factory connects to uses this).
+    pub fn forget(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// A Raft service client to `addr` with the message size limits raised to the record limit.
     pub fn raft_client(
         &self,

@@ -288,14 +288,7 @@ fn key(service: &str, repo: &str, commit: &str) -> String {
 }
 
 fn clip(s: &str) -> String {
-    if s.len() <= MAX_ERROR_BYTES {
-        return s.to_string();
-    }
-    let mut end = MAX_ERROR_BYTES;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    crate::clip_to(s, MAX_ERROR_BYTES)
 }
 
 impl Builds {

@@ -64,6 +64,18 @@ pub enum CommandError {
     Build(#[from] BuildError),
 }
 
+/// `s` cut to at most `max` bytes (on a character boundary), marked with `...` when cut.
+pub(crate) fn clip_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
 /// Checks the user-supplied fields of a build submission.
 pub fn check_build_input(service: &str, repo: &str, commit: &str) -> Result<(), BuildError> {
     let invalid = |field: &str, e: deploy_types::InputError| BuildError::Invalid {

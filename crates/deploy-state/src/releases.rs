@@ -415,14 +415,7 @@ pub struct Releases {
 }
 
 pub(crate) fn clip(s: &str) -> String {
-    if s.len() <= MAX_REASON_BYTES {
-        return s.to_string();
-    }
-    let mut end = MAX_REASON_BYTES;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    crate::clip_to(s, MAX_REASON_BYTES)
 }
 
 fn check_actor(by: &str) -> Result<(), ReleaseError> {

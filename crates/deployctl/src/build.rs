@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use deploy_proto::v1::{Build, ListBuildsReply, ListBuildsRequest};
 
-use crate::cli::{BuildCommand, Failure, Global, Output};
+use crate::cli::{BuildCommand, Failure, Global, ListArgs, Output};
 use crate::output::{ms, print, table};
 
 fn is_final(state: &str) -> bool {
@@ -65,12 +65,12 @@ pub async fn run(global: &Global, command: BuildCommand) -> Result<(), Failure> 
             let b = client.get_build(&id, global.stale).await?;
             print(global.output, &b, print_build)
         }
-        BuildCommand::List {
+        BuildCommand::List(ListArgs {
             service,
             state,
             limit,
             page_token,
-        } => {
+        }) => {
             let req = ListBuildsRequest {
                 service: service.unwrap_or_default(),
                 state: state.map(|s| s.to_uppercase()).unwrap_or_default(),

@@ -121,18 +121,9 @@ pub enum ReleaseCommand {
     },
     /// Show one release with its regions and decision history.
     Get { id: String },
-    /// Releases, newest first.
-    List {
-        #[arg(long)]
-        service: Option<String>,
-        /// PENDING, ROLLING_OUT, PAUSED, SUCCEEDED, FAILED, ABORTED or ROLLED_BACK.
-        #[arg(long)]
-        state: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        #[arg(long)]
-        page_token: Option<String>,
-    },
+    /// Releases, newest first (states: PENDING, ROLLING_OUT, PAUSED, SUCCEEDED, FAILED,
+    /// ABORTED, ROLLED_BACK).
+    List(ListArgs),
     /// Hold the rollout at its current wave.
     Pause(Decision),
     /// Continue a paused rollout.
@@ -183,6 +174,21 @@ pub enum ArtifactsCommand {
     },
 }
 
+/// Filters and paging of a list command.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only items in this state.
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Continue from a previous page (printed at its end).
+    #[arg(long)]
+    pub page_token: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BuildCommand {
     /// Queue a build of an exact commit (idempotent per service, repo and commit).
@@ -201,19 +207,9 @@ pub enum BuildCommand {
     },
     /// Show one build.
     Get { id: String },
-    /// Builds, newest first.
-    List {
-        #[arg(long)]
-        service: Option<String>,
-        /// QUEUED, RUNNING, REPLICATING, SUCCEEDED, FAILED or CANCELLED.
-        #[arg(long)]
-        state: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        /// Continue from a previous page (printed at its end).
-        #[arg(long)]
-        page_token: Option<String>,
-    },
+    /// Builds, newest first (states: QUEUED, RUNNING, REPLICATING, SUCCEEDED, FAILED,
+    /// CANCELLED).
+    List(ListArgs),
     /// Cancel a queued or running build; its processes are killed.
     Cancel { id: String },
     /// Print the build command's output (latest attempt).

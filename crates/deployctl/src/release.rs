@@ -8,7 +8,7 @@ use deploy_client::Client;
 use deploy_proto::v1 as pb;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::cli::{Decision, Failure, Global, Output, ReleaseCommand, StrategyArgs};
+use crate::cli::{Decision, Failure, Global, ListArgs, Output, ReleaseCommand, StrategyArgs};
 use crate::output::{ms, print, table};
 
 fn is_final(state: &str) -> bool {
@@ -73,12 +73,12 @@ pub async fn run(global: &Global, command: ReleaseCommand) -> Result<(), Failure
             let r = client.get_release(&id, global.stale).await?;
             return print(global.output, &r, print_release);
         }
-        ReleaseCommand::List {
+        ReleaseCommand::List(ListArgs {
             service,
             state,
             limit,
             page_token,
-        } => {
+        }) => {
             let reply = client
                 .list_releases(pb::ListReleasesRequest {
                     service: service.unwrap_or_default(),

@@ -1,15 +1,15 @@
 //! Nodes of one process, each serving real gRPC on its own loopback port, and optional
 //! in-process build workers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use deploy_client::Client;
 use deploy_coordinator::server::{launch, RunningNode};
 use deploy_coordinator::NodeOptions;
-use deploy_raft::network::ChannelPool;
+use deploy_raft::network::{tcp_channel_factory, ChannelPool};
 use deploy_types::{ClusterConfig, NodeName};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -24,7 +24,14 @@ pub struct GrpcCluster {
     listeners: BTreeMap<String, TcpListener>,
     workers: BTreeMap<String, (CancellationToken, tokio::task::JoinHandle<()>)>,
     pub addrs: BTreeMap<String, String>,
+    /// Each node's channel pool, kept across restarts.
+    pools: BTreeMap<String, ChannelPool>,
+    /// (from node, to address) pairs that cannot connect: a network cut.
+    cut: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
+
+/// Where a cut connection goes: nothing listens on port 1 of loopback, so it is refused.
+const NOWHERE: &str = "127.0.0.1:1";
 
 impl GrpcCluster {
     /// A global group of `global` nodes `g1..`, and per region `(name, n)` nodes `<name>-1..`.
@@ -70,6 +77,8 @@ impl GrpcCluster {
             listeners,
             workers: BTreeMap::new(),
             addrs,
+            pools: BTreeMap::new(),
+            cut: Arc::default(),
         };
         for n in spec.node_names() {
             cluster.start_node(&n).await?;
@@ -99,12 +108,58 @@ impl GrpcCluster {
             NodeName::new(name)?,
             &options,
             listener,
-            ChannelPool::tcp(),
+            self.pool(name),
         )
         .await
         .with_context(|| format!("start {name}"))?;
         self.nodes.insert(name.to_string(), Some(running));
         Ok(())
+    }
+
+    /// The node's channel pool: plain TCP, except to addresses cut off from it.
+    fn pool(&mut self, name: &str) -> ChannelPool {
+        let cut = self.cut.clone();
+        let me = name.to_string();
+        let tcp = tcp_channel_factory();
+        self.pools
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                ChannelPool::new(Arc::new(move |addr: &str| {
+                    let blocked = cut
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(&(me.clone(), addr.to_string()));
+                    tcp(if blocked { NOWHERE } else { addr })
+                }))
+            })
+            .clone()
+    }
+
+    /// Cuts the network from each of `from` to each of `to`: new connections are refused
+    /// and cached ones dropped. Requests the other way still pass.
+    pub fn cut(&mut self, from: &[&str], to: &[&str]) {
+        let mut cut = self.cut.lock().unwrap_or_else(|p| p.into_inner());
+        for f in from {
+            for t in to {
+                if let Some(addr) = self.addrs.get(*t) {
+                    cut.insert((f.to_string(), addr.clone()));
+                }
+            }
+        }
+        drop(cut);
+        for f in from {
+            if let Some(p) = self.pools.get(*f) {
+                p.forget();
+            }
+        }
+    }
+
+    /// Restores every cut connection.
+    pub fn heal(&mut self) {
+        self.cut.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for p in self.pools.values() {
+            p.forget();
+        }
     }
 
     /// Stops a node: its listener closes and its groups shut down.

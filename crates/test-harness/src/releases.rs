@@ -56,16 +56,21 @@ pub fn fast(min_healthy_ms: u64) -> pb::Strategy {
     }
 }
 
+/// The region's status, read linearizably from its group; `None` while it cannot answer.
+pub async fn status(client: &Client, region: &str) -> Option<pb::RegionStatusReply> {
+    client
+        .region_status(pb::RegionStatusRequest {
+            region: region.into(),
+            stale: false,
+        })
+        .await
+        .ok()
+}
+
 /// Waits until region `region` has registered `hosts` hosts.
 pub async fn wait_hosts(client: &Client, region: &str, hosts: u64) -> anyhow::Result<()> {
     wait_until(T, &format!("{hosts} hosts in {region}"), || async {
-        let s = client
-            .region_status(pb::RegionStatusRequest {
-                region: region.into(),
-                stale: false,
-            })
-            .await
-            .ok()?;
+        let s = status(client, region).await?;
         (s.hosts >= hosts).then_some(())
     })
     .await
@@ -94,13 +99,7 @@ pub fn is_final(r: &pb::Release) -> bool {
 
 /// The region's view of release `id`.
 pub async fn region_release(client: &Client, region: &str, id: &str) -> Option<pb::RegionRelease> {
-    let s = client
-        .region_status(pb::RegionStatusRequest {
-            region: region.into(),
-            stale: false,
-        })
-        .await
-        .ok()?;
+    let s = status(client, region).await?;
     s.releases.into_iter().find(|r| r.id == id)
 }
 
