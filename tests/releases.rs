@@ -266,7 +266,10 @@ async fn a_region_cut_off_applies_every_decision_in_order_once_restored() -> any
         .await?;
     assert!(status.releases.is_empty(), "{:?}", status.releases);
     assert_eq!(status.applied_decision, 0);
-    assert_eq!(client.get_release(&rel[2], false).await?.state, "ROLLING_OUT");
+    assert_eq!(
+        client.get_release(&rel[2], false).await?.state,
+        "ROLLING_OUT"
+    );
     c.heal();
     let done = wait_release(&client, &rel[2], "to end", is_final).await?;
     assert_eq!(done.state, "SUCCEEDED", "{done:#?}");

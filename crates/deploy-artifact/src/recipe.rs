@@ -130,6 +130,23 @@ impl Recipe {
     }
 }
 
+/// Reads the `[run]` section an artifact carries in `.deploy/run.toml`.
+pub fn parse_run_toml(text: &str) -> Result<RunSection, RecipeError> {
+    if text.len() > MAX_RECIPE_BYTES {
+        return Err(RecipeError::TooLarge(text.len()));
+    }
+    #[derive(Deserialize)]
+    struct Read {
+        run: RunSection,
+    }
+    let r: Read = toml::from_str(text)
+        .map_err(|e| RecipeError::Invalid(e.to_string().trim_end().to_string()))?;
+    if r.run.command.trim().is_empty() {
+        return Err(RecipeError::Invalid("run.command is empty".into()));
+    }
+    Ok(r.run)
+}
+
 #[derive(Serialize)]
 struct RunFile {
     run: RunSection,

@@ -51,6 +51,18 @@ impl Client {
         report_rack, RegionServiceClient, pb::ReportRackRequest, pb::ReportRackReply
     );
 
+    /// A relay's watch on its rack's goals (see `RegionService.WatchRack`).
+    pub async fn watch_rack(
+        &self,
+        req: pb::WatchRackRequest,
+    ) -> Result<tonic::Streaming<pb::ReportRackReply>, ClientError> {
+        self.call_on(|ch| {
+            let req = req.clone();
+            async move { RegionServiceClient::new(ch).watch_rack(req).await }
+        })
+        .await
+    }
+
     pub async fn get_release(&self, id: &str, stale: bool) -> Result<pb::Release, ClientError> {
         let req = pb::GetReleaseRequest {
             id: id.into(),

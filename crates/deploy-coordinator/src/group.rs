@@ -168,6 +168,17 @@ impl GroupHandle {
         }
     }
 
+    /// Waits until this replica applies something new or stops leading, or until `until`.
+    pub async fn next_change(&self, until: tokio::time::Instant) {
+        let mut rx = self.raft.metrics();
+        let seen = rx.borrow().last_applied;
+        let _ = tokio::time::timeout_at(
+            until,
+            rx.wait_for(|m| m.last_applied != seen || m.state != ServerState::Leader),
+        )
+        .await;
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }

@@ -123,6 +123,39 @@ fn host_view(
     })
 }
 
+/// The goals of `hosts`, as a relay or simulator is told them.
+fn rack_goals(r: &Region, hosts: &[String]) -> pb::ReportRackReply {
+    pb::ReportRackReply {
+        hosts: hosts
+            .iter()
+            .map(|host| pb::HostGoals {
+                host: host.clone(),
+                goals: r
+                    .goals_of(host)
+                    .into_iter()
+                    .map(|(service, g)| pb::ServiceGoal {
+                        max_unavailable_per_rack: r
+                            .release(&g.release)
+                            .map(|rel| rel.strategy.max_unavailable_per_rack)
+                            .unwrap_or(1),
+                        service,
+                        build_id: g.build_id,
+                        artifact_digest: g.artifact_digest,
+                        release: g.release,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        report_every_ms: REPORT_EVERY_MS,
+    }
+}
+
+/// How often a watch repeats unchanged goals, so a relay notices a dead stream.
+const WATCH_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(3);
+
+type GoalStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ReportRackReply, Status>> + Send>>;
+
 pub struct RegionApi {
     routing: Routing,
 }
@@ -374,34 +407,60 @@ impl RegionService for RegionApi {
             .node
             .reports
             .record(&req.region, term, &req.rack, &req.hosts, Instant::now());
-        let reply = h.state.read(|d| {
-            let r = &d.state.region;
-            pb::ReportRackReply {
-                hosts: req
-                    .hosts
-                    .iter()
-                    .map(|x| pb::HostGoals {
-                        host: x.host.clone(),
-                        goals: r
-                            .goals_of(&x.host)
-                            .into_iter()
-                            .map(|(service, g)| pb::ServiceGoal {
-                                max_unavailable_per_rack: r
-                                    .release(&g.release)
-                                    .map(|rel| rel.strategy.max_unavailable_per_rack)
-                                    .unwrap_or(1),
-                                service,
-                                build_id: g.build_id,
-                                artifact_digest: g.artifact_digest,
-                                release: g.release,
-                            })
-                            .collect(),
-                    })
-                    .collect(),
-                report_every_ms: REPORT_EVERY_MS,
+        let hosts: Vec<String> = req.hosts.iter().map(|x| x.host.clone()).collect();
+        Ok(Response::new(
+            h.state.read(|d| rack_goals(&d.state.region, &hosts)),
+        ))
+    }
+
+    type WatchRackStream = GoalStream;
+
+    async fn watch_rack(
+        &self,
+        request: Request<pb::WatchRackRequest>,
+    ) -> Result<Response<GoalStream>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let group = region_group(&self.routing, &req.region)?;
+        deploy_types::check_name("rack", &req.rack).map_err(invalid)?;
+        if req.hosts.len() > MAX_HOSTS_PER_REPORT {
+            return Err(invalid(format!("at most {MAX_HOSTS_PER_REPORT} hosts per rack")).into());
+        }
+        for host in &req.hosts {
+            deploy_types::check_name("host", host).map_err(invalid)?;
+        }
+        let h = match self.routing.route(&group, hops).await? {
+            Route::Local(h) => h.clone(),
+            Route::Remote(addr) => {
+                let remote = self.client(&addr)?.watch_rack(forwarded(req, hops)).await?;
+                return Ok(Response::new(Box::pin(remote.into_inner())));
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut sent_at = tokio::time::Instant::now();
+            loop {
+                if !h.is_leader() {
+                    let moved = Status::unavailable("leadership moved; watch again");
+                    let _ = tx.send(Err(moved)).await;
+                    return;
+                }
+                let reply = h.state.read(|d| rack_goals(&d.state.region, &req.hosts));
+                if last.as_ref() != Some(&reply) || sent_at.elapsed() >= WATCH_HEARTBEAT {
+                    if tx.send(Ok(reply.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(reply);
+                    sent_at = tokio::time::Instant::now();
+                }
+                h.next_change(tokio::time::Instant::now() + WATCH_HEARTBEAT)
+                    .await;
             }
         });
-        Ok(Response::new(reply))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn pull_decisions(

@@ -17,7 +17,6 @@ use tracing::{info, instrument};
 
 use crate::build_api::{now_ms, propose};
 use crate::error::ApiError;
-use crate::group::GroupHandle;
 use crate::routing::{forwarded, hops, Route, Routing};
 
 const GLOBAL: GroupName = GroupName::Global;
@@ -56,15 +55,6 @@ impl WorkerApi {
 }
 
 /// Waits until the group applies something new, or `until` passes.
-async fn next_change(h: &GroupHandle, until: tokio::time::Instant) {
-    let mut rx = h.raft.metrics();
-    let seen = rx.borrow().last_applied;
-    let _ = tokio::time::timeout_at(
-        until,
-        rx.wait_for(|m| m.last_applied != seen || m.state != openraft::ServerState::Leader),
-    )
-    .await;
-}
 
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
@@ -167,7 +157,7 @@ impl WorkerService for WorkerApi {
             if tokio::time::Instant::now() >= until {
                 return Ok(Response::new(AcquireBuildReply::default()));
             }
-            next_change(h, until).await;
+            h.next_change(until).await;
         }
     }
 

@@ -197,6 +197,8 @@ struct RawConfig {
     builds: BuildSettings,
     #[serde(default)]
     signing: SigningConfig,
+    #[serde(default)]
+    racks: Vec<crate::fleet::RackConfig>,
 }
 
 /// A parsed and validated cluster config.
@@ -210,6 +212,8 @@ pub struct ClusterConfig {
     pub workers: Vec<WorkerConfig>,
     pub builds: BuildSettings,
     pub signing: SigningConfig,
+    /// Racks with their relays and hosts (see `fleet`).
+    pub(crate) racks: Vec<crate::fleet::RackConfig>,
     /// Non-fatal findings (an even voter count), for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -358,6 +362,9 @@ impl ClusterConfig {
             }
         }
 
+        let region_names: Vec<&str> = raw.regions.iter().map(|r| r.name.as_str()).collect();
+        crate::fleet::check_racks(&raw.racks, &region_names, &addrs, &mut problems);
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 origin: origin.to_string(),
@@ -373,6 +380,7 @@ impl ClusterConfig {
             workers: raw.workers,
             builds: raw.builds,
             signing: raw.signing,
+            racks: raw.racks,
             warnings,
         })
     }

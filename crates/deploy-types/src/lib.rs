@@ -6,6 +6,7 @@
 //! that clients, tools and tests can use it without pulling in a server.
 
 pub mod config;
+pub mod fleet;
 pub mod ids;
 pub mod validate;
 

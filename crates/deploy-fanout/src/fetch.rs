@@ -1,0 +1,156 @@
+//! Fetching manifests and chunks over HTTP from a list of sources, in order, verifying
+//! everything: a source that is down, slow to connect, or serves bytes that do not match
+//! their digest is skipped for the next.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use deploy_artifact::{Manifest, TrustedKeys};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use crate::bucket::Bucket;
+
+/// Largest manifest accepted.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no source could serve {what}: {tried}")]
+    Exhausted { what: String, tried: String },
+}
+
+/// An HTTP client with bounded connect and idle times.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .read_timeout(Duration::from_secs(15))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default()
+}
+
+/// `http://addr` for a `host:port`, unchanged if it already has a scheme.
+pub fn base(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+pub fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Checks a manifest's coherence, its signature, and that it is the one asked for.
+pub fn verify_manifest(m: &Manifest, digest: &str, trusted: &TrustedKeys) -> Result<(), String> {
+    m.check().map_err(|e| e.to_string())?;
+    trusted.verify(m).map_err(|e| e.to_string())?;
+    if m.artifact_digest != digest {
+        return Err(format!("it describes {}, not {digest}", m.artifact_digest));
+    }
+    Ok(())
+}
+
+/// The manifest of `digest` from the first source that serves a valid, trusted one.
+pub async fn manifest(
+    http: &reqwest::Client,
+    sources: &[String],
+    digest: &str,
+    trusted: &TrustedKeys,
+) -> Result<Manifest, FetchError> {
+    let mut tried = Vec::new();
+    for src in sources {
+        let url = format!("{src}/v1/manifests/{}", hex_of(digest));
+        let result: Result<Manifest, String> = async {
+            let body = get_bounded(http, &url, MAX_MANIFEST_BYTES, None).await?;
+            let m: Manifest =
+                serde_json::from_slice(&body).map_err(|e| format!("not a manifest: {e}"))?;
+            verify_manifest(&m, digest, trusted)?;
+            Ok(m)
+        }
+        .await;
+        match result {
+            Ok(m) => return Ok(m),
+            Err(e) => {
+                warn!(source = %src, %digest, error = %e, "manifest source skipped");
+                tried.push(format!("{src}: {e}"));
+            }
+        }
+    }
+    Err(FetchError::Exhausted {
+        what: format!("manifest {digest}"),
+        tried: tried.join("; "),
+    })
+}
+
+/// The chunk `hex` (at most `max` bytes) from the first source whose bytes match it.
+pub async fn chunk(
+    http: &reqwest::Client,
+    sources: &[String],
+    hex: &str,
+    max: usize,
+    limit: &Bucket,
+) -> Result<Bytes, FetchError> {
+    let mut tried = Vec::new();
+    for src in sources {
+        let url = format!("{src}/v1/chunks/{hex}");
+        let result = async {
+            let body = get_bounded(http, &url, max, Some(limit)).await?;
+            let got = sha256_hex(&body);
+            if got != hex {
+                return Err(format!("served bytes with digest {got}"));
+            }
+            Ok(body)
+        }
+        .await;
+        match result {
+            Ok(b) => return Ok(b),
+            Err(e) => {
+                warn!(source = %src, chunk = %hex, error = %e, "chunk source skipped");
+                tried.push(format!("{src}: {e}"));
+            }
+        }
+    }
+    Err(FetchError::Exhausted {
+        what: format!("chunk {hex}"),
+        tried: tried.join("; "),
+    })
+}
+
+/// A GET whose body may not exceed `max` bytes, paced by `limit`.
+pub async fn get_bounded(
+    http: &reqwest::Client,
+    url: &str,
+    max: usize,
+    limit: Option<&Bucket>,
+) -> Result<Bytes, String> {
+    let resp = http.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(format!("{status}: {}", text.trim()));
+    }
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("larger than {max} bytes"));
+    }
+    let mut buf = BytesMut::new();
+    let mut body = resp.bytes_stream();
+    while let Some(part) = body.next().await {
+        let part = part.map_err(|e| format!("body broke off: {e}"))?;
+        if buf.len() + part.len() > max {
+            return Err(format!("larger than {max} bytes"));
+        }
+        if let Some(l) = limit {
+            l.take(part.len()).await;
+        }
+        buf.extend_from_slice(&part);
+    }
+    Ok(buf.freeze())
+}

@@ -1,0 +1,763 @@
+//! The rack relay: goals, reports, manifests and chunks for the hosts of one rack.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::{Bytes, BytesMut};
+use deploy_artifact::{Manifest, TrustedKeys};
+use deploy_client::Client;
+use deploy_proto::v1 as pb;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::bucket::Bucket;
+use crate::cache::Cache;
+use crate::fetch;
+
+/// Longest goal poll.
+pub const MAX_WAIT_MS: u64 = 30_000;
+/// Largest report body.
+const MAX_REPORT_BYTES: usize = 64 * 1024;
+/// Pieces a chunk is forwarded in.
+const PIECE: usize = 64 * 1024;
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    pub id: String,
+    pub region: String,
+    pub rack: String,
+    pub hosts: Vec<String>,
+    /// The region's nodes (`host:port`): the watch, reports, and the store over HTTP.
+    pub coordinators: Vec<String>,
+    /// A relay one level up (`host:port`) to fetch from before the store.
+    pub parent: Option<String>,
+    pub cache_dir: PathBuf,
+    pub cache_max_bytes: u64,
+    /// Bytes per second fetched from upstream / served to hosts; `None`: unlimited.
+    pub up_limit: Option<u64>,
+    pub down_limit: Option<u64>,
+    pub trusted: TrustedKeys,
+    pub max_chunk_bytes: usize,
+}
+
+/// What a host is told to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostGoal {
+    pub service: String,
+    pub build_id: String,
+    pub artifact_digest: String,
+    pub release: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GoalReply {
+    pub version: u64,
+    pub goals: Vec<HostGoal>,
+    pub report_every_ms: u64,
+}
+
+/// A host's state per service, as its agent reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReport {
+    pub host: String,
+    pub services: Vec<ServiceState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub service: String,
+    pub build_id: String,
+    /// DOWNLOADING, INSTALLING, STARTING, HEALTHY, UNHEALTHY, FAILED.
+    pub state: String,
+    pub detail: String,
+}
+
+/// Counters, for tests and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub chunk_requests: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub upstream_fetches: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub bytes_served: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Receiving(usize),
+    Done(usize),
+    Failed,
+}
+
+/// A chunk being fetched: its bytes so far, which readers forward as they arrive.
+struct Inflight {
+    data: Mutex<BytesMut>,
+    progress: watch::Sender<Progress>,
+}
+
+struct Inner {
+    opts: RelayOptions,
+    http: reqwest::Client,
+    client: Client,
+    cache: Cache,
+    up: Bucket,
+    down: Bucket,
+    /// Goals per host, from the regional leader.
+    goals: Mutex<BTreeMap<String, Vec<pb::ServiceGoal>>>,
+    reports: Mutex<BTreeMap<String, AgentReport>>,
+    /// The build each (host, service) was last handed, for max-unavailable gating.
+    handed: Mutex<HashMap<(String, String), String>>,
+    version: watch::Sender<u64>,
+    inflight: Mutex<HashMap<String, Arc<Inflight>>>,
+    manifests: Mutex<HashMap<String, Manifest>>,
+    /// Per service: the artifact digests of its live and previous goals.
+    pins: Mutex<BTreeMap<String, Vec<String>>>,
+    stats: Stats,
+}
+
+/// A running relay (cheap to clone).
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot open the cache in {dir}: {source}")]
+    Cache { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Client(#[from] deploy_client::ClientError),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Relay {
+    pub fn new(opts: RelayOptions) -> Result<Self, RelayError> {
+        let cache = Cache::open(&opts.cache_dir, opts.cache_max_bytes).map_err(|source| {
+            RelayError::Cache {
+                dir: opts.cache_dir.display().to_string(),
+                source,
+            }
+        })?;
+        let client = Client::new(&opts.coordinators)?.with_timeout(Duration::from_secs(5));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http: fetch::client(),
+                client,
+                cache,
+                up: Bucket::new(opts.up_limit),
+                down: Bucket::new(opts.down_limit),
+                goals: Mutex::default(),
+                reports: Mutex::default(),
+                handed: Mutex::default(),
+                version: watch::channel(1).0,
+                inflight: Mutex::default(),
+                manifests: Mutex::default(),
+                pins: Mutex::default(),
+                stats: Stats::default(),
+                opts,
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// The HTTP routes hosts use.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/v1/goal", get(goal))
+            .route("/v1/report", post(report))
+            .route("/v1/manifests/{digest}", get(manifest))
+            .route("/v1/chunks/{digest}", get(chunk))
+            .with_state(self.inner.clone())
+    }
+
+    /// Serves hosts on `listener` and keeps the watch and the reports going until `stop`.
+    pub async fn run(self, listener: tokio::net::TcpListener, stop: CancellationToken) {
+        info!(relay = %self.inner.opts.id, rack = %self.inner.opts.rack, addr = ?listener.local_addr().ok(), "relay serving");
+        tokio::spawn(watch_goals(self.inner.clone(), stop.clone()));
+        tokio::spawn(send_reports(self.inner.clone(), stop.clone()));
+        let app = self.router();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "relay server ended");
+        }
+    }
+}
+
+impl Inner {
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// The sources to fetch from: the parent relay, then the region's nodes (its store).
+    fn upstreams(&self) -> Vec<String> {
+        self.opts
+            .parent
+            .iter()
+            .chain(self.opts.coordinators.iter())
+            .map(|a| fetch::base(a))
+            .collect()
+    }
+
+    /// Replaces the rack's goals; pins the chunks of live and previous builds.
+    fn set_goals(self: &Arc<Self>, reply: &pb::ReportRackReply) {
+        let new: BTreeMap<String, Vec<pb::ServiceGoal>> = reply
+            .hosts
+            .iter()
+            .filter(|h| self.opts.hosts.contains(&h.host))
+            .map(|h| (h.host.clone(), h.goals.clone()))
+            .collect();
+        let changed = {
+            let mut g = lock(&self.goals);
+            let changed = *g != new;
+            *g = new.clone();
+            changed
+        };
+        if !changed {
+            return;
+        }
+        self.bump();
+        let mut newly = Vec::new();
+        {
+            let mut pins = lock(&self.pins);
+            for goal in new.values().flatten() {
+                let list = pins.entry(goal.service.clone()).or_default();
+                if list.first() != Some(&goal.artifact_digest) {
+                    list.retain(|d| *d != goal.artifact_digest);
+                    list.insert(0, goal.artifact_digest.clone());
+                    list.truncate(2);
+                    newly.push(goal.artifact_digest.clone());
+                }
+            }
+        }
+        // Learn the new manifests now, so their chunks are pinned before hosts ask.
+        for digest in newly {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _ = me.manifest(&digest).await;
+                me.repin();
+            });
+        }
+    }
+
+    fn repin(&self) {
+        let digests: Vec<String> = lock(&self.pins).values().flatten().cloned().collect();
+        let manifests = lock(&self.manifests);
+        let chunks: BTreeSet<String> = digests
+            .iter()
+            .filter_map(|d| manifests.get(d))
+            .flat_map(|m| {
+                m.chunks
+                    .iter()
+                    .map(|c| fetch::hex_of(&c.digest).to_string())
+            })
+            .collect();
+        self.cache.pin(chunks);
+    }
+
+    async fn manifest(&self, digest: &str) -> Result<Manifest, String> {
+        if let Some(m) = lock(&self.manifests).get(digest) {
+            return Ok(m.clone());
+        }
+        let m = fetch::manifest(&self.http, &self.upstreams(), digest, &self.opts.trusted)
+            .await
+            .map_err(|e| e.to_string())?;
+        lock(&self.manifests).insert(digest.to_string(), m.clone());
+        Ok(m)
+    }
+
+    /// The goals a host may act on now: a new build is handed to at most
+    /// `max_unavailable_per_rack` hosts of the rack at a time, until they report it healthy.
+    fn goals_for(&self, host: &str) -> Vec<HostGoal> {
+        let goals = lock(&self.goals).get(host).cloned().unwrap_or_default();
+        let reports = lock(&self.reports);
+        let mut handed = lock(&self.handed);
+        let running = |h: &str, s: &str| {
+            reports
+                .get(h)
+                .and_then(|r| r.services.iter().find(|x| x.service == s))
+                .cloned()
+        };
+        let mut out = Vec::new();
+        for g in goals {
+            let mine = running(host, &g.service);
+            let allowed = mine.as_ref().is_some_and(|m| m.build_id == g.build_id)
+                || handed.get(&(host.to_string(), g.service.clone())) == Some(&g.build_id)
+                || {
+                    let busy = self
+                        .opts
+                        .hosts
+                        .iter()
+                        .filter(|h| h.as_str() != host)
+                        .filter(|h| {
+                            handed.get(&((*h).clone(), g.service.clone())) == Some(&g.build_id)
+                                && !running(h, &g.service).is_some_and(|r| {
+                                    r.build_id == g.build_id && r.state == "HEALTHY"
+                                })
+                        })
+                        .count();
+                    busy < g.max_unavailable_per_rack.max(1) as usize
+                };
+            if allowed {
+                handed.insert((host.to_string(), g.service.clone()), g.build_id.clone());
+                out.push(HostGoal {
+                    service: g.service,
+                    build_id: g.build_id,
+                    artifact_digest: g.artifact_digest,
+                    release: g.release,
+                });
+            }
+        }
+        out
+    }
+
+    /// The in-flight fetch of a chunk, started if none is.
+    fn fetching(self: &Arc<Self>, hex: &str) -> Arc<Inflight> {
+        let mut map = lock(&self.inflight);
+        if let Some(f) = map.get(hex) {
+            return f.clone();
+        }
+        let f = Arc::new(Inflight {
+            data: Mutex::new(BytesMut::new()),
+            progress: watch::channel(Progress::Receiving(0)).0,
+        });
+        map.insert(hex.to_string(), f.clone());
+        let me = self.clone();
+        let hex = hex.to_string();
+        let job = f.clone();
+        tokio::spawn(async move {
+            me.stats.upstream_fetches.fetch_add(1, Ordering::Relaxed);
+            let outcome = me.fetch_into(&hex, &job).await;
+            match outcome {
+                Ok(bytes) => {
+                    if let Err(e) = me.cache.insert(&hex, &bytes).await {
+                        warn!(chunk = %hex, error = %e, "cannot cache a chunk");
+                    }
+                    job.progress.send_replace(Progress::Done(bytes.len()));
+                }
+                Err(e) => {
+                    warn!(chunk = %hex, error = %e, "chunk fetch failed");
+                    job.progress.send_replace(Progress::Failed);
+                }
+            }
+            lock(&me.inflight).remove(&hex);
+        });
+        f
+    }
+
+    /// Fetches a chunk from the first upstream that has it, appending to `job` as bytes
+    /// arrive. A source that breaks off is resumed at the same offset from the next (the
+    /// bytes are content-addressed, so any source's are the same). Verified at the end.
+    async fn fetch_into(&self, hex: &str, job: &Inflight) -> Result<Bytes, String> {
+        let mut hasher = Sha256::new();
+        let mut errors = Vec::new();
+        for src in self.upstreams() {
+            let offset = lock(&job.data).len();
+            let mut req = self.http.get(format!("{src}/v1/chunks/{hex}"));
+            if offset > 0 {
+                req = req.header(header::RANGE, format!("bytes={offset}-"));
+            }
+            let resp = match req.send().await {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    errors.push(format!("{src}: {}", r.status()));
+                    continue;
+                }
+                Err(e) => {
+                    errors.push(format!("{src}: {e}"));
+                    continue;
+                }
+            };
+            if offset > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+                errors.push(format!("{src}: no range support"));
+                continue;
+            }
+            let mut body = resp.bytes_stream();
+            let mut broke = None;
+            while let Some(part) = body.next().await {
+                let part = match part {
+                    Ok(p) => p,
+                    Err(e) => {
+                        broke = Some(e.to_string());
+                        break;
+                    }
+                };
+                self.up.take(part.len()).await;
+                hasher.update(&part);
+                let len = {
+                    let mut d = lock(&job.data);
+                    if d.len() + part.len() > self.opts.max_chunk_bytes {
+                        return Err(format!(
+                            "{src}: chunk larger than {} bytes",
+                            self.opts.max_chunk_bytes
+                        ));
+                    }
+                    d.extend_from_slice(&part);
+                    d.len()
+                };
+                self.stats
+                    .bytes_fetched
+                    .fetch_add(part.len() as u64, Ordering::Relaxed);
+                job.progress.send_replace(Progress::Receiving(len));
+            }
+            match broke {
+                Some(e) => errors.push(format!("{src}: broke off: {e}")),
+                None => {
+                    let got = hex::encode(hasher.finalize());
+                    if got != hex {
+                        return Err(format!("upstream bytes have digest {got}, not {hex}"));
+                    }
+                    return Ok(lock(&job.data).clone().freeze());
+                }
+            }
+        }
+        Err(format!(
+            "no upstream served chunk {hex}: {}",
+            errors.join("; ")
+        ))
+    }
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, format!("{}\n", msg.into())).into_response()
+}
+
+fn parse_hex(raw: &str) -> Option<String> {
+    let hex = fetch::hex_of(raw);
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
+}
+
+#[derive(Deserialize)]
+struct GoalQuery {
+    host: String,
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn goal(State(me): State<Arc<Inner>>, Query(q): Query<GoalQuery>) -> Response {
+    if !me.opts.hosts.contains(&q.host) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "host {:?} is not in rack {}",
+                q.host.chars().take(64).collect::<String>(),
+                me.opts.rack
+            ),
+        );
+    }
+    let mut rx = me.version.subscribe();
+    let wait = Duration::from_millis(q.wait_ms.min(MAX_WAIT_MS));
+    let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v > q.version)).await;
+    let version = *me.version.borrow();
+    Json(GoalReply {
+        version,
+        goals: me.goals_for(&q.host),
+        report_every_ms: REPORT_EVERY.as_millis() as u64,
+    })
+    .into_response()
+}
+
+async fn report(State(me): State<Arc<Inner>>, body: Bytes) -> Response {
+    if body.len() > MAX_REPORT_BYTES {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "report too large");
+    }
+    let r: AgentReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("not a report: {e}")),
+    };
+    if !me.opts.hosts.contains(&r.host) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "host {:?} is not in rack {}",
+                r.host.chars().take(64).collect::<String>(),
+                me.opts.rack
+            ),
+        );
+    }
+    let changed = {
+        let mut reports = lock(&me.reports);
+        let changed = reports.get(&r.host) != Some(&r);
+        reports.insert(r.host.clone(), r);
+        changed
+    };
+    if changed {
+        // A host that became healthy may free a slot for the next.
+        me.bump();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn manifest(State(me): State<Arc<Inner>>, Path(raw): Path<String>) -> Response {
+    let Some(hex) = parse_hex(&raw) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected a digest: sha256:<64 hex> or <64 hex>",
+        );
+    };
+    match me.manifest(&format!("sha256:{hex}")).await {
+        Ok(m) => Json(m).into_response(),
+        Err(e) => text(StatusCode::BAD_GATEWAY, e),
+    }
+}
+
+async fn chunk(
+    State(me): State<Arc<Inner>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(hex) = parse_hex(&raw) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected a digest: sha256:<64 hex> or <64 hex>",
+        );
+    };
+    me.stats.chunk_requests.fetch_add(1, Ordering::Relaxed);
+    if !me.cache.contains(&hex) {
+        let job = me.fetching(&hex);
+        if headers.get(header::RANGE).is_none() {
+            return Body::from_stream(forward(me.clone(), job)).into_response();
+        }
+        // A range of a chunk still arriving is served once it is whole.
+        let mut rx = job.progress.subscribe();
+        let _ = rx.wait_for(|p| !matches!(p, Progress::Receiving(_))).await;
+    } else {
+        me.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+    let Some(path) = me.cache.path(&hex) else {
+        return text(
+            StatusCode::BAD_GATEWAY,
+            format!("chunk {hex} could not be fetched"),
+        );
+    };
+    let data = match tokio::fs::read(&path).await {
+        Ok(d) => Bytes::from(d),
+        Err(e) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cache read failed: {e}"),
+            )
+        }
+    };
+    let len = data.len() as u64;
+    let (status, body, range) = match headers.get(header::RANGE) {
+        None => (StatusCode::OK, data, None),
+        Some(r) => match r.to_str().ok().and_then(|r| parse_range(r, len)) {
+            Some((s, e)) => (
+                StatusCode::PARTIAL_CONTENT,
+                data.slice(s as usize..e as usize),
+                Some((s, e)),
+            ),
+            None => {
+                return (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                    "unsatisfiable range\n",
+                )
+                    .into_response()
+            }
+        },
+    };
+    let mut resp = Body::from_stream(paced(me, body)).into_response();
+    *resp.status_mut() = status;
+    if let Some((s, e)) = range {
+        if let Ok(v) = format!("bytes {s}-{}/{len}", e - 1).parse() {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    resp
+}
+
+/// A single `bytes=` range of a body of `len` bytes, as a half-open interval.
+pub fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", "") => return None,
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 {
+                return None;
+            }
+            (len.saturating_sub(n), len)
+        }
+        (s, "") => (s.parse().ok()?, len),
+        (s, e) => (
+            s.parse().ok()?,
+            e.parse::<u64>().ok()?.checked_add(1)?.min(len),
+        ),
+    };
+    (start < end && start < len).then_some((start, end))
+}
+
+/// A whole body sent in pieces within the relay's downstream limit.
+fn paced(
+    me: Arc<Inner>,
+    body: Bytes,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::unfold((me, body, 0usize), |(me, body, pos)| async move {
+        if pos >= body.len() {
+            return None;
+        }
+        let end = (pos + PIECE).min(body.len());
+        me.down.take(end - pos).await;
+        me.stats
+            .bytes_served
+            .fetch_add((end - pos) as u64, Ordering::Relaxed);
+        Some((Ok(body.slice(pos..end)), (me, body, end)))
+    })
+}
+
+/// The bytes of an in-flight chunk, forwarded as they arrive; an error (the body breaks off)
+/// if the fetch fails or the bytes do not match the digest.
+fn forward(
+    me: Arc<Inner>,
+    job: Arc<Inflight>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    let rx = job.progress.subscribe();
+    futures::stream::unfold(
+        (me, job, rx, 0usize, false),
+        |(me, job, mut rx, pos, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let progress = *rx.borrow_and_update();
+                let piece = {
+                    let d = lock(&job.data);
+                    (pos < d.len())
+                        .then(|| Bytes::copy_from_slice(&d[pos..d.len().min(pos + PIECE)]))
+                };
+                if let Some(piece) = piece {
+                    me.down.take(piece.len()).await;
+                    me.stats
+                        .bytes_served
+                        .fetch_add(piece.len() as u64, Ordering::Relaxed);
+                    let next = pos + piece.len();
+                    return Some((Ok(piece), (me, job, rx, next, false)));
+                }
+                match progress {
+                    Progress::Done(_) => return None,
+                    Progress::Failed => {
+                        let e = std::io::Error::other(
+                            "the chunk could not be fetched or failed verification",
+                        );
+                        return Some((Err(e), (me, job, rx, pos, true)));
+                    }
+                    Progress::Receiving(_) => {
+                        if rx.changed().await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Keeps a watch on the rack's goals open to the regional leader, through any region node.
+async fn watch_goals(me: Arc<Inner>, stop: CancellationToken) {
+    let req = pb::WatchRackRequest {
+        region: me.opts.region.clone(),
+        rack: me.opts.rack.clone(),
+        hosts: me.opts.hosts.clone(),
+    };
+    while !stop.is_cancelled() {
+        match me.client.watch_rack(req.clone()).await {
+            Ok(mut stream) => loop {
+                let next = tokio::select! {
+                    m = tokio::time::timeout(Duration::from_secs(10), stream.message()) => m,
+                    _ = stop.cancelled() => return,
+                };
+                match next {
+                    Ok(Ok(Some(reply))) => me.set_goals(&reply),
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => {
+                        debug!(error = %e.message(), "goal watch ended; watching again");
+                        break;
+                    }
+                    Err(_) => {
+                        debug!("goal watch silent; watching again");
+                        break;
+                    }
+                }
+            },
+            Err(e) => debug!(error = %e, "cannot watch the rack's goals yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Sends the rack's reports to the regional leader (which also answers with the goals).
+async fn send_reports(me: Arc<Inner>, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        let hosts: Vec<pb::HostReport> = {
+            let reports = lock(&me.reports);
+            me.opts
+                .hosts
+                .iter()
+                .map(|h| pb::HostReport {
+                    host: h.clone(),
+                    services: reports
+                        .get(h)
+                        .map(|r| {
+                            r.services
+                                .iter()
+                                .map(|s| pb::ServiceReport {
+                                    service: s.service.clone(),
+                                    build_id: s.build_id.clone(),
+                                    state: s.state.clone(),
+                                    detail: s.detail.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect()
+        };
+        let req = pb::ReportRackRequest {
+            region: me.opts.region.clone(),
+            rack: me.opts.rack.clone(),
+            hosts,
+        };
+        match me.client.report_rack(req).await {
+            Ok(reply) => me.set_goals(&reply),
+            Err(e) => debug!(error = %e, "rack report not delivered"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REPORT_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

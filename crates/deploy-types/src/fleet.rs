@@ -1,0 +1,181 @@
+//! The fleet in the cluster config: racks, their relays and their hosts.
+//!
+//! ```toml
+//! [[racks]]
+//! region = "us-east"
+//! name = "rack-1"
+//! relays = [{ id = "us-east-rack-1-relay", addr = "127.0.0.1:7101" }]
+//! hosts = ["us-east-1-h1", "us-east-1-h2"]
+//! ```
+//!
+//! A relay serves its rack's hosts over HTTP and may name a `parent` relay (one level up)
+//! to fetch from; without one it fetches from its region's store through the region's nodes.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use crate::config::{check_addr, ClusterConfig};
+use crate::ids::check_name;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub id: String,
+    /// Where it serves HTTP to its hosts, host:port.
+    pub addr: String,
+    /// A relay one level up to fetch from, instead of the region's store.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RackConfig {
+    pub region: String,
+    pub name: String,
+    #[serde(default)]
+    pub relays: Vec<RelayConfig>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// Checks racks against the regions and the nodes' addresses; every problem is named.
+pub(crate) fn check_racks(
+    racks: &[RackConfig],
+    regions: &[&str],
+    node_addrs: &BTreeSet<String>,
+    problems: &mut Vec<String>,
+) {
+    let mut rack_names = BTreeSet::new();
+    let mut relay_ids = BTreeSet::new();
+    let mut host_ids = BTreeSet::new();
+    let mut addrs = node_addrs.clone();
+    for r in racks {
+        if !regions.contains(&r.region.as_str()) {
+            problems.push(format!(
+                "rack {:?} is in region {:?}, which the config does not declare",
+                r.name, r.region
+            ));
+        }
+        if let Err(e) = check_name("rack", &r.name) {
+            problems.push(e.to_string());
+        }
+        if !rack_names.insert((r.region.clone(), r.name.clone())) {
+            problems.push(format!(
+                "rack {:?} of {:?} is declared twice",
+                r.name, r.region
+            ));
+        }
+        for relay in &r.relays {
+            if let Err(e) = check_name("relay id", &relay.id) {
+                problems.push(e.to_string());
+            }
+            if !relay_ids.insert(relay.id.clone()) {
+                problems.push(format!("relay id {:?} is declared twice", relay.id));
+            }
+            if let Err(e) = check_addr(&relay.addr) {
+                problems.push(format!(
+                    "relay {:?}: address {:?} {e}",
+                    relay.id, relay.addr
+                ));
+            } else if !addrs.insert(relay.addr.clone()) {
+                problems.push(format!("address {:?} is used twice", relay.addr));
+            }
+        }
+        for h in &r.hosts {
+            if let Err(e) = check_name("host", h) {
+                problems.push(e.to_string());
+            }
+            if !host_ids.insert(h.clone()) {
+                problems.push(format!("host {h:?} is declared twice"));
+            }
+        }
+    }
+    for r in racks {
+        for relay in &r.relays {
+            if let Some(p) = &relay.parent {
+                let parent = racks
+                    .iter()
+                    .filter(|x| x.region == r.region)
+                    .flat_map(|x| x.relays.iter())
+                    .find(|x| &x.id == p);
+                match parent {
+                    None => problems.push(format!(
+                        "relay {:?}: parent {p:?} is not a relay of region {:?}",
+                        relay.id, r.region
+                    )),
+                    Some(x) if x.id == relay.id || x.parent.as_deref() == Some(&relay.id) => {
+                        problems.push(format!("relay {:?}: parent {p:?} makes a loop", relay.id))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Where a host is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPlace<'a> {
+    pub region: &'a str,
+    pub rack: &'a RackConfig,
+}
+
+impl ClusterConfig {
+    pub fn racks(&self) -> &[RackConfig] {
+        &self.racks
+    }
+
+    /// A relay by id, with its rack.
+    pub fn relay(&self, id: &str) -> Option<(&RackConfig, &RelayConfig)> {
+        self.racks
+            .iter()
+            .find_map(|r| r.relays.iter().find(|x| x.id == id).map(|x| (r, x)))
+    }
+
+    /// A host's region and rack.
+    pub fn host(&self, id: &str) -> Option<HostPlace<'_>> {
+        self.racks
+            .iter()
+            .find(|r| r.hosts.iter().any(|h| h == id))
+            .map(|rack| HostPlace {
+                region: &rack.region,
+                rack,
+            })
+    }
+
+    /// The addresses of a region's group members (where its store is served over HTTP).
+    pub fn region_addrs(&self, region: &str) -> Vec<String> {
+        let group = crate::GroupName::Region(region.to_string());
+        self.voters(&group)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| self.node(n).map(|n| n.addr.clone()))
+            .collect()
+    }
+
+    /// Replaces every region's racks with `racks` racks of `hosts` hosts, one relay each on
+    /// consecutive ports from `first_port` (for larger local runs).
+    pub fn generate_racks(&mut self, racks: u32, hosts: u32, first_port: u16) {
+        let regions: Vec<String> = self.regions().map(str::to_string).collect();
+        let mut port = first_port;
+        self.racks.clear();
+        for region in regions {
+            for k in 1..=racks {
+                let name = format!("rack-{k}");
+                self.racks.push(RackConfig {
+                    region: region.clone(),
+                    relays: vec![RelayConfig {
+                        id: format!("{region}-{name}-relay"),
+                        addr: format!("127.0.0.1:{port}"),
+                        parent: None,
+                    }],
+                    hosts: (1..=hosts).map(|h| format!("{region}-{k}-h{h}")).collect(),
+                    name,
+                });
+                port = port.wrapping_add(1);
+            }
+        }
+    }
+}
