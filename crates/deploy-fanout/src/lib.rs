@@ -14,7 +14,10 @@
 //! This crate must not depend on the coordinator: relays and agents talk to it only through
 //! the public API (`deploy-client`) and plain HTTP.
 
+pub mod agent;
 pub mod bucket;
 pub mod cache;
 pub mod fetch;
 pub mod relay;
+pub mod service;
+pub mod unpack;

@@ -50,6 +50,43 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         store_base: PathBuf,
     },
+    /// Run a rack relay: serve its hosts goals, manifests and chunks; report them upward.
+    Relay {
+        #[arg(long)]
+        config: PathBuf,
+        /// This relay's id in the config.
+        #[arg(long)]
+        id: String,
+        /// Its chunk cache (default: .deploy/<id>).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Upstream bandwidth limit, bytes per second (default: none).
+        #[arg(long)]
+        up_limit: Option<u64>,
+        /// Downstream (to hosts) bandwidth limit, bytes per second (default: none).
+        #[arg(long)]
+        down_limit: Option<u64>,
+        /// Cache bound in bytes (default 2 GiB).
+        #[arg(long)]
+        cache_bytes: Option<u64>,
+    },
+    /// Run a host agent: install its goal's releases and run them.
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+        /// This host's id in the config.
+        #[arg(long)]
+        id: String,
+        /// Where releases live (default: .deploy/<id>).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Verify and record releases but start no process (scale tests).
+        #[arg(long)]
+        sim: bool,
+        /// Download bandwidth limit, bytes per second (default: none).
+        #[arg(long)]
+        down_limit: Option<u64>,
+    },
     /// Signing keys for artifacts.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -69,6 +106,15 @@ pub enum Command {
         /// at will (e.g. the whole global group).
         #[arg(long, value_delimiter = ',')]
         exclude: Vec<String>,
+        /// Replace the config's racks: this many per region, one relay each (ports from
+        /// 7101), with --hosts-per-rack agents each.
+        #[arg(long, requires = "hosts_per_rack")]
+        racks: Option<u32>,
+        #[arg(long, requires = "racks")]
+        hosts_per_rack: Option<u32>,
+        /// Run agents in sim mode: verify and record releases, start no process.
+        #[arg(long)]
+        sim_agents: bool,
     },
     /// Simulate a region's hosts: report like rack relays and follow the goals, so releases
     /// can be tried without agents.
@@ -125,6 +171,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             work_dir,
             store_base,
         } => crate::worker::run(&config, &id, work_dir, &store_base).await,
+        Command::Relay {
+            config,
+            id,
+            data_dir,
+            up_limit,
+            down_limit,
+            cache_bytes,
+        } => {
+            let limits = crate::fleet::Limits {
+                up: up_limit,
+                down: down_limit,
+                cache_bytes,
+            };
+            crate::fleet::run_relay(config, &id, data_dir, limits).await
+        }
+        Command::Agent {
+            config,
+            id,
+            root,
+            sim,
+            down_limit,
+        } => {
+            let limits = crate::fleet::Limits {
+                down: down_limit,
+                ..Default::default()
+            };
+            crate::fleet::run_agent(config, &id, root, sim, limits).await
+        }
         Command::Keys(KeysCommand::Generate { out }) => {
             let key = deploy_artifact::KeyPair::generate()?;
             key.save(&out).map_err(|e| {
@@ -149,7 +223,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             simulate_hosts,
             exclude,
-        } => crate::dev::run(config.as_deref(), &data_dir, simulate_hosts, &exclude).await,
+            racks,
+            hosts_per_rack,
+            sim_agents,
+        } => {
+            let fleet = crate::dev::Fleet {
+                shape: racks.zip(hosts_per_rack),
+                sim_agents,
+            };
+            crate::dev::run(
+                config.as_deref(),
+                &data_dir,
+                simulate_hosts,
+                &exclude,
+                fleet,
+            )
+            .await
+        }
         Command::Simhosts {
             endpoint,
             region,

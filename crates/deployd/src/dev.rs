@@ -16,8 +16,15 @@ pub async fn run(
     data_dir: &Path,
     simulate_hosts: Option<(u32, u32)>,
     exclude: &[String],
+    fleet: Fleet,
 ) -> anyhow::Result<()> {
     let mut config = crate::cli::load_config(config_path)?;
+    if let Some((racks, hosts)) = fleet.shape {
+        if !(1..=500).contains(&racks) || !(1..=1000).contains(&hosts) {
+            anyhow::bail!("--racks must be 1-500 and --hosts-per-rack 1-1000");
+        }
+        config.generate_racks(racks, hosts, 7101);
+    }
     for id in exclude {
         if config.node(&deploy_types::NodeName::new(id)?).is_none() {
             anyhow::bail!("--exclude {id}: no such node in the config");
@@ -65,6 +72,38 @@ pub async fn run(
         .with_context(|| format!("cannot start worker {}", w.id))?;
         workers.push(tokio::spawn(worker.run(stop_workers.clone())));
     }
+    // The fan-out tree: every relay, and an agent per host with its root under the data
+    // directory, running real service processes (or, with --sim-agents, none).
+    let mut relays = Vec::new();
+    for rack in config.racks() {
+        for relay in &rack.relays {
+            if exclude.contains(&relay.id) {
+                continue;
+            }
+            let dir = data_dir.join("relays").join(&relay.id);
+            let limits = crate::fleet::Limits::default();
+            relays.push(
+                crate::fleet::spawn_relay(&config, &relay.id, dir, &limits, stop_workers.clone())
+                    .await?,
+            );
+        }
+    }
+    let mut agents = Vec::new();
+    for rack in config.racks() {
+        for host in rack.hosts.iter().filter(|h| !exclude.contains(h)) {
+            let root = std::path::absolute(data_dir.join("hosts").join(host))?;
+            let opts = crate::fleet::agent_options(
+                &config,
+                host,
+                root,
+                fleet.sim_agents,
+                &crate::fleet::Limits::default(),
+            )?;
+            let agent = deploy_fanout::agent::Agent::new(opts);
+            workers.push(tokio::spawn(agent.clone().run(stop_workers.clone())));
+            agents.push(agent);
+        }
+    }
     // Simulated hosts report to their region's own nodes, like rack relays would.
     if let Some((racks, per)) = simulate_hosts {
         for region in config.regions() {
@@ -109,6 +148,14 @@ pub async fn run(
         );
     }
     println!("deployd dev: {} build workers", config.workers.len());
+    println!(
+        "deployd dev: {} racks, {} relays, {} host agents{} (roots under {}/hosts)",
+        config.racks().len(),
+        relays.len(),
+        agents.len(),
+        if fleet.sim_agents { " in sim mode" } else { "" },
+        data_dir.display()
+    );
     if let Some((racks, per)) = simulate_hosts {
         println!("deployd dev: {racks}x{per} simulated hosts in every region");
     }
@@ -117,13 +164,25 @@ pub async fn run(
     crate::cli::shutdown_signal().await;
     info!("stopping the dev cluster");
     stop_workers.cancel();
-    for w in workers {
+    for w in workers.into_iter().chain(relays) {
         let _ = w.await;
+    }
+    // In dev the services go down with the cluster.
+    for a in &agents {
+        a.stop_services().await;
     }
     for n in nodes {
         n.stop().await;
     }
     Ok(())
+}
+
+/// The fan-out part of the dev cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Fleet {
+    /// (racks per region, hosts per rack) replacing the config's racks.
+    pub shape: Option<(u32, u32)>,
+    pub sim_agents: bool,
 }
 
 /// Waits until every hosted group on every node knows a leader (or the time is up).

@@ -2,6 +2,7 @@
 
 mod cli;
 mod dev;
+mod fleet;
 mod logging;
 mod node;
 mod worker;

@@ -48,7 +48,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .arg("dev")
         .arg("--data-dir")
         .arg(&data)
-        .args(["--simulate-hosts", "3x4"])
         .stdin(Stdio::null())
         .spawn()
         .context("cannot start deployd dev")?;
@@ -100,7 +99,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     println!("its build log:");
     run_checked(Command::new(&ctl).args(["build", "logs", "b-1"]))?;
     println!();
-    println!("releasing b-1 to every host of both regions, in waves:");
+    println!("releasing b-1 to every host of both regions (agents running it for real), in waves:");
     run_checked(Command::new(&ctl).args([
         "release",
         "create",
@@ -176,11 +175,12 @@ timeout_secs = 60
 
 [run]
 command = \"./out/hello\"
+health_command = \"test -x out/hello\"
 ";
 
 const SAMPLE_BUILD: &str = "echo \"building hello $(cat VERSION)\"
 mkdir -p out
-printf '#!/bin/sh\\necho hello from version %s\\n' \"$(cat VERSION)\" > out/hello
+printf '#!/bin/sh\\necho hello from version %s\\nexec sleep 1000000\\n' \"$(cat VERSION)\" > out/hello
 chmod +x out/hello
 echo done
 ";

@@ -1,0 +1,568 @@
+//! The host agent: follows its goal, installs releases safely, runs and health-checks them.
+//!
+//! Layout under the root:
+//! - `chunks/<hex>`: verified chunks (written to a temp name, then renamed);
+//! - `services/<s>/releases/<build>/`: unpacked releases; `.partial-<build>` while unpacking;
+//! - `services/<s>/current`: a symlink to the running release, replaced by rename;
+//! - `services/<s>/pid`: the service's process group, `<pid> <build>`;
+//! - `services/<s>/logs/<build>.log`: its output.
+//!
+//! A kill at any point leaves `current` on a complete release: a release directory appears
+//! only by renaming a fully unpacked and verified one, and `current` changes by renaming a
+//! new symlink over it. On start the agent removes partial directories, adopts the service
+//! process if it still runs, and starts it from `current` if not.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deploy_artifact::recipe::{parse_run_toml, RunSection};
+use deploy_artifact::{Manifest, TrustedKeys};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::bucket::Bucket;
+use crate::fetch;
+use crate::relay::{AgentReport, GoalReply, HostGoal, ServiceState};
+use crate::service;
+use crate::unpack::unpack;
+
+/// Releases kept per service (the running one included).
+pub const KEEP_RELEASES: usize = 3;
+/// How long a started service may fail its health check before it counts as unhealthy.
+const START_GRACE: Duration = Duration::from_secs(3);
+const HEALTH_EVERY: Duration = Duration::from_millis(500);
+const POLL_WAIT_MS: u64 = 10_000;
+/// How long fetching keeps retrying when every source is unreachable.
+const FETCH_PATIENCE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub id: String,
+    pub root: PathBuf,
+    /// Relays to ask, in order: its rack's first, then the region's others.
+    pub relays: Vec<String>,
+    /// The region's nodes, whose HTTP serves the store: the last fallback for data.
+    pub stores: Vec<String>,
+    pub trusted: TrustedKeys,
+    /// Verify and record, but start no process (for scale tests).
+    pub sim: bool,
+    pub down_limit: Option<u64>,
+    pub max_chunk_bytes: usize,
+    /// Test hook: pause (so a test can kill the agent) at `unpack`, `switch` or `health`.
+    pub failpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Svc {
+    build_id: String,
+    state: String,
+    detail: String,
+    pid: Option<u32>,
+    started: Option<Instant>,
+    run: Option<RunSection>,
+    dir: PathBuf,
+}
+
+pub struct Agent {
+    opts: AgentOptions,
+    http: reqwest::Client,
+    down: Bucket,
+    services: Mutex<BTreeMap<String, Svc>>,
+    changed: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    pub fn new(opts: AgentOptions) -> Arc<Self> {
+        Arc::new(Self {
+            http: fetch::client(),
+            down: Bucket::new(opts.down_limit),
+            services: Mutex::default(),
+            changed: Notify::new(),
+            opts,
+        })
+    }
+
+    fn svc_dir(&self, service: &str) -> PathBuf {
+        self.opts.root.join("services").join(service)
+    }
+
+    fn set(&self, service: &str, f: impl FnOnce(&mut Svc)) {
+        f(lock(&self.services).entry(service.to_string()).or_default());
+        self.changed.notify_one();
+    }
+
+    /// What the agent reports for itself.
+    pub fn report(&self) -> AgentReport {
+        AgentReport {
+            host: self.opts.id.clone(),
+            services: lock(&self.services)
+                .iter()
+                .map(|(s, v)| ServiceState {
+                    service: s.clone(),
+                    build_id: v.build_id.clone(),
+                    state: v.state.clone(),
+                    detail: v.detail.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops every service process this agent runs (for `deployd dev` shutting down; a real
+    /// agent leaves them running when it stops).
+    pub async fn stop_services(&self) {
+        let pids: Vec<u32> = lock(&self.services)
+            .values()
+            .filter_map(|v| v.pid)
+            .collect();
+        for pid in pids {
+            service::stop(pid, Duration::from_secs(3)).await;
+        }
+    }
+
+    /// Runs until `stop`: restores what the root holds, then follows the goal.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        if let Err(e) = self.restore().await {
+            warn!(host = %self.opts.id, error = %e, "cannot restore the services on disk");
+        }
+        tokio::spawn(self.clone().reporter(stop.clone()));
+        if !self.opts.sim {
+            tokio::spawn(self.clone().health(stop.clone()));
+        }
+        let mut version = 0;
+        let mut relay = 0usize;
+        while !stop.is_cancelled() {
+            let polled = tokio::select! {
+                r = self.poll(relay, version) => r,
+                _ = stop.cancelled() => return,
+            };
+            let reply = match polled {
+                Ok(r) => r,
+                Err(e) => {
+                    relay += 1;
+                    if relay % self.opts.relays.len().max(1) == 0 {
+                        warn!(host = %self.opts.id, error = %e, "no relay answers; trying again");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = stop.cancelled() => return,
+                        }
+                    }
+                    continue;
+                }
+            };
+            version = reply.version;
+            for goal in reply.goals {
+                let current = lock(&self.services)
+                    .get(&goal.service)
+                    .map(|s| s.build_id.clone());
+                if current.as_deref() == Some(goal.build_id.as_str()) {
+                    continue;
+                }
+                let install = self.clone().install(goal.clone());
+                let done = tokio::select! {
+                    r = install => r,
+                    _ = stop.cancelled() => return,
+                };
+                if let Err(e) = done {
+                    warn!(host = %self.opts.id, service = %goal.service, build = %goal.build_id, error = %e, "install failed");
+                    self.set(&goal.service, |s| {
+                        s.build_id = goal.build_id.clone();
+                        s.state = "FAILED".into();
+                        s.detail = e;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn poll(&self, relay: usize, version: u64) -> Result<GoalReply, String> {
+        let addr = self
+            .opts
+            .relays
+            .get(relay % self.opts.relays.len().max(1))
+            .ok_or("no relay configured")?;
+        let url = format!(
+            "{}/v1/goal?host={}&version={version}&wait_ms={POLL_WAIT_MS}",
+            fetch::base(addr),
+            self.opts.id
+        );
+        let body = fetch::get_bounded(&self.http, &url, 1024 * 1024, None).await?;
+        serde_json::from_slice(&body).map_err(|e| format!("bad goal reply: {e}"))
+    }
+
+    async fn reporter(self: Arc<Self>, stop: CancellationToken) {
+        let mut relay = 0usize;
+        while !stop.is_cancelled() {
+            let body = serde_json::to_vec(&self.report()).unwrap_or_default();
+            let n = self.opts.relays.len().max(1);
+            for _ in 0..n {
+                let Some(addr) = self.opts.relays.get(relay % n) else {
+                    break;
+                };
+                let sent = self
+                    .http
+                    .post(format!("{}/v1/report", fetch::base(addr)))
+                    .timeout(Duration::from_secs(3))
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => break,
+                    _ => relay += 1,
+                }
+            }
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Where data comes from: the relays, then the store through the region's nodes.
+    fn sources(&self) -> Vec<String> {
+        self.opts
+            .relays
+            .iter()
+            .chain(self.opts.stores.iter())
+            .map(|a| fetch::base(a))
+            .collect()
+    }
+
+    async fn failpoint(&self, step: &str) {
+        if self.opts.failpoint.as_deref() == Some(step) {
+            let marker = self.opts.root.join(format!("failpoint-{step}"));
+            let _ = std::fs::write(&marker, b"");
+            warn!(host = %self.opts.id, step, "failpoint: pausing");
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+
+    async fn fetch_manifest(&self, digest: &str) -> Result<Manifest, String> {
+        let started = Instant::now();
+        loop {
+            match fetch::manifest(&self.http, &self.sources(), digest, &self.opts.trusted).await {
+                Ok(m) => return Ok(m),
+                Err(e) if started.elapsed() < FETCH_PATIENCE => {
+                    warn!(host = %self.opts.id, error = %e, "manifest not fetched yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Every chunk of `m` in `chunks/`, verified.
+    async fn fetch_chunks(&self, m: &Manifest) -> Result<Vec<PathBuf>, String> {
+        let dir = self.opts.root.join("chunks");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut paths = Vec::new();
+        for c in &m.chunks {
+            let hex = fetch::hex_of(&c.digest).to_string();
+            let path = dir.join(&hex);
+            if !path.exists() {
+                let started = Instant::now();
+                let data = loop {
+                    match fetch::chunk(
+                        &self.http,
+                        &self.sources(),
+                        &hex,
+                        self.opts.max_chunk_bytes,
+                        &self.down,
+                    )
+                    .await
+                    {
+                        Ok(d) => break d,
+                        Err(e) if started.elapsed() < FETCH_PATIENCE => {
+                            warn!(host = %self.opts.id, error = %e, "chunk not fetched yet");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                };
+                let tmp = dir.join(format!(".{hex}.tmp"));
+                tokio::fs::write(&tmp, &data)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::fs::rename(&tmp, &path)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            paths.push(path);
+        }
+        Ok(paths)
+    }
+
+    /// Installs and starts `goal`; every step is reported.
+    async fn install(self: Arc<Self>, goal: HostGoal) -> Result<(), String> {
+        let s = goal.service.clone();
+        info!(host = %self.opts.id, service = %s, build = %goal.build_id, "installing");
+        self.set(&s, |v| {
+            v.build_id = goal.build_id.clone();
+            v.state = "DOWNLOADING".into();
+            v.detail.clear();
+        });
+        let m = self.fetch_manifest(&goal.artifact_digest).await?;
+        if m.service != s {
+            return Err(format!(
+                "the manifest is of service {:?}, not {s:?}",
+                m.service
+            ));
+        }
+        let chunks = self.fetch_chunks(&m).await?;
+        if self.opts.sim {
+            let rec = self.opts.root.join("sim");
+            let _ = std::fs::create_dir_all(&rec);
+            let _ = std::fs::write(
+                rec.join(&s),
+                format!("{} {}\n", goal.build_id, m.artifact_digest),
+            );
+            self.set(&s, |v| v.state = "HEALTHY".into());
+            return Ok(());
+        }
+        self.set(&s, |v| v.state = "INSTALLING".into());
+        let releases = self.svc_dir(&s).join("releases");
+        let dir = releases.join(&goal.build_id);
+        if !dir.exists() {
+            std::fs::create_dir_all(&releases).map_err(|e| e.to_string())?;
+            let partial = releases.join(format!(".partial-{}", goal.build_id));
+            let _ = std::fs::remove_dir_all(&partial);
+            let (digest, size) = (m.artifact_digest.clone(), m.size);
+            let target = partial.clone();
+            tokio::task::spawn_blocking(move || {
+                let readers: Vec<std::fs::File> = chunks
+                    .iter()
+                    .map(std::fs::File::open)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?;
+                let stream = readers
+                    .into_iter()
+                    .fold(Box::new(std::io::empty()) as Box<dyn Read>, |acc, f| {
+                        Box::new(acc.chain(f))
+                    });
+                unpack(stream, &target, &digest, size).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            self.failpoint("unpack").await;
+            std::fs::rename(&partial, &dir).map_err(|e| e.to_string())?;
+        }
+        let run = std::fs::read_to_string(dir.join(".deploy/run.toml"))
+            .map_err(|e| format!("the release has no .deploy/run.toml: {e}"))
+            .and_then(|t| parse_run_toml(&t).map_err(|e| e.to_string()))?;
+        self.switch(&s, &goal.build_id).await?;
+        self.start(&s, &goal.build_id, &dir, run).await?;
+        self.prune(&s, &goal.build_id);
+        Ok(())
+    }
+
+    /// Points `current` at the release: a new symlink renamed over the old one.
+    async fn switch(&self, service: &str, build: &str) -> Result<(), String> {
+        let sdir = self.svc_dir(service);
+        let next = sdir.join("current.next");
+        let _ = std::fs::remove_file(&next);
+        std::os::unix::fs::symlink(Path::new("releases").join(build), &next)
+            .map_err(|e| e.to_string())?;
+        self.failpoint("switch").await;
+        std::fs::rename(&next, sdir.join("current")).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Stops the running process (if any) and starts the release's.
+    async fn start(
+        &self,
+        service: &str,
+        build: &str,
+        dir: &Path,
+        run: RunSection,
+    ) -> Result<(), String> {
+        let old = lock(&self.services).get(service).and_then(|v| v.pid);
+        if let Some(pid) = old {
+            service::stop(pid, Duration::from_secs(3)).await;
+        }
+        let sdir = self.svc_dir(service);
+        let log = sdir.join("logs").join(format!("{build}.log"));
+        let pid = service::start(
+            &run,
+            dir,
+            &log,
+            &[
+                ("DEPLOY_SERVICE", service),
+                ("DEPLOY_BUILD", build),
+                ("DEPLOY_HOST", &self.opts.id),
+            ],
+        )
+        .map_err(|e| format!("cannot start {:?}: {e}", run.command))?;
+        let tmp = sdir.join("pid.tmp");
+        std::fs::write(&tmp, format!("{pid} {build}\n")).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, sdir.join("pid")).map_err(|e| e.to_string())?;
+        info!(host = %self.opts.id, %service, %build, pid, "started");
+        self.set(service, |v| {
+            v.build_id = build.to_string();
+            v.state = "STARTING".into();
+            v.detail.clear();
+            v.pid = Some(pid);
+            v.started = Some(Instant::now());
+            v.run = Some(run);
+            v.dir = dir.to_path_buf();
+        });
+        self.failpoint("health").await;
+        Ok(())
+    }
+
+    /// Keeps the newest releases (and the running one), removes the rest.
+    fn prune(&self, service: &str, running: &str) {
+        let releases = self.svc_dir(service).join("releases");
+        let Ok(entries) = std::fs::read_dir(&releases) else {
+            return;
+        };
+        let mut dirs: Vec<(std::time::SystemTime, PathBuf, String)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let when = e.metadata().and_then(|m| m.modified()).ok()?;
+                (!name.starts_with('.')).then(|| (when, e.path(), name))
+            })
+            .collect();
+        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, path, name) in dirs.into_iter().skip(KEEP_RELEASES) {
+            if name != running {
+                let _ = std::fs::remove_dir_all(path);
+            }
+        }
+    }
+
+    /// Picks up what the root holds after a restart: removes partial unpacks, adopts a
+    /// running service or starts it again from `current`.
+    async fn restore(&self) -> Result<(), String> {
+        let services = self.opts.root.join("services");
+        let Ok(entries) = std::fs::read_dir(&services) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let service = e.file_name().to_string_lossy().into_owned();
+            let sdir = e.path();
+            if let Ok(rel) = std::fs::read_dir(sdir.join("releases")) {
+                for r in rel.flatten() {
+                    if r.file_name().to_string_lossy().starts_with(".partial-") {
+                        let _ = std::fs::remove_dir_all(r.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(sdir.join("current.next"));
+            let Ok(target) = std::fs::read_link(sdir.join("current")) else {
+                continue;
+            };
+            let Some(build) = target.file_name().map(|b| b.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let dir = sdir.join("releases").join(&build);
+            if self.opts.sim {
+                self.set(&service, |v| {
+                    v.build_id = build.clone();
+                    v.state = "HEALTHY".into();
+                });
+                continue;
+            }
+            let run = std::fs::read_to_string(dir.join(".deploy/run.toml"))
+                .map_err(|e| e.to_string())
+                .and_then(|t| parse_run_toml(&t).map_err(|e| e.to_string()));
+            let run = match run {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%service, %build, error = %e, "current release unreadable");
+                    continue;
+                }
+            };
+            let adopted = std::fs::read_to_string(sdir.join("pid"))
+                .ok()
+                .and_then(|t| {
+                    let mut it = t.split_whitespace();
+                    let pid: u32 = it.next()?.parse().ok()?;
+                    let b = it.next()?.to_string();
+                    (b == build && service::alive(pid)).then_some(pid)
+                });
+            match adopted {
+                Some(pid) => {
+                    info!(%service, %build, pid, "adopted the running service");
+                    self.set(&service, |v| {
+                        v.build_id = build.clone();
+                        v.state = "STARTING".into();
+                        v.pid = Some(pid);
+                        v.started = Some(Instant::now());
+                        v.run = Some(run);
+                        v.dir = dir.clone();
+                    });
+                }
+                None => {
+                    info!(%service, %build, "starting the current release again");
+                    self.start(&service, &build, &dir, run).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every running service's process and health.
+    async fn health(self: Arc<Self>, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            let running: Vec<(String, Svc)> = lock(&self.services)
+                .iter()
+                .filter(|(_, v)| v.pid.is_some() && v.run.is_some())
+                .map(|(s, v)| (s.clone(), v.clone()))
+                .collect();
+            for (s, v) in running {
+                let (Some(pid), Some(run)) = (v.pid, v.run.as_ref()) else {
+                    continue;
+                };
+                if matches!(v.state.as_str(), "DOWNLOADING" | "INSTALLING" | "FAILED") {
+                    continue;
+                }
+                let ended = service::reap(pid)
+                    .or_else(|| (!service::alive(pid)).then(|| "is gone".to_string()));
+                if let Some(how) = ended {
+                    self.set(&s, |x| {
+                        if x.pid == Some(pid) {
+                            x.state = "FAILED".into();
+                            x.detail = format!("the service process {how}");
+                            x.pid = None;
+                        }
+                    });
+                    continue;
+                }
+                let verdict = service::check(run, &v.dir, &self.http).await;
+                self.set(&s, |x| {
+                    if x.pid != Some(pid) {
+                        return;
+                    }
+                    match &verdict {
+                        Ok(()) => {
+                            x.state = "HEALTHY".into();
+                            x.detail.clear();
+                        }
+                        Err(why) => {
+                            let young = x.started.is_some_and(|t| t.elapsed() < START_GRACE);
+                            if !(x.state == "STARTING" && young) {
+                                x.state = "UNHEALTHY".into();
+                            }
+                            x.detail = why.clone();
+                        }
+                    }
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(HEALTH_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
