@@ -13,11 +13,7 @@ use test_harness::releases::{
 use test_harness::{wait_until, GrpcCluster, Spec};
 
 fn region_addrs(c: &GrpcCluster, region: &str) -> Vec<String> {
-    c.addrs
-        .iter()
-        .filter(|(n, _)| n.starts_with(&format!("{region}-")))
-        .map(|(_, a)| a.clone())
-        .collect()
+    c.region_addrs(region)
 }
 
 fn region_client(c: &GrpcCluster, region: &str) -> anyhow::Result<Client> {

@@ -136,6 +136,8 @@ async fn chunk(
         Ok(d) => d,
         Err(e) => return store_error(e),
     };
+    node.chunk_reads
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let len = data.len() as u64;
     let Some(range) = headers.get(header::RANGE) else {
         return ([(header::ACCEPT_RANGES, "bytes".to_string())], data).into_response();

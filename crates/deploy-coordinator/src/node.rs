@@ -68,6 +68,8 @@ pub struct Node {
     pub trusted: TrustedKeys,
     /// Host reports held while this node leads a region (soft state, never persisted).
     pub reports: crate::reports::Reports,
+    /// Chunks this node served from its region's store over HTTP.
+    pub chunk_reads: std::sync::atomic::AtomicU64,
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
@@ -116,6 +118,7 @@ impl Node {
             stores,
             trusted,
             reports: Default::default(),
+            chunk_reads: Default::default(),
             stopping: tokio::sync::watch::channel(false).0,
         }))
     }

@@ -42,6 +42,8 @@ const FETCH_PATIENCE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub id: String,
+    pub region: String,
+    pub rack: String,
     pub root: PathBuf,
     /// Relays to ask, in order: its rack's first, then the region's others.
     pub relays: Vec<String>,
@@ -70,6 +72,8 @@ struct Svc {
 pub struct Agent {
     opts: AgentOptions,
     http: reqwest::Client,
+    /// The region's nodes, asked directly when no relay answers.
+    direct: Option<deploy_client::Client>,
     down: Bucket,
     services: Mutex<BTreeMap<String, Svc>>,
     changed: Notify,
@@ -81,7 +85,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Agent {
     pub fn new(opts: AgentOptions) -> Arc<Self> {
+        let direct = deploy_client::Client::new(&opts.stores)
+            .ok()
+            .map(|c| c.with_timeout(Duration::from_secs(5)));
         Arc::new(Self {
+            direct,
             http: fetch::client(),
             down: Bucket::new(opts.down_limit),
             services: Mutex::default(),
@@ -113,6 +121,14 @@ impl Agent {
                 })
                 .collect(),
         }
+    }
+
+    /// The pids of the service processes this agent runs.
+    pub fn pids(&self) -> Vec<u32> {
+        lock(&self.services)
+            .values()
+            .filter_map(|v| v.pid)
+            .collect()
     }
 
     /// Stops every service process this agent runs (for `deployd dev` shutting down; a real
@@ -147,14 +163,23 @@ impl Agent {
                 Ok(r) => r,
                 Err(e) => {
                     relay += 1;
-                    if relay % self.opts.relays.len().max(1) == 0 {
-                        warn!(host = %self.opts.id, error = %e, "no relay answers; trying again");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = stop.cancelled() => return,
+                    if relay % self.opts.relays.len().max(1) != 0 {
+                        continue;
+                    }
+                    // No relay answers: report to the region's nodes directly, which answer
+                    // with this host's goals (no rack-level pacing then).
+                    warn!(host = %self.opts.id, error = %e, "no relay answers; asking the region directly");
+                    match self.ask_region().await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            warn!(host = %self.opts.id, error = %e, "the region does not answer either");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                _ = stop.cancelled() => return,
+                            }
+                            continue;
                         }
                     }
-                    continue;
                 }
             };
             version = reply.version;
@@ -180,6 +205,47 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Reports this host to the region's leader and takes its goals from the answer.
+    async fn ask_region(&self) -> Result<GoalReply, String> {
+        let client = self.direct.as_ref().ok_or("no region nodes configured")?;
+        let r = self.report();
+        let req = deploy_proto::v1::ReportRackRequest {
+            region: self.opts.region.clone(),
+            rack: self.opts.rack.clone(),
+            hosts: vec![deploy_proto::v1::HostReport {
+                host: r.host,
+                services: r
+                    .services
+                    .into_iter()
+                    .map(|s| deploy_proto::v1::ServiceReport {
+                        service: s.service,
+                        build_id: s.build_id,
+                        state: s.state,
+                        detail: s.detail,
+                    })
+                    .collect(),
+            }],
+        };
+        let reply = client.report_rack(req).await.map_err(|e| e.to_string())?;
+        let goals = reply
+            .hosts
+            .into_iter()
+            .filter(|h| h.host == self.opts.id)
+            .flat_map(|h| h.goals)
+            .map(|g| HostGoal {
+                service: g.service,
+                build_id: g.build_id,
+                artifact_digest: g.artifact_digest,
+                release: g.release,
+            })
+            .collect();
+        Ok(GoalReply {
+            version: 0,
+            goals,
+            report_every_ms: 1000,
+        })
     }
 
     async fn poll(&self, relay: usize, version: u64) -> Result<GoalReply, String> {

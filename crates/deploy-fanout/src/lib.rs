@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod bucket;
 pub mod cache;
+pub mod config;
 pub mod fetch;
 pub mod relay;
 pub mod service;

@@ -47,7 +47,8 @@ pub struct RelayOptions {
     pub parent: Option<String>,
     pub cache_dir: PathBuf,
     pub cache_max_bytes: u64,
-    /// Bytes per second fetched from upstream / served to hosts; `None`: unlimited.
+    /// Bytes per second fetched from upstream, and served on each host's link; `None`:
+    /// unlimited.
     pub up_limit: Option<u64>,
     pub down_limit: Option<u64>,
     pub trusted: TrustedKeys,
@@ -115,7 +116,6 @@ struct Inner {
     client: Client,
     cache: Cache,
     up: Bucket,
-    down: Bucket,
     /// Goals per host, from the regional leader.
     goals: Mutex<BTreeMap<String, Vec<pb::ServiceGoal>>>,
     reports: Mutex<BTreeMap<String, AgentReport>>,
@@ -162,7 +162,6 @@ impl Relay {
                 client,
                 cache,
                 up: Bucket::new(opts.up_limit),
-                down: Bucket::new(opts.down_limit),
                 goals: Mutex::default(),
                 reports: Mutex::default(),
                 handed: Mutex::default(),
@@ -618,69 +617,88 @@ pub fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
     (start < end && start < len).then_some((start, end))
 }
 
-/// A whole body sent in pieces within the relay's downstream limit.
+/// A whole body sent in pieces within the limit of the host's link.
 fn paced(
     me: Arc<Inner>,
     body: Bytes,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    futures::stream::unfold((me, body, 0usize), |(me, body, pos)| async move {
-        if pos >= body.len() {
-            return None;
-        }
-        let end = (pos + PIECE).min(body.len());
-        me.down.take(end - pos).await;
-        me.stats
-            .bytes_served
-            .fetch_add((end - pos) as u64, Ordering::Relaxed);
-        Some((Ok(body.slice(pos..end)), (me, body, end)))
-    })
+    let link = Bucket::new(me.opts.down_limit);
+    futures::stream::unfold(
+        (me, body, 0usize, link),
+        |(me, body, pos, link)| async move {
+            if pos >= body.len() {
+                return None;
+            }
+            let end = (pos + PIECE).min(body.len());
+            link.take(end - pos).await;
+            me.stats
+                .bytes_served
+                .fetch_add((end - pos) as u64, Ordering::Relaxed);
+            Some((Ok(body.slice(pos..end)), (me, body, end, link)))
+        },
+    )
 }
 
-/// The bytes of an in-flight chunk, forwarded as they arrive; an error (the body breaks off)
-/// if the fetch fails or the bytes do not match the digest.
+struct Forwarding {
+    me: Arc<Inner>,
+    job: Arc<Inflight>,
+    rx: watch::Receiver<Progress>,
+    pos: usize,
+    ended: bool,
+    link: Bucket,
+}
+
+/// The bytes of an in-flight chunk, forwarded as they arrive within the limit of the host's
+/// link; an error (the body breaks off) if the fetch fails or the bytes do not match.
 fn forward(
     me: Arc<Inner>,
     job: Arc<Inflight>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    let rx = job.progress.subscribe();
-    futures::stream::unfold(
-        (me, job, rx, 0usize, false),
-        |(me, job, mut rx, pos, ended)| async move {
-            if ended {
-                return None;
+    let st = Forwarding {
+        rx: job.progress.subscribe(),
+        link: Bucket::new(me.opts.down_limit),
+        me,
+        job,
+        pos: 0,
+        ended: false,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        if st.ended {
+            return None;
+        }
+        loop {
+            let progress = *st.rx.borrow_and_update();
+            let piece = {
+                let d = lock(&st.job.data);
+                (st.pos < d.len())
+                    .then(|| Bytes::copy_from_slice(&d[st.pos..d.len().min(st.pos + PIECE)]))
+            };
+            if let Some(piece) = piece {
+                st.link.take(piece.len()).await;
+                st.me
+                    .stats
+                    .bytes_served
+                    .fetch_add(piece.len() as u64, Ordering::Relaxed);
+                st.pos += piece.len();
+                return Some((Ok(piece), st));
             }
-            loop {
-                let progress = *rx.borrow_and_update();
-                let piece = {
-                    let d = lock(&job.data);
-                    (pos < d.len())
-                        .then(|| Bytes::copy_from_slice(&d[pos..d.len().min(pos + PIECE)]))
-                };
-                if let Some(piece) = piece {
-                    me.down.take(piece.len()).await;
-                    me.stats
-                        .bytes_served
-                        .fetch_add(piece.len() as u64, Ordering::Relaxed);
-                    let next = pos + piece.len();
-                    return Some((Ok(piece), (me, job, rx, next, false)));
+            match progress {
+                Progress::Done(_) => return None,
+                Progress::Failed => {
+                    st.ended = true;
+                    let e = std::io::Error::other(
+                        "the chunk could not be fetched or failed verification",
+                    );
+                    return Some((Err(e), st));
                 }
-                match progress {
-                    Progress::Done(_) => return None,
-                    Progress::Failed => {
-                        let e = std::io::Error::other(
-                            "the chunk could not be fetched or failed verification",
-                        );
-                        return Some((Err(e), (me, job, rx, pos, true)));
-                    }
-                    Progress::Receiving(_) => {
-                        if rx.changed().await.is_err() {
-                            return None;
-                        }
+                Progress::Receiving(_) => {
+                    if st.rx.changed().await.is_err() {
+                        return None;
                     }
                 }
             }
-        },
-    )
+        }
+    })
 }
 
 /// Keeps a watch on the rack's goals open to the regional leader, through any region node.

@@ -106,6 +106,17 @@ pub async fn stop(pid: u32, grace: Duration) {
     reap(pid);
 }
 
+/// Kills the service's process group at once (for a test or dev cluster going away).
+pub fn kill_now(pid: u32) {
+    if alive(pid) && leads_own_group(pid) {
+        // SAFETY: signalling the process group this agent created for the service.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+        reap(pid);
+    }
+}
+
 /// Runs the health check once: the recipe's command (exit 0 passes) or URL (2xx passes);
 /// without either, the process being alive is health. `Err` says why it failed.
 pub async fn check(run: &RunSection, dir: &Path, http: &reqwest::Client) -> Result<(), String> {

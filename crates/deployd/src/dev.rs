@@ -92,7 +92,7 @@ pub async fn run(
     for rack in config.racks() {
         for host in rack.hosts.iter().filter(|h| !exclude.contains(h)) {
             let root = std::path::absolute(data_dir.join("hosts").join(host))?;
-            let opts = crate::fleet::agent_options(
+            let opts = deploy_fanout::config::agent_options(
                 &config,
                 host,
                 root,

@@ -28,6 +28,10 @@ pub struct GrpcCluster {
     pools: BTreeMap<String, ChannelPool>,
     /// (from node, to address) pairs that cannot connect: a network cut.
     cut: Arc<Mutex<BTreeSet<(String, String)>>>,
+    /// Relays' listeners, bound at start, taken by `start_relay`.
+    pub(crate) relay_listeners: BTreeMap<String, TcpListener>,
+    pub(crate) relays: BTreeMap<String, crate::fleet::RunningRelay>,
+    pub(crate) agents: BTreeMap<String, crate::fleet::RunningAgent>,
 }
 
 /// Where a cut connection goes: nothing listens on port 1 of loopback, so it is refused.
@@ -67,18 +71,27 @@ impl GrpcCluster {
             addrs.insert(name.clone(), l.local_addr()?.to_string());
             listeners.insert(name, l);
         }
+        let mut relay_listeners = BTreeMap::new();
+        for id in spec.relay_ids() {
+            let l = TcpListener::bind("127.0.0.1:0").await?;
+            addrs.insert(id.clone(), l.local_addr()?.to_string());
+            relay_listeners.insert(id, l);
+        }
         let dir = TempDir::new()?;
         let text = spec.toml(&addrs, dir.path())?;
         let config = Arc::new(ClusterConfig::parse(&text, "grpc test")?);
         let mut cluster = Self {
             dir,
             config,
-            nodes: addrs.keys().map(|k| (k.clone(), None)).collect(),
+            nodes: spec.node_names().into_iter().map(|k| (k, None)).collect(),
             listeners,
             workers: BTreeMap::new(),
             addrs,
             pools: BTreeMap::new(),
             cut: Arc::default(),
+            relay_listeners,
+            relays: BTreeMap::new(),
+            agents: BTreeMap::new(),
         };
         for n in spec.node_names() {
             cluster.start_node(&n).await?;
@@ -184,7 +197,7 @@ impl GrpcCluster {
         let opts = deploy_worker::WorkerOptions {
             id: id.to_string(),
             region: w.region.clone(),
-            endpoints: self.addrs.values().cloned().collect(),
+            endpoints: self.node_addrs(),
             work_dir: self.dir.path().join("workers").join(id),
             settings: self.config.builds.clone(),
         };
@@ -229,7 +242,20 @@ impl GrpcCluster {
 
     /// A client over every node's endpoint.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(self.addrs.values())?)
+        Ok(Client::new(self.node_addrs())?)
+    }
+
+    /// Every coordinator node's address (not the relays').
+    pub fn node_addrs(&self) -> Vec<String> {
+        self.nodes
+            .keys()
+            .filter_map(|n| self.addrs.get(n).cloned())
+            .collect()
+    }
+
+    /// The addresses of a region's nodes.
+    pub fn region_addrs(&self, region: &str) -> Vec<String> {
+        self.config.region_addrs(region)
     }
 
     /// A client that talks only to `name`.

@@ -21,6 +21,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use grpc::GrpcCluster;
+pub mod fleet;
 pub mod gitrepo;
 pub use inproc::InProcCluster;
 pub use process::ProcessCluster;
@@ -75,6 +76,17 @@ pub struct Spec {
     pub s3: std::collections::BTreeMap<String, (String, String)>,
     /// (raft.snapshot_every_logs, raft.keep_logs_after_snapshot)
     pub snapshots: (u64, u64),
+    /// Racks: (region, hosts); each gets one relay. Names follow [`Spec::racks_of`].
+    pub racks: Vec<(String, usize)>,
+}
+
+/// A rack of a [`Spec`]: its name, relay id and host ids.
+#[derive(Debug, Clone)]
+pub struct RackSpec {
+    pub region: String,
+    pub name: String,
+    pub relay: String,
+    pub hosts: Vec<String>,
 }
 
 impl Spec {
@@ -91,6 +103,7 @@ impl Spec {
             default_timing: false,
             s3: std::collections::BTreeMap::new(),
             snapshots: (5000, 1000),
+            racks: Vec::new(),
         }
     }
 
@@ -143,6 +156,37 @@ impl Spec {
     pub fn worker(mut self, id: &str, region: &str) -> Self {
         self.workers.push((id.to_string(), region.to_string()));
         self
+    }
+
+    /// A rack of `hosts` hosts in `region`, with one relay.
+    pub fn rack(mut self, region: &str, hosts: usize) -> Self {
+        self.racks.push((region.to_string(), hosts));
+        self
+    }
+
+    /// The racks, named `rack-<k>` per region, relays `<region>-rack-<k>-relay`, hosts
+    /// `<region>-<k>-h<i>`.
+    pub fn racks_of(&self) -> Vec<RackSpec> {
+        let mut per_region: std::collections::BTreeMap<&str, usize> = Default::default();
+        self.racks
+            .iter()
+            .map(|(region, hosts)| {
+                let k = per_region.entry(region).or_default();
+                *k += 1;
+                let name = format!("rack-{k}");
+                RackSpec {
+                    relay: format!("{region}-{name}-relay"),
+                    hosts: (1..=*hosts).map(|i| format!("{region}-{k}-h{i}")).collect(),
+                    region: region.clone(),
+                    name,
+                }
+            })
+            .collect()
+    }
+
+    /// Every relay id.
+    pub fn relay_ids(&self) -> Vec<String> {
+        self.racks_of().into_iter().map(|r| r.relay).collect()
     }
 
     pub fn lease_ms(mut self, ms: u64) -> Self {
@@ -224,6 +268,16 @@ impl Spec {
         for (id, region) in &self.workers {
             s.push_str(&format!(
                 "\n[[workers]]\nid = \"{id}\"\nregion = \"{region}\"\n"
+            ));
+        }
+        for r in self.racks_of() {
+            let addr = addrs.get(&r.relay).cloned().unwrap_or_default();
+            s.push_str(&format!(
+                "\n[[racks]]\nregion = \"{}\"\nname = \"{}\"\nrelays = [{{ id = \"{}\", addr = \"{addr}\" }}]\nhosts = [{}]\n",
+                r.region,
+                r.name,
+                r.relay,
+                list(r.hosts.clone())
             ));
         }
         s.push_str(&format!(

@@ -1,0 +1,91 @@
+//! Relay and agent options from the cluster config's racks, shared by `deployd` and tests.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use deploy_artifact::TrustedKeys;
+use deploy_types::ClusterConfig;
+
+use crate::agent::AgentOptions;
+use crate::relay::RelayOptions;
+
+/// Bandwidth and cache settings shared by the relay and agent commands.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    pub up: Option<u64>,
+    pub down: Option<u64>,
+    pub cache_bytes: Option<u64>,
+}
+
+pub fn trusted(config: &ClusterConfig) -> anyhow::Result<TrustedKeys> {
+    TrustedKeys::parse(&config.signing.trusted_keys).context("signing.trusted_keys")
+}
+
+/// Relay `id` of the config, caching under `dir`.
+pub fn relay_options(
+    config: &ClusterConfig,
+    id: &str,
+    dir: PathBuf,
+    limits: &Limits,
+) -> anyhow::Result<(RelayOptions, String)> {
+    let (rack, relay) = config
+        .relay(id)
+        .with_context(|| format!("relay {id} is not declared in the cluster config"))?;
+    let parent = relay
+        .parent
+        .as_ref()
+        .and_then(|p| config.relay(p))
+        .map(|(_, r)| r.addr.clone());
+    Ok((
+        RelayOptions {
+            id: id.to_string(),
+            region: rack.region.clone(),
+            rack: rack.name.clone(),
+            hosts: rack.hosts.clone(),
+            coordinators: config.region_addrs(&rack.region),
+            parent,
+            cache_dir: dir.join("cache"),
+            cache_max_bytes: limits.cache_bytes.unwrap_or(2 << 30),
+            up_limit: limits.up,
+            down_limit: limits.down,
+            trusted: trusted(config)?,
+            max_chunk_bytes: config.builds.chunk_bytes as usize,
+        },
+        relay.addr.clone(),
+    ))
+}
+
+/// Agent `id` of the config, with its root at `root`.
+pub fn agent_options(
+    config: &ClusterConfig,
+    id: &str,
+    root: PathBuf,
+    sim: bool,
+    limits: &Limits,
+) -> anyhow::Result<AgentOptions> {
+    let place = config
+        .host(id)
+        .with_context(|| format!("host {id} is not declared in the cluster config"))?;
+    // Its rack's relays first, then the region's others.
+    let mut relays: Vec<String> = place.rack.relays.iter().map(|r| r.addr.clone()).collect();
+    relays.extend(
+        config
+            .racks()
+            .iter()
+            .filter(|r| r.region == place.region && r.name != place.rack.name)
+            .flat_map(|r| r.relays.iter().map(|x| x.addr.clone())),
+    );
+    Ok(AgentOptions {
+        id: id.to_string(),
+        region: place.region.to_string(),
+        rack: place.rack.name.clone(),
+        root,
+        relays,
+        stores: config.region_addrs(place.region),
+        trusted: trusted(config)?,
+        sim,
+        down_limit: limits.down,
+        max_chunk_bytes: config.builds.chunk_bytes as usize,
+        failpoint: std::env::var("DEPLOY_AGENT_FAILPOINT").ok(),
+    })
+}

@@ -1,0 +1,396 @@
+//! The fan-out tree over loopback: relays and host agents of a `GrpcCluster`, real service
+//! processes, real artifacts.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use deploy_client::Client;
+use deploy_fanout::config::Limits;
+use deploy_proto::v1 as pb;
+use test_harness::gitrepo::GitRepo;
+use test_harness::releases::{goal, hosts, is_final, wait_release, T};
+use test_harness::{wait_until, GrpcCluster, Spec};
+
+/// A service whose build writes `blob_bytes` random bytes and whose health command passes
+/// unless the commit's `HEALTHY` file says `no`. Returns the build ids of `versions`.
+async fn builds(
+    client: &Client,
+    dir: &std::path::Path,
+    blob_bytes: u64,
+    versions: &[(&str, bool)],
+) -> anyhow::Result<Vec<String>> {
+    let repo = GitRepo::init(&dir.join("repo-web"))?;
+    let recipe = "[build]\ncommand = \"sh build.sh\"\noutputs = [\"out\"]\ntimeout_secs = 120\n\n\
+                  [run]\ncommand = \"./out/web\"\nhealth_command = \"grep -q yes out/healthy\"\n";
+    let script = format!(
+        "mkdir -p out\nhead -c {blob_bytes} /dev/urandom > out/blob\ncp HEALTHY out/healthy\n\
+         printf '#!/bin/sh\\necho $DEPLOY_BUILD > answer\\nexec sleep 100000\\n' > out/web\nchmod +x out/web\n"
+    );
+    let mut ids = Vec::new();
+    for (i, (tag, healthy)) in versions.iter().enumerate() {
+        let h = if *healthy { "yes\n" } else { "no\n" };
+        let mut files = vec![("HEALTHY", h), ("TAG", *tag)];
+        if i == 0 {
+            files.push(("deploy.toml", recipe));
+            files.push(("build.sh", &script));
+        }
+        let sha = repo.commit(tag, &files)?;
+        ids.push(client.submit_build("web", &repo.url(), &sha).await?.id);
+    }
+    for id in &ids {
+        let b = wait_until(T, &format!("build {id}"), || async {
+            let b = client.get_build(id, false).await.ok()?;
+            matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
+        })
+        .await?;
+        anyhow::ensure!(b.state == "SUCCEEDED", "{id}: {}", b.error);
+    }
+    Ok(ids)
+}
+
+async fn release(
+    client: &Client,
+    build: &str,
+    region: &str,
+    strategy: pb::Strategy,
+) -> anyhow::Result<pb::Release> {
+    let r = client
+        .create_release(pb::CreateReleaseRequest {
+            service: "web".into(),
+            build_id: build.into(),
+            regions: vec![region.into()],
+            strategy: Some(strategy),
+            actor: "tester".into(),
+        })
+        .await?;
+    wait_release(client, &r.id, "to end", is_final).await
+}
+
+/// Every host at once, no canary.
+fn all_at_once(hosts: u32) -> pb::Strategy {
+    pb::Strategy {
+        canary: Some("none".into()),
+        waves: vec![100],
+        max_unavailable_per_rack: Some(hosts),
+        min_healthy_ms: Some(200),
+        progress_deadline_ms: Some(60_000),
+        ..Default::default()
+    }
+}
+
+async fn manifest_chunks(
+    c: &GrpcCluster,
+    region: &str,
+    build: &Client,
+    id: &str,
+) -> anyhow::Result<usize> {
+    let digest = build.get_build(id, false).await?.artifact_digest;
+    Ok(c.store(region)?.get_manifest(&digest).await?.chunks.len())
+}
+
+/// The build `current` points at on a host, and whether its process wrote its answer.
+fn current(c: &GrpcCluster, host: &str) -> Option<(String, String)> {
+    let link = std::fs::read_link(c.host_root(host).join("services/web/current")).ok()?;
+    let build = link.file_name()?.to_string_lossy().into_owned();
+    let dir = c.host_root(host).join("services/web").join(&link);
+    let answer = std::fs::read_to_string(dir.join("answer")).unwrap_or_default();
+    Some((build, answer.trim().to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_hosts_through_one_relay_read_each_chunk_from_the_store_once() -> anyhow::Result<()>
+{
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .chunk_bytes(64 * 1024)
+        .rack("east", 16);
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    c.start_fleet(&Limits::default(), true).await?;
+    let ids = builds(&client, &c.dir(), 1024 * 1024, &[("v1", true)]).await?;
+    let chunks = manifest_chunks(&c, "east", &client, &ids[0]).await?;
+    assert!(chunks >= 16, "{chunks} chunks");
+    let before = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed);
+    let done = release(&client, &ids[0], "east", all_at_once(16)).await?;
+    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.hosts_updated, 16);
+    let reads = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed) - before;
+    assert_eq!(reads as usize, chunks, "each chunk left the store once");
+    let relay = c.relay("east-rack-1-relay").expect("relay");
+    assert_eq!(
+        relay.stats().upstream_fetches.load(Ordering::Relaxed) as usize,
+        chunks
+    );
+    assert_eq!(
+        relay.stats().chunk_requests.load(Ordering::Relaxed) as usize,
+        16 * chunks
+    );
+    // Every host verified and recorded the build (sim mode: no process).
+    for h in 1..=16 {
+        let rec = std::fs::read_to_string(c.host_root(&format!("east-1-h{h}")).join("sim/web"))?;
+        assert!(rec.starts_with(&ids[0]), "{rec}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_health_check_on_the_canary_rolls_every_host_back() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .rack("east", 2)
+        .rack("east", 2);
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    c.start_fleet(&Limits::default(), false).await?;
+    let ids = builds(&client, &c.dir(), 1024, &[("good", true), ("bad", false)]).await?;
+    let strategy = pb::Strategy {
+        canary: Some("first-rack".into()),
+        waves: vec![100],
+        max_unavailable_per_rack: Some(2),
+        min_healthy_ms: Some(300),
+        progress_deadline_ms: Some(60_000),
+        ..Default::default()
+    };
+    let first = release(&client, &ids[0], "east", strategy.clone()).await?;
+    assert_eq!(first.state, "SUCCEEDED", "{first:#?}");
+    let all = ["east-1-h1", "east-1-h2", "east-2-h1", "east-2-h2"];
+    for h in all {
+        assert_eq!(
+            current(&c, h),
+            Some((ids[0].clone(), ids[0].clone())),
+            "{h}"
+        );
+    }
+    let second = release(&client, &ids[1], "east", strategy).await?;
+    assert_eq!(second.state, "ROLLED_BACK", "{second:#?}");
+    assert_eq!(second.regions[0].wave, 1, "halted in the canary");
+    assert!(
+        second.reason.contains("health command failed"),
+        "{}",
+        second.reason
+    );
+    // Every host runs the good build again: current, process, health.
+    wait_until(T, "every host back on the good build", || async {
+        let hs = hosts(&client, "east").await.ok()?;
+        let healthy = hs.iter().all(|h| {
+            goal(h, "web") == ids[0]
+                && h.services
+                    .iter()
+                    .any(|s| s.running_build_id == ids[0] && s.state == "HEALTHY")
+        });
+        let on_disk = all
+            .iter()
+            .all(|h| current(&c, h).is_some_and(|(b, a)| b == ids[0] && a == ids[0]));
+        (healthy && on_disk).then_some(())
+    })
+    .await?;
+    // The second rack never got the bad build.
+    assert!(!c
+        .host_root("east-2-h1")
+        .join("services/web/releases")
+        .join(&ids[1])
+        .exists());
+    Ok(())
+}
+
+/// Serves manifests from the real store, and every chunk with one byte flipped.
+async fn corrupting_relay(store_node: String, served: Arc<AtomicU64>) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let http = reqwest::Client::new();
+    let app = axum::Router::new()
+        .route(
+            "/v1/manifests/{d}",
+            axum::routing::get({
+                let (http, store) = (http.clone(), store_node.clone());
+                move |Path(d): Path<String>| async move {
+                    let body = http
+                        .get(format!("http://{store}/v1/manifests/{d}"))
+                        .send()
+                        .await;
+                    match body {
+                        Ok(r) => r.bytes().await.unwrap_or_default().into_response(),
+                        Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/chunks/{d}",
+            axum::routing::get(
+                move |State((http, store, served)): State<(
+                    reqwest::Client,
+                    String,
+                    Arc<AtomicU64>,
+                )>,
+                      Path(d): Path<String>| async move {
+                    served.fetch_add(1, Ordering::Relaxed);
+                    let r = http
+                        .get(format!("http://{store}/v1/chunks/{d}"))
+                        .send()
+                        .await;
+                    let mut bytes = match r {
+                        Ok(r) => r.bytes().await.unwrap_or_default().to_vec(),
+                        Err(_) => return axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                    };
+                    if let Some(b) = bytes.first_mut() {
+                        *b ^= 0xff;
+                    }
+                    bytes.into_response()
+                },
+            ),
+        )
+        .with_state((http, store_node, served));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_serving_corrupt_chunks_is_detected_and_never_installed() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .chunk_bytes(64 * 1024)
+        .rack("east", 1);
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    c.start_relay("east-rack-1-relay", &Limits::default())
+        .await?;
+    let served = Arc::new(AtomicU64::new(0));
+    let bad = corrupting_relay(c.region_addrs("east")[0].clone(), served.clone()).await?;
+    // The corrupt relay comes first among the data sources.
+    c.start_agent("east-1-h1", &Limits::default(), |o| {
+        o.relays.insert(0, bad.clone())
+    })?;
+    let ids = builds(&client, &c.dir(), 300 * 1024, &[("v1", true)]).await?;
+    // The corrupt relay is asked first for data; it serves no goals (404), so those come
+    // from the real one.
+    let done = release(&client, &ids[0], "east", all_at_once(1)).await?;
+    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert!(
+        served.load(Ordering::Relaxed) > 0,
+        "the corrupt relay was asked"
+    );
+    // What is installed is byte for byte the stored artifact.
+    let digest = client.get_build(&ids[0], false).await?.artifact_digest;
+    let m = c.store("east")?.get_manifest(&digest).await?;
+    for ch in &m.chunks {
+        let hex = ch.digest.trim_start_matches("sha256:");
+        let on_host = std::fs::read(c.host_root("east-1-h1").join("chunks").join(hex))?;
+        assert_eq!(deploy_artifact::digest_of(&on_host), ch.digest);
+    }
+    assert_eq!(current(&c, "east-1-h1").map(|x| x.0), Some(ids[0].clone()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_transfer_leaves_its_hosts_to_the_fallback() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .chunk_bytes(256 * 1024)
+        .rack("east", 2)
+        .rack("east", 2);
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    // Slow links, so the transfer is still going when the relay dies.
+    let slow = Limits {
+        up: Some(4 * 1024 * 1024),
+        down: Some(1024 * 1024),
+        cache_bytes: None,
+    };
+    c.start_fleet(&slow, true).await?;
+    let ids = builds(&client, &c.dir(), 3 * 1024 * 1024, &[("v1", true)]).await?;
+    let r = client
+        .create_release(pb::CreateReleaseRequest {
+            service: "web".into(),
+            build_id: ids[0].clone(),
+            regions: vec!["east".into()],
+            strategy: Some(all_at_once(2)),
+            actor: "tester".into(),
+        })
+        .await?;
+    wait_until(T, "the first relay to be serving", || async {
+        let served = c
+            .relay("east-rack-1-relay")?
+            .stats()
+            .bytes_served
+            .load(Ordering::Relaxed);
+        (served > 0).then_some(())
+    })
+    .await?;
+    c.kill_relay("east-rack-1-relay").await?;
+    let done = wait_release(&client, &r.id, "to end", is_final).await?;
+    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    for h in ["east-1-h1", "east-1-h2"] {
+        let rec = std::fs::read_to_string(c.host_root(h).join("sim/web"))?;
+        assert!(rec.starts_with(&ids[0]), "{h}: {rec}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_link_limited_the_artifact_reaches_all_hosts_within_twice_size_over_rate(
+) -> anyhow::Result<()> {
+    const RATE: u64 = 20_000_000;
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .chunk_bytes(4 * 1024 * 1024)
+        .rack("east", 2)
+        .rack("east", 2);
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    let limits = Limits {
+        up: Some(RATE),
+        down: Some(RATE),
+        cache_bytes: None,
+    };
+    c.start_fleet(&limits, true).await?;
+    let ids = builds(&client, &c.dir(), 64 * 1024 * 1024, &[("v1", true)]).await?;
+    let digest = client.get_build(&ids[0], false).await?.artifact_digest;
+    let size = c.store("east")?.get_manifest(&digest).await?.size;
+    let bound = Duration::from_secs_f64(size as f64 / RATE as f64);
+    let start = Instant::now();
+    let r = client
+        .create_release(pb::CreateReleaseRequest {
+            service: "web".into(),
+            build_id: ids[0].clone(),
+            regions: vec!["east".into()],
+            strategy: Some(pb::Strategy {
+                min_healthy_ms: Some(0),
+                ..all_at_once(2)
+            }),
+            actor: "tester".into(),
+        })
+        .await?;
+    let hosts_all = ["east-1-h1", "east-1-h2", "east-2-h1", "east-2-h2"];
+    let mut done_at: BTreeMap<&str, Duration> = BTreeMap::new();
+    wait_until(T, "every host to hold the artifact", || {
+        for h in hosts_all {
+            if !done_at.contains_key(h) && c.host_root(h).join("sim/web").exists() {
+                done_at.insert(h, start.elapsed());
+            }
+        }
+        let all = done_at.len() == hosts_all.len();
+        async move { all.then_some(()) }
+    })
+    .await?;
+    let last = done_at.values().max().copied().unwrap_or_default();
+    println!("size {size} B, S/B {bound:?}, last host after {last:?}: {done_at:?}");
+    assert!(
+        last < bound * 2,
+        "last host after {last:?}, S/B = {bound:?}"
+    );
+    let done = wait_release(&client, &r.id, "to end", is_final).await?;
+    assert_eq!(done.state, "SUCCEEDED");
+    Ok(())
+}
