@@ -11,76 +11,10 @@ use axum::response::IntoResponse;
 use deploy_client::Client;
 use deploy_fanout::config::Limits;
 use deploy_proto::v1 as pb;
-use test_harness::gitrepo::GitRepo;
-use test_harness::releases::{goal, hosts, is_final, wait_release, T};
+use test_harness::releases::{
+    all_at_once, goal, hosts, is_final, release, wait_release, web_builds as builds, T,
+};
 use test_harness::{wait_until, GrpcCluster, Spec};
-
-/// A service whose build writes `blob_bytes` random bytes and whose health command passes
-/// unless the commit's `HEALTHY` file says `no`. Returns the build ids of `versions`.
-async fn builds(
-    client: &Client,
-    dir: &std::path::Path,
-    blob_bytes: u64,
-    versions: &[(&str, bool)],
-) -> anyhow::Result<Vec<String>> {
-    let repo = GitRepo::init(&dir.join("repo-web"))?;
-    let recipe = "[build]\ncommand = \"sh build.sh\"\noutputs = [\"out\"]\ntimeout_secs = 120\n\n\
-                  [run]\ncommand = \"./out/web\"\nhealth_command = \"grep -q yes out/healthy\"\n";
-    let script = format!(
-        "mkdir -p out\nhead -c {blob_bytes} /dev/urandom > out/blob\ncp HEALTHY out/healthy\n\
-         printf '#!/bin/sh\\necho $DEPLOY_BUILD > answer\\nexec sleep 100000\\n' > out/web\nchmod +x out/web\n"
-    );
-    let mut ids = Vec::new();
-    for (i, (tag, healthy)) in versions.iter().enumerate() {
-        let h = if *healthy { "yes\n" } else { "no\n" };
-        let mut files = vec![("HEALTHY", h), ("TAG", *tag)];
-        if i == 0 {
-            files.push(("deploy.toml", recipe));
-            files.push(("build.sh", &script));
-        }
-        let sha = repo.commit(tag, &files)?;
-        ids.push(client.submit_build("web", &repo.url(), &sha).await?.id);
-    }
-    for id in &ids {
-        let b = wait_until(T, &format!("build {id}"), || async {
-            let b = client.get_build(id, false).await.ok()?;
-            matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
-        })
-        .await?;
-        anyhow::ensure!(b.state == "SUCCEEDED", "{id}: {}", b.error);
-    }
-    Ok(ids)
-}
-
-async fn release(
-    client: &Client,
-    build: &str,
-    region: &str,
-    strategy: pb::Strategy,
-) -> anyhow::Result<pb::Release> {
-    let r = client
-        .create_release(pb::CreateReleaseRequest {
-            service: "web".into(),
-            build_id: build.into(),
-            regions: vec![region.into()],
-            strategy: Some(strategy),
-            actor: "tester".into(),
-        })
-        .await?;
-    wait_release(client, &r.id, "to end", is_final).await
-}
-
-/// Every host at once, no canary.
-fn all_at_once(hosts: u32) -> pb::Strategy {
-    pb::Strategy {
-        canary: Some("none".into()),
-        waves: vec![100],
-        max_unavailable_per_rack: Some(hosts),
-        min_healthy_ms: Some(200),
-        progress_deadline_ms: Some(60_000),
-        ..Default::default()
-    }
-}
 
 async fn manifest_chunks(
     c: &GrpcCluster,

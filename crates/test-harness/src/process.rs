@@ -44,10 +44,19 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect::<Result<_, _>>()?)
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Node,
+    Worker,
+    Relay,
+    /// A host agent, with its failpoint (see `AgentOptions::failpoint`).
+    Agent(Option<String>),
+}
+
 struct Proc {
-    /// Empty for workers.
+    /// Empty for workers and agents.
     addr: String,
-    worker: bool,
+    kind: Kind,
     child: Option<Child>,
 }
 
@@ -73,9 +82,11 @@ impl ProcessCluster {
     pub fn start_spec(spec: crate::Spec) -> anyhow::Result<Self> {
         let bins = bin_dir()?;
         let names = spec.node_names();
-        let ports = free_ports(names.len())?;
+        let relays = spec.relay_ids();
+        let ports = free_ports(names.len() + relays.len())?;
         let addrs: BTreeMap<String, String> = names
             .iter()
+            .chain(relays.iter())
             .zip(ports)
             .map(|(n, p)| (n.clone(), format!("127.0.0.1:{p}")))
             .collect();
@@ -85,11 +96,16 @@ impl ProcessCluster {
         let mut nodes: BTreeMap<String, Proc> = addrs
             .into_iter()
             .map(|(n, addr)| {
+                let kind = if relays.contains(&n) {
+                    Kind::Relay
+                } else {
+                    Kind::Node
+                };
                 (
                     n,
                     Proc {
                         addr,
-                        worker: false,
+                        kind,
                         child: None,
                     },
                 )
@@ -100,7 +116,7 @@ impl ProcessCluster {
                 id.clone(),
                 Proc {
                     addr: String::new(),
-                    worker: true,
+                    kind: Kind::Worker,
                     child: None,
                 },
             );
@@ -111,8 +127,24 @@ impl ProcessCluster {
             config_path,
             nodes,
         };
-        for n in names.iter().chain(spec.workers.iter().map(|(id, _)| id)) {
+        for n in names
+            .iter()
+            .chain(spec.workers.iter().map(|(id, _)| id))
+            .chain(relays.iter())
+        {
             cluster.start_node(n)?;
+        }
+        for rack in spec.racks_of() {
+            for h in rack.hosts {
+                cluster.nodes.insert(
+                    h,
+                    Proc {
+                        addr: String::new(),
+                        kind: Kind::Agent(None),
+                        child: None,
+                    },
+                );
+            }
         }
         Ok(cluster)
     }
@@ -133,9 +165,21 @@ impl ProcessCluster {
     pub fn names(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .filter(|(_, p)| !p.worker)
+            .filter(|(_, p)| p.kind == Kind::Node)
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// Where host `id`'s agent keeps its releases.
+    pub fn host_root(&self, id: &str) -> PathBuf {
+        self.dir.path().join("hosts").join(id)
+    }
+
+    /// Starts (or restarts) host `id`'s agent, pausing at `failpoint` if given.
+    pub fn start_agent(&mut self, id: &str, failpoint: Option<&str>) -> anyhow::Result<()> {
+        let p = self.nodes.get_mut(id).context("unknown host")?;
+        p.kind = Kind::Agent(failpoint.map(str::to_string));
+        self.start_node(id)
     }
 
     pub fn addr(&self, name: &str) -> anyhow::Result<&str> {
@@ -155,19 +199,34 @@ impl ProcessCluster {
             bail!("{name} is already running");
         }
         let mut cmd = Command::new(self.bins.join("deployd"));
-        if p.worker {
-            cmd.arg("worker").arg("--work-dir");
-        } else {
-            cmd.arg("node").arg("--data-dir");
+        match &p.kind {
+            Kind::Worker => {
+                cmd.arg("worker").arg("--work-dir").arg(&data);
+            }
+            Kind::Node => {
+                cmd.arg("node").arg("--data-dir").arg(&data);
+            }
+            Kind::Relay => {
+                cmd.arg("relay").arg("--data-dir").arg(&data);
+            }
+            Kind::Agent(failpoint) => {
+                cmd.arg("agent")
+                    .arg("--root")
+                    .arg(self.dir.path().join("hosts").join(name));
+                match failpoint {
+                    Some(f) => cmd.env("DEPLOY_AGENT_FAILPOINT", f),
+                    None => cmd.env_remove("DEPLOY_AGENT_FAILPOINT"),
+                };
+            }
+        }
+        if matches!(p.kind, Kind::Worker | Kind::Node) {
+            cmd.arg("--store-base").arg(self.dir.path());
         }
         let child = cmd
-            .arg(&data)
             .arg("--config")
             .arg(&self.config_path)
             .arg("--id")
             .arg(name)
-            .arg("--store-base")
-            .arg(self.dir.path())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -207,7 +266,7 @@ impl ProcessCluster {
         Ok(Client::new(
             self.nodes
                 .values()
-                .filter(|p| !p.worker)
+                .filter(|p| p.kind == Kind::Node)
                 .map(|p| p.addr.as_str()),
         )?)
     }
@@ -223,6 +282,26 @@ impl Drop for ProcessCluster {
             if let Some(mut c) = p.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
+            }
+        }
+        // Services outlive their agents by design; the test's must not outlive the test.
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, p)| matches!(p.kind, Kind::Agent(_)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for h in hosts {
+            let Ok(services) = std::fs::read_dir(self.host_root(&h).join("services")) else {
+                continue;
+            };
+            for s in services.flatten() {
+                let pid = std::fs::read_to_string(s.path().join("pid"))
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok());
+                if let Some(pid) = pid {
+                    deploy_fanout::service::kill_now(pid);
+                }
             }
         }
     }
