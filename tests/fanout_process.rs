@@ -101,3 +101,100 @@ async fn an_agent_killed_mid_install_leaves_a_whole_release_and_carries_on() -> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployd_dev_with_two_regions_of_two_racks_of_four_hosts_runs_the_release_everywhere(
+) -> anyhow::Result<()> {
+    let mut spec = Spec::new(1)
+        .region("us-east", 1)
+        .region("eu-west", 1)
+        .worker("worker-1", "us-east");
+    for region in ["us-east", "eu-west"] {
+        spec = spec.rack(region, 4).rack(region, 4);
+    }
+    let dir = tempfile::tempdir()?;
+    let names: Vec<String> = spec
+        .node_names()
+        .into_iter()
+        .chain(spec.relay_ids())
+        .collect();
+    let ports = test_harness::process::free_ports(names.len())?;
+    let addrs: std::collections::BTreeMap<String, String> = names
+        .iter()
+        .zip(ports)
+        .map(|(n, p)| (n.clone(), format!("127.0.0.1:{p}")))
+        .collect();
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, spec.toml(&addrs, dir.path())?)?;
+    let data = dir.path().join("dev");
+    let bins = test_harness::process::bin_dir()?;
+    let log = std::fs::File::create(dir.path().join("dev.log"))?;
+    let mut dev = std::process::Command::new(bins.join("deployd"))
+        .arg("dev")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let result = async {
+        let nodes: Vec<String> = spec.node_names().iter().map(|n| addrs[n].clone()).collect();
+        let client = deploy_client::Client::new(&nodes)?;
+        wait_until(T, "the dev cluster to lead its groups", || async {
+            let s = client.cluster_status().await.ok()?;
+            s.groups.iter().all(|g| !g.leader.is_empty()).then_some(())
+        })
+        .await?;
+        let ids = web_builds(&client, dir.path(), 4096, &[("v1", true)]).await?;
+        let r = client
+            .create_release(deploy_proto::v1::CreateReleaseRequest {
+                service: "web".into(),
+                build_id: ids[0].clone(),
+                regions: vec![],
+                strategy: Some(deploy_proto::v1::Strategy {
+                    min_healthy_ms: Some(300),
+                    max_unavailable_per_rack: Some(2),
+                    ..Default::default()
+                }),
+                actor: "tester".into(),
+            })
+            .await?;
+        let done = wait_release(&client, &r.id, "to end", is_final).await?;
+        anyhow::ensure!(done.state == "SUCCEEDED", "{done:#?}");
+        anyhow::ensure!(done.hosts_updated == 16, "{done:#?}");
+        for rack in spec.racks_of() {
+            for h in rack.hosts {
+                let sdir = data.join("hosts").join(&h).join("services/web");
+                let link = std::fs::read_link(sdir.join("current"))?;
+                anyhow::ensure!(
+                    link.ends_with(&ids[0]),
+                    "{h}: current -> {}",
+                    link.display()
+                );
+                // The process of the new build is up and has answered.
+                let answer = std::fs::read_to_string(sdir.join(&link).join("answer"))?;
+                anyhow::ensure!(answer.trim() == ids[0], "{h}: answered {answer:?}");
+                let pid: u32 = std::fs::read_to_string(sdir.join("pid"))?
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .parse()?;
+                anyhow::ensure!(
+                    deploy_fanout::service::alive(pid),
+                    "{h}: service {pid} is not running"
+                );
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    // A clean stop takes the services down with the cluster.
+    // SAFETY: SIGINT to the dev process this test started.
+    unsafe {
+        libc::kill(dev.id() as i32, libc::SIGINT);
+    }
+    let _ = dev.wait();
+    result
+}
