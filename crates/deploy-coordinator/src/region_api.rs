@@ -253,6 +253,14 @@ impl RegionService for RegionApi {
                 services,
                 releases,
                 has_reports: seen.is_some(),
+                relays: r
+                    .relays
+                    .iter()
+                    .map(|(relay, rack)| pb::RelayRack {
+                        relay: relay.clone(),
+                        rack: rack.clone(),
+                    })
+                    .collect(),
             }
         });
         Ok(Response::new(reply))
@@ -401,6 +409,19 @@ impl RegionService for RegionApi {
                 Command::Region(RegionCommand::RegisterHosts { hosts: new }),
             )
             .await?;
+        }
+        if !req.relay.is_empty() {
+            deploy_types::check_name("relay", &req.relay).map_err(invalid)?;
+            let known = h
+                .state
+                .read(|d| d.state.region.relays.get(&req.relay) == Some(&req.rack));
+            if !known {
+                let cmd = RegionCommand::RegisterRelay {
+                    relay: req.relay.clone(),
+                    rack: req.rack.clone(),
+                };
+                propose_release(h, Command::Region(cmd)).await?;
+            }
         }
         let term = h.metrics().current_term;
         self.routing

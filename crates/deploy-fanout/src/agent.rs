@@ -163,7 +163,7 @@ impl Agent {
                 Ok(r) => r,
                 Err(e) => {
                     relay += 1;
-                    if relay % self.opts.relays.len().max(1) != 0 {
+                    if !relay.is_multiple_of(self.opts.relays.len().max(1)) {
                         continue;
                     }
                     // No relay answers: report to the region's nodes directly, which answer
@@ -212,6 +212,7 @@ impl Agent {
         let client = self.direct.as_ref().ok_or("no region nodes configured")?;
         let r = self.report();
         let req = deploy_proto::v1::ReportRackRequest {
+            relay: String::new(),
             region: self.opts.region.clone(),
             rack: self.opts.rack.clone(),
             hosts: vec![deploy_proto::v1::HostReport {
@@ -499,7 +500,7 @@ impl Agent {
                 (!name.starts_with('.')).then(|| (when, e.path(), name))
             })
             .collect();
-        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
         for (_, path, name) in dirs.into_iter().skip(KEEP_RELEASES) {
             if name != running {
                 let _ = std::fs::remove_dir_all(path);

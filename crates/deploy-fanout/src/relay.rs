@@ -768,6 +768,7 @@ async fn send_reports(me: Arc<Inner>, stop: CancellationToken) {
             region: me.opts.region.clone(),
             rack: me.opts.rack.clone(),
             hosts,
+            relay: me.opts.id.clone(),
         };
         match me.client.report_rack(req).await {
             Ok(reply) => me.set_goals(&reply),

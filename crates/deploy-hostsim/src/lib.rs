@@ -116,6 +116,7 @@ async fn rack(client: Arc<Client>, opts: SimOptions, r: u32, stop: CancellationT
             }
         }
         let req = pb::ReportRackRequest {
+            relay: String::new(),
             region: opts.region.clone(),
             rack: rack.clone(),
             hosts: hosts

@@ -123,6 +123,8 @@ pub enum RegionCommand {
     },
     /// New hosts, or hosts that moved rack: (host, rack).
     RegisterHosts { hosts: Vec<(String, String)> },
+    /// A relay serving a rack.
+    RegisterRelay { relay: String, rack: String },
     /// Every host of `wave` ran the build healthy for the minimum time.
     WavePassed {
         id: String,
@@ -164,6 +166,9 @@ pub struct Region {
     pub applied: u64,
     /// host -> rack.
     pub hosts: BTreeMap<String, String>,
+    /// relay -> rack.
+    #[serde(default)]
+    pub relays: BTreeMap<String, String>,
     pub services: BTreeMap<String, ServiceGoals>,
     pub releases: BTreeMap<u64, RegionRelease>,
 }
@@ -261,6 +266,18 @@ impl Region {
                         added += 1;
                     }
                 }
+                Ok(RegionResponse::Registered { added })
+            }
+            RegionCommand::RegisterRelay { relay, rack } => {
+                for (kind, name) in [("relay", relay), ("rack", rack)] {
+                    deploy_types::check_name(kind, name).map_err(|e| ReleaseError::Invalid {
+                        field: kind.into(),
+                        why: e.to_string(),
+                    })?;
+                }
+                let added = usize::from(
+                    self.relays.insert(relay.clone(), rack.clone()).as_ref() != Some(rack),
+                );
                 Ok(RegionResponse::Registered { added })
             }
             RegionCommand::WavePassed {

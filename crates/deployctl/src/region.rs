@@ -26,6 +26,14 @@ pub async fn region(global: &Global, command: RegionCommand) -> Result<(), Failu
             s.answered_by,
             s.applied_decision
         );
+        if !s.relays.is_empty() {
+            let relays: Vec<String> = s
+                .relays
+                .iter()
+                .map(|r| format!("{} ({})", r.relay, r.rack))
+                .collect();
+            println!("relays: {}", relays.join(", "));
+        }
         let counts = |v: &[pb::BuildHosts]| {
             v.iter()
                 .map(|b| format!("{} x{}", b.build_id, b.hosts))
