@@ -332,11 +332,15 @@ impl Inner {
         out
     }
 
-    /// The in-flight fetch of a chunk, started if none is.
-    fn fetching(self: &Arc<Self>, hex: &str) -> Arc<Inflight> {
+    /// The in-flight fetch of a chunk, started if none is; `None` if the chunk is cached
+    /// (checked under the same lock the fetch leaves by, after caching: no second fetch).
+    fn fetching(self: &Arc<Self>, hex: &str) -> Option<Arc<Inflight>> {
         let mut map = lock(&self.inflight);
         if let Some(f) = map.get(hex) {
-            return f.clone();
+            return Some(f.clone());
+        }
+        if self.cache.contains(hex) {
+            return None;
         }
         let f = Arc::new(Inflight {
             data: Mutex::new(BytesMut::new()),
@@ -363,7 +367,7 @@ impl Inner {
             }
             lock(&me.inflight).remove(&hex);
         });
-        f
+        Some(f)
     }
 
     /// Fetches a chunk from the first upstream that has it, appending to `job` as bytes
@@ -537,16 +541,18 @@ async fn chunk(
         );
     };
     me.stats.chunk_requests.fetch_add(1, Ordering::Relaxed);
-    if !me.cache.contains(&hex) {
-        let job = me.fetching(&hex);
-        if headers.get(header::RANGE).is_none() {
-            return Body::from_stream(forward(me.clone(), job)).into_response();
+    match me.fetching(&hex) {
+        Some(job) => {
+            if headers.get(header::RANGE).is_none() {
+                return Body::from_stream(forward(me.clone(), job)).into_response();
+            }
+            // A range of a chunk still arriving is served once it is whole.
+            let mut rx = job.progress.subscribe();
+            let _ = rx.wait_for(|p| !matches!(p, Progress::Receiving(_))).await;
         }
-        // A range of a chunk still arriving is served once it is whole.
-        let mut rx = job.progress.subscribe();
-        let _ = rx.wait_for(|p| !matches!(p, Progress::Receiving(_))).await;
-    } else {
-        me.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        None => {
+            me.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
     }
     let Some(path) = me.cache.path(&hex) else {
         return text(
