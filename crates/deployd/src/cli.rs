@@ -273,7 +273,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+/// Resolves when the process is asked to stop (Ctrl-C, SIGTERM or SIGHUP).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
@@ -289,11 +289,24 @@ pub async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
+    // A closed terminal (SIGHUP) stops as cleanly: `deployd dev` takes its services down.
+    #[cfg(unix)]
+    let hangup = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
+    #[cfg(not(unix))]
+    let hangup = std::future::pending::<()>();
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+        _ = hangup => {}
     }
 }
 

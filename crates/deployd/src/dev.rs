@@ -164,12 +164,13 @@ pub async fn run(
     crate::cli::shutdown_signal().await;
     info!("stopping the dev cluster");
     stop_workers.cancel();
-    for w in workers.into_iter().chain(relays) {
-        let _ = w.await;
-    }
-    // In dev the services go down with the cluster.
-    for a in &agents {
-        a.stop_services().await;
+    // In dev the services go down with the cluster, first, so nothing outlives it.
+    futures::future::join_all(agents.iter().map(|a| a.stop_services())).await;
+    for mut w in workers.into_iter().chain(relays) {
+        // A relay may still be draining a host's long poll: do not wait for it.
+        if tokio::time::timeout(Duration::from_secs(2), &mut w).await.is_err() {
+            w.abort();
+        }
     }
     for n in nodes {
         n.stop().await;
