@@ -97,31 +97,6 @@ async fn manifest(State(node): State<Arc<Node>>, Path(raw): Path<String>) -> Res
     }
 }
 
-/// A single `bytes=` range of a body of `len` bytes, as a half-open interval.
-pub fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
-    let spec = value.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (start, end) = spec.split_once('-')?;
-    let (start, end) = match (start.trim(), end.trim()) {
-        ("", "") => return None,
-        ("", suffix) => {
-            let n: u64 = suffix.parse().ok()?;
-            if n == 0 {
-                return None;
-            }
-            (len.saturating_sub(n), len)
-        }
-        (s, "") => (s.parse().ok()?, len),
-        (s, e) => (
-            s.parse().ok()?,
-            e.parse::<u64>().ok()?.checked_add(1)?.min(len),
-        ),
-    };
-    (start < end && start < len).then_some((start, end))
-}
-
 async fn chunk(
     State(node): State<Arc<Node>>,
     Path(raw): Path<String>,
@@ -142,7 +117,10 @@ async fn chunk(
     let Some(range) = headers.get(header::RANGE) else {
         return ([(header::ACCEPT_RANGES, "bytes".to_string())], data).into_response();
     };
-    let parsed = range.to_str().ok().and_then(|r| parse_range(r, len));
+    let parsed = range
+        .to_str()
+        .ok()
+        .and_then(|r| deploy_artifact::parse_range(r, len));
     match parsed {
         Some((start, end)) => (
             StatusCode::PARTIAL_CONTENT,
@@ -162,29 +140,5 @@ async fn chunk(
             "unsatisfiable range\n",
         )
             .into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
-        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
-        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
-        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 100)));
-        for bad in [
-            "bytes=100-",
-            "bytes=5-4",
-            "bytes=-0",
-            "bytes=0-1,3-4",
-            "items=0-1",
-            "bytes=x-1",
-            "bytes=-",
-        ] {
-            assert_eq!(parse_range(bad, 100), None, "{bad}");
-        }
     }
 }

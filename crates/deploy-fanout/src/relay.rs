@@ -572,7 +572,11 @@ async fn chunk(
     let len = data.len() as u64;
     let (status, body, range) = match headers.get(header::RANGE) {
         None => (StatusCode::OK, data, None),
-        Some(r) => match r.to_str().ok().and_then(|r| parse_range(r, len)) {
+        Some(r) => match r
+            .to_str()
+            .ok()
+            .and_then(|r| deploy_artifact::parse_range(r, len))
+        {
             Some((s, e)) => (
                 StatusCode::PARTIAL_CONTENT,
                 data.slice(s as usize..e as usize),
@@ -596,31 +600,6 @@ async fn chunk(
         }
     }
     resp
-}
-
-/// A single `bytes=` range of a body of `len` bytes, as a half-open interval.
-pub fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
-    let spec = value.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (start, end) = spec.split_once('-')?;
-    let (start, end) = match (start.trim(), end.trim()) {
-        ("", "") => return None,
-        ("", suffix) => {
-            let n: u64 = suffix.parse().ok()?;
-            if n == 0 {
-                return None;
-            }
-            (len.saturating_sub(n), len)
-        }
-        (s, "") => (s.parse().ok()?, len),
-        (s, e) => (
-            s.parse().ok()?,
-            e.parse::<u64>().ok()?.checked_add(1)?.min(len),
-        ),
-    };
-    (start < end && start < len).then_some((start, end))
 }
 
 /// A whole body sent in pieces within the limit of the host's link.

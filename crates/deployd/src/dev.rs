@@ -168,7 +168,10 @@ pub async fn run(
     futures::future::join_all(agents.iter().map(|a| a.stop_services())).await;
     for mut w in workers.into_iter().chain(relays) {
         // A relay may still be draining a host's long poll: do not wait for it.
-        if tokio::time::timeout(Duration::from_secs(2), &mut w).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), &mut w)
+            .await
+            .is_err()
+        {
             w.abort();
         }
     }
