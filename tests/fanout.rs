@@ -328,3 +328,82 @@ async fn with_every_link_limited_the_artifact_reaches_all_hosts_within_twice_siz
     assert_eq!(done.state, "SUCCEEDED");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_of_a_node_and_a_relay_parse_and_count_a_release() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .chunk_bytes(64 * 1024)
+        .rack("east", 2);
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    c.start_fleet(&Limits::default(), true).await?;
+    let ids = builds(&client, &c.dir(), 200 * 1024, &[("v1", true)]).await?;
+    let done = release(&client, &ids[0], "east", all_at_once(2)).await?;
+    assert_eq!(done.state, "SUCCEEDED");
+    let http = reqwest::Client::new();
+    let get = |addr: String, path: &'static str| {
+        let http = http.clone();
+        async move { anyhow::Ok(http.get(format!("http://{addr}{path}")).send().await?) }
+    };
+    // The regional node leads its group and served the relay; the global one ran the build.
+    let east = c.region_addrs("east")[0].clone();
+    let text = get(east.clone(), "/metrics").await?.text().await?;
+    let m = test_harness::releases::parse_metrics(&text)?;
+    assert_eq!(
+        m.get("deploy_raft_is_leader{group=\"region/east\"}"),
+        Some(&1.0),
+        "{text}"
+    );
+    assert!(m
+        .get("deploy_raft_last_applied{group=\"region/east\"}")
+        .is_some_and(|v| *v > 0.0));
+    assert!(
+        m.get("deploy_store_chunk_reads").is_some_and(|v| *v >= 4.0),
+        "{text}"
+    );
+    assert_eq!(
+        m.get("deploy_region_host_services{region=\"east\",state=\"HEALTHY\"}"),
+        Some(&2.0),
+        "{text}"
+    );
+    assert!(m
+        .keys()
+        .any(|k| k.starts_with("deploy_request_seconds_count{route=\"/deploy.v1.RegionService/")));
+    assert_eq!(get(east, "/readyz").await?.status(), 200);
+    let global = c.addrs["g1"].clone();
+    let m = test_harness::releases::parse_metrics(&get(global, "/metrics").await?.text().await?)?;
+    assert_eq!(m.get("deploy_builds{state=\"SUCCEEDED\"}"), Some(&1.0));
+    assert_eq!(m.get("deploy_build_queue_depth"), Some(&0.0));
+    let relay = c
+        .config
+        .relay("east-rack-1-relay")
+        .map(|(_, r)| r.addr.clone())
+        .unwrap_or_default();
+    let text = get(relay.clone(), "/metrics").await?.text().await?;
+    let m = test_harness::releases::parse_metrics(&text)?;
+    let chunks = manifest_chunks(&c, "east", &client, &ids[0]).await? as f64;
+    assert_eq!(
+        m.get("deploy_relay_upstream_fetches_total"),
+        Some(&chunks),
+        "{text}"
+    );
+    assert_eq!(
+        m.get("deploy_relay_chunk_requests_total"),
+        Some(&(2.0 * chunks))
+    );
+    // Hosts asking at once share one fetch (no hit); later ones hit the cache.
+    let hits = m
+        .get("deploy_relay_cache_hits_total")
+        .copied()
+        .unwrap_or(-1.0);
+    let ratio = m
+        .get("deploy_relay_cache_hit_ratio")
+        .copied()
+        .unwrap_or(-1.0);
+    assert!((0.0..=chunks).contains(&hits), "{text}");
+    assert!((ratio - hits / (2.0 * chunks)).abs() < 1e-9, "{text}");
+    assert_eq!(get(relay, "/readyz").await?.status(), 200);
+    Ok(())
+}

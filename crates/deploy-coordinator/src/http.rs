@@ -22,9 +22,38 @@ use crate::node::Node;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/manifests/{digest}", get(manifest))
         .route("/v1/chunks/{digest}", get(chunk))
         .with_state(node)
+}
+
+/// Ready once every hosted group knows a leader.
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let waiting: Vec<String> = node
+        .groups()
+        .filter(|g| g.metrics().current_leader.is_none())
+        .map(|g| g.name.to_string())
+        .collect();
+    if waiting.is_empty() {
+        return text(StatusCode::OK, "ready");
+    }
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("no leader yet for {}", waiting.join(", ")),
+    )
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&node),
+    )
+        .into_response()
 }
 
 /// A refusal: a status and a one-line reason.

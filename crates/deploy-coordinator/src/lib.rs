@@ -18,6 +18,7 @@ pub mod build_tasks;
 pub mod error;
 pub mod group;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod paging;
 pub mod raft_service;

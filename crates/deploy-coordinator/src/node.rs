@@ -70,6 +70,8 @@ pub struct Node {
     pub reports: crate::reports::Reports,
     /// Chunks this node served from its region's store over HTTP.
     pub chunk_reads: std::sync::atomic::AtomicU64,
+    /// Event counts for `/metrics`.
+    pub metrics: crate::metrics::NodeMetrics,
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
@@ -119,6 +121,7 @@ impl Node {
             trusted,
             reports: Default::default(),
             chunk_reads: Default::default(),
+            metrics: Default::default(),
             stopping: tokio::sync::watch::channel(false).0,
         }))
     }

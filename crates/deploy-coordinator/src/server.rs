@@ -91,7 +91,11 @@ pub async fn serve(
         .add_service(reflection);
     let routes = grpc
         .into_axum_router()
-        .merge(crate::http::router(http_node));
+        .merge(crate::http::router(http_node.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            http_node,
+            crate::metrics::track,
+        ));
     Server::builder()
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(routes))
@@ -132,6 +136,7 @@ pub async fn launch(
     .await?;
     crate::build_tasks::spawn(node.clone());
     crate::rollout_tasks::spawn(node.clone());
+    crate::metrics::spawn_leader_watch(node.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(node.clone(), listener, async {
         let _ = stopped.await;

@@ -127,6 +127,8 @@ struct Inner {
     /// Per service: the artifact digests of its live and previous goals.
     pins: Mutex<BTreeMap<String, Vec<String>>>,
     stats: Stats,
+    /// Whether the rack's goals have been heard from the region at least once.
+    heard: std::sync::atomic::AtomicBool,
 }
 
 /// A running relay (cheap to clone).
@@ -170,6 +172,7 @@ impl Relay {
                 manifests: Mutex::default(),
                 pins: Mutex::default(),
                 stats: Stats::default(),
+                heard: Default::default(),
                 opts,
             }),
         })
@@ -183,6 +186,8 @@ impl Relay {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
             .route("/v1/goal", get(goal))
             .route("/v1/report", post(report))
             .route("/v1/manifests/{digest}", get(manifest))
@@ -222,6 +227,7 @@ impl Inner {
 
     /// Replaces the rack's goals; pins the chunks of live and previous builds.
     fn set_goals(self: &Arc<Self>, reply: &pb::ReportRackReply) {
+        self.heard.store(true, Ordering::Relaxed);
         let new: BTreeMap<String, Vec<pb::ServiceGoal>> = reply
             .hosts
             .iter()
@@ -445,6 +451,97 @@ impl Inner {
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, format!("{}\n", msg.into())).into_response()
+}
+
+/// Ready once the rack's goals have been heard from the region.
+async fn readyz(State(me): State<Arc<Inner>>) -> Response {
+    if me.heard.load(Ordering::Relaxed) {
+        text(StatusCode::OK, "ready")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the region has not been heard from yet",
+        )
+    }
+}
+
+/// The relay's counters, as Prometheus text.
+async fn metrics(State(me): State<Arc<Inner>>) -> Response {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::gauge::Gauge;
+    let mut reg = prometheus_client::registry::Registry::default();
+    let s = &me.stats;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    for (name, help, v) in [
+        (
+            "deploy_relay_chunk_requests",
+            "Chunk requests from hosts",
+            load(&s.chunk_requests),
+        ),
+        (
+            "deploy_relay_cache_hits",
+            "Chunk requests served from the cache",
+            load(&s.cache_hits),
+        ),
+        (
+            "deploy_relay_upstream_fetches",
+            "Chunks fetched from the parent or the store",
+            load(&s.upstream_fetches),
+        ),
+        (
+            "deploy_relay_fetched_bytes",
+            "Bytes fetched from upstream",
+            load(&s.bytes_fetched),
+        ),
+        (
+            "deploy_relay_served_bytes",
+            "Bytes served to hosts",
+            load(&s.bytes_served),
+        ),
+    ] {
+        let c: Counter = Counter::default();
+        c.inc_by(v);
+        reg.register(name, help, c);
+    }
+    let requests = load(&s.chunk_requests);
+    let ratio: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64> =
+        Default::default();
+    ratio.set(if requests == 0 {
+        0.0
+    } else {
+        load(&s.cache_hits) as f64 / requests as f64
+    });
+    reg.register(
+        "deploy_relay_cache_hit_ratio",
+        "Cache hits over chunk requests",
+        ratio,
+    );
+    let cached: Gauge = Gauge::default();
+    cached.set(me.cache.total_bytes() as i64);
+    reg.register(
+        "deploy_relay_cache_bytes",
+        "Bytes in the chunk cache",
+        cached,
+    );
+    let hosts: Gauge = Gauge::default();
+    hosts.set(lock(&me.reports).len() as i64);
+    reg.register(
+        "deploy_relay_reporting_hosts",
+        "Hosts that have reported",
+        hosts,
+    );
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 fn parse_hex(raw: &str) -> Option<String> {

@@ -234,3 +234,35 @@ pub fn all_at_once(hosts: u32) -> pb::Strategy {
         ..Default::default()
     }
 }
+
+/// Parses Prometheus/OpenMetrics text: every sample line is `name{labels} value`, the text
+/// ends with `# EOF`. Returns `name{labels}` -> value; `Err` names the first bad line.
+pub fn parse_metrics(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let mut out = std::collections::BTreeMap::new();
+    anyhow::ensure!(text.trim_end().ends_with("# EOF"), "no # EOF at the end");
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| anyhow::anyhow!("no value: {line:?}"))?;
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        anyhow::ensure!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad metric name in {line:?}"
+        );
+        if name_end < series.len() {
+            anyhow::ensure!(series.ends_with('}'), "unclosed labels in {line:?}");
+        }
+        let v: f64 = value
+            .parse()
+            .map_err(|_| anyhow::anyhow!("bad value in {line:?}"))?;
+        out.insert(series.to_string(), v);
+    }
+    Ok(out)
+}
