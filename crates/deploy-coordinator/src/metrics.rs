@@ -88,14 +88,14 @@ pub fn spawn_leader_watch(node: Arc<Node>) {
 
 /// A bounded route label: gRPC methods of this API and the node's HTTP routes, else "other".
 fn route_of(path: &str) -> String {
-    if path.starts_with("/deploy.v1.") || path.starts_with("/grpc.") {
-        if path.len() <= 96
-            && path
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/._".contains(&b))
-        {
-            return path.to_string();
-        }
+    let grpc = path.starts_with("/deploy.v1.") || path.starts_with("/grpc.");
+    if grpc
+        && path.len() <= 96
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._".contains(&b))
+    {
+        return path.to_string();
     }
     for known in [
         "/v1/chunks",
