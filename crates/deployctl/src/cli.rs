@@ -59,6 +59,11 @@ pub enum Command {
     /// One host: its rack, goals, and what it last reported.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Print a shell completion script (e.g. `deployctl completions bash > /etc/bash_completion.d/deployctl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -332,6 +337,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Region(c) => crate::region::region(&cli.global, c).await,
         Command::Hosts(c) => crate::region::hosts(&cli.global, c).await,
         Command::Host(c) => crate::region::host(&cli.global, c).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "deployctl", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Artifacts(ArtifactsCommand::Gc { dry_run }) => {
             let reply = cli.global.client()?.collect_garbage(dry_run).await?;
             crate::output::print(cli.global.output, &reply, |r| {

@@ -69,3 +69,17 @@ fn usage_errors_exit_64_and_help_exits_0() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("cluster"));
 }
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = deployctl().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for word in ["deployctl", "release", "rollback", "hosts"] {
+            assert!(text.contains(word), "{shell}: no {word}");
+        }
+    }
+    let out = deployctl().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
