@@ -27,6 +27,30 @@ fn complete_current(c: &ProcessCluster, host: &str) -> anyhow::Result<String> {
         .unwrap_or_default())
 }
 
+/// Writes `spec`'s config with free loopback ports; returns its path and the addresses.
+fn write_config(
+    spec: &Spec,
+    dir: &std::path::Path,
+) -> anyhow::Result<(
+    std::path::PathBuf,
+    std::collections::BTreeMap<String, String>,
+)> {
+    let names: Vec<String> = spec
+        .node_names()
+        .into_iter()
+        .chain(spec.relay_ids())
+        .collect();
+    let ports = test_harness::process::free_ports(names.len())?;
+    let addrs: std::collections::BTreeMap<String, String> = names
+        .iter()
+        .zip(ports)
+        .map(|(n, p)| (n.clone(), format!("127.0.0.1:{p}")))
+        .collect();
+    let config = dir.join("cluster.toml");
+    std::fs::write(&config, spec.toml(&addrs, dir)?)?;
+    Ok((config, addrs))
+}
+
 /// The pid of the service `current` runs, if it is alive.
 fn running_pid(c: &ProcessCluster, host: &str) -> Option<u32> {
     let text = std::fs::read_to_string(c.host_root(host).join("services/web/pid")).ok()?;
@@ -113,19 +137,7 @@ async fn deployd_dev_with_two_regions_of_two_racks_of_four_hosts_runs_the_releas
         spec = spec.rack(region, 4).rack(region, 4);
     }
     let dir = tempfile::tempdir()?;
-    let names: Vec<String> = spec
-        .node_names()
-        .into_iter()
-        .chain(spec.relay_ids())
-        .collect();
-    let ports = test_harness::process::free_ports(names.len())?;
-    let addrs: std::collections::BTreeMap<String, String> = names
-        .iter()
-        .zip(ports)
-        .map(|(n, p)| (n.clone(), format!("127.0.0.1:{p}")))
-        .collect();
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(&config, spec.toml(&addrs, dir.path())?)?;
+    let (config, addrs) = write_config(&spec, dir.path())?;
     let data = dir.path().join("dev");
     let bins = test_harness::process::bin_dir()?;
     let log = std::fs::File::create(dir.path().join("dev.log"))?;
@@ -197,4 +209,43 @@ async fn deployd_dev_with_two_regions_of_two_racks_of_four_hosts_runs_the_releas
     }
     let _ = dev.wait();
     result
+}
+
+#[test]
+fn the_demo_runs_to_completion_and_leaves_every_host_on_the_good_build() -> anyhow::Result<()> {
+    let mut spec = Spec::new(1)
+        .region("us-east", 1)
+        .region("eu-west", 1)
+        .worker("worker-1", "us-east");
+    for region in ["us-east", "eu-west"] {
+        spec = spec.rack(region, 2).rack(region, 2);
+    }
+    let dir = tempfile::tempdir()?;
+    let (config, _) = write_config(&spec, dir.path())?;
+    let data = dir.path().join("demo");
+    let out = std::process::Command::new(test_harness::process::bin_dir()?.join("deployd"))
+        .arg("demo")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--short")
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ROLLED_BACK"), "{stdout}");
+    // The broken build was rolled back: every host's current is the good one (b-1).
+    for rack in spec.racks_of() {
+        for h in rack.hosts {
+            let link =
+                std::fs::read_link(data.join("hosts").join(&h).join("services/hello/current"))?;
+            assert!(link.ends_with("b-1"), "{h}: current -> {}", link.display());
+        }
+    }
+    Ok(())
 }

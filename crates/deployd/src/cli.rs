@@ -116,6 +116,23 @@ pub enum Command {
         #[arg(long)]
         sim_agents: bool,
     },
+    /// The dev cluster shown working: a sample service built from git and released to every
+    /// host in waves, then a broken change halted on the canary and rolled back; exits 0 only
+    /// if all of that happened.
+    Demo {
+        /// Cluster config (default: the embedded cluster-config/local.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the demo's cluster lives; cleared first if a previous demo made it.
+        #[arg(long, default_value = ".deploy/demo")]
+        data_dir: PathBuf,
+        /// Leave the cluster running at the end, until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+        /// Shorter health waits (for tests).
+        #[arg(long)]
+        short: bool,
+    },
     /// Simulate a region's hosts: report like rack relays and follow the goals, so releases
     /// can be tried without agents.
     Simhosts {
@@ -227,17 +244,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             hosts_per_rack,
             sim_agents,
         } => {
-            let fleet = crate::dev::Fleet {
-                shape: racks.zip(hosts_per_rack),
-                sim_agents,
-            };
-            crate::dev::run(
-                config.as_deref(),
-                &data_dir,
+            let opts = crate::dev::DevOptions {
+                config_path: config,
+                data_dir,
                 simulate_hosts,
-                &exclude,
-                fleet,
-            )
+                exclude,
+                fleet: crate::dev::Fleet {
+                    shape: racks.zip(hosts_per_rack),
+                    sim_agents,
+                },
+            };
+            crate::dev::run(opts).await
+        }
+        Command::Demo {
+            config,
+            data_dir,
+            keep_running,
+            short,
+        } => {
+            crate::demo::run(crate::demo::DemoOptions {
+                config,
+                data_dir,
+                keep_running,
+                short,
+            })
             .await
         }
         Command::Simhosts {

@@ -11,14 +11,42 @@ use deploy_raft::network::ChannelPool;
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub async fn run(
-    config_path: Option<&Path>,
-    data_dir: &Path,
-    simulate_hosts: Option<(u32, u32)>,
-    exclude: &[String],
-    fleet: Fleet,
-) -> anyhow::Result<()> {
-    let mut config = crate::cli::load_config(config_path)?;
+/// What `deployd dev` (and `deployd demo`) run.
+#[derive(Debug, Clone, Default)]
+pub struct DevOptions {
+    pub config_path: Option<std::path::PathBuf>,
+    pub data_dir: std::path::PathBuf,
+    pub simulate_hosts: Option<(u32, u32)>,
+    pub exclude: Vec<String>,
+    pub fleet: Fleet,
+}
+
+/// A running dev cluster.
+pub struct DevCluster {
+    pub config: Arc<deploy_types::ClusterConfig>,
+    /// Every coordinator node's address, global ones first.
+    pub endpoints: Vec<String>,
+    written: std::path::PathBuf,
+    nodes: Vec<RunningNode>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    relays: Vec<tokio::task::JoinHandle<()>>,
+    agents: Vec<Arc<deploy_fanout::agent::Agent>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    let dev = start(&opts).await?;
+    dev.banner(&opts);
+    crate::cli::shutdown_signal().await;
+    info!("stopping the dev cluster");
+    dev.stop().await;
+    Ok(())
+}
+
+/// Starts every node, worker, relay and agent of the config, and waits for leaders.
+pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
+    let (data_dir, exclude, fleet) = (&opts.data_dir, &opts.exclude, &opts.fleet);
+    let mut config = crate::cli::load_config(opts.config_path.as_deref())?;
     if let Some((racks, hosts)) = fleet.shape {
         if !(1..=500).contains(&racks) || !(1..=1000).contains(&hosts) {
             anyhow::bail!("--racks must be 1-500 and --hosts-per-rack 1-1000");
@@ -26,12 +54,15 @@ pub async fn run(
         config.generate_racks(racks, hosts, 7101);
     }
     for id in exclude {
-        if config.node(&deploy_types::NodeName::new(id)?).is_none() {
-            anyhow::bail!("--exclude {id}: no such node in the config");
+        let node = deploy_types::NodeName::new(id)
+            .ok()
+            .and_then(|n| config.node(&n).cloned());
+        if node.is_none() && config.relay(id).is_none() && config.host(id).is_none() {
+            anyhow::bail!("--exclude {id}: no such node, relay or host in the config");
         }
     }
     let made_key = ensure_signing_key(&mut config, data_dir)?;
-    let written = write_effective_config(config_path, data_dir, made_key.as_ref())?;
+    let written = write_effective_config(opts.config_path.as_deref(), data_dir, made_key.as_ref())?;
     let config = Arc::new(config);
     let pool = ChannelPool::tcp();
     // Bind every listener before starting any node, so a busy port fails fast and cleanly.
@@ -60,8 +91,8 @@ pub async fn run(
             .with_context(|| format!("cannot start node {id}"))?;
         nodes.push(running);
     }
-    let stop_workers = tokio_util::sync::CancellationToken::new();
-    let mut workers = Vec::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
     for w in &config.workers {
         let worker = crate::worker::make(
             &config,
@@ -70,7 +101,7 @@ pub async fn run(
             data_dir,
         )
         .with_context(|| format!("cannot start worker {}", w.id))?;
-        workers.push(tokio::spawn(worker.run(stop_workers.clone())));
+        tasks.push(tokio::spawn(worker.run(stop.clone())));
     }
     // The fan-out tree: every relay, and an agent per host with its root under the data
     // directory, running real service processes (or, with --sim-agents, none).
@@ -83,8 +114,7 @@ pub async fn run(
             let dir = data_dir.join("relays").join(&relay.id);
             let limits = crate::fleet::Limits::default();
             relays.push(
-                crate::fleet::spawn_relay(&config, &relay.id, dir, &limits, stop_workers.clone())
-                    .await?,
+                crate::fleet::spawn_relay(&config, &relay.id, dir, &limits, stop.clone()).await?,
             );
         }
     }
@@ -100,85 +130,107 @@ pub async fn run(
                 &crate::fleet::Limits::default(),
             )?;
             let agent = deploy_fanout::agent::Agent::new(opts);
-            workers.push(tokio::spawn(agent.clone().run(stop_workers.clone())));
+            tasks.push(tokio::spawn(agent.clone().run(stop.clone())));
             agents.push(agent);
         }
     }
     // Simulated hosts report to their region's own nodes, like rack relays would.
-    if let Some((racks, per)) = simulate_hosts {
+    if let Some((racks, per)) = opts.simulate_hosts {
         for region in config.regions() {
-            let group = deploy_types::GroupName::Region(region.to_string());
-            let addrs: Vec<String> = config
-                .voters(&group)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|n| config.node(n).map(|n| n.addr.clone()))
-                .collect();
-            let client = deploy_client::Client::new(&addrs)?.with_timeout(Duration::from_secs(5));
-            let opts = deploy_hostsim::SimOptions::new(region, racks, per);
-            workers.push(tokio::spawn(deploy_hostsim::run(
+            let client = deploy_client::Client::new(config.region_addrs(region))?
+                .with_timeout(Duration::from_secs(5));
+            let sim = deploy_hostsim::SimOptions::new(region, racks, per);
+            tasks.push(tokio::spawn(deploy_hostsim::run(
                 Arc::new(client),
-                opts,
-                stop_workers.clone(),
+                sim,
+                stop.clone(),
             )));
         }
     }
-    let endpoint = config
+    let mut endpoints: Vec<String> = config
         .voters(&deploy_types::GroupName::Global)
-        .and_then(|v| v.first())
-        .and_then(|n| config.node(n))
-        .map(|n| format!("http://{}", n.addr))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| config.node(n).map(|n| n.addr.clone()))
+        .collect();
+    for n in config.nodes() {
+        if !endpoints.contains(&n.addr) {
+            endpoints.push(n.addr.clone());
+        }
+    }
     let started = Instant::now();
     wait_for_leaders(&nodes, Duration::from_secs(30)).await;
     info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "every group has a leader"
     );
-    println!("deployd dev: {config}");
-    println!("deployd dev: data in {}", data_dir.display());
-    println!("deployd dev: config in {}", written.display());
-    if !exclude.is_empty() {
+    Ok(DevCluster {
+        config,
+        endpoints,
+        written,
+        nodes,
+        tasks,
+        relays,
+        agents,
+        stop,
+    })
+}
+
+impl DevCluster {
+    /// What is running, and how to talk to it.
+    pub fn banner(&self, opts: &DevOptions) {
+        let (config, data_dir) = (&self.config, &opts.data_dir);
+        println!("deployd dev: {config}");
+        println!("deployd dev: data in {}", data_dir.display());
+        println!("deployd dev: config in {}", self.written.display());
+        if !opts.exclude.is_empty() {
+            println!(
+                "deployd dev: not running {}; start one with `deployd node --config {} --id <id> --data-dir {}/<id> --store-base {}`",
+                opts.exclude.join(", "),
+                self.written.display(),
+                data_dir.display(),
+                data_dir.display()
+            );
+        }
+        println!("deployd dev: {} build workers", config.workers.len());
         println!(
-            "deployd dev: not running {}; start one with `deployd node --config {} --id <id> --data-dir {}/<id> --store-base {}`",
-            exclude.join(", "),
-            written.display(),
-            data_dir.display(),
+            "deployd dev: {} racks, {} relays, {} host agents{} (roots under {}/hosts)",
+            config.racks().len(),
+            self.relays.len(),
+            self.agents.len(),
+            if opts.fleet.sim_agents {
+                " in sim mode"
+            } else {
+                ""
+            },
             data_dir.display()
         );
+        if let Some((racks, per)) = opts.simulate_hosts {
+            println!("deployd dev: {racks}x{per} simulated hosts in every region");
+        }
+        if let Some(e) = self.endpoints.first() {
+            println!("deployd dev: API endpoint http://{e}");
+        }
+        println!("deployd dev: try `deployctl cluster status`; stop with Ctrl-C");
     }
-    println!("deployd dev: {} build workers", config.workers.len());
-    println!(
-        "deployd dev: {} racks, {} relays, {} host agents{} (roots under {}/hosts)",
-        config.racks().len(),
-        relays.len(),
-        agents.len(),
-        if fleet.sim_agents { " in sim mode" } else { "" },
-        data_dir.display()
-    );
-    if let Some((racks, per)) = simulate_hosts {
-        println!("deployd dev: {racks}x{per} simulated hosts in every region");
-    }
-    println!("deployd dev: API endpoint {endpoint}");
-    println!("deployd dev: try `deployctl cluster status`; stop with Ctrl-C");
-    crate::cli::shutdown_signal().await;
-    info!("stopping the dev cluster");
-    stop_workers.cancel();
-    // In dev the services go down with the cluster, first, so nothing outlives it.
-    futures::future::join_all(agents.iter().map(|a| a.stop_services())).await;
-    for mut w in workers.into_iter().chain(relays) {
-        // A relay may still be draining a host's long poll: do not wait for it.
-        if tokio::time::timeout(Duration::from_secs(2), &mut w)
-            .await
-            .is_err()
-        {
-            w.abort();
+
+    /// Stops everything; the services go down with the cluster, first.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        futures::future::join_all(self.agents.iter().map(|a| a.stop_services())).await;
+        for mut w in self.tasks.into_iter().chain(self.relays) {
+            // A relay may still be draining a host's long poll: do not wait for it.
+            if tokio::time::timeout(Duration::from_secs(2), &mut w)
+                .await
+                .is_err()
+            {
+                w.abort();
+            }
+        }
+        for n in self.nodes {
+            n.stop().await;
         }
     }
-    for n in nodes {
-        n.stop().await;
-    }
-    Ok(())
 }
 
 /// The fan-out part of the dev cluster.

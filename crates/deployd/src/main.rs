@@ -1,6 +1,7 @@
 //! `deployd`: the daemon. One role per subcommand; see `deployd --help`.
 
 mod cli;
+mod demo;
 mod dev;
 mod fleet;
 mod logging;

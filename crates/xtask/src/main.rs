@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  demo [--keep-running]   start the local dev cluster and show it working
+  demo [--keep-running]   the local cluster: a build rolled out to every host, a broken one rolled back
   test [ARGS...]          run the whole test suite (ARGS go to cargo test)
   setup                   install the system packages the build needs";
 
