@@ -109,6 +109,53 @@ async fn an_agent_killed_mid_install_leaves_a_whole_release_and_carries_on() -> 
     }
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
     assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    // Agents and workers serve their probes too.
+    let http = reqwest::Client::new();
+    for who in ["east-1-h1", "wk"] {
+        let base = format!("http://{}", c.addr(who)?);
+        assert_eq!(
+            http.get(format!("{base}/readyz")).send().await?.status(),
+            200,
+            "{who}"
+        );
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let m = test_harness::releases::parse_metrics(&text)?;
+        if who == "wk" {
+            assert_eq!(m.get("deploy_worker_built_total"), Some(&2.0), "{text}");
+        } else {
+            let key = format!(
+                "deploy_agent_service{{service=\"web\",build=\"{}\",state=\"HEALTHY\"}}",
+                ids[1]
+            );
+            let healthy = wait_until(
+                T,
+                "the agent's metrics to show the new build healthy",
+                || {
+                    let (http, base, key) = (http.clone(), base.clone(), key.clone());
+                    async move {
+                        let text = http
+                            .get(format!("{base}/metrics"))
+                            .send()
+                            .await
+                            .ok()?
+                            .text()
+                            .await
+                            .ok()?;
+                        let m = test_harness::releases::parse_metrics(&text).ok()?;
+                        m.get(&key).copied()
+                    }
+                },
+            )
+            .await?;
+            assert_eq!(healthy, 1.0);
+            assert!(m.contains_key("deploy_agent_installs_total"), "{text}");
+        }
+    }
     for h in hosts {
         assert_eq!(complete_current(&c, h)?, ids[1], "{h}");
         let pid = wait_until(

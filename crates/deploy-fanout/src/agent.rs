@@ -77,6 +77,10 @@ pub struct Agent {
     down: Bucket,
     services: Mutex<BTreeMap<String, Svc>>,
     changed: Notify,
+    /// Installs started and failed, and whether a goal was ever heard (for `/metrics`).
+    pub installs: std::sync::atomic::AtomicU64,
+    pub install_failures: std::sync::atomic::AtomicU64,
+    pub heard: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -94,6 +98,9 @@ impl Agent {
             down: Bucket::new(opts.down_limit),
             services: Mutex::default(),
             changed: Notify::new(),
+            installs: Default::default(),
+            install_failures: Default::default(),
+            heard: Default::default(),
             opts,
         })
     }
@@ -183,6 +190,7 @@ impl Agent {
                 }
             };
             version = reply.version;
+            self.heard.store(true, std::sync::atomic::Ordering::Relaxed);
             for goal in reply.goals {
                 let current = lock(&self.services)
                     .get(&goal.service)
@@ -190,12 +198,16 @@ impl Agent {
                 if current.as_deref() == Some(goal.build_id.as_str()) {
                     continue;
                 }
+                self.installs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let install = self.clone().install(goal.clone());
                 let done = tokio::select! {
                     r = install => r,
                     _ = stop.cancelled() => return,
                 };
                 if let Err(e) = done {
+                    self.install_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     warn!(host = %self.opts.id, service = %goal.service, build = %goal.build_id, error = %e, "install failed");
                     self.set(&goal.service, |s| {
                         s.build_id = goal.build_id.clone();

@@ -18,4 +18,4 @@ pub mod git;
 pub mod logs;
 mod run;
 
-pub use run::{Worker, WorkerOptions};
+pub use run::{Worker, WorkerOptions, WorkerStats};

@@ -38,6 +38,19 @@ pub struct Worker {
     store: Store,
     key: KeyPair,
     mirrors: MirrorCache,
+    stats: Arc<WorkerStats>,
+}
+
+/// What a worker has done, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub attempts: std::sync::atomic::AtomicU64,
+    pub built: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// 1 while an attempt runs.
+    pub busy: std::sync::atomic::AtomicU64,
+    /// Whether the worker has registered with the cluster.
+    pub registered: std::sync::atomic::AtomicBool,
 }
 
 /// How an attempt ended, from the worker's side.
@@ -58,6 +71,11 @@ const POLL_WAIT_MS: u64 = 10_000;
 const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 impl Worker {
+    /// Its counters, shared (they keep counting after `run` takes the worker).
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
     /// A worker writing to `store` and signing manifests with `key`.
     pub fn new(
         opts: WorkerOptions,
@@ -83,6 +101,7 @@ impl Worker {
             store,
             key,
             opts,
+            stats: Arc::default(),
         })
     }
 
@@ -113,6 +132,9 @@ impl Worker {
             }
         }
         info!(worker = %this.opts.id, region = %this.opts.region, "worker registered");
+        this.stats
+            .registered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut pause = Duration::from_millis(200);
         loop {
             let req = AcquireBuildRequest {
@@ -204,7 +226,15 @@ impl Worker {
             a.attempt,
             self.opts.settings.log_cap_bytes,
         );
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.attempts.fetch_add(1, Relaxed);
+        self.stats.busy.store(1, Relaxed);
         let result = self.build(&a, &scratch, &token, &log).await;
+        self.stats.busy.store(0, Relaxed);
+        match &result {
+            Attempt::Built { .. } => self.stats.built.fetch_add(1, Relaxed),
+            _ => self.stats.failed.fetch_add(1, Relaxed),
+        };
         drop(log);
         let _ = log_task.await;
         token.cancel();

@@ -37,6 +37,9 @@ pub enum Command {
     },
     /// Run a build worker: lease builds from the global leader, build them, store artifacts.
     Worker {
+        /// Serve /healthz, /readyz and /metrics on this address (host:port).
+        #[arg(long)]
+        http: Option<String>,
         /// Cluster config file.
         #[arg(long)]
         config: PathBuf,
@@ -72,6 +75,9 @@ pub enum Command {
     },
     /// Run a host agent: install its goal's releases and run them.
     Agent {
+        /// Serve /healthz, /readyz and /metrics on this address (host:port).
+        #[arg(long)]
+        http: Option<String>,
         #[arg(long)]
         config: PathBuf,
         /// This host's id in the config.
@@ -183,11 +189,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             store_base,
         } => crate::node::run(&config, &id, data_dir, store_base).await,
         Command::Worker {
+            http,
             config,
             id,
             work_dir,
             store_base,
-        } => crate::worker::run(&config, &id, work_dir, &store_base).await,
+        } => crate::worker::run(&config, &id, work_dir, &store_base, http.as_deref()).await,
         Command::Relay {
             config,
             id,
@@ -204,6 +211,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::fleet::run_relay(config, &id, data_dir, limits).await
         }
         Command::Agent {
+            http,
             config,
             id,
             root,
@@ -214,7 +222,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 down: down_limit,
                 ..Default::default()
             };
-            crate::fleet::run_agent(config, &id, root, sim, limits).await
+            crate::fleet::run_agent(config, &id, root, sim, limits, http.as_deref()).await
         }
         Command::Keys(KeysCommand::Generate { out }) => {
             let key = deploy_artifact::KeyPair::generate()?;

@@ -50,11 +50,16 @@ pub async fn run_agent(
     root: Option<PathBuf>,
     sim: bool,
     limits: Limits,
+    http: Option<&str>,
 ) -> anyhow::Result<()> {
     let config = crate::cli::load_config(Some(&config))?;
     let root = root.unwrap_or_else(|| PathBuf::from(".deploy").join(id));
     let agent = Agent::new(agent_options(&config, id, root, sim, &limits)?);
     let stop = CancellationToken::new();
+    if let Some(addr) = http {
+        let (ready, render) = crate::probe::agent(agent.clone());
+        crate::probe::serve(addr, ready, render, stop.clone()).await?;
+    }
     let task = tokio::spawn(Arc::clone(&agent).run(stop.clone()));
     tracing::info!(host = %id, "agent started");
     crate::cli::shutdown_signal().await;

@@ -6,6 +6,7 @@ mod dev;
 mod fleet;
 mod logging;
 mod node;
+mod probe;
 mod worker;
 
 use clap::Parser;

@@ -42,11 +42,16 @@ pub async fn run(
     id: &str,
     work_dir: Option<PathBuf>,
     store_base: &Path,
+    http: Option<&str>,
 ) -> anyhow::Result<()> {
     let config = crate::cli::load_config(Some(config_path))?;
     let work_dir = work_dir.unwrap_or_else(|| PathBuf::from(".deploy").join(id));
     let worker = make(&config, id, work_dir, store_base)?;
     let stop = CancellationToken::new();
+    if let Some(addr) = http {
+        let (ready, render) = crate::probe::worker(worker.stats());
+        crate::probe::serve(addr, ready, render, stop.clone()).await?;
+    }
     let task = tokio::spawn(worker.run(stop.clone()));
     info!(worker = %id, "worker started");
     crate::cli::shutdown_signal().await;

@@ -54,7 +54,7 @@ enum Kind {
 }
 
 struct Proc {
-    /// Empty for workers and agents.
+    /// Where it serves: gRPC for nodes, HTTP for relays, the probes for workers and agents.
     addr: String,
     kind: Kind,
     child: Option<Child>,
@@ -111,11 +111,14 @@ impl ProcessCluster {
                 )
             })
             .collect();
+        // Workers and agents serve their probes (/metrics) on a port of their own.
+        let hosts: Vec<String> = spec.racks_of().into_iter().flat_map(|r| r.hosts).collect();
+        let mut probe_ports = free_ports(spec.workers.len() + hosts.len())?.into_iter();
         for (id, _) in &spec.workers {
             nodes.insert(
                 id.clone(),
                 Proc {
-                    addr: String::new(),
+                    addr: format!("127.0.0.1:{}", probe_ports.next().unwrap_or_default()),
                     kind: Kind::Worker,
                     child: None,
                 },
@@ -134,17 +137,15 @@ impl ProcessCluster {
         {
             cluster.start_node(n)?;
         }
-        for rack in spec.racks_of() {
-            for h in rack.hosts {
-                cluster.nodes.insert(
-                    h,
-                    Proc {
-                        addr: String::new(),
-                        kind: Kind::Agent(None),
-                        child: None,
-                    },
-                );
-            }
+        for h in hosts {
+            cluster.nodes.insert(
+                h,
+                Proc {
+                    addr: format!("127.0.0.1:{}", probe_ports.next().unwrap_or_default()),
+                    kind: Kind::Agent(None),
+                    child: None,
+                },
+            );
         }
         Ok(cluster)
     }
@@ -221,6 +222,9 @@ impl ProcessCluster {
         }
         if matches!(p.kind, Kind::Worker | Kind::Node) {
             cmd.arg("--store-base").arg(self.dir.path());
+        }
+        if matches!(p.kind, Kind::Worker | Kind::Agent(_)) {
+            cmd.arg("--http").arg(&p.addr);
         }
         let child = cmd
             .arg("--config")
