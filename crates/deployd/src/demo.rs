@@ -215,7 +215,7 @@ async fn fleet(client: &Client, regions: &[String]) -> anyhow::Result<Vec<pb::Ho
     Ok(out)
 }
 
-fn running<'a>(h: &'a pb::Host) -> Option<&'a pb::HostService> {
+fn running(h: &pb::Host) -> Option<&pb::HostService> {
     h.services.iter().find(|s| s.service == "hello")
 }
 
