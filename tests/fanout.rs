@@ -371,6 +371,10 @@ async fn metrics_of_a_node_and_a_relay_parse_and_count_a_release() -> anyhow::Re
     assert!(m
         .keys()
         .any(|k| k.starts_with("deploy_request_seconds_count{route=\"/deploy.v1.RegionService/")));
+    let commit = m
+        .get("deploy_raft_commit_index{group=\"region/east\"}")
+        .copied();
+    assert!(commit.is_some_and(|c| c > 0.0), "{text}");
     assert_eq!(get(east, "/readyz").await?.status(), 200);
     let global = c.addrs["g1"].clone();
     let m = test_harness::releases::parse_metrics(&get(global, "/metrics").await?.text().await?)?;

@@ -136,8 +136,31 @@ pub fn render(node: &Node) -> String {
     let last_log: Family<GroupLabel, Gauge> = Family::default();
     let applied: Family<GroupLabel, Gauge> = Family::default();
     let leader: Family<GroupLabel, Gauge> = Family::default();
+    let committed: Family<GroupLabel, Gauge> = Family::default();
     for g in node.groups() {
         let m = g.metrics();
+        // On the leader: the highest index a majority of voters holds; elsewhere the
+        // applied index (which trails the commit index by at most what is in flight).
+        let commit = match &m.replication {
+            Some(rep) => {
+                let voters: Vec<_> = m.membership_config.membership().voter_ids().collect();
+                let mut matched: Vec<u64> = voters
+                    .iter()
+                    .map(|v| {
+                        if *v == m.id {
+                            m.last_log_index.unwrap_or(0)
+                        } else {
+                            rep.get(v)
+                                .and_then(|x| x.as_ref().map(|l| l.index))
+                                .unwrap_or(0)
+                        }
+                    })
+                    .collect();
+                matched.sort_unstable_by(|a, b| b.cmp(a));
+                matched.get(voters.len() / 2).copied().unwrap_or(0)
+            }
+            None => m.last_applied.map(|x| x.index).unwrap_or(0),
+        };
         let l = GroupLabel {
             group: g.name.to_string(),
         };
@@ -149,6 +172,7 @@ pub fn render(node: &Node) -> String {
             .get_or_create(&l)
             .set(m.last_applied.map(|x| x.index).unwrap_or(0) as i64);
         leader.get_or_create(&l).set(i64::from(g.is_leader()));
+        committed.get_or_create(&l).set(commit as i64);
     }
     reg.register(
         "deploy_raft_term",
@@ -169,6 +193,11 @@ pub fn render(node: &Node) -> String {
         "deploy_raft_is_leader",
         "1 where this node leads the group",
         leader,
+    );
+    reg.register(
+        "deploy_raft_commit_index",
+        "Commit index as this node knows it (quorum-acknowledged on the leader, applied elsewhere)",
+        committed,
     );
     reg.register(
         "deploy_raft_leader_changes",
