@@ -177,8 +177,17 @@ async fn follow(global: &Global, client: &Client, id: &str) -> Result<(), Failur
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    for (bar, _) in shown.values() {
-        bar.finish();
+    // A bar stays where its region ended: full only for a region that succeeded.
+    for (region, (bar, _)) in &shown {
+        let ok = r
+            .regions
+            .iter()
+            .any(|g| &g.region == region && g.state == "SUCCEEDED");
+        if ok {
+            bar.finish();
+        } else {
+            bar.abandon();
+        }
     }
     if people {
         eprintln!(

@@ -180,8 +180,17 @@ async fn release(client: &Client, build: &str, short: bool) -> anyhow::Result<pb
             r.state.as_str(),
             "SUCCEEDED" | "FAILED" | "ABORTED" | "ROLLED_BACK"
         ) {
-            for (bar, _) in shown.values() {
-                bar.finish();
+            // A bar stays where its region ended: full only for a region that succeeded.
+            for (region, (bar, _)) in &shown {
+                let ok = r
+                    .regions
+                    .iter()
+                    .any(|g| &g.region == region && g.state == "SUCCEEDED");
+                if ok {
+                    bar.finish();
+                } else {
+                    bar.abandon();
+                }
             }
             println!(
                 "  release {} {}{}",

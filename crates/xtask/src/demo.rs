@@ -24,7 +24,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     eprintln!("xtask: building deployd and deployctl");
     run_checked(cargo().args(["build", "--bin", "deployd", "--bin", "deployctl"]))?;
     let bins = bin_dir();
+    // The demo's directory in this checkout is the demo's own: start it fresh.
     let data = root().join(".deploy/demo");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)
+            .with_context(|| format!("cannot clear {}", data.display()))?;
+    }
     eprintln!("xtask: running `deployd demo` (data in {})", data.display());
     let mut cmd = Command::new(bins.join("deployd"));
     cmd.arg("demo").arg("--data-dir").arg(&data);
