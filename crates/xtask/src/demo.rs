@@ -37,10 +37,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         cmd.arg("--keep-running");
         println!("(deployctl is {}/deployctl)", bins.display());
     }
+    // The demo narrates itself; the cluster's own logs stay quiet unless asked for.
     let status = cmd
         .env(
             "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "error,openraft=off".into()),
         )
         .stdin(Stdio::null())
         .status()
