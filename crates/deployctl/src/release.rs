@@ -152,6 +152,10 @@ async fn follow(global: &Global, client: &Client, id: &str) -> Result<(), Failur
             Err(e) => return Err(e.into()),
         };
         for g in &r.regions {
+            // A region not started yet gets its bar when it starts.
+            if bars && g.hosts_total == 0 && g.state == "PENDING" {
+                continue;
+            }
             let line = region_line(g);
             let entry = shown.entry(g.region.clone()).or_insert_with(|| {
                 let bar = if bars {

@@ -155,6 +155,10 @@ async fn release(client: &Client, build: &str, short: bool) -> anyhow::Result<pb
     loop {
         let r = client.get_release(&r.id, false).await?;
         for g in &r.regions {
+            // A region not started yet gets its bar when it starts.
+            if bars && g.hosts_total == 0 && g.state == "PENDING" {
+                continue;
+            }
             let line = format!("{} wave {}/{}", g.state, g.wave, g.waves);
             let e = shown.entry(g.region.clone()).or_insert_with(|| {
                 let bar = if bars {
