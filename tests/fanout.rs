@@ -411,3 +411,62 @@ async fn metrics_of_a_node_and_a_relay_parse_and_count_a_release() -> anyhow::Re
     assert_eq!(get(relay, "/readyz").await?.status(), 200);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_below_another_fetches_from_it_and_the_store_is_read_once() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .chunk_bytes(64 * 1024)
+        .rack("east", 2)
+        .rack("east", 2)
+        .relay_parent("east-rack-2-relay", "east-rack-1-relay");
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    c.start_fleet(&Limits::default(), true).await?;
+    let ids = builds(&client, &c.dir(), 512 * 1024, &[("v1", true)]).await?;
+    let chunks = manifest_chunks(&c, "east", &client, &ids[0]).await?;
+    let before = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed);
+    let done = release(&client, &ids[0], "east", all_at_once(2)).await?;
+    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    let reads = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed) - before;
+    assert_eq!(reads as usize, chunks, "only the top relay read the store");
+    let top = c.relay("east-rack-1-relay").expect("relay");
+    let below = c.relay("east-rack-2-relay").expect("relay");
+    assert_eq!(
+        below.stats().upstream_fetches.load(Ordering::Relaxed) as usize,
+        chunks
+    );
+    // The top relay served its two hosts and the relay below it.
+    assert_eq!(
+        top.stats().chunk_requests.load(Ordering::Relaxed) as usize,
+        3 * chunks
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_the_three_newest_releases() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .rack("east", 1);
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    c.start_fleet(&Limits::default(), false).await?;
+    let versions = [("v1", true), ("v2", true), ("v3", true), ("v4", true)];
+    let ids = builds(&client, &c.dir(), 1024, &versions).await?;
+    for id in &ids {
+        let done = release(&client, id, "east", all_at_once(1)).await?;
+        assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    }
+    let releases = c.host_root("east-1-h1").join("services/web/releases");
+    let mut kept: Vec<String> = std::fs::read_dir(&releases)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ids[1..].to_vec(), "the oldest release went");
+    assert_eq!(current(&c, "east-1-h1").map(|x| x.0), Some(ids[3].clone()));
+    Ok(())
+}

@@ -78,6 +78,8 @@ pub struct Spec {
     pub snapshots: (u64, u64),
     /// Racks: (region, hosts); each gets one relay. Names follow [`Spec::racks_of`].
     pub racks: Vec<(String, usize)>,
+    /// (child relay, parent relay): relays fetching from another relay, not the store.
+    pub parents: Vec<(String, String)>,
 }
 
 /// A rack of a [`Spec`]: its name, relay id and host ids.
@@ -104,6 +106,7 @@ impl Spec {
             s3: std::collections::BTreeMap::new(),
             snapshots: (5000, 1000),
             racks: Vec::new(),
+            parents: Vec::new(),
         }
     }
 
@@ -182,6 +185,12 @@ impl Spec {
                 }
             })
             .collect()
+    }
+
+    /// Makes relay `child` fetch from relay `parent` (a two-level tree).
+    pub fn relay_parent(mut self, child: &str, parent: &str) -> Self {
+        self.parents.push((child.to_string(), parent.to_string()));
+        self
     }
 
     /// Every relay id.
@@ -272,8 +281,14 @@ impl Spec {
         }
         for r in self.racks_of() {
             let addr = addrs.get(&r.relay).cloned().unwrap_or_default();
+            let parent = self
+                .parents
+                .iter()
+                .find(|(c, _)| *c == r.relay)
+                .map(|(_, p)| format!(", parent = \"{p}\""))
+                .unwrap_or_default();
             s.push_str(&format!(
-                "\n[[racks]]\nregion = \"{}\"\nname = \"{}\"\nrelays = [{{ id = \"{}\", addr = \"{addr}\" }}]\nhosts = [{}]\n",
+                "\n[[racks]]\nregion = \"{}\"\nname = \"{}\"\nrelays = [{{ id = \"{}\", addr = \"{addr}\"{parent} }}]\nhosts = [{}]\n",
                 r.region,
                 r.name,
                 r.relay,
