@@ -12,12 +12,8 @@ use test_harness::releases::{
 };
 use test_harness::{wait_until, GrpcCluster, Spec};
 
-fn region_addrs(c: &GrpcCluster, region: &str) -> Vec<String> {
-    c.region_addrs(region)
-}
-
 fn region_client(c: &GrpcCluster, region: &str) -> anyhow::Result<Client> {
-    Ok(Client::new(region_addrs(c, region))?)
+    Ok(Client::new(c.region_addrs(region))?)
 }
 
 async fn create(
@@ -63,8 +59,8 @@ async fn a_release_goes_through_every_wave_of_both_regions_in_order() -> anyhow:
         .worker("wk", "east");
     let c = GrpcCluster::start_spec(spec).await?;
     let client = c.client()?;
-    let _east = simulate(&region_addrs(&c, "east"), "east", 3, 2, None)?;
-    let _west = simulate(&region_addrs(&c, "west"), "west", 2, 2, None)?;
+    let _east = simulate(&c.region_addrs("east"), "east", 3, 2, None)?;
+    let _west = simulate(&c.region_addrs("west"), "west", 2, 2, None)?;
     let ids = succeeded_builds(&client, &c.dir(), "web", &["v1"]).await?;
     wait_hosts(&client, "east", 6).await?;
     wait_hosts(&client, "west", 4).await?;
@@ -129,7 +125,7 @@ async fn a_failing_canary_halts_the_release_and_rolls_every_moved_host_back() ->
     let fails = Arc::new(move |_: &str, _: &str, build: &str| {
         *rule.lock().unwrap_or_else(|p| p.into_inner()) == build
     });
-    let _sim = simulate(&region_addrs(&c, "east"), "east", 3, 2, Some(fails))?;
+    let _sim = simulate(&c.region_addrs("east"), "east", 3, 2, Some(fails))?;
     let ids = succeeded_builds(&client, &c.dir(), "web", &["v1", "v2"]).await?;
     wait_hosts(&client, "east", 6).await?;
     let first = create(&client, &ids[0], &["east"], fast(100)).await?;
@@ -167,7 +163,7 @@ async fn a_region_finishes_its_release_with_the_global_group_stopped() -> anyhow
     let mut c = GrpcCluster::start_spec(spec).await?;
     let client = c.client()?;
     let regional = region_client(&c, "east")?;
-    let _sim = simulate(&region_addrs(&c, "east"), "east", 3, 2, None)?;
+    let _sim = simulate(&c.region_addrs("east"), "east", 3, 2, None)?;
     let ids = succeeded_builds(&client, &c.dir(), "web", &["v1"]).await?;
     wait_hosts(&client, "east", 6).await?;
     // A long enough healthy time that the region is mid-rollout when the global group stops.
@@ -223,8 +219,8 @@ async fn a_region_cut_off_applies_every_decision_in_order_once_restored() -> any
         .worker("wk", "east");
     let mut c = GrpcCluster::start_spec(spec).await?;
     let client = c.client()?;
-    let _east = simulate(&region_addrs(&c, "east"), "east", 2, 2, None)?;
-    let _west = simulate(&region_addrs(&c, "west"), "west", 2, 2, None)?;
+    let _east = simulate(&c.region_addrs("east"), "east", 2, 2, None)?;
+    let _west = simulate(&c.region_addrs("west"), "west", 2, 2, None)?;
     let ids = succeeded_builds(&client, &c.dir(), "web", &["v1", "v2", "v3"]).await?;
     wait_hosts(&client, "west", 4).await?;
     // West's nodes can no longer reach the global group (the other way needs no path:
@@ -316,7 +312,7 @@ async fn pause_holds_resume_continues_promote_skips_the_wait_and_abort_stops() -
     let spec = Spec::new(3).region("east", 1).worker("wk", "east");
     let c = GrpcCluster::start_spec(spec).await?;
     let client = c.client()?;
-    let _sim = simulate(&region_addrs(&c, "east"), "east", 3, 2, None)?;
+    let _sim = simulate(&c.region_addrs("east"), "east", 3, 2, None)?;
     let ids = succeeded_builds(&client, &c.dir(), "web", &["v1", "v2", "v3"]).await?;
     wait_hosts(&client, "east", 6).await?;
 
@@ -334,14 +330,15 @@ async fn pause_holds_resume_continues_promote_skips_the_wait_and_abort_stops() -
         (rr.state == "PAUSED" && rr.hosts_updated >= 2).then(std::time::Instant::now)
     })
     .await?;
-    // Held for several times the minimum healthy time: still wave 1.
-    while since.elapsed() < std::time::Duration::from_millis(1500) {
+    // Held for several times the minimum healthy time: still wave 1 at every look.
+    wait_until(T, "1.5 s of holding at wave 1", || async {
         let rr = region_release(&client, "east", &r.id)
             .await
             .expect("region view");
         assert_eq!((rr.state.as_str(), rr.wave), ("PAUSED", 1));
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        (since.elapsed() >= std::time::Duration::from_millis(1500)).then_some(())
+    })
+    .await?;
     act(&client, &r.id, "resume").await?;
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
     assert_eq!(done.state, "SUCCEEDED");

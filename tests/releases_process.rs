@@ -2,8 +2,7 @@
 //! mid-wave.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use deploy_client::{Client, ClusterStatusView};
 use deploy_proto::v1 as pb;
@@ -26,6 +25,21 @@ async fn create(client: &Client, build: &str, min_healthy_ms: u64) -> anyhow::Re
         .id)
 }
 
+/// Appends each host's current goal for `web` to what was seen of it, if it changed.
+async fn record_goals(client: &Client, seen: &Mutex<BTreeMap<String, Vec<String>>>) {
+    let Ok(hs) = hosts(client, "east").await else {
+        return;
+    };
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    for h in hs {
+        let goals = seen.entry(h.host.clone()).or_default();
+        let g = goal(&h, "web");
+        if goals.last() != Some(&g) {
+            goals.push(g);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_regional_leader_mid_wave_resumes_and_no_goal_moves_backwards(
 ) -> anyhow::Result<()> {
@@ -44,31 +58,13 @@ async fn kill9_of_the_regional_leader_mid_wave_resumes_and_no_goal_moves_backwar
     let first = wait_release(&client, &first, "to end", is_final).await?;
     assert_eq!(first.state, "SUCCEEDED", "{first:#?}");
 
-    // Watch every host's goal: once on v2, never back on v1.
-    let seen: Arc<Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (seen, stop) = (seen.clone(), stop.clone());
-        let client = Client::new(&east)?;
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(hs) = hosts(&client, "east").await {
-                    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-                    for h in hs {
-                        let goals = seen.entry(h.host.clone()).or_default();
-                        let g = goal(&h, "web");
-                        if goals.last() != Some(&g) {
-                            goals.push(g);
-                        }
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        })
-    };
-
+    // Every host's goals in the order seen, sampled at each look while waiting below: once
+    // on v2, never back on v1.
+    let seen: Mutex<BTreeMap<String, Vec<String>>> = Mutex::default();
+    let watcher = Client::new(&east)?;
     let second = create(&client, &ids[1], 800).await?;
     wait_until(T, "the second wave under way", || async {
+        record_goals(&watcher, &seen).await;
         let rr = region_release(&client, "east", &second).await?;
         (rr.wave >= 2).then_some(())
     })
@@ -77,9 +73,13 @@ async fn kill9_of_the_regional_leader_mid_wave_resumes_and_no_goal_moves_backwar
     let leader = status.leader("region/east").expect("a regional leader");
     c.kill9(&leader)?;
 
-    let done = wait_release(&client, &second, "to end", is_final).await?;
-    stop.store(true, Ordering::Relaxed);
-    watcher.await?;
+    let done = wait_until(T, "the second release to end", || async {
+        record_goals(&watcher, &seen).await;
+        let r = client.get_release(&second, false).await.ok()?;
+        is_final(&r).then_some(r)
+    })
+    .await?;
+    record_goals(&watcher, &seen).await;
     assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
     assert_eq!(done.hosts_updated, 8);
     let rr = region_release(&client, "east", &second)
@@ -96,7 +96,7 @@ async fn kill9_of_the_regional_leader_mid_wave_resumes_and_no_goal_moves_backwar
         ["wave 1 passed", "wave 2 passed", "wave 3 passed"],
         "each wave passed once"
     );
-    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let seen = seen.into_inner().unwrap_or_else(|p| p.into_inner());
     assert_eq!(seen.len(), 8, "{seen:?}");
     for (host, goals) in &seen {
         let v2 = goals.iter().position(|g| *g == ids[1]);

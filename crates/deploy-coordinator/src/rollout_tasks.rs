@@ -47,8 +47,10 @@ pub fn spawn(node: Arc<Node>) {
     }
 }
 
-/// What was last acknowledged by the global group for a release: (state, wave, counts).
-type Acked = HashMap<u64, (ReleaseState, u32, Counts)>;
+/// A release's reported progress: (state, wave, counts).
+type Progress = (ReleaseState, u32, Counts);
+/// What was last acknowledged by the global group for each release.
+type Acked = HashMap<u64, Progress>;
 
 struct Driver {
     node: Arc<Node>,
@@ -255,38 +257,41 @@ impl Driver {
 
     /// Reports each release whose progress changed since the global group last acknowledged.
     async fn report(&mut self, h: &GroupHandle) {
-        let releases = h.state.read(|s| {
+        // Only the progress of releases not yet acknowledged as they are now: no plans are
+        // copied out of the state on this 250 ms path.
+        let pending: Vec<(u64, Progress, pb::ReportRegionRequest)> = h.state.read(|s| {
             s.state
                 .region
                 .releases
                 .values()
-                .cloned()
-                .collect::<Vec<_>>()
+                .filter(|r| self.acked.get(&r.seq) != Some(&(r.state, r.wave, r.counts)))
+                .map(|r| {
+                    let req = pb::ReportRegionRequest {
+                        release_id: r.id(),
+                        region: self.region.clone(),
+                        state: r.state.as_str().into(),
+                        wave: r.wave,
+                        waves: r.plan.len() as u32,
+                        hosts_total: r.counts.hosts_total,
+                        hosts_updated: r.counts.hosts_updated,
+                        hosts_failed: r.counts.hosts_failed,
+                        reason: r.reason.clone(),
+                    };
+                    (r.seq, (r.state, r.wave, r.counts), req)
+                })
+                .collect()
         });
-        for r in releases {
-            let now = (r.state, r.wave, r.counts);
-            if self.acked.get(&r.seq) == Some(&now) {
-                continue;
-            }
+        for (seq, now, req) in pending {
             let Some(mut client) = self.global_client() else {
                 return;
             };
-            let mut req = tonic::Request::new(pb::ReportRegionRequest {
-                release_id: r.id(),
-                region: self.region.clone(),
-                state: r.state.as_str().into(),
-                wave: r.wave,
-                waves: r.plan.len() as u32,
-                hosts_total: r.counts.hosts_total,
-                hosts_updated: r.counts.hosts_updated,
-                hosts_failed: r.counts.hosts_failed,
-                reason: r.reason.clone(),
-            });
+            let id = req.release_id.clone();
+            let mut req = tonic::Request::new(req);
             req.set_timeout(CALL_TIMEOUT);
             match tokio::time::timeout(CALL_TIMEOUT, client.report_region(req)).await {
                 Ok(Ok(_)) => {
                     self.global_ok();
-                    self.acked.insert(r.seq, now);
+                    self.acked.insert(seq, now);
                 }
                 // The global group does not know this release in this region (it was
                 // dropped, or never sent here): nothing to report.
@@ -298,8 +303,8 @@ impl Driver {
                             | tonic::Code::InvalidArgument
                     ) =>
                 {
-                    debug!(region = %self.region, release = %r.id(), error = %e.message(), "report refused");
-                    self.acked.insert(r.seq, now);
+                    debug!(region = %self.region, release = %id, error = %e.message(), "report refused");
+                    self.acked.insert(seq, now);
                 }
                 Ok(Err(e)) => return self.global_failed("report to", &e),
                 Err(_) => {

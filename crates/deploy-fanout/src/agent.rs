@@ -222,24 +222,11 @@ impl Agent {
     /// Reports this host to the region's leader and takes its goals from the answer.
     async fn ask_region(&self) -> Result<GoalReply, String> {
         let client = self.direct.as_ref().ok_or("no region nodes configured")?;
-        let r = self.report();
         let req = deploy_proto::v1::ReportRackRequest {
             relay: String::new(),
             region: self.opts.region.clone(),
             rack: self.opts.rack.clone(),
-            hosts: vec![deploy_proto::v1::HostReport {
-                host: r.host,
-                services: r
-                    .services
-                    .into_iter()
-                    .map(|s| deploy_proto::v1::ServiceReport {
-                        service: s.service,
-                        build_id: s.build_id,
-                        state: s.state,
-                        detail: s.detail,
-                    })
-                    .collect(),
-            }],
+            hosts: vec![self.report().to_proto()],
         };
         let reply = client.report_rack(req).await.map_err(|e| e.to_string())?;
         let goals = reply

@@ -87,6 +87,25 @@ pub struct ServiceState {
     pub detail: String,
 }
 
+impl AgentReport {
+    /// The report as the region's API carries it.
+    pub fn to_proto(&self) -> pb::HostReport {
+        pb::HostReport {
+            host: self.host.clone(),
+            services: self
+                .services
+                .iter()
+                .map(|s| pb::ServiceReport {
+                    service: s.service.clone(),
+                    build_id: s.build_id.clone(),
+                    state: s.state.clone(),
+                    detail: s.detail.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Counters, for tests and `/metrics`.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -827,22 +846,12 @@ async fn send_reports(me: Arc<Inner>, stop: CancellationToken) {
             me.opts
                 .hosts
                 .iter()
-                .map(|h| pb::HostReport {
-                    host: h.clone(),
-                    services: reports
-                        .get(h)
-                        .map(|r| {
-                            r.services
-                                .iter()
-                                .map(|s| pb::ServiceReport {
-                                    service: s.service.clone(),
-                                    build_id: s.build_id.clone(),
-                                    state: s.state.clone(),
-                                    detail: s.detail.clone(),
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                .map(|h| match reports.get(h) {
+                    Some(r) => r.to_proto(),
+                    None => pb::HostReport {
+                        host: h.clone(),
+                        services: Vec::new(),
+                    },
                 })
                 .collect()
         };
