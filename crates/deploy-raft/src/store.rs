@@ -2,7 +2,13 @@
 //!
 //! Follows openraft's `stores/rocksstore-v2` at v0.9.25: logs, vote and metadata live in
 //! RocksDB column families; an append is acknowledged only after the WAL is flushed to disk,
-//! and a vote is durable before `save_vote` returns. The state machine is kept in memory and
+//! and a vote is durable before `save_vote` returns.
+//!
+//! Appends commit as a group: `append` writes its entries (readable at once) and hands the
+//! acknowledgement to a sync thread, which syncs the WAL once for every append queued since
+//! its last sync and then acknowledges them all, in order. openraft keeps appending and
+//! replicating meanwhile, so one fsync covers many client writes under load, and a write is
+//! still never acknowledged before it is on disk. The state machine is kept in memory and
 //! persisted by snapshots; the committed log id is saved too, so on restart openraft re-applies
 //! the committed tail from the log and a node recovers its full state from its own disk.
 //!
@@ -53,7 +59,35 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StorageError<No
         .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?;
     let db = Arc::new(db);
     let sm = StateMachineStore::restore(db.clone())?;
-    Ok((LogStore { db }, sm))
+    let sync = start_syncer(&db).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+    Ok((LogStore { db, sync }, sm))
+}
+
+type Acks = std::sync::mpsc::Sender<LogFlushed<TypeConfig>>;
+
+/// The group-commit thread: waits for an acknowledgement to give, takes every other one queued
+/// behind it, syncs the WAL once (which covers every entry written before), then gives them
+/// all. It holds the database weakly so that dropping the store closes it, and ends when the
+/// last `LogStore` clone is gone.
+fn start_syncer(db: &Arc<DB>) -> std::io::Result<Acks> {
+    let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+    let db = Arc::downgrade(db);
+    std::thread::Builder::new()
+        .name("raft-log-sync".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut acks = vec![first];
+                acks.extend(rx.try_iter());
+                let result = match db.upgrade() {
+                    Some(db) => db.flush_wal(true).map_err(|e| e.into_string()),
+                    None => Err("the log store was closed".to_string()),
+                };
+                for ack in acks {
+                    ack.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 fn io_err(
@@ -95,6 +129,8 @@ fn key_index(key: &[u8]) -> StorageResult<u64> {
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// Appends waiting for the WAL sync that acknowledges them.
+    sync: Acks,
 }
 
 impl LogStore {
@@ -249,12 +285,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
             batch.put_cf(logs, index_key(entry.log_id.index), bytes);
         }
+        // Written, so readable now; acknowledged only once on disk, by the sync thread: this
+        // is the durability promise of the whole log.
         self.db
             .write(batch)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        // Acknowledge only what is on disk: this is the durability promise of the whole log.
-        self.flush(ErrorSubject::Logs)?;
-        callback.log_io_completed(Ok(()));
+        if let Err(std::sync::mpsc::SendError(callback)) = self.sync.send(callback) {
+            // The sync thread is gone (it never exits while a store lives): sync here.
+            self.flush(ErrorSubject::Logs)?;
+            callback.log_io_completed(Ok(()));
+        }
         Ok(())
     }
 
