@@ -48,12 +48,23 @@ impl From<ServerState> for Role {
 }
 
 /// Where a request for a group's leader must go.
+#[derive(Debug, Clone)]
 pub enum LeaderIs {
     /// This replica leads the group.
     Here,
     /// Another member leads it, at this address.
     At { name: String, addr: String },
 }
+
+/// What a write returns: the log index and the state machine's response, or where the leader
+/// is (`Err(Ok)`), or why it failed.
+pub type WriteResult = Result<(u64, Response), Result<LeaderIs, ApiError>>;
+
+type PendingWrite = (Command, tokio::sync::oneshot::Sender<WriteResult>);
+
+/// Batches proposed by one group at once, at most: while they commit, more writes queue up
+/// and go together in the next batch.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// A group hosted by this process.
 #[derive(Clone)]
@@ -62,9 +73,23 @@ pub struct GroupHandle {
     pub me: NodeName,
     pub raft: Raft,
     pub state: StateReader,
+    writes: tokio::sync::mpsc::Sender<PendingWrite>,
 }
 
 impl GroupHandle {
+    /// A handle on a started group; spawns its write batcher (it ends with the last handle).
+    pub fn new(name: GroupName, me: NodeName, raft: Raft, state: StateReader) -> Self {
+        let (writes, rx) = tokio::sync::mpsc::channel(4 * deploy_state::MAX_BATCH);
+        tokio::spawn(batch_writes(raft.clone(), name.clone(), rx));
+        Self {
+            name,
+            me,
+            raft,
+            state,
+            writes,
+        }
+    }
+
     pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, DeployNode> {
         self.raft.metrics().borrow().clone()
     }
@@ -151,21 +176,21 @@ impl GroupHandle {
 
     /// Proposes a command on this replica, which must lead the group. `Err(Ok(leader))` means
     /// leadership moved and the caller should forward there.
-    pub async fn write(&self, cmd: Command) -> Result<(u64, Response), Result<LeaderIs, ApiError>> {
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok((resp.log_id.index, resp.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
-                Some(node) => Err(Ok(LeaderIs::At {
-                    name: node.name,
-                    addr: node.addr,
-                })),
-                None => Err(Err(ApiError::Unavailable(format!(
-                    "group {} is electing a leader; retry",
-                    self.name
-                )))),
-            },
-            Err(e) => Err(Err(ApiError::Internal(format!("group {}: {e}", self.name)))),
+    ///
+    /// Writes proposed at the same time share one log entry (see [`batch_writes`]); each
+    /// still gets its own response.
+    pub async fn write(&self, cmd: Command) -> WriteResult {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || {
+            Err(Err(ApiError::Unavailable(format!(
+                "group {} is shutting down",
+                self.name
+            ))))
+        };
+        if self.writes.send((cmd, tx)).await.is_err() {
+            return gone();
         }
+        rx.await.unwrap_or_else(|_| gone())
     }
 
     /// Waits until this replica applies something new or stops leading, or until `until`.
@@ -233,5 +258,80 @@ impl GroupHandle {
             .map(|(id, n)| (*id, n.clone()))
             .collect();
         nodes
+    }
+}
+
+/// Proposes one command, as openraft answers it.
+async fn write_one(raft: &Raft, group: &GroupName, cmd: Command) -> WriteResult {
+    match raft.client_write(cmd).await {
+        Ok(resp) => Ok((resp.log_id.index, resp.data)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
+            Some(node) => Err(Ok(LeaderIs::At {
+                name: node.name,
+                addr: node.addr,
+            })),
+            None => Err(Err(ApiError::Unavailable(format!(
+                "group {group} is electing a leader; retry"
+            )))),
+        },
+        Err(e) => Err(Err(ApiError::Internal(format!("group {group}: {e}")))),
+    }
+}
+
+/// Group commit above Raft: takes the writes waiting, proposes them as one
+/// [`Command::Batch`] entry (a lone write goes as itself), and hands each its own response.
+/// At most [`BATCHES_IN_FLIGHT`] batches commit at once; under load the queue grows while
+/// they do, so each disk sync on each member commits many client writes instead of one.
+async fn batch_writes(
+    raft: Raft,
+    group: GroupName,
+    mut rx: tokio::sync::mpsc::Receiver<PendingWrite>,
+) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < deploy_state::MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (raft, group) = (raft.clone(), group.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            if batch.len() == 1 {
+                let Some((cmd, tx)) = batch.pop() else { return };
+                let _ = tx.send(write_one(&raft, &group, cmd).await);
+                return;
+            }
+            let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let n = cmds.len();
+            match write_one(&raft, &group, Command::Batch(cmds)).await {
+                Ok((index, Response::Batch(responses))) if responses.len() == n => {
+                    for (tx, r) in waiters.into_iter().zip(responses) {
+                        let _ = tx.send(Ok((index, r)));
+                    }
+                }
+                Ok((_, other)) => {
+                    let e = ApiError::Internal(format!(
+                        "group {group}: a batch of {n} was answered {other:?}"
+                    ));
+                    for tx in waiters {
+                        let _ = tx.send(Err(Err(e.clone())));
+                    }
+                }
+                Err(e) => {
+                    for tx in waiters {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
     }
 }

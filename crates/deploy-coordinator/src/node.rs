@@ -188,12 +188,7 @@ where
             message: e.to_string(),
         })?;
     bootstrap(config, me, group, &raft).await?;
-    Ok(GroupHandle {
-        name: group.clone(),
-        me: me.clone(),
-        raft,
-        state,
-    })
+    Ok(GroupHandle::new(group.clone(), me.clone(), raft, state))
 }
 
 /// Initializes a group on its very first start. Only the group's designated bootstrapper (its

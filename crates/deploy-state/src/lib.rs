@@ -32,7 +32,13 @@ pub enum Command {
     Release(ReleaseCommand),
     /// A regional group's decisions, hosts and wave transitions.
     Region(RegionCommand),
+    /// Commands proposed at the same time, in one log entry so that one disk sync on each
+    /// member commits them all; applied one by one, in order, each with its own response.
+    Batch(Vec<Command>),
 }
+
+/// Commands one batch holds at most.
+pub const MAX_BATCH: usize = 256;
 
 /// What applying a command produced, returned to the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +58,8 @@ pub enum Response {
     ReleaseRejected(ReleaseError),
     /// The command was committed but refused by the state machine; the state is unchanged.
     Rejected(String),
+    /// The responses of a batch's commands, in order.
+    Batch(Vec<Response>),
 }
 
 /// Why a command is refused. Checked before proposing and again when applying, so a command
@@ -116,12 +124,30 @@ impl GroupState {
                 ..
             }) => check_build_input(service, repo, commit)?,
             Command::Build(_) | Command::Release(_) | Command::Region(_) => {}
+            // Each command of a batch is checked when it is applied, on its own.
+            Command::Batch(_) => {}
         }
         Ok(())
     }
 
     /// Applies one committed command. Never panics, whatever the command holds.
     pub fn apply(&mut self, cmd: &Command) -> Response {
+        if let Command::Batch(cmds) = cmd {
+            if cmds.len() > MAX_BATCH {
+                return Response::Rejected(format!(
+                    "a batch of {} commands is over the limit of {MAX_BATCH}",
+                    cmds.len()
+                ));
+            }
+            return Response::Batch(
+                cmds.iter()
+                    .map(|c| match c {
+                        Command::Batch(_) => Response::Rejected("a batch inside a batch".into()),
+                        c => self.apply(c),
+                    })
+                    .collect(),
+            );
+        }
         if let Err(e) = self.check(cmd) {
             return Response::Rejected(e.to_string());
         }
@@ -146,6 +172,7 @@ impl GroupState {
                 Ok(r) => Response::Region(r),
                 Err(e) => Response::ReleaseRejected(e),
             },
+            Command::Batch(_) => Response::Rejected("a batch inside a batch".into()),
         }
     }
 
@@ -210,6 +237,19 @@ mod tests {
         assert_eq!(s, before);
     }
 
+    #[test]
+    fn nested_and_oversized_batches_change_nothing() {
+        let mut s = GroupState::default();
+        let nested = Command::Batch(vec![Command::Batch(vec![set("a", Some("1"))])]);
+        assert_eq!(
+            s.apply(&nested),
+            Response::Batch(vec![Response::Rejected("a batch inside a batch".into())])
+        );
+        let big = Command::Batch(vec![set("a", Some("1")); MAX_BATCH + 1]);
+        assert!(matches!(s.apply(&big), Response::Rejected(_)));
+        assert_eq!(s, GroupState::default());
+    }
+
     fn arb_command() -> impl Strategy<Value = Command> {
         (
             prop_oneof![Just("".to_string()), "[a-c]{1,2}", ".{0,300}"],
@@ -235,6 +275,17 @@ mod tests {
 
             prop_assert_eq!(&a, &b);
             prop_assert_eq!(ra, rb);
+        }
+
+        /// A batch does exactly what its commands do one by one, in order, and answers each.
+        #[test]
+        fn a_batch_is_its_commands_in_order(cmds in proptest::collection::vec(arb_command(), 0..40)) {
+            let mut one = GroupState::default();
+            let each: Vec<Response> = cmds.iter().map(|c| one.apply(c)).collect();
+            let mut batched = GroupState::default();
+            let r = batched.apply(&Command::Batch(cmds.clone()));
+            prop_assert_eq!(r, Response::Batch(each));
+            prop_assert_eq!(one, batched);
         }
 
         /// Whatever is applied, every stored key and value is within the limits.
