@@ -152,6 +152,10 @@ fn rack_goals(r: &Region, hosts: &[String]) -> pb::ReportRackReply {
 
 /// How often a watch repeats unchanged goals, so a relay notices a dead stream.
 const WATCH_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(3);
+/// The least time between two looks at the state by one watch: thousands of watches (one per
+/// rack) would otherwise each recompute their goals on every commit of a burst, such as
+/// thousands of racks registering their hosts.
+const WATCH_MIN_GAP: std::time::Duration = std::time::Duration::from_millis(50);
 
 type GoalStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ReportRackReply, Status>> + Send>>;
@@ -462,6 +466,7 @@ impl RegionService for RegionApi {
             let mut last = None;
             let mut sent_at = tokio::time::Instant::now();
             loop {
+                let looked_at = tokio::time::Instant::now();
                 if !h.is_leader() {
                     let moved = Status::unavailable("leadership moved; watch again");
                     let _ = tx.send(Err(moved)).await;
@@ -477,6 +482,7 @@ impl RegionService for RegionApi {
                 }
                 h.next_change(tokio::time::Instant::now() + WATCH_HEARTBEAT)
                     .await;
+                tokio::time::sleep_until(looked_at + WATCH_MIN_GAP).await;
             }
         });
         Ok(Response::new(Box::pin(
