@@ -155,13 +155,23 @@ async fn a_writer_killed_mid_chunk_leaves_nothing_visible_and_the_retry_succeeds
     let store_dir = c.dir().join("stores").join("east");
     let b = client.submit_build("big", &repo.url(), &sha).await?;
 
-    // Kill the worker the moment a chunk is half written.
-    let staged = wait_until(T, "a chunk write in progress", || async {
-        let s = staging_files(&store_dir);
-        (!s.is_empty()).then_some(s)
+    // Kill the worker the moment a chunk is half written: learn which worker holds the build
+    // first, then look for a staged chunk every millisecond (a 16 MiB write takes far longer)
+    // and kill at once, so the write cannot finish in between.
+    let running = wait_until(T, "the build to be leased", || async {
+        let b = client.get_build(&b.id, false).await.ok()?;
+        (!b.worker.is_empty()).then_some(b)
     })
     .await?;
-    let running = client.get_build(&b.id, false).await?;
+    let deadline = std::time::Instant::now() + T;
+    let staged = loop {
+        let s = staging_files(&store_dir);
+        if !s.is_empty() {
+            break s;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no chunk write seen");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    };
     c.kill9(&running.worker)?;
     assert!(!staged.is_empty());
 
