@@ -253,6 +253,11 @@ impl ProcessCluster {
         Ok(())
     }
 
+    /// The OS process id of a running node, worker, relay or agent.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.nodes.get(name)?.child.as_ref().map(Child::id)
+    }
+
     /// The node's log so far, for failure messages.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()

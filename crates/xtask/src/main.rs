@@ -6,6 +6,7 @@
 //! This crate uses only std, anyhow and serde_json: it must build before anything else does,
 //! and it must build quickly.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -19,6 +20,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   demo [--keep-running]   the local cluster: a build rolled out to every host, a broken one rolled back
   test [ARGS...]          run the whole test suite (ARGS go to cargo test)
+  bench [NAME [ARGS...]]  run the benchmarks (writes, fanout, scale, failover, e2e) on release
+                          builds: target/bench/NAME.json and docs/benchmarks.md
   setup                   install the system packages the build needs";
 
 fn main() -> ExitCode {
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("setup") => setup::ensure_system_packages(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");

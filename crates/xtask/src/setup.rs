@@ -104,3 +104,33 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// etcd, the write benchmark's baseline: Debian's `etcd-server`, installed when missing.
+pub fn ensure_etcd() -> anyhow::Result<()> {
+    if std::env::var_os("ETCD_BIN").is_some() || present("etcd") {
+        return Ok(());
+    }
+    let cmd = "apt-get install -y etcd-server";
+    if !is_root() {
+        bail!("the write benchmark compares against etcd; run as root: apt-get update && {cmd}, or set ETCD_BIN");
+    }
+    eprintln!("xtask: installing etcd-server (the write benchmark's baseline)");
+    for args in [
+        vec!["update"],
+        vec!["install", "-y", "--no-install-recommends", "etcd-server"],
+    ] {
+        let ok = Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get")?;
+        if !ok.success() {
+            bail!("apt-get {} failed ({ok})", args.join(" "));
+        }
+    }
+    // Debian's package may start a system etcd on the default ports; ours use their own.
+    let _ = Command::new("systemctl")
+        .args(["disable", "--now", "etcd"])
+        .output();
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! Fan-out against the physical limit: an artifact of `S` bytes to `N` hosts in `R` racks
+//! with every link (relays' and agents' token buckets) limited to `B` bytes/s. The lower bound
+//! is `S/B`: no host can receive faster than its own link. Rack 1's relay is the region's top
+//! relay and the other racks' relays fetch from it, so the store is read once.
+//!
+//! The baseline is a naive origin: one server, its link limited to the same `B`, from which
+//! every host downloads the whole artifact (`N·S/B` at best).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use deploy_fanout::bucket::Bucket;
+use deploy_fanout::config::Limits;
+use deploy_proto::v1 as pb;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use sha2::Digest;
+use test_harness::releases::{all_at_once, is_final, wait_release, web_builds};
+use test_harness::{GrpcCluster, Spec};
+
+use crate::stats::{latency, poll, ratio, round};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Artifact payload in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub size_mib: u64,
+    /// Every link's bandwidth, bytes per second.
+    #[arg(long, default_value_t = 20_000_000)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 64)]
+    pub hosts: usize,
+    #[arg(long, default_value_t = 8)]
+    pub racks: usize,
+    /// Skip the naive origin (it takes `hosts` times longer).
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        args.racks > 0 && args.hosts.is_multiple_of(args.racks),
+        "--hosts must be a multiple of --racks"
+    );
+    let tree = tree(&args).await.context("the relay tree")?;
+    let baseline = if args.no_baseline {
+        Value::Null
+    } else {
+        let size = tree["artifact_bytes"]
+            .as_u64()
+            .unwrap_or(args.size_mib << 20);
+        naive_origin(size, args.rate, args.hosts)
+            .await
+            .context("the naive origin")?
+    };
+    let tree_secs = tree["last_host_secs"].as_f64().unwrap_or(0.0);
+    let base_secs = baseline["last_host_secs"].as_f64().unwrap_or(0.0);
+    Ok(json!({
+        "what": "an artifact to every host with every link limited to the same rate",
+        "tree": tree,
+        "naive_origin": baseline,
+        "speedup_over_naive": ratio(base_secs, tree_secs),
+    }))
+}
+
+async fn tree(args: &Args) -> anyhow::Result<Value> {
+    let per_rack = args.hosts / args.racks;
+    let mut spec = Spec::new(1)
+        .default_timing()
+        .region("east", 1)
+        .worker("wk", "east")
+        .chunk_bytes(4 * 1024 * 1024);
+    for _ in 0..args.racks {
+        spec = spec.rack("east", per_rack);
+    }
+    let racks = spec.racks_of();
+    let top = racks[0].relay.clone();
+    for r in &racks[1..] {
+        spec = spec.relay_parent(&r.relay, &top);
+    }
+    let hosts: Vec<String> = racks.iter().flat_map(|r| r.hosts.clone()).collect();
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    let limits = Limits {
+        up: Some(args.rate),
+        down: Some(args.rate),
+        cache_bytes: None,
+    };
+    c.start_fleet(&limits, true).await?;
+    println!("building a {} MiB artifact", args.size_mib);
+    let ids = web_builds(&client, &c.dir(), args.size_mib << 20, &[("v1", true)]).await?;
+    let digest = client.get_build(&ids[0], false).await?.artifact_digest;
+    let manifest = c.store("east")?.get_manifest(&digest).await?;
+    let (size, chunks) = (manifest.size, manifest.chunks.len() as u64);
+    let bound = size as f64 / args.rate as f64;
+    let reads_before = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed);
+    println!(
+        "releasing {size} B ({chunks} chunks) to {} hosts in {} racks at {} B/s per link: S/B = {bound:.2} s",
+        hosts.len(),
+        args.racks,
+        args.rate
+    );
+    let start = Instant::now();
+    let r = client
+        .create_release(pb::CreateReleaseRequest {
+            service: "web".into(),
+            build_id: ids[0].clone(),
+            regions: vec!["east".into()],
+            strategy: Some(pb::Strategy {
+                min_healthy_ms: Some(0),
+                ..all_at_once(per_rack as u32)
+            }),
+            actor: "bench".into(),
+        })
+        .await?;
+    let decided = start.elapsed();
+    let mut done_at: BTreeMap<String, Duration> = BTreeMap::new();
+    poll(
+        Duration::from_millis(10),
+        Duration::from_secs(1800),
+        "every host to hold the artifact",
+        || {
+            for h in &hosts {
+                if !done_at.contains_key(h) && c.host_root(h).join("sim/web").exists() {
+                    done_at.insert(h.clone(), start.elapsed());
+                }
+            }
+            let all = done_at.len() == hosts.len();
+            async move { all.then_some(()) }
+        },
+    )
+    .await?;
+    let last = done_at.values().max().copied().unwrap_or_default();
+    let done = wait_release(&client, &r.id, "to end", is_final).await?;
+    anyhow::ensure!(
+        done.state == "SUCCEEDED",
+        "the release ended {}",
+        done.state
+    );
+    let reads = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed) - reads_before;
+    let per_relay: BTreeMap<String, Value> = racks
+        .iter()
+        .filter_map(|r| {
+            let s = c.relay(&r.relay)?.stats();
+            Some((
+                r.relay.clone(),
+                json!({
+                    "upstream_fetches": s.upstream_fetches.load(Ordering::Relaxed),
+                    "chunk_requests": s.chunk_requests.load(Ordering::Relaxed),
+                }),
+            ))
+        })
+        .collect();
+    let times: Vec<Duration> = done_at.values().copied().collect();
+    let l = latency(&times);
+    println!(
+        "tree: last host after {:.2} s = {:.2} x S/B; store chunk reads {reads} of {chunks}",
+        last.as_secs_f64(),
+        last.as_secs_f64() / bound
+    );
+    Ok(json!({
+        "artifact_bytes": size,
+        "chunks": chunks,
+        "chunk_bytes": 4 * 1024 * 1024,
+        "hosts": hosts.len(),
+        "racks": args.racks,
+        "rate_bytes_per_sec": args.rate,
+        "lower_bound_secs": round(bound),
+        "decision_secs": round(decided.as_secs_f64()),
+        "last_host_secs": round(last.as_secs_f64()),
+        "ratio_to_lower_bound": ratio(last.as_secs_f64(), bound),
+        "host_done_p50_secs": round(l.p50_ms / 1000.0),
+        "store_chunk_reads": reads,
+        "store_bytes_read": reads * size.div_ceil(chunks.max(1)),
+        "store_copies_read": ratio(reads as f64, chunks as f64),
+        "relays": per_relay,
+    }))
+}
+
+/// Every host downloads the whole artifact from one origin whose link passes `rate` bytes/s.
+async fn naive_origin(size: u64, rate: u64, hosts: usize) -> anyhow::Result<Value> {
+    let mut data = vec![0u8; size as usize];
+    getrandom::fill(&mut data).map_err(|e| anyhow::anyhow!("random bytes: {e}"))?;
+    let data = Bytes::from(data);
+    let expected = hex::encode(sha2::Sha256::digest(&data));
+    let link = Arc::new(Bucket::new(Some(rate)));
+    let app = axum::Router::new().route(
+        "/artifact",
+        axum::routing::get(move || {
+            let (data, link) = (data.clone(), link.clone());
+            async move {
+                let pieces = futures::stream::iter(0..data.len().div_ceil(PIECE)).then(move |i| {
+                    let (data, link) = (data.clone(), link.clone());
+                    async move {
+                        let piece = data.slice(i * PIECE..((i + 1) * PIECE).min(data.len()));
+                        link.take(piece.len()).await;
+                        Ok::<_, std::io::Error>(piece)
+                    }
+                });
+                axum::body::Body::from_stream(pieces)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    println!(
+        "naive origin: {hosts} hosts download {size} B from one origin at {rate} B/s (about {:.0} s)",
+        hosts as f64 * size as f64 / rate as f64
+    );
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..hosts {
+        let (http, expected) = (http.clone(), expected.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut body = http
+                .get(format!("http://{addr}/artifact"))
+                .send()
+                .await?
+                .bytes_stream();
+            let mut h = sha2::Sha256::new();
+            while let Some(piece) = body.next().await {
+                h.update(&piece?);
+            }
+            anyhow::ensure!(hex::encode(h.finalize()) == expected, "digest mismatch");
+            Ok::<_, anyhow::Error>(start.elapsed())
+        }));
+    }
+    let mut times = Vec::new();
+    for t in tasks {
+        times.push(t.await??);
+    }
+    server.abort();
+    let last = times.iter().max().copied().unwrap_or_default();
+    let bound = size as f64 / rate as f64;
+    println!("naive origin: last host after {:.1} s", last.as_secs_f64());
+    Ok(json!({
+        "hosts": hosts,
+        "last_host_secs": round(last.as_secs_f64()),
+        "ratio_to_lower_bound": ratio(last.as_secs_f64(), bound),
+        "ideal_secs": round(hosts as f64 * bound),
+    }))
+}
+
+const PIECE: usize = 64 * 1024;

@@ -1,0 +1,106 @@
+//! The benchmarks keep working: each runs at a tiny size (`deploy-bench`, a debug build) and
+//! writes a JSON file with its figures, and `report` makes the Markdown from them. Nothing here
+//! judges a figure's size: speed is measured by `cargo xtask bench`, never by tests.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(out: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let bins = test_harness::process::bin_dir()?;
+    let run = Command::new(bins.join("deploy-bench"))
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .env("DEPLOY_BIN_DIR", &bins)
+        .output()?;
+    anyhow::ensure!(
+        run.status.success(),
+        "deploy-bench {args:?}: {}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    Ok(())
+}
+
+fn figures(out: &Path, name: &str) -> anyhow::Result<Value> {
+    let doc: Value = serde_json::from_slice(&std::fs::read(out.join(format!("{name}.json")))?)?;
+    assert_eq!(doc["bench"], name);
+    assert!(doc["machine"]["cores"].as_u64().unwrap_or(0) > 0, "{doc}");
+    Ok(doc["figures"].clone())
+}
+
+#[test]
+fn each_benchmark_runs_small_and_the_report_shows_its_figures() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path();
+
+    bench(
+        out,
+        &[
+            "fanout",
+            "--size-mib",
+            "2",
+            "--hosts",
+            "4",
+            "--racks",
+            "2",
+            "--rate",
+            "50000000",
+        ],
+    )?;
+    let f = figures(out, "fanout")?;
+    let tree = &f["tree"];
+    assert_eq!(tree["hosts"], 4);
+    // The store is read once: the other rack's relay fetches from the first.
+    assert_eq!(tree["store_chunk_reads"], tree["chunks"], "{f}");
+    assert!(tree["last_host_secs"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(f["naive_origin"]["last_host_secs"].as_f64().unwrap_or(0.0) > 0.0);
+
+    bench(out, &["scale", "--sizes", "80", "--hosts-per-rack", "20"])?;
+    let f = figures(out, "scale")?;
+    assert_eq!(f["largest_hosts_reached"], 80, "{f}");
+    let run = &f["runs"][0];
+    assert_eq!(run["goal_propagation"]["count"], 80, "{f}");
+    assert_eq!(run["host_reported_healthy"]["count"], 80, "{f}");
+    assert!(
+        run["log_entries_during_release"].as_u64().unwrap_or(0) > 0,
+        "{f}"
+    );
+
+    bench(out, &["failover", "--kills", "1", "--writers", "2"])?;
+    let f = figures(out, "failover")?;
+    for g in f["groups"].as_array().into_iter().flatten() {
+        assert_eq!(g["time_to_new_leader"]["count"], 1, "{g}");
+        assert_ne!(g["each"][0]["killed"], g["each"][0]["new_leader"], "{g}");
+    }
+
+    bench(out, &["e2e", "--size-mib", "1", "--min-healthy-ms", "200"])?;
+    let f = figures(out, "e2e")?;
+    assert_eq!(f["release_state"], "SUCCEEDED");
+    assert!(
+        f["total_secs"].as_f64().unwrap_or(0.0)
+            >= f["parts"]["build_command_secs"].as_f64().unwrap_or(-1.0)
+    );
+
+    let doc = out.join("benchmarks.md");
+    bench(out, &["report", "--doc", doc.to_str().unwrap_or_default()])?;
+    let md = std::fs::read_to_string(doc)?;
+    for section in [
+        "## 2. Fan-out",
+        "## 3. Control-plane scale",
+        "## 4. Failover",
+        "## 5. End to end",
+        "## 6. A paper projection",
+    ] {
+        assert!(md.contains(section), "{section} missing:\n{md}");
+    }
+    // Writes needs etcd, which the suite does not install: the report says how to make it.
+    assert!(
+        md.contains("Not measured: run `cargo xtask bench writes`"),
+        "{md}"
+    );
+    assert!(md.contains("| **total** |"), "{md}");
+    Ok(())
+}
