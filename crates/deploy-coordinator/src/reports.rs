@@ -140,6 +140,19 @@ impl Reports {
         })
     }
 
+    /// Judges release `r` on this region's reports where they are: a copy of every report
+    /// on every tick would cost as much as the judging at 100,000 hosts.
+    pub fn judge_release(
+        &self,
+        region: &str,
+        term: u64,
+        r: &RegionRelease,
+        now: Instant,
+        now_ms: u64,
+    ) -> (Verdict, Counts) {
+        self.with(region, term, |book| judge(r, book, now, now_ms))
+    }
+
     /// Every fresh report of the region (for status pages).
     pub fn all(&self, region: &str, term: u64, now: Instant) -> HashMap<String, HostSeen> {
         self.with(region, term, |book| {
@@ -161,16 +174,19 @@ pub enum Verdict {
     Wait,
 }
 
-/// Judges a release's current wave from the hosts' reports (`seen`, fresh ones only) and
-/// counts the whole release's hosts. Pure: the same reports give the same verdict.
+/// Judges a release's current wave from the hosts' reports (`seen`; reports older than
+/// [`REPORT_TTL`] at `now` count as none) and counts the whole release's hosts. Pure: the
+/// same reports give the same verdict.
 pub fn judge(
     r: &RegionRelease,
     seen: &HashMap<String, HostSeen>,
     now: Instant,
     now_ms: u64,
 ) -> (Verdict, Counts) {
+    // A stale report counts as none, so `seen` may be a whole book, stale entries and all.
     let on_build = |h: &String| {
         seen.get(h)
+            .filter(|s| now.saturating_duration_since(s.at) < REPORT_TTL)
             .and_then(|s| s.services.get(&r.service))
             .filter(|s| s.build_id == r.build_id)
     };
@@ -278,6 +294,23 @@ mod tests {
                 detail: format!("{state} detail"),
             }],
         }
+    }
+
+    #[test]
+    fn judging_in_place_counts_a_stale_report_as_none() {
+        let book = Reports::default();
+        let r = release(0);
+        let t0 = Instant::now();
+        book.record("east", 1, "k0", &[report("a", "b-2", HEALTHY)], t0);
+        let (_, c) = book.judge_release("east", 1, &r, t0, 10);
+        assert_eq!(c.hosts_updated, 1);
+        let later = t0 + REPORT_TTL + Duration::from_millis(1);
+        let (v, c) = book.judge_release("east", 1, &r, later, 20);
+        assert_eq!(
+            c.hosts_updated, 0,
+            "a report older than the TTL no longer counts"
+        );
+        assert_ne!(v, Verdict::Pass);
     }
 
     #[test]

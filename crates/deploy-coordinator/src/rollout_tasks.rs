@@ -24,7 +24,7 @@ use crate::group::GroupHandle;
 use crate::node::Node;
 use crate::region_api::MAX_PULL;
 use crate::release_api::propose_release;
-use crate::reports::{judge, Verdict};
+use crate::reports::Verdict;
 
 const TICK: Duration = Duration::from_millis(250);
 /// How often unchanged-but-moving counts are committed as a summary.
@@ -197,9 +197,10 @@ impl Driver {
             .state
             .read(|s| s.state.region.unfinished().cloned().collect::<Vec<_>>());
         for r in releases {
-            let hosts: Vec<&String> = r.plan.iter().flat_map(|w| w.hosts.iter()).collect();
-            let seen = self.node.reports.fresh(&self.region, term, &hosts, now);
-            let (verdict, counts) = judge(&r, &seen, now, now_ms);
+            let (verdict, counts) =
+                self.node
+                    .reports
+                    .judge_release(&self.region, term, &r, now, now_ms);
             let id = r.id();
             let cmd = match verdict {
                 _ if r.state == ReleaseState::Paused => None,
