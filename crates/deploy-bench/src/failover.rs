@@ -12,6 +12,7 @@ use anyhow::Context;
 use deploy_client::{Client, ClusterStatusView};
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::cluster_service_client::ClusterServiceClient;
+use deploy_proto::v1::raft_service_client::RaftServiceClient;
 use serde_json::{json, Value};
 use test_harness::{wait_until, ProcessCluster, Spec};
 use tonic::transport::Channel;
@@ -66,7 +67,8 @@ async fn kills(cluster: &mut ProcessCluster, group: &str, args: &Args) -> anyhow
             )
         })
         .collect::<anyhow::Result<_>>()?;
-    let acked: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    // (issued, acknowledged) of every write that succeeded.
+    let acked: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let seq = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
@@ -83,11 +85,12 @@ async fn kills(cluster: &mut ProcessCluster, group: &str, args: &Args) -> anyhow
                     key: format!("bench-{}", seq.fetch_add(1, Ordering::Relaxed) % 1000),
                     value: Some("x".repeat(64)),
                 };
+                let issued = Instant::now();
                 match tokio::time::timeout(Duration::from_secs(1), c.set_meta(req)).await {
                     Ok(Ok(_)) => acked
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push(Instant::now()),
+                        .push((issued, Instant::now())),
                     _ => {
                         at = (at + 1) % channels.len();
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -115,23 +118,47 @@ async fn kills(cluster: &mut ProcessCluster, group: &str, args: &Args) -> anyhow
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .last()
-                    .is_some_and(|t| t.elapsed() < Duration::from_millis(200));
+                    .is_some_and(|(_, t)| t.elapsed() < Duration::from_millis(200));
                 (ok && recent).then_some(leader)
             },
         )
         .await?;
-        let killed_at = Instant::now();
         cluster.kill9(&leader)?;
-        let survivors: Vec<&String> = names.iter().filter(|n| **n != leader).collect();
-        let watch = Client::new(survivors.iter().filter_map(|n| cluster.addr(n).ok()))?
-            .with_timeout(Duration::from_millis(500));
+        // The process is gone (killed and reaped): from here on, a write issued can only be
+        // acknowledged once another member leads.
+        let killed_at = Instant::now();
+        // Each survivor's own view (NodeStatus, no fan-out to the dead member): the first to
+        // say it leads.
+        let survivors: Vec<(String, Channel)> = names
+            .iter()
+            .zip(&channels)
+            .filter(|(n, _)| **n != leader)
+            .map(|(n, ch)| (n.clone(), ch.clone()))
+            .collect();
         let new_leader = poll(
-            Duration::from_millis(10),
+            Duration::from_millis(5),
             Duration::from_secs(30),
             "a new leader",
-            || async {
-                let s = ClusterStatusView(watch.cluster_status().await.ok()?);
-                s.leader(group).filter(|l| *l != leader)
+            || {
+                let survivors = survivors.clone();
+                let group = group.to_string();
+                async move {
+                    for (name, ch) in survivors {
+                        let mut c = RaftServiceClient::new(ch);
+                        let req = pb::NodeStatusRequest {
+                            group: group.clone(),
+                        };
+                        if let Ok(Ok(r)) =
+                            tokio::time::timeout(Duration::from_millis(200), c.node_status(req))
+                                .await
+                        {
+                            if r.into_inner().role == "LEADER" {
+                                return Some(name);
+                            }
+                        }
+                    }
+                    None
+                }
             },
         )
         .await?;
@@ -145,8 +172,8 @@ async fn kills(cluster: &mut ProcessCluster, group: &str, args: &Args) -> anyhow
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .iter()
-                    .find(|t| **t > killed_at)
-                    .copied();
+                    .find(|(issued, _)| *issued > killed_at)
+                    .map(|(_, acked)| *acked);
                 async move { first }
             },
         )

@@ -16,6 +16,7 @@ use anyhow::Context;
 use deploy_client::{Client, ClusterStatusView};
 use deploy_hostsim::{SimEvent, SimOptions};
 use deploy_proto::v1 as pb;
+use deploy_proto::v1::raft_service_client::RaftServiceClient;
 use serde_json::{json, Value};
 use test_harness::releases::{all_at_once, is_final, status, succeeded_builds};
 use test_harness::{wait_until, ProcessCluster, Spec};
@@ -126,15 +127,22 @@ async fn one(args: &Args, racks: u32) -> anyhow::Result<Value> {
         .await?;
         let registered_secs = registering.elapsed().as_secs_f64();
         println!("scale: {hosts} hosts registered in {registered_secs:.1} s");
-        let applied = |s: &pb::ClusterStatus| {
-            ClusterStatusView(s.clone())
-                .members("region/east")
-                .iter()
-                .find(|m| m.id == leader)
-                .map(|m| m.last_applied)
-                .unwrap_or(0)
+        // The leader's own applied index (its NodeStatus: no fan-out to the other members,
+        // which a busy leader may not answer in time).
+        let node_status = RaftServiceClient::new(
+            tonic::transport::Channel::from_shared(format!("http://{leader_addr}"))?.connect_lazy(),
+        );
+        let applied = || {
+            let mut c = node_status.clone();
+            async move {
+                c.node_status(pb::NodeStatusRequest {
+                    group: "region/east".into(),
+                })
+                .await
+                .map(|r| r.into_inner().last_applied)
+            }
         };
-        let log_before = applied(&leader_client.cluster_status().await?);
+        let log_before = applied().await?;
         let cpu_before = cpu_seconds(pid).unwrap_or(0.0);
         let decided = Instant::now();
         let r = any
@@ -164,7 +172,7 @@ async fn one(args: &Args, racks: u32) -> anyhow::Result<Value> {
         anyhow::ensure!(done.state == "SUCCEEDED", "the release ended {}", done.state);
         let finished = decided.elapsed();
         let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
-        let log_after = applied(&leader_client.cluster_status().await?);
+        let log_after = applied().await?;
         let (rss, peak) = memory_mib(pid).unwrap_or_default();
         let s = seen.lock().unwrap_or_else(|p| p.into_inner());
         let goal: Vec<Duration> = s.goal.values().map(|t| t.duration_since(decided)).collect();
