@@ -199,7 +199,7 @@ async fn one(args: &Args, racks: u32) -> anyhow::Result<Value> {
             "leader_rss_mib": rss,
             "leader_peak_rss_mib": peak,
             "log_entries_during_release": log_after.saturating_sub(log_before),
-            "log_entries_per_host": round(log_after.saturating_sub(log_before) as f64 / f64::from(hosts)),
+            "log_entries_per_host": log_after.saturating_sub(log_before) as f64 / f64::from(hosts),
             "sim": { "heartbeat_secs": 5, "step_ms": 100, "connections": clients.len() },
         }))
     }
