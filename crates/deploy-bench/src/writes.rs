@@ -37,6 +37,18 @@ struct Level {
 }
 
 impl Level {
+    /// One line of progress for `system` at concurrency `c`.
+    fn show(&self, system: &str, c: usize) {
+        let l = latency(&self.samples);
+        println!(
+            "{system:<7} c={c:<4} {:>8.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+            self.writes as f64 / self.secs,
+            l.p50_ms,
+            l.p99_ms,
+            self.errors
+        );
+    }
+
     fn json(&self) -> Value {
         let l = latency(&self.samples);
         json!({
@@ -117,13 +129,7 @@ async fn ours(args: &Args) -> anyhow::Result<Vec<Level>> {
     for &c in &args.levels {
         let client = client.clone();
         let level = load(c, args.secs, move |_| submit(client.clone())).await;
-        println!(
-            "deploy  c={c:<4} {:>8.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
-            level.writes as f64 / level.secs,
-            latency(&level.samples).p50_ms,
-            latency(&level.samples).p99_ms,
-            level.errors
-        );
+        level.show("deploy", c);
         out.push(level);
     }
     drop(cluster);
@@ -164,13 +170,7 @@ async fn etcd(args: &Args) -> anyhow::Result<Vec<Level>> {
             }
         })
         .await;
-        println!(
-            "etcd    c={c:<4} {:>8.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
-            level.writes as f64 / level.secs,
-            latency(&level.samples).p50_ms,
-            latency(&level.samples).p99_ms,
-            level.errors
-        );
+        level.show("etcd", c);
         out.push(level);
     }
     Ok(out)
