@@ -12,8 +12,12 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    #[error("{what}: {len} bytes is over the {MAX_RECORD_BYTES}-byte limit")]
-    TooLarge { what: &'static str, len: usize },
+    #[error("{what}: {len} bytes is over the {max}-byte limit")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("{what}: {source}")]
     Json {
         what: &'static str,
@@ -27,10 +31,32 @@ pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, Co
 }
 
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
-    if bytes.len() > MAX_RECORD_BYTES {
+    decode_within(what, bytes, MAX_RECORD_BYTES)
+}
+
+/// Largest snapshot accepted, from this node's own disk or from its group's leader. A
+/// snapshot is the whole state, so the record bound would cap the state itself: a node whose
+/// state outgrew it could not restore its own snapshot after a restart.
+pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024 * 1024;
+
+/// Decodes a snapshot (or the stored record holding one), bounded by [`MAX_SNAPSHOT_BYTES`].
+pub fn decode_snapshot<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    decode_within(what, bytes, MAX_SNAPSHOT_BYTES)
+}
+
+fn decode_within<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+    max: usize,
+) -> Result<T, CodecError> {
+    if bytes.len() > max {
         return Err(CodecError::TooLarge {
             what,
             len: bytes.len(),
+            max,
         });
     }
     serde_json::from_slice(bytes).map_err(|source| CodecError::Json { what, source })

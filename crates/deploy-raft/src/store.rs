@@ -369,7 +369,7 @@ impl StateMachineStore {
             data: Arc::default(),
         };
         if let Some(snap) = store.read_stored_snapshot()? {
-            let data: StateMachineData = codec::decode("stored snapshot data", &snap.data)
+            let data: StateMachineData = codec::decode_snapshot("stored snapshot data", &snap.data)
                 .map_err(|e| {
                     io_err(
                         ErrorSubject::Snapshot(Some(snap.meta.signature())),
@@ -398,7 +398,7 @@ impl StateMachineStore {
             .map_err(|e| io_err(subject(), ErrorVerb::Read, &e))?;
         bytes
             .map(|b| {
-                codec::decode("stored snapshot", &b)
+                codec::decode_snapshot("stored snapshot", &b)
                     .map_err(|e| io_err(subject(), ErrorVerb::Read, &e))
             })
             .transpose()
@@ -496,13 +496,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        let new: StateMachineData = codec::decode("received snapshot", &data).map_err(|e| {
-            io_err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Read,
-                &e,
-            )
-        })?;
+        let new: StateMachineData =
+            codec::decode_snapshot("received snapshot", &data).map_err(|e| {
+                io_err(
+                    ErrorSubject::Snapshot(Some(meta.signature())),
+                    ErrorVerb::Read,
+                    &e,
+                )
+            })?;
         // Persist before switching, so a crash never leaves a state that no snapshot backs.
         self.save_snapshot(&StoredSnapshot {
             meta: meta.clone(),
@@ -543,6 +544,48 @@ mod tests {
     #[test]
     fn openraft_storage_suite() -> StorageResult<()> {
         Suite::test_all(Builder)
+    }
+
+    /// A snapshot larger than one record (its stored form holds the state as a JSON array of
+    /// bytes, several times the state's size) is still restored after a restart.
+    #[tokio::test]
+    async fn a_snapshot_over_the_record_bound_is_restored() -> StorageResult<()> {
+        use deploy_state::{BuildCommand, Command};
+        let dir = TempDir::new().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+        let leader = openraft::CommittedLeaderId::new(1, 7);
+        let builds = 40_000u64;
+        {
+            let (_log, mut sm) = open(dir.path())?;
+            let entries = (1..=builds).map(|i| openraft::Entry::<TypeConfig> {
+                log_id: LogId::new(leader, i),
+                payload: EntryPayload::Normal(Command::Build(BuildCommand::Submit {
+                    service: "web".into(),
+                    repo: "https://example.com/a-repository-with-a-long-enough-name.git".into(),
+                    commit: format!("{i:040x}"),
+                    now_ms: i,
+                })),
+            });
+            sm.apply(entries).await?;
+            sm.get_snapshot_builder().await.build_snapshot().await?;
+            let stored = sm
+                .db
+                .get_cf(cf(&sm.db, CF_SM)?, KEY_SNAPSHOT)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?
+                .map(|b| b.len())
+                .unwrap_or(0);
+            assert!(
+                stored > codec::MAX_RECORD_BYTES,
+                "stored snapshot of {stored} bytes"
+            );
+        }
+        let (_log, mut sm) = open(dir.path())?;
+        let (applied, _) = sm.applied_state().await?;
+        assert_eq!(applied.map(|l| l.index), Some(builds));
+        assert_eq!(
+            sm.reader().read(|d| d.state.builds.by_seq.len()) as u64,
+            builds
+        );
+        Ok(())
     }
 
     #[tokio::test]
