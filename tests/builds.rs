@@ -21,11 +21,7 @@ fn spec() -> Spec {
 }
 
 async fn wait_final(client: &Client, id: &str) -> anyhow::Result<Build> {
-    wait_until(T, &format!("build {id} to end"), || async {
-        let b = client.get_build(id, false).await.ok()?;
-        matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
-    })
-    .await
+    test_harness::releases::wait_build(client, id, T).await
 }
 
 /// The files of an artifact, read back from a store through its manifest and chunks.

@@ -19,11 +19,7 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 async fn wait_final(client: &Client, id: &str) -> anyhow::Result<Build> {
-    wait_until(T, &format!("build {id} to end"), || async {
-        let b = client.get_build(id, false).await.ok()?;
-        matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
-    })
-    .await
+    test_harness::releases::wait_build(client, id, T).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,15 +159,11 @@ async fn a_writer_killed_mid_chunk_leaves_nothing_visible_and_the_retry_succeeds
         (!b.worker.is_empty()).then_some(b)
     })
     .await?;
-    let deadline = std::time::Instant::now() + T;
-    let staged = loop {
+    let staged = test_harness::wait_every(Duration::from_millis(1), T, "a chunk write", || {
         let s = staging_files(&store_dir);
-        if !s.is_empty() {
-            break s;
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "no chunk write seen");
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    };
+        async move { (!s.is_empty()).then_some(s) }
+    })
+    .await?;
     c.kill9(&running.worker)?;
     assert!(!staged.is_empty());
 

@@ -10,10 +10,10 @@ use deploy_fanout::config::Limits;
 use deploy_proto::v1 as pb;
 use serde_json::{json, Value};
 use test_harness::gitrepo::GitRepo;
-use test_harness::releases::{hosts, is_final, status};
-use test_harness::{wait_until, GrpcCluster, Spec};
+use test_harness::releases::{hosts, is_final, status, wait_build};
+use test_harness::{wait_every, wait_until, GrpcCluster, Spec};
 
-use crate::stats::{poll, round};
+use crate::stats::round;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -74,11 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let submitted_ms = now_ms();
     let start = Instant::now();
     let b = client.submit_build("web", &repo.url(), &sha).await?;
-    let build = wait_until(Duration::from_secs(600), "the build to end", || async {
-        let b = client.get_build(&b.id, false).await.ok()?;
-        matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
-    })
-    .await?;
+    let build = wait_build(&client, &b.id, Duration::from_secs(600)).await?;
     anyhow::ensure!(
         build.state == "SUCCEEDED",
         "the build ended {}: {}",
@@ -116,7 +112,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         })
         .await?;
     let released = start.elapsed();
-    let everywhere = poll(
+    let everywhere = wait_every(
         Duration::from_millis(50),
         Duration::from_secs(600),
         "every host to run the build",

@@ -14,10 +14,10 @@ use deploy_proto::v1 as pb;
 use deploy_proto::v1::cluster_service_client::ClusterServiceClient;
 use deploy_proto::v1::raft_service_client::RaftServiceClient;
 use serde_json::{json, Value};
-use test_harness::{wait_until, ProcessCluster, Spec};
+use test_harness::{wait_every, wait_until, ProcessCluster, Spec};
 use tonic::transport::Channel;
 
-use crate::stats::{latency, poll, round};
+use crate::stats::{latency, round};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -135,7 +135,7 @@ async fn kills(cluster: &mut ProcessCluster, group: &str, args: &Args) -> anyhow
             .filter(|(n, _)| **n != leader)
             .map(|(n, ch)| (n.clone(), ch.clone()))
             .collect();
-        let new_leader = poll(
+        let new_leader = wait_every(
             Duration::from_millis(5),
             Duration::from_secs(30),
             "a new leader",
@@ -163,7 +163,7 @@ async fn kills(cluster: &mut ProcessCluster, group: &str, args: &Args) -> anyhow
         )
         .await?;
         let elected = killed_at.elapsed();
-        let resumed = poll(
+        let resumed = wait_every(
             Duration::from_millis(5),
             Duration::from_secs(30),
             "a write after the kill",

@@ -20,9 +20,9 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use sha2::Digest;
 use test_harness::releases::{all_at_once, is_final, wait_release, web_builds};
-use test_harness::{GrpcCluster, Spec};
+use test_harness::{wait_every, GrpcCluster, Spec};
 
-use crate::stats::{cpu_seconds, latency, poll, ratio, round};
+use crate::stats::{cpu_seconds, latency, ratio, round};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -135,7 +135,7 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
         .await?;
     let decided = start.elapsed();
     let mut done_at: BTreeMap<String, Duration> = BTreeMap::new();
-    poll(
+    wait_every(
         Duration::from_millis(10),
         Duration::from_secs(1800),
         "every host to hold the artifact",

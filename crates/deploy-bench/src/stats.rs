@@ -123,31 +123,6 @@ pub fn memory_mib(pid: u32) -> Option<(f64, f64)> {
     ))
 }
 
-/// Polls `check` every `every` until it returns `Some`, or fails after `within`. Unlike the
-/// tests' backing-off `wait_until`, the interval stays fixed: the time it returns at is a
-/// measurement, good to `every`.
-pub async fn poll<T, F, Fut>(
-    every: Duration,
-    within: Duration,
-    what: &str,
-    mut check: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if std::time::Instant::now() >= deadline {
-            anyhow::bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
 /// 40 random hex digits: a commit SHA no one has submitted.
 pub fn random_sha() -> String {
     let mut b = [0u8; 20];

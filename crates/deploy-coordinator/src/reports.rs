@@ -120,7 +120,9 @@ impl Reports {
         })
     }
 
-    /// The latest report of each of `hosts` that is still fresh at `now`.
+    /// The latest report of each of `hosts` that is still fresh at `now` (the tests' view;
+    /// the driver judges on the book in place, [`Reports::judge_release`]).
+    #[cfg(test)]
     pub fn fresh(
         &self,
         region: &str,

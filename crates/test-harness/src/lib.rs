@@ -6,7 +6,7 @@
 //! - [`grpc`]: [`GrpcCluster`], nodes of one process serving real gRPC on loopback.
 //! - [`process`]: [`ProcessCluster`], real `deployd node` processes killed with `kill -9`.
 //! - [`releases`]: simulated hosts and release helpers shared by the release tests.
-//! - [`wait_until`]: tests wait on conditions, never on fixed sleeps.
+//! - [`wait_until`], [`wait_every`]: tests wait on conditions, never on fixed sleeps.
 //!
 //! Used only by tests; nothing in the product depends on it.
 
@@ -27,13 +27,41 @@ pub use inproc::InProcCluster;
 pub use process::ProcessCluster;
 
 /// Polls `check` until it returns `Some`, or fails after `within` naming `what`.
-pub async fn wait_until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+pub async fn wait_until<T, F, Fut>(within: Duration, what: &str, check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll(within, what, Duration::from_millis(10), true, check).await
+}
+
+/// As [`wait_until`], but checking every `every` without backing off: for a condition that
+/// holds only briefly (a write half done), or when the moment it holds is a measurement.
+pub async fn wait_every<T, F, Fut>(
+    every: Duration,
+    within: Duration,
+    what: &str,
+    check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll(within, what, every, false, check).await
+}
+
+async fn poll<T, F, Fut>(
+    within: Duration,
+    what: &str,
+    mut pause: Duration,
+    back_off: bool,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + within;
-    let mut pause = Duration::from_millis(10);
     loop {
         if let Some(v) = check().await {
             return Ok(v);
@@ -42,7 +70,9 @@ where
             anyhow::bail!("timed out after {within:?} waiting for {what}");
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
+        if back_off {
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
     }
 }
 

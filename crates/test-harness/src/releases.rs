@@ -132,6 +132,15 @@ pub fn goal(host: &pb::Host, service: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until build `id` ends (SUCCEEDED, FAILED or CANCELLED) and returns it.
+pub async fn wait_build(client: &Client, id: &str, within: Duration) -> anyhow::Result<pb::Build> {
+    wait_until(within, &format!("build {id} to end"), || async {
+        let b = client.get_build(id, false).await.ok()?;
+        matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
+    })
+    .await
+}
+
 /// Builds commits of a fresh repository, one per `tags` entry, and waits until each build
 /// SUCCEEDED; returns their ids.
 pub async fn succeeded_builds(
@@ -153,11 +162,7 @@ pub async fn succeeded_builds(
         ids.push(client.submit_build(service, &repo.url(), &sha).await?.id);
     }
     for id in &ids {
-        let b = wait_until(T, &format!("build {id} to end"), || async {
-            let b = client.get_build(id, false).await.ok()?;
-            matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
-        })
-        .await?;
+        let b = wait_build(client, id, T).await?;
         anyhow::ensure!(
             b.state == "SUCCEEDED",
             "build {id} ended {}: {}",
@@ -195,11 +200,7 @@ pub async fn web_builds(
         ids.push(client.submit_build("web", &repo.url(), &sha).await?.id);
     }
     for id in &ids {
-        let b = wait_until(T, &format!("build {id}"), || async {
-            let b = client.get_build(id, false).await.ok()?;
-            matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
-        })
-        .await?;
+        let b = wait_build(client, id, T).await?;
         anyhow::ensure!(b.state == "SUCCEEDED", "{id}: {}", b.error);
     }
     Ok(ids)
