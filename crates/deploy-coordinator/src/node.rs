@@ -144,6 +144,42 @@ impl Node {
         self.stores.get(region)
     }
 
+    /// Resolves when a hosted group's `Raft` stops on its own (a storage error: a full or
+    /// failing disk), naming the group and why. Such a replica serves nothing until its
+    /// process restarts and reopens its store, so `deployd node` exits on it and lets its
+    /// supervisor restart it: crash-only, recovering from what is on disk.
+    pub async fn failed(&self) -> (GroupName, String) {
+        let waits = self.groups.values().map(|g| {
+            let mut rx = g.raft.metrics();
+            let name = g.name.clone();
+            Box::pin(async move {
+                loop {
+                    if let Err(fatal) = &rx.borrow_and_update().running_state {
+                        if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                            return (name, fatal.to_string());
+                        }
+                    }
+                    if rx.changed().await.is_err() {
+                        // The Raft is gone: it stopped, normally or not.
+                        let why = match &rx.borrow().running_state {
+                            Err(f) => f.to_string(),
+                            Ok(()) => "its raft ended".to_string(),
+                        };
+                        return (name, why);
+                    }
+                }
+            })
+        });
+        if self.groups.is_empty() {
+            return std::future::pending().await;
+        }
+        let stopping = self.stopped();
+        tokio::select! {
+            (failed, _, _) = futures::future::select_all(waits) => failed,
+            _ = stopping => std::future::pending().await,
+        }
+    }
+
     /// Stops every group's `Raft`. Data is already durable; this only ends the tasks.
     pub async fn shutdown(&self) {
         self.stopping.send_replace(true);

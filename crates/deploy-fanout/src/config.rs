@@ -21,7 +21,7 @@ pub fn trusted(config: &ClusterConfig) -> anyhow::Result<TrustedKeys> {
     TrustedKeys::parse(&config.signing.trusted_keys).context("signing.trusted_keys")
 }
 
-/// Relay `id` of the config, caching under `dir`.
+/// Relay `id` of the config, caching under `dir`; also returns the address it binds.
 pub fn relay_options(
     config: &ClusterConfig,
     id: &str,
@@ -51,7 +51,7 @@ pub fn relay_options(
             trusted: trusted(config)?,
             max_chunk_bytes: config.builds.chunk_bytes as usize,
         },
-        relay.addr.clone(),
+        relay.listen_addr().to_string(),
     ))
 }
 

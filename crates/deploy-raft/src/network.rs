@@ -33,12 +33,20 @@ pub type ChannelFactory =
 
 /// Plain TCP channels with bounded connect and request times.
 pub fn tcp_channel_factory() -> ChannelFactory {
-    Arc::new(|addr: &str| {
+    tcp_channel_factory_from(None)
+}
+
+/// As [`tcp_channel_factory`], with every connection leaving from `source` when given (the
+/// node's `source_ip`: one interface for cluster traffic, and what lets a fault-injecting
+/// proxy tell which node is calling).
+pub fn tcp_channel_factory_from(source: Option<std::net::IpAddr>) -> ChannelFactory {
+    Arc::new(move |addr: &str| {
         Ok(Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
+            .local_address(source)
             .connect_lazy())
     })
 }
@@ -60,6 +68,11 @@ impl ChannelPool {
 
     pub fn tcp() -> Self {
         Self::new(tcp_channel_factory())
+    }
+
+    /// TCP channels leaving from `source` (see [`tcp_channel_factory_from`]).
+    pub fn tcp_from(source: Option<std::net::IpAddr>) -> Self {
+        Self::new(tcp_channel_factory_from(source))
     }
 
     /// The channel to `addr`, made on first use.

@@ -76,12 +76,28 @@ impl Default for RaftTiming {
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub id: NodeName,
-    /// `host:port` of the node's gRPC listener (Raft, API and health on one port).
+    /// `host:port` its peers and clients dial: the node's gRPC listener (Raft, API and health
+    /// on one port), or whatever stands in front of it.
     pub addr: String,
+    /// `host:port` the node binds, when it differs from `addr` (a proxy or NAT in between).
+    /// Default: `addr`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The local IP the node's own connections to its peers leave from (a multi-homed host
+    /// pinning cluster traffic to one interface). Default: the system's choice.
+    #[serde(default)]
+    pub source_ip: Option<std::net::IpAddr>,
     /// Groups this node hosts without being one of their initial voters: it starts empty and
     /// waits for `deployctl cluster add-node` to bring it in.
     #[serde(default)]
     pub join: Vec<GroupName>,
+}
+
+impl NodeConfig {
+    /// The address the node binds: `listen`, else `addr`.
+    pub fn listen_addr(&self) -> &str {
+        self.listen.as_deref().unwrap_or(&self.addr)
+    }
 }
 
 /// One region and the voters of its group.
@@ -279,6 +295,16 @@ impl ClusterConfig {
                 ));
             } else if !addrs.insert(node.addr.clone()) {
                 problems.push(format!("address {:?} is used by two nodes", node.addr));
+            }
+            if let Some(listen) = &node.listen {
+                if let Err(e) = check_addr(listen) {
+                    problems.push(format!(
+                        "node {:?}: listen address {listen:?} {e}",
+                        node.id.as_str()
+                    ));
+                } else if listen != &node.addr && !addrs.insert(listen.clone()) {
+                    problems.push(format!("address {listen:?} is used twice"));
+                }
             }
         }
 
@@ -661,6 +687,48 @@ voters = ["a", "b", "c"]
         for g in cfg.groups() {
             assert_eq!(cfg.voters(g).unwrap().len(), 3, "{g}");
         }
+    }
+
+    #[test]
+    fn a_node_may_listen_apart_from_its_advertised_address() {
+        let text = SMALL.replace(
+            "addr = \"127.0.0.1:1\"",
+            "addr = \"127.0.0.1:1\"\nlisten = \"127.0.0.9:11\"\nsource_ip = \"127.0.0.9\"",
+        );
+        let cfg = ClusterConfig::parse(&text, "test").unwrap();
+        let a = cfg.node(&NodeName::new("a").unwrap()).unwrap();
+        assert_eq!(
+            (a.addr.as_str(), a.listen_addr()),
+            ("127.0.0.1:1", "127.0.0.9:11")
+        );
+        assert_eq!(a.source_ip, Some("127.0.0.9".parse().unwrap()));
+        let b = cfg.node(&NodeName::new("b").unwrap()).unwrap();
+        assert_eq!(b.listen_addr(), "127.0.0.1:2", "listen defaults to addr");
+
+        let clash = SMALL.replace(
+            "addr = \"127.0.0.1:1\"",
+            "addr = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"",
+        );
+        assert!(
+            problems(&clash)
+                .iter()
+                .any(|p| p.contains("127.0.0.1:2") && p.contains("used")),
+            "{:?}",
+            problems(&clash)
+        );
+        let bad = SMALL.replace(
+            "addr = \"127.0.0.1:1\"",
+            "addr = \"127.0.0.1:1\"\nlisten = \"nowhere\"",
+        );
+        assert!(problems(&bad).iter().any(|p| p.contains("listen address")));
+        let ip = SMALL.replace(
+            "addr = \"127.0.0.1:1\"",
+            "addr = \"127.0.0.1:1\"\nsource_ip = \"not-an-ip\"",
+        );
+        assert!(matches!(
+            ClusterConfig::parse(&ip, "t"),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

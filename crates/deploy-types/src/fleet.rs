@@ -22,11 +22,21 @@ use crate::ids::check_name;
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
     pub id: String,
-    /// Where it serves HTTP to its hosts, host:port.
+    /// Where its hosts (and child relays) reach it over HTTP, host:port.
     pub addr: String,
+    /// host:port it binds, when it differs from `addr` (a proxy in between). Default: `addr`.
+    #[serde(default)]
+    pub listen: Option<String>,
     /// A relay one level up to fetch from, instead of the region's store.
     #[serde(default)]
     pub parent: Option<String>,
+}
+
+impl RelayConfig {
+    /// The address the relay binds: `listen`, else `addr`.
+    pub fn listen_addr(&self) -> &str {
+        self.listen.as_deref().unwrap_or(&self.addr)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -81,6 +91,16 @@ pub(crate) fn check_racks(
                 ));
             } else if !addrs.insert(relay.addr.clone()) {
                 problems.push(format!("address {:?} is used twice", relay.addr));
+            }
+            if let Some(listen) = &relay.listen {
+                if let Err(e) = check_addr(listen) {
+                    problems.push(format!(
+                        "relay {:?}: listen address {listen:?} {e}",
+                        relay.id
+                    ));
+                } else if listen != &relay.addr && !addrs.insert(listen.clone()) {
+                    problems.push(format!("address {listen:?} is used twice"));
+                }
             }
         }
         for h in &r.hosts {
@@ -169,6 +189,7 @@ impl ClusterConfig {
                     relays: vec![RelayConfig {
                         id: format!("{region}-{name}-relay"),
                         addr: format!("127.0.0.1:{port}"),
+                        listen: None,
                         parent: None,
                     }],
                     hosts: (1..=hosts).map(|h| format!("{region}-{k}-h{h}")).collect(),

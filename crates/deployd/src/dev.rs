@@ -72,10 +72,11 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
         .iter()
         .filter(|n| !exclude.contains(&n.id.to_string()))
     {
-        let l = TcpListener::bind(&n.addr).await.with_context(|| {
+        let l = TcpListener::bind(n.listen_addr()).await.with_context(|| {
             format!(
                 "cannot listen on {} for node {}; is another deployd dev running?",
-                n.addr, n.id
+                n.listen_addr(),
+                n.id
             )
         })?;
         listeners.push((n.id.clone(), l));

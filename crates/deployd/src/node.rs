@@ -9,7 +9,7 @@ use deploy_coordinator::NodeOptions;
 use deploy_raft::network::ChannelPool;
 use deploy_types::NodeName;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{error, info};
 
 pub async fn run(
     config_path: &Path,
@@ -23,9 +23,9 @@ pub async fn run(
         .node(&me)
         .with_context(|| format!("node {me} is not declared in {}", config_path.display()))?;
     let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(".deploy").join(me.as_str()));
-    let listener = TcpListener::bind(&node_cfg.addr)
+    let listener = TcpListener::bind(node_cfg.listen_addr())
         .await
-        .with_context(|| format!("cannot listen on {} (node {me})", node_cfg.addr))?;
+        .with_context(|| format!("cannot listen on {} (node {me})", node_cfg.listen_addr()))?;
     let mut running = launch(
         config.clone(),
         me.clone(),
@@ -34,22 +34,24 @@ pub async fn run(
             store_base,
         },
         listener,
-        ChannelPool::tcp(),
+        ChannelPool::tcp_from(node_cfg.source_ip),
     )
     .await
     .with_context(|| format!("cannot start node {me}"))?;
     info!(node = %me, addr = %running.addr, data_dir = %data_dir.display(), groups = ?config.groups_of(&me).iter().map(ToString::to_string).collect::<Vec<_>>(), "node serving");
+    let node = running.node.clone();
     let ended = tokio::select! {
         _ = crate::cli::shutdown_signal() => None,
-        r = running.serving() => Some(r),
+        r = running.serving() => Some(format!("the server stopped unexpectedly: {}", r.err().unwrap_or_default())),
+        (group, why) = node.failed() => {
+            error!(node = %me, %group, error = %why, "a group stopped; exiting so the node restarts from its disk");
+            Some(format!("group {group} stopped: {why}"))
+        }
     };
     info!(node = %me, "stopping");
     running.stop().await;
     match ended {
         None => Ok(()),
-        Some(r) => anyhow::bail!(
-            "node {me}: the server stopped unexpectedly: {}",
-            r.err().unwrap_or_default()
-        ),
+        Some(why) => anyhow::bail!("node {me}: {why}"),
     }
 }
