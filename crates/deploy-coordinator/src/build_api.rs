@@ -173,6 +173,10 @@ impl BuildService for BuildApi {
             commit: req.commit,
             now_ms: now_ms(),
         };
+        #[cfg(feature = "chaos-ack-before-commit")]
+        if let Some(b) = crate::broken::submit_before_commit(h, cmd.clone(), &self.regions()) {
+            return Ok(Response::new(b));
+        }
         match propose(h, cmd).await? {
             BuildResponse::Submitted { id, created } => {
                 let mut b = read_build(h, &id, &self.regions())?;

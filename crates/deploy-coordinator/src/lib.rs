@@ -13,6 +13,8 @@
 
 pub mod api;
 pub mod artifact_api;
+#[cfg(feature = "chaos-ack-before-commit")]
+mod broken;
 pub mod build_api;
 pub mod build_tasks;
 pub mod error;

@@ -1,34 +1,5 @@
 //! `deployd`: the daemon. One role per subcommand; see `deployd --help`.
 
-mod cli;
-mod demo;
-mod dev;
-mod fleet;
-mod logging;
-mod node;
-mod probe;
-mod worker;
-
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
-    logging::init(cli.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("deployd: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(cli::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("deployd: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    deployd::main()
 }

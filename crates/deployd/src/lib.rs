@@ -1,0 +1,39 @@
+//! `deployd`: the daemon, one role per subcommand (see `deployd --help`): coordinator nodes,
+//! build workers, relays, agents, and the local `dev` cluster and `demo`.
+//!
+//! A library so that the binaries stay thin: `deployd` itself, and the deliberately broken
+//! `deployd-ack-before-commit` the chaos harness must catch. Nothing else depends on it.
+
+mod cli;
+mod demo;
+mod dev;
+mod fleet;
+mod logging;
+mod node;
+mod probe;
+mod worker;
+
+use clap::Parser;
+
+/// Parses the command line, runs the role it names, and says how it ended.
+pub fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("deployd: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("deployd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
