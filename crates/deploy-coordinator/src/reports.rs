@@ -155,6 +155,40 @@ impl Reports {
         self.with(region, term, |book| judge(r, book, now, now_ms))
     }
 
+    /// Of `hosts`, those whose fresh report shows `service` on `build` (any state), and how
+    /// many have a fresh report at all.
+    pub fn on_build(
+        &self,
+        region: &str,
+        term: u64,
+        service: &str,
+        build: &str,
+        hosts: &[String],
+        now: Instant,
+    ) -> (Vec<String>, usize) {
+        self.with(region, term, |book| {
+            let mut on = Vec::new();
+            let mut fresh = 0;
+            for h in hosts {
+                let Some(seen) = book
+                    .get(h)
+                    .filter(|s| now.saturating_duration_since(s.at) < REPORT_TTL)
+                else {
+                    continue;
+                };
+                fresh += 1;
+                if seen
+                    .services
+                    .get(service)
+                    .is_some_and(|s| s.build_id == build)
+                {
+                    on.push(h.clone());
+                }
+            }
+            (on, fresh)
+        })
+    }
+
     /// Every fresh report of the region (for status pages).
     pub fn all(&self, region: &str, term: u64, now: Instant) -> HashMap<String, HostSeen> {
         self.with(region, term, |book| {
@@ -283,6 +317,7 @@ mod tests {
             started_at_ms: 0,
             finished_at_ms: None,
             history: vec![],
+            settled: false,
         }
     }
 

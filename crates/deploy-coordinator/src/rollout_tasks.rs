@@ -24,7 +24,7 @@ use crate::group::GroupHandle;
 use crate::node::Node;
 use crate::region_api::MAX_PULL;
 use crate::release_api::propose_release;
-use crate::reports::Verdict;
+use crate::reports::{Verdict, REPORT_TTL};
 
 const TICK: Duration = Duration::from_millis(250);
 /// How often unchanged-but-moving counts are committed as a summary.
@@ -62,6 +62,8 @@ struct Driver {
     summarized: HashMap<u64, Instant>,
     /// When the global group was last unreachable, to log that once per outage.
     global_down_since: Option<Instant>,
+    /// When this replica's current leadership began: reports older than it are not here.
+    leading_since: Instant,
 }
 
 async fn drive(node: Arc<Node>, region: String) {
@@ -73,6 +75,7 @@ async fn drive(node: Arc<Node>, region: String) {
         acked: HashMap::new(),
         summarized: HashMap::new(),
         global_down_since: None,
+        leading_since: Instant::now(),
     };
     let mut term = 0;
     loop {
@@ -91,10 +94,12 @@ async fn drive(node: Arc<Node>, region: String) {
             // A new term: report everything again, the global group may have missed some.
             term = now_term;
             d.acked.clear();
+            d.leading_since = Instant::now();
             info!(region = %d.region, term, "leading the region's rollouts");
         }
         d.pull(&h).await;
         d.judge(&h, term).await;
+        d.settle(&h, term).await;
         d.report(&h).await;
     }
 }
@@ -251,6 +256,54 @@ impl Driver {
                 Ok(_) => {}
                 Err(e) => {
                     debug!(region = %self.region, release = %id, error = %e, "wave outcome not committed")
+                }
+            }
+        }
+    }
+
+    /// Settles each release that ended ABORTED or FAILED: the hosts of its last wave that no
+    /// fresh report shows on its build go back to the goal they had. It waits until every
+    /// such host has a fresh report, or until reports had [`REPORT_TTL`] to arrive under this
+    /// leader and since the release ended, so a new leader's empty book reverts no host that
+    /// did move.
+    async fn settle(&mut self, h: &GroupHandle, term: u64) {
+        let unsettled: Vec<(String, String, String, Vec<String>, u64)> = h.state.read(|s| {
+            s.state
+                .region
+                .unsettled()
+                .map(|r| {
+                    (
+                        r.id(),
+                        r.service.clone(),
+                        r.build_id.clone(),
+                        r.wave_hosts().to_vec(),
+                        r.finished_at_ms.unwrap_or(0),
+                    )
+                })
+                .collect()
+        });
+        let now = Instant::now();
+        for (id, service, build, hosts, finished_ms) in unsettled {
+            let (keep, fresh) =
+                self.node
+                    .reports
+                    .on_build(&self.region, term, &service, &build, &hosts, now);
+            let waited = now.saturating_duration_since(self.leading_since) >= REPORT_TTL
+                && now_ms().saturating_sub(finished_ms) >= REPORT_TTL.as_millis() as u64;
+            if fresh < hosts.len() && !waited {
+                continue;
+            }
+            let cmd = Command::Region(RegionCommand::Settle {
+                id: id.clone(),
+                keep: keep.clone(),
+                now_ms: now_ms(),
+            });
+            match propose_release(h, cmd).await {
+                Ok(_) => {
+                    info!(region = %self.region, release = %id, kept = keep.len(), of = hosts.len(), "settled the release's last wave")
+                }
+                Err(e) => {
+                    debug!(region = %self.region, release = %id, error = %e, "settle not committed")
                 }
             }
         }

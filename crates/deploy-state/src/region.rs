@@ -22,12 +22,29 @@ pub const MAX_HOSTS_PER_COMMAND: usize = 4096;
 /// Finished releases a region keeps.
 pub const MAX_FINISHED_KEPT: usize = 1000;
 
-/// What a host (or a rack) should run for one service.
+/// What a host (or a rack) should run for one service. An empty `build_id` is an explicit
+/// "nothing": a host exception that hides its rack's goal (a host that never took a build
+/// its rack moved to, and had nothing before).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Goal {
     pub build_id: String,
     pub artifact_digest: String,
     pub release: String,
+}
+
+impl Goal {
+    /// The explicit "nothing" goal.
+    pub fn nothing() -> Self {
+        Self {
+            build_id: String::new(),
+            artifact_digest: String::new(),
+            release: String::new(),
+        }
+    }
+
+    pub fn is_nothing(&self) -> bool {
+        self.build_id.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +89,10 @@ pub struct RegionRelease {
     pub started_at_ms: u64,
     pub finished_at_ms: Option<u64>,
     pub history: Vec<Entry>,
+    /// An ABORTED or FAILED release's last wave has been settled (see
+    /// [`RegionCommand::Settle`]).
+    #[serde(default)]
+    pub settled: bool,
 }
 
 impl RegionRelease {
@@ -142,6 +163,15 @@ pub enum RegionCommand {
     },
     /// A periodic summary of the hosts' reports.
     Summary { id: String, counts: Counts },
+    /// An ABORTED or FAILED release stops where it is: the hosts of its last wave that never
+    /// took its build (the rack's relay held them back while others tried it, or they were
+    /// down) return to the goal they had, so every host's goal is what it runs. `keep` are
+    /// the hosts the leader saw on the build. Once per release.
+    Settle {
+        id: String,
+        keep: Vec<String>,
+        now_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,7 +230,8 @@ impl Region {
         racks
     }
 
-    /// What `host` should run: (service, goal) for every service with a goal there.
+    /// What `host` should run: (service, goal) for every service with a goal there (an
+    /// explicit "nothing" exception is no goal).
     pub fn goals_of(&self, host: &str) -> Vec<(String, Goal)> {
         let Some(rack) = self.hosts.get(host) else {
             return Vec::new();
@@ -211,9 +242,17 @@ impl Region {
                 g.hosts
                     .get(host)
                     .or_else(|| g.racks.get(rack))
+                    .filter(|goal| !goal.is_nothing())
                     .map(|goal| (s.clone(), goal.clone()))
             })
             .collect()
+    }
+
+    /// Releases that ended ABORTED or FAILED and are not settled yet.
+    pub fn unsettled(&self) -> impl Iterator<Item = &RegionRelease> {
+        self.releases.values().filter(|r| {
+            !r.settled && matches!(r.state, ReleaseState::Aborted | ReleaseState::Failed)
+        })
     }
 
     fn release_mut(&mut self, id: &str) -> Result<&mut RegionRelease, ReleaseError> {
@@ -325,6 +364,79 @@ impl Region {
                 let seq = r.seq;
                 self.state_of(seq)
             }
+            RegionCommand::Settle { id, keep, now_ms } => {
+                let r = self.release_mut(id)?;
+                if r.settled || !matches!(r.state, ReleaseState::Aborted | ReleaseState::Failed) {
+                    let why = "only an ABORTED or FAILED release is settled, once".to_string();
+                    return Err(stale(r, why));
+                }
+                let seq = r.seq;
+                self.settle(seq, keep, *now_ms);
+                self.state_of(seq)
+            }
+        }
+    }
+
+    /// Returns the hosts of release `seq`'s last wave that are not in `keep`, and still have
+    /// its goal, to the goal they had before it.
+    fn settle(&mut self, seq: u64, keep: &[String], now_ms: u64) {
+        let Some(r) = self.releases.get_mut(&seq) else {
+            return;
+        };
+        r.settled = true;
+        let (id, service, build) = (r.id(), r.service.clone(), r.build_id.clone());
+        let hosts: Vec<String> = r.wave_hosts().to_vec();
+        let moved = r.moved.clone();
+        let keep: BTreeSet<&String> = keep.iter().collect();
+        let mut changes = Vec::new();
+        let mut reverted = Vec::new();
+        for h in hosts.iter().filter(|h| !keep.contains(h)) {
+            let on_release = self
+                .goals_of(h)
+                .iter()
+                .any(|(s, g)| *s == service && g.release == id);
+            let Some(rack) = self.hosts.get(h).cloned() else {
+                continue;
+            };
+            if !on_release {
+                continue;
+            }
+            // The host's own exception if the release replaced one, else its rack's goal.
+            let before = moved
+                .iter()
+                .find(|m| m.target == Target::Host(h.clone()))
+                .map(|m| (true, m.prev.clone()))
+                .or_else(|| {
+                    moved
+                        .iter()
+                        .find(|m| m.target == Target::Rack(rack.clone()))
+                        .map(|m| (false, m.prev.clone()))
+                });
+            let Some((own, prev)) = before else { continue };
+            let goals = self.services.entry(service.clone()).or_default();
+            let replaced = match (own, prev) {
+                (true, None) => goals.hosts.remove(h),
+                (_, Some(g)) => goals.hosts.insert(h.clone(), g),
+                (false, None) => goals.hosts.insert(h.clone(), Goal::nothing()),
+            };
+            changes.push(Moved {
+                target: Target::Host(h.clone()),
+                prev: replaced,
+            });
+            reverted.push(h.clone());
+        }
+        if let Some(r) = self.releases.get_mut(&seq) {
+            r.moved.extend(changes);
+            let what = if reverted.is_empty() {
+                "settled: every host of the last wave took it".to_string()
+            } else {
+                clip(&format!(
+                    "settled: {} hosts of the last wave never took {build} and keep what they had: {}",
+                    reverted.len(),
+                    reverted.join(", ")
+                ))
+            };
+            push_history(&mut r.history, now_ms, "region", what);
         }
     }
 
@@ -461,6 +573,7 @@ impl Region {
             started_at_ms: now_ms,
             finished_at_ms: None,
             history,
+            settled: false,
         };
         let planned = plan(&self.racks(), &strategy.wave_spec());
         let goals = self.services.entry(service.to_string()).or_default();

@@ -343,3 +343,105 @@ proptest! {
         prop_assert_eq!(replay, r);
     }
 }
+
+fn settle(r: &mut Region, seq: u64, keep: &[&str]) -> Result<RegionResponse, ReleaseError> {
+    r.apply(&RegionCommand::Settle {
+        id: release_id(seq),
+        keep: keep.iter().map(|s| s.to_string()).collect(),
+        now_ms: 300,
+    })
+}
+
+#[test]
+fn an_aborted_wave_keeps_the_hosts_that_never_took_the_build_where_they_were() {
+    // b-1 everywhere, then b-2 to the first rack, aborted while only k0-h0 had taken it.
+    let mut r = region(2, 3);
+    let whole_racks = Strategy {
+        canary: Canary::FirstRack,
+        waves: vec![100],
+        ..Strategy::default()
+    };
+    apply(&mut r, vec![start(1, 1, "b-1", whole_racks.clone())]);
+    passed(&mut r, 1, 0).unwrap();
+    passed(&mut r, 1, 1).unwrap();
+    assert_eq!(count(&r, "b-1"), 6);
+    apply(&mut r, vec![start(2, 2, "b-2", whole_racks)]);
+    assert_eq!(count(&r, "b-2"), 3, "rack k0 moved");
+    assert!(
+        settle(&mut r, 2, &[]).is_err(),
+        "a rolling release is not settled"
+    );
+    apply(&mut r, vec![act(2, 3, Action::Abort)]);
+    assert_eq!(
+        count(&r, "b-2"),
+        3,
+        "an abort alone leaves goals where they are"
+    );
+    settle(&mut r, 2, &["k0-h0"]).unwrap();
+    let b = builds(&r);
+    assert_eq!(b["k0-h0"], "b-2", "the host that took it keeps it");
+    assert_eq!(b["k0-h1"], "b-1", "the others keep what they had");
+    assert_eq!(b["k0-h2"], "b-1");
+    assert_eq!(b["k1-h0"], "b-1");
+    assert!(settle(&mut r, 2, &[]).is_err(), "once");
+    let rel = r.release("r-2").unwrap();
+    assert!(rel.settled);
+    assert!(rel
+        .history
+        .iter()
+        .any(|e| e.what.contains("never took b-2")));
+}
+
+#[test]
+fn settling_a_first_release_leaves_the_hosts_that_never_took_it_with_nothing() {
+    let mut r = region(1, 2);
+    apply(
+        &mut r,
+        vec![start(
+            1,
+            1,
+            "b-1",
+            Strategy {
+                canary: Canary::None,
+                waves: vec![100],
+                ..Strategy::default()
+            },
+        )],
+    );
+    apply(&mut r, vec![act(1, 2, Action::Abort)]);
+    settle(&mut r, 1, &["k0-h1"]).unwrap();
+    let b = builds(&r);
+    assert_eq!(b["k0-h0"], "-", "an explicit nothing hides the rack's goal");
+    assert_eq!(b["k0-h1"], "b-1");
+    // A later release moves the whole rack again, the exception with it.
+    apply(
+        &mut r,
+        vec![start(
+            2,
+            3,
+            "b-3",
+            Strategy {
+                canary: Canary::None,
+                waves: vec![100],
+                ..Strategy::default()
+            },
+        )],
+    );
+    assert_eq!(count(&r, "b-3"), 2);
+}
+
+#[test]
+fn settling_never_undoes_a_newer_release() {
+    let mut r = region(1, 2);
+    let all = Strategy {
+        canary: Canary::None,
+        waves: vec![100],
+        ..Strategy::default()
+    };
+    apply(&mut r, vec![start(1, 1, "b-1", all.clone())]);
+    // r-2 supersedes r-1 (which ends ABORTED) and takes the rack.
+    apply(&mut r, vec![start(2, 2, "b-2", all)]);
+    assert_eq!(r.release("r-1").unwrap().state, ReleaseState::Aborted);
+    settle(&mut r, 1, &[]).unwrap();
+    assert_eq!(count(&r, "b-2"), 2, "the rack's goal is r-2's, not r-1's");
+}
