@@ -133,6 +133,195 @@ async fn a_failing_health_check_on_the_canary_rolls_every_host_back() -> anyhow:
     Ok(())
 }
 
+/// A service's first release rolled back leaves its hosts running nothing: the rollback
+/// returns them to what they had, which was no service at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_back_a_first_release_stops_the_service_it_started() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .rack("east", 2);
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    c.start_fleet(&Limits::default(), false).await?;
+    let ids = builds(&client, &c.dir(), 1024, &[("v1", true)]).await?;
+    let first = release(&client, &ids[0], "east", all_at_once(2)).await?;
+    assert_eq!(first.state, "SUCCEEDED", "{first:#?}");
+    let pids: Vec<u32> = ["east-1-h1", "east-1-h2"]
+        .iter()
+        .flat_map(|h| c.agent(h).map(|a| a.pids()).unwrap_or_default())
+        .collect();
+    assert_eq!(pids.len(), 2, "each host runs the service");
+    let rolled = client
+        .release_action(pb::ReleaseActionRequest {
+            id: first.id.clone(),
+            action: "rollback".into(),
+            actor: "tester".into(),
+            reason: String::new(),
+        })
+        .await?;
+    assert_eq!(rolled.state, "ROLLED_BACK");
+    wait_until(T, "both hosts to stop the service", || async {
+        let hs = hosts(&client, "east").await.ok()?;
+        let stopped = hs.iter().all(|h| {
+            goal(h, "web").is_empty()
+                && h.reported
+                && h.services.iter().all(|s| s.running_build_id.is_empty())
+        });
+        let gone = ["east-1-h1", "east-1-h2"]
+            .iter()
+            .all(|h| current(&c, h).is_none());
+        (stopped && gone).then_some(())
+    })
+    .await?;
+    for pid in pids {
+        wait_until(T, "the service process to end", || async {
+            (!deploy_fanout::service::alive(pid)).then_some(())
+        })
+        .await?;
+    }
+    // Its release stays on disk, for a fast return.
+    assert!(c
+        .host_root("east-1-h1")
+        .join("services/web/releases")
+        .join(&ids[0])
+        .is_dir());
+    Ok(())
+}
+
+/// An aborted wave stops where it is: a host the rack's relay held back (its neighbour was
+/// unhealthy on the new build) keeps the build it runs, and its goal says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_wave_leaves_the_held_back_hosts_on_their_build() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .rack("east", 2);
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    c.start_fleet(&Limits::default(), false).await?;
+    let ids = builds(&client, &c.dir(), 1024, &[("good", true), ("bad", false)]).await?;
+    let first = release(&client, &ids[0], "east", all_at_once(2)).await?;
+    assert_eq!(first.state, "SUCCEEDED", "{first:#?}");
+    // One host at a time, no automatic rollback, a long deadline: the bad build stays on
+    // the first host it reaches, and the relay holds the other back.
+    let strategy = pb::Strategy {
+        canary: Some("none".into()),
+        waves: vec![100],
+        max_unavailable_per_rack: Some(1),
+        failure_threshold_pct: Some(100),
+        min_healthy_ms: Some(200),
+        progress_deadline_ms: Some(600_000),
+        auto_rollback: Some(false),
+        ..Default::default()
+    };
+    let r = client
+        .create_release(pb::CreateReleaseRequest {
+            service: "web".into(),
+            build_id: ids[1].clone(),
+            regions: vec!["east".into()],
+            strategy: Some(strategy),
+            actor: "tester".into(),
+        })
+        .await?;
+    let tried = wait_until(T, "one host to be unhealthy on the bad build", || async {
+        let hs = hosts(&client, "east").await.ok()?;
+        hs.iter()
+            .find(|h| {
+                h.services
+                    .iter()
+                    .any(|s| s.running_build_id == ids[1] && s.state == "UNHEALTHY")
+            })
+            .map(|h| h.host.clone())
+    })
+    .await?;
+    let other = if tried == "east-1-h1" {
+        "east-1-h2"
+    } else {
+        "east-1-h1"
+    };
+    client
+        .release_action(pb::ReleaseActionRequest {
+            id: r.id.clone(),
+            action: "abort".into(),
+            actor: "tester".into(),
+            reason: String::new(),
+        })
+        .await?;
+    wait_until(
+        T,
+        "the held-back host's goal to return to the good build",
+        || async {
+            let hs = hosts(&client, "east").await.ok()?;
+            let g = |name: &str| hs.iter().find(|h| h.host == name).map(|h| goal(h, "web"));
+            (g(&tried)? == ids[1] && g(other)? == ids[0]).then_some(())
+        },
+    )
+    .await?;
+    let done = wait_release(&client, &r.id, "to end", is_final).await?;
+    assert_eq!(done.state, "ABORTED");
+    assert_eq!(current(&c, other).map(|x| x.0), Some(ids[0].clone()));
+    assert!(!c
+        .host_root(other)
+        .join("services/web/releases")
+        .join(&ids[1])
+        .exists());
+    Ok(())
+}
+
+/// With its rack's relay gone, an agent reports to the region itself, every few seconds: it
+/// does not turn to the other racks' relays (which do not know its goals) in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_its_relay_asks_the_region_at_a_steady_pace() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .rack("east", 1)
+        .rack("east", 1);
+    let mut c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    // The other rack's relay runs; this host's does not.
+    c.start_relay("east-rack-2-relay", &Limits::default())
+        .await?;
+    c.start_agent("east-1-h1", &Limits::default(), |_| {})?;
+    let http = reqwest::Client::new();
+    let node = c.region_addrs("east")[0].clone();
+    let direct_reports = || {
+        let (http, node) = (http.clone(), node.clone());
+        async move {
+            let text = http
+                .get(format!("http://{node}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let m = test_harness::releases::parse_metrics(&text).ok()?;
+            m.get("deploy_request_seconds_count{route=\"/deploy.v1.RegionService/ReportRack\"}")
+                .copied()
+        }
+    };
+    wait_until(T, "the host to report itself to the region", || async {
+        let hs = hosts(&client, "east").await.ok()?;
+        hs.iter()
+            .any(|h| h.host == "east-1-h1" && h.reported)
+            .then_some(())
+    })
+    .await?;
+    let before = direct_reports().await.unwrap_or(0.0);
+    let since = Instant::now();
+    wait_until(T, "six seconds of reports", || async {
+        (since.elapsed() >= Duration::from_secs(6)).then_some(())
+    })
+    .await?;
+    let after = direct_reports().await.unwrap_or(0.0);
+    // One about every two seconds (the other relay reports too, every 500 ms): a loop would
+    // send thousands.
+    assert!(after - before < 40.0, "{} reports in 6 s", after - before);
+    Ok(())
+}
+
 /// Serves manifests from the real store, and every chunk with one byte flipped.
 async fn corrupting_relay(store_node: String, served: Arc<AtomicU64>) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -202,7 +391,9 @@ async fn a_relay_serving_corrupt_chunks_is_detected_and_never_installed() -> any
     let bad = corrupting_relay(c.region_addrs("east")[0].clone(), served.clone()).await?;
     // The corrupt relay comes first among the data sources.
     c.start_agent("east-1-h1", &Limits::default(), |o| {
-        o.relays.insert(0, bad.clone())
+        o.relays.insert(0, bad.clone());
+        // It stands as one of the rack's relays, so goal polls try it too.
+        o.rack_relays += 1;
     })?;
     let ids = builds(&client, &c.dir(), 300 * 1024, &[("v1", true)]).await?;
     // The corrupt relay is asked first for data; it serves no goals (404), so those come

@@ -130,6 +130,7 @@ fn rack_goals(r: &Region, hosts: &[String]) -> pb::ReportRackReply {
             .iter()
             .map(|host| pb::HostGoals {
                 host: host.clone(),
+                registered: r.hosts.contains_key(host),
                 goals: r
                     .goals_of(host)
                     .into_iter()

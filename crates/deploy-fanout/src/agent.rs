@@ -36,6 +36,10 @@ pub const KEEP_RELEASES: usize = 3;
 const START_GRACE: Duration = Duration::from_secs(3);
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
 const POLL_WAIT_MS: u64 = 10_000;
+/// With no relay of its rack answering, how often the agent asks the region itself.
+const DIRECT_EVERY: Duration = Duration::from_secs(2);
+/// How long a failed install of a goal waits before it is tried again.
+const RETRY_FAILED: Duration = Duration::from_secs(10);
 /// How long fetching keeps retrying when every source is unreachable.
 const FETCH_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -47,6 +51,9 @@ pub struct AgentOptions {
     pub root: PathBuf,
     /// Relays to ask, in order: its rack's first, then the region's others.
     pub relays: Vec<String>,
+    /// How many of `relays` serve this host's rack: only those know its goals and take its
+    /// reports (the others serve data).
+    pub rack_relays: usize,
     /// The region's nodes, whose HTTP serves the store: the last fallback for data.
     pub stores: Vec<String>,
     pub trusted: TrustedKeys,
@@ -67,6 +74,8 @@ struct Svc {
     started: Option<Instant>,
     run: Option<RunSection>,
     dir: PathBuf,
+    /// When its last install failed.
+    failed_at: Option<Instant>,
 }
 
 pub struct Agent {
@@ -161,23 +170,27 @@ impl Agent {
         }
         let mut version = 0;
         let mut relay = 0usize;
+        let rack_relays = self
+            .opts
+            .rack_relays
+            .clamp(1, self.opts.relays.len().max(1));
         while !stop.is_cancelled() {
             let polled = tokio::select! {
-                r = self.poll(relay, version) => r,
+                r = self.poll(relay % rack_relays, version) => r,
                 _ = stop.cancelled() => return,
             };
-            let reply = match polled {
-                Ok(r) => r,
+            let (reply, direct) = match polled {
+                Ok(r) => (r, false),
                 Err(e) => {
                     relay += 1;
-                    if !relay.is_multiple_of(self.opts.relays.len().max(1)) {
+                    if !relay.is_multiple_of(rack_relays) {
                         continue;
                     }
-                    // No relay answers: report to the region's nodes directly, which answer
-                    // with this host's goals (no rack-level pacing then).
-                    warn!(host = %self.opts.id, error = %e, "no relay answers; asking the region directly");
+                    // No relay of the rack answers: report to the region's nodes directly,
+                    // which answer with this host's goals (no rack-level pacing then).
+                    warn!(host = %self.opts.id, error = %e, "no relay of the rack answers; asking the region directly");
                     match self.ask_region().await {
-                        Ok(r) => r,
+                        Ok(r) => (r, true),
                         Err(e) => {
                             warn!(host = %self.opts.id, error = %e, "the region does not answer either");
                             tokio::select! {
@@ -191,11 +204,16 @@ impl Agent {
             };
             version = reply.version;
             self.heard.store(true, std::sync::atomic::Ordering::Relaxed);
+            if reply.known {
+                self.retire_unwanted(&reply.services).await;
+            }
             for goal in reply.goals {
-                let current = lock(&self.services)
-                    .get(&goal.service)
-                    .map(|s| s.build_id.clone());
-                if current.as_deref() == Some(goal.build_id.as_str()) {
+                let skip = lock(&self.services).get(&goal.service).is_some_and(|s| {
+                    s.build_id == goal.build_id
+                        && (s.state != "FAILED"
+                            || s.failed_at.is_some_and(|t| t.elapsed() < RETRY_FAILED))
+                });
+                if skip {
                     continue;
                 }
                 self.installs
@@ -213,9 +231,39 @@ impl Agent {
                         s.build_id = goal.build_id.clone();
                         s.state = "FAILED".into();
                         s.detail = e;
+                        s.failed_at = Some(Instant::now());
                     });
                 }
             }
+            if direct {
+                // The region answered at once; ask again in a while, not in a loop.
+                tokio::select! {
+                    _ = tokio::time::sleep(DIRECT_EVERY) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    /// Stops every service the region no longer wants on this host (the rollback of its
+    /// first release here): its process ends and `current` goes, so a restart starts nothing;
+    /// its releases stay on disk for a fast return.
+    async fn retire_unwanted(&self, wanted: &[String]) {
+        let unwanted: Vec<(String, Option<u32>)> = lock(&self.services)
+            .iter()
+            .filter(|(s, _)| !wanted.contains(s))
+            .map(|(s, v)| (s.clone(), v.pid))
+            .collect();
+        for (service, pid) in unwanted {
+            if let Some(pid) = pid {
+                service::stop(pid, Duration::from_secs(3)).await;
+            }
+            let sdir = self.svc_dir(&service);
+            let _ = std::fs::remove_file(sdir.join("current"));
+            let _ = std::fs::remove_file(sdir.join("pid"));
+            lock(&self.services).remove(&service);
+            self.changed.notify_one();
+            info!(host = %self.opts.id, %service, "stopped the service: its region wants nothing of it here");
         }
     }
 
@@ -229,10 +277,14 @@ impl Agent {
             hosts: vec![self.report().to_proto()],
         };
         let reply = client.report_rack(req).await.map_err(|e| e.to_string())?;
-        let goals = reply
+        let mine: Vec<deploy_proto::v1::HostGoals> = reply
             .hosts
             .into_iter()
             .filter(|h| h.host == self.opts.id)
+            .collect();
+        let known = mine.iter().any(|h| h.registered);
+        let goals: Vec<HostGoal> = mine
+            .into_iter()
             .flat_map(|h| h.goals)
             .map(|g| HostGoal {
                 service: g.service,
@@ -243,8 +295,10 @@ impl Agent {
             .collect();
         Ok(GoalReply {
             version: 0,
+            services: goals.iter().map(|g| g.service.clone()).collect(),
             goals,
             report_every_ms: 1000,
+            known,
         })
     }
 
@@ -267,7 +321,10 @@ impl Agent {
         let mut relay = 0usize;
         while !stop.is_cancelled() {
             let body = serde_json::to_vec(&self.report()).unwrap_or_default();
-            let n = self.opts.relays.len().max(1);
+            let n = self
+                .opts
+                .rack_relays
+                .clamp(1, self.opts.relays.len().max(1));
             for _ in 0..n {
                 let Some(addr) = self.opts.relays.get(relay % n) else {
                     break;

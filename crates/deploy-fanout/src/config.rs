@@ -68,6 +68,7 @@ pub fn agent_options(
         .with_context(|| format!("host {id} is not declared in the cluster config"))?;
     // Its rack's relays first, then the region's others.
     let mut relays: Vec<String> = place.rack.relays.iter().map(|r| r.addr.clone()).collect();
+    let rack_relays = relays.len();
     relays.extend(
         config
             .racks()
@@ -81,6 +82,7 @@ pub fn agent_options(
         rack: place.rack.name.clone(),
         root,
         relays,
+        rack_relays,
         stores: config.region_addrs(place.region),
         trusted: trusted(config)?,
         sim,

@@ -67,8 +67,16 @@ pub struct HostGoal {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GoalReply {
     pub version: u64,
+    /// What the host may act on now (a new build waits its turn in the rack).
     pub goals: Vec<HostGoal>,
     pub report_every_ms: u64,
+    /// The region's goals for this host are known (heard from its leader, the host
+    /// registered there): then a service not in `services` is one the host must stop.
+    #[serde(default)]
+    pub known: bool,
+    /// Every service the region wants on this host, whether or not its turn has come.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 /// A host's state per service, as its agent reports it.
@@ -137,6 +145,8 @@ struct Inner {
     up: Bucket,
     /// Goals per host, from the regional leader.
     goals: Mutex<BTreeMap<String, Vec<pb::ServiceGoal>>>,
+    /// The rack's hosts the region has registered (their goals are complete).
+    registered: Mutex<BTreeSet<String>>,
     reports: Mutex<BTreeMap<String, AgentReport>>,
     /// The build each (host, service) was last handed, for max-unavailable gating.
     handed: Mutex<HashMap<(String, String), String>>,
@@ -184,6 +194,7 @@ impl Relay {
                 cache,
                 up: Bucket::new(opts.up_limit),
                 goals: Mutex::default(),
+                registered: Mutex::default(),
                 reports: Mutex::default(),
                 handed: Mutex::default(),
                 version: watch::channel(1).0,
@@ -247,6 +258,12 @@ impl Inner {
     /// Replaces the rack's goals; pins the chunks of live and previous builds.
     fn set_goals(self: &Arc<Self>, reply: &pb::ReportRackReply) {
         self.heard.store(true, Ordering::Relaxed);
+        *lock(&self.registered) = reply
+            .hosts
+            .iter()
+            .filter(|h| h.registered && self.opts.hosts.contains(&h.host))
+            .map(|h| h.host.clone())
+            .collect();
         let new: BTreeMap<String, Vec<pb::ServiceGoal>> = reply
             .hosts
             .iter()
@@ -593,10 +610,17 @@ async fn goal(State(me): State<Arc<Inner>>, Query(q): Query<GoalQuery>) -> Respo
     let wait = Duration::from_millis(q.wait_ms.min(MAX_WAIT_MS));
     let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v > q.version)).await;
     let version = *me.version.borrow();
+    let known = me.heard.load(Ordering::Relaxed) && lock(&me.registered).contains(&q.host);
+    let services = lock(&me.goals)
+        .get(&q.host)
+        .map(|g| g.iter().map(|x| x.service.clone()).collect())
+        .unwrap_or_default();
     Json(GoalReply {
         version,
         goals: me.goals_for(&q.host),
         report_every_ms: REPORT_EVERY.as_millis() as u64,
+        known,
+        services,
     })
     .into_response()
 }

@@ -398,6 +398,7 @@ mod tests {
                 release: "r-1".into(),
                 max_unavailable_per_rack: max,
             }],
+            registered: true,
         }
     }
 
