@@ -7,6 +7,7 @@
 //! and it must build quickly.
 
 mod bench;
+mod chaos;
 mod demo;
 mod setup;
 
@@ -22,6 +23,9 @@ commands:
   test [ARGS...]          run the whole test suite (ARGS go to cargo test)
   bench [NAME [ARGS...]]  run the benchmarks (writes, fanout, scale, failover, e2e) on release
                           builds: target/bench/NAME.json and docs/benchmarks.md
+  chaos [--duration D] [--seed N] [--release] [SCENARIO...]
+                          run every chaos scenario (or those named) against a real cluster:
+                          target/chaos/SCENARIO.json; --short runs each one's short test run
   setup                   install the system packages the build needs";
 
 fn main() -> ExitCode {
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("chaos") => chaos::run(&args[1..]),
         Some("setup") => setup::ensure_system_packages(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -57,6 +62,17 @@ pub fn root() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
 }
+
+/// Builds `deployd-ack-before-commit` alone: the real `deployd` is left as it is.
+pub const BROKEN_BUILD: &[&str] = &[
+    "build",
+    "-p",
+    "deployd",
+    "--bin",
+    "deployd-ack-before-commit",
+    "--features",
+    "chaos-ack-before-commit",
+];
 
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -87,8 +103,10 @@ pub fn bin_dir() -> PathBuf {
 fn test(extra: &[String]) -> anyhow::Result<()> {
     setup::ensure_system_packages()?;
     setup::ensure_test_tools()?;
-    // The process-level tests run the real binaries: build them first.
+    // The process-level tests run the real binaries: build them first, and the deliberately
+    // broken deployd the chaos harness must catch.
     run_checked(cargo().args(["build", "--bins", "--workspace"]))?;
+    run_checked(cargo().args(BROKEN_BUILD))?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(extra);
