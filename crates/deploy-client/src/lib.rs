@@ -54,6 +54,22 @@ impl ClientError {
         }
     }
 
+    /// Whether a read that failed so may succeed if asked again: the connection broke, or
+    /// the cluster had no leader yet. A refusal (not found, invalid) would only repeat.
+    pub fn read_may_succeed_again(&self) -> bool {
+        match self {
+            ClientError::Unavailable { .. } => true,
+            ClientError::Api { code, .. } => matches!(
+                code,
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Aborted
+            ),
+            ClientError::BadEndpoint { .. } => false,
+        }
+    }
+
     /// True when the cluster could not be reached or had no leader to serve the request.
     pub fn is_unavailable(&self) -> bool {
         match self {
@@ -226,9 +242,38 @@ impl Client {
         }
     }
 
+    /// Runs a read: as [`Client::call_on`], and also again, with a growing pause and within
+    /// the call's deadline, when it failed in a way that says nothing about the cluster's
+    /// state (the node, or the leader it forwarded to, went away mid-call). Reads change
+    /// nothing, so asking twice is always safe; writes are never retried this way.
+    pub(crate) async fn read_on<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match self.call_on(&f).await {
+                Err(e)
+                    if e.read_may_succeed_again() && started.elapsed() + pause < self.timeout =>
+                {
+                    tracing::debug!(error = %e, "read failed mid-call; reading again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                r => return r,
+            }
+        }
+    }
+
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
-        self.call(|mut c| async move { c.status(ClusterStatusRequest {}).await })
-            .await
+        self.read_on(|ch| async move {
+            ClusterServiceClient::new(ch)
+                .status(ClusterStatusRequest {})
+                .await
+        })
+        .await
     }
 
     pub async fn add_node(
@@ -307,7 +352,7 @@ impl Client {
             id: id.into(),
             stale,
         };
-        self.call_on(|ch| {
+        self.read_on(|ch| {
             let req = req.clone();
             async move { BuildServiceClient::new(ch).get_build(req).await }
         })
@@ -318,7 +363,7 @@ impl Client {
         &self,
         req: ListBuildsRequest,
     ) -> Result<ListBuildsReply, ClientError> {
-        self.call_on(|ch| {
+        self.read_on(|ch| {
             let req = req.clone();
             async move { BuildServiceClient::new(ch).list_builds(req).await }
         })
@@ -380,9 +425,9 @@ impl Client {
             key: key.into(),
             stale,
         };
-        self.call(|mut c| {
+        self.read_on(|ch| {
             let req = req.clone();
-            async move { c.get_meta(req).await }
+            async move { ClusterServiceClient::new(ch).get_meta(req).await }
         })
         .await
     }

@@ -6,12 +6,23 @@ use deploy_proto::v1::release_service_client::ReleaseServiceClient;
 
 use crate::{Client, ClientError};
 
-/// Generates a method that sends its request to one service and returns the reply.
+/// Generates a method that sends its request to one service and returns the reply; `read`
+/// ones are asked again when the call broke off (see `Client::read_on`).
 macro_rules! rpc {
     ($(#[$doc:meta])* $name:ident, $svc:ident, $req:ty, $reply:ty) => {
         $(#[$doc])*
         pub async fn $name(&self, req: $req) -> Result<$reply, ClientError> {
             self.call_on(|ch| {
+                let req = req.clone();
+                async move { $svc::new(ch).$name(req).await }
+            })
+            .await
+        }
+    };
+    (read $(#[$doc:meta])* $name:ident, $svc:ident, $req:ty, $reply:ty) => {
+        $(#[$doc])*
+        pub async fn $name(&self, req: $req) -> Result<$reply, ClientError> {
+            self.read_on(|ch| {
                 let req = req.clone();
                 async move { $svc::new(ch).$name(req).await }
             })
@@ -26,7 +37,7 @@ impl Client {
         create_release, ReleaseServiceClient, pb::CreateReleaseRequest, pb::Release
     );
     rpc!(
-        list_releases,
+        read list_releases,
         ReleaseServiceClient,
         pb::ListReleasesRequest,
         pb::ListReleasesReply
@@ -36,16 +47,17 @@ impl Client {
         release_action, ReleaseServiceClient, pb::ReleaseActionRequest, pb::Release
     );
     rpc!(
+        read
         /// What a region runs, answered by the region's group.
         region_status, RegionServiceClient, pb::RegionStatusRequest, pb::RegionStatusReply
     );
     rpc!(
-        list_hosts,
+        read list_hosts,
         RegionServiceClient,
         pb::ListHostsRequest,
         pb::ListHostsReply
     );
-    rpc!(get_host, RegionServiceClient, pb::GetHostRequest, pb::Host);
+    rpc!(read get_host, RegionServiceClient, pb::GetHostRequest, pb::Host);
     rpc!(
         /// A rack's host reports; the reply carries their goals.
         report_rack, RegionServiceClient, pb::ReportRackRequest, pb::ReportRackReply
@@ -68,7 +80,7 @@ impl Client {
             id: id.into(),
             stale,
         };
-        self.call_on(|ch| {
+        self.read_on(|ch| {
             let req = req.clone();
             async move { ReleaseServiceClient::new(ch).get_release(req).await }
         })

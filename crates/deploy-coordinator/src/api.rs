@@ -146,7 +146,8 @@ impl ClusterApi {
                 let r = self
                     .forward_client(&addr)?
                     .set_meta(forwarded(req, hops))
-                    .await?;
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))?;
                 Ok(r.into_inner())
             }
             Err(Ok(LeaderIs::Here)) => {
@@ -204,7 +205,8 @@ impl ClusterService for ClusterApi {
                 return self
                     .forward_client(&addr)?
                     .add_node(forwarded(req, hops))
-                    .await;
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s));
             }
             Route::Local(h) => h,
         };
@@ -269,7 +271,8 @@ impl ClusterService for ClusterApi {
                 return self
                     .forward_client(&addr)?
                     .remove_node(forwarded(req, hops))
-                    .await;
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s));
             }
             Route::Local(h) => h,
         };
@@ -309,11 +312,11 @@ impl ClusterService for ClusterApi {
         let group = parse_group(&req.group)?;
         match self.routing.route(&group, hops).await? {
             Route::Local(h) => Ok(Response::new(self.set_meta_local(h, req, hops).await?)),
-            Route::Remote(addr) => {
-                self.forward_client(&addr)?
-                    .set_meta(forwarded(req, hops))
-                    .await
-            }
+            Route::Remote(addr) => self
+                .forward_client(&addr)?
+                .set_meta(forwarded(req, hops))
+                .await
+                .map_err(|s| crate::routing::relay_error(&addr, s)),
         }
     }
 
@@ -339,6 +342,7 @@ impl ClusterService for ClusterApi {
                     self.forward_client(&addr)?
                         .get_meta(forwarded(req, hops))
                         .await
+                        .map_err(|s| crate::routing::relay_error(&addr, s))
                 }
             };
         }
@@ -359,5 +363,6 @@ impl ClusterService for ClusterApi {
         self.forward_client(&addr)?
             .get_meta(forwarded(req, hops))
             .await
+            .map_err(|s| crate::routing::relay_error(&addr, s))
     }
 }

@@ -40,7 +40,8 @@ impl ArtifactService for ArtifactApi {
                 let ch = self.routing.channel(&addr)?;
                 return ArtifactServiceClient::new(ch)
                     .collect_garbage(forwarded(req, hops))
-                    .await;
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s));
             }
             Route::Local(h) => h,
         };

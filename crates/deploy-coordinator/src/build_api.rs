@@ -163,7 +163,11 @@ impl BuildService for BuildApi {
             .map_err(build_error)?;
         let h = match self.routing.route(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
-                return self.client(&addr)?.submit_build(forwarded(req, hops)).await
+                return self
+                    .client(&addr)?
+                    .submit_build(forwarded(req, hops))
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
             Route::Local(h) => h,
         };
@@ -197,7 +201,11 @@ impl BuildService for BuildApi {
         check_id(&req.id)?;
         match self.reader(req.stale, hops).await? {
             Route::Local(h) => Ok(Response::new(read_build(h, &req.id, &self.regions())?)),
-            Route::Remote(addr) => self.client(&addr)?.get_build(forwarded(req, hops)).await,
+            Route::Remote(addr) => self
+                .client(&addr)?
+                .get_build(forwarded(req, hops))
+                .await
+                .map_err(|s| crate::routing::relay_error(&addr, s)),
         }
     }
 
@@ -218,7 +226,11 @@ impl BuildService for BuildApi {
         let h = match self.reader(req.stale, hops).await? {
             Route::Local(h) => h,
             Route::Remote(addr) => {
-                return self.client(&addr)?.list_builds(forwarded(req, hops)).await
+                return self
+                    .client(&addr)?
+                    .list_builds(forwarded(req, hops))
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
         };
         let regions = self.regions();
@@ -246,7 +258,11 @@ impl BuildService for BuildApi {
         check_id(&req.id)?;
         let h = match self.routing.route(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
-                return self.client(&addr)?.cancel_build(forwarded(req, hops)).await
+                return self
+                    .client(&addr)?
+                    .cancel_build(forwarded(req, hops))
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
             Route::Local(h) => h,
         };
@@ -275,7 +291,11 @@ impl BuildService for BuildApi {
         let h = match self.reader(false, hops).await? {
             Route::Local(h) => h.clone(),
             Route::Remote(addr) => {
-                let remote = self.client(&addr)?.build_logs(forwarded(req, hops)).await?;
+                let remote = self
+                    .client(&addr)?
+                    .build_logs(forwarded(req, hops))
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))?;
                 return Ok(Response::new(Box::pin(remote.into_inner())));
             }
         };

@@ -200,6 +200,7 @@ impl RegionService for RegionApi {
                     .client(&addr)?
                     .region_status(forwarded(req, hops))
                     .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
         };
         let seen = self.reports(h, &req.region);
@@ -291,7 +292,11 @@ impl RegionService for RegionApi {
         let h = match self.routing.reader(&group, req.stale, hops).await? {
             Route::Local(h) => h,
             Route::Remote(addr) => {
-                return self.client(&addr)?.list_hosts(forwarded(req, hops)).await
+                return self
+                    .client(&addr)?
+                    .list_hosts(forwarded(req, hops))
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
         };
         let seen = self.reports(h, &req.region).unwrap_or_default();
@@ -333,7 +338,13 @@ impl RegionService for RegionApi {
         deploy_types::check_name("host", &req.host).map_err(invalid)?;
         let h = match self.routing.reader(&group, req.stale, hops).await? {
             Route::Local(h) => h,
-            Route::Remote(addr) => return self.client(&addr)?.get_host(forwarded(req, hops)).await,
+            Route::Remote(addr) => {
+                return self
+                    .client(&addr)?
+                    .get_host(forwarded(req, hops))
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
+            }
         };
         let seen = self.reports(h, &req.region).unwrap_or_default();
         let host = h.state.read(|d| {
@@ -397,7 +408,11 @@ impl RegionService for RegionApi {
         let h = match self.routing.route(&group, hops).await? {
             Route::Local(h) => h,
             Route::Remote(addr) => {
-                return self.client(&addr)?.report_rack(forwarded(req, hops)).await
+                return self
+                    .client(&addr)?
+                    .report_rack(forwarded(req, hops))
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
         };
         // Hosts the region does not know yet (or that moved rack) are registered once.
@@ -458,7 +473,11 @@ impl RegionService for RegionApi {
         let h = match self.routing.route(&group, hops).await? {
             Route::Local(h) => h.clone(),
             Route::Remote(addr) => {
-                let remote = self.client(&addr)?.watch_rack(forwarded(req, hops)).await?;
+                let remote = self
+                    .client(&addr)?
+                    .watch_rack(forwarded(req, hops))
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))?;
                 return Ok(Response::new(Box::pin(remote.into_inner())));
             }
         };
@@ -505,6 +524,7 @@ impl RegionService for RegionApi {
                     .client(&addr)?
                     .pull_decisions(forwarded(req, hops))
                     .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
         };
         let limit = req.limit.clamp(1, MAX_PULL) as usize;
@@ -545,6 +565,7 @@ impl RegionService for RegionApi {
                     .client(&addr)?
                     .report_region(forwarded(req, hops))
                     .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
         };
         let cmd = Command::Release(ReleaseCommand::Report {

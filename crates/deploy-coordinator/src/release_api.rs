@@ -233,6 +233,7 @@ impl ReleaseService for ReleaseApi {
                     .client(&addr)?
                     .create_release(forwarded(req, hops))
                     .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
             Route::Local(h) => h,
         };
@@ -275,7 +276,11 @@ impl ReleaseService for ReleaseApi {
         check_id(&req.id)?;
         match self.reader(req.stale, hops).await? {
             Route::Local(h) => Ok(Response::new(read_release(h, &req.id)?)),
-            Route::Remote(addr) => self.client(&addr)?.get_release(forwarded(req, hops)).await,
+            Route::Remote(addr) => self
+                .client(&addr)?
+                .get_release(forwarded(req, hops))
+                .await
+                .map_err(|s| crate::routing::relay_error(&addr, s)),
         }
     }
 
@@ -300,6 +305,7 @@ impl ReleaseService for ReleaseApi {
                     .client(&addr)?
                     .list_releases(forwarded(req, hops))
                     .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
         };
         let reply = h.state.read(|d| {
@@ -340,6 +346,7 @@ impl ReleaseService for ReleaseApi {
                     .client(&addr)?
                     .release_action(forwarded(req, hops))
                     .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
             Route::Local(h) => h,
         };

@@ -45,6 +45,30 @@ pub fn forwarded<T>(msg: T, hops: u32) -> Request<T> {
     req
 }
 
+/// A forwarded call's failure, said plainly. A status the transport made here (it carries a
+/// source) becomes one that names the leader and says whether the request may have been
+/// applied: not when the leader could not be reached (Unavailable, which clients retry), maybe
+/// when the connection broke mid-call. A status the leader sent is passed on as it is.
+pub fn relay_error(addr: &str, s: tonic::Status) -> tonic::Status {
+    let Some(cause) = std::error::Error::source(&s).map(ToString::to_string) else {
+        return s;
+    };
+    match s.code() {
+        tonic::Code::Unavailable => tonic::Status::unavailable(format!(
+            "cannot reach the group's leader at {addr} ({cause}); the request was not applied, retry"
+        )),
+        tonic::Code::DeadlineExceeded => tonic::Status::deadline_exceeded(format!(
+            "the group's leader at {addr} did not answer in time; the request may or may not have been applied"
+        )),
+        code => tonic::Status::new(
+            code,
+            format!(
+                "lost the connection to the group's leader at {addr} mid-request ({cause}); the request may or may not have been applied"
+            ),
+        ),
+    }
+}
+
 pub fn parse_group(s: &str) -> Result<GroupName, ApiError> {
     s.parse()
         .map_err(|e: deploy_types::IdError| ApiError::InvalidArgument(format!("group: {e}")))
@@ -173,5 +197,24 @@ impl Routing {
             .ok_or_else(|| {
                 ApiError::NotFound(format!("group {group} is not in the cluster config"))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transport_failure_while_forwarding_says_what_may_have_happened() {
+        let broke = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        let s = relay_error("10.0.0.1:7001", broke);
+        assert_eq!(s.code(), tonic::Code::Unknown);
+        assert!(s.message().contains("10.0.0.1:7001"), "{}", s.message());
+        assert!(s.message().contains("may or may not have been applied"));
+        // What the leader itself answered is passed on unchanged.
+        let refused = tonic::Status::failed_precondition("release r-1 is PAUSED");
+        let s = relay_error("10.0.0.1:7001", refused);
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(s.message(), "release r-1 is PAUSED");
     }
 }

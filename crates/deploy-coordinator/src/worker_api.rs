@@ -87,6 +87,7 @@ impl WorkerService for WorkerApi {
                     .client(&addr)?
                     .register_worker(forwarded(req, hops))
                     .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
             Route::Local(h) => h,
         };
@@ -118,6 +119,7 @@ impl WorkerService for WorkerApi {
                     .client(&addr)?
                     .acquire_build(forwarded(req, hops))
                     .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
             Route::Local(h) => h,
         };
@@ -169,7 +171,11 @@ impl WorkerService for WorkerApi {
         let req = request.into_inner();
         let h = match self.routing.route(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
-                return self.client(&addr)?.renew_lease(forwarded(req, hops)).await
+                return self
+                    .client(&addr)?
+                    .renew_lease(forwarded(req, hops))
+                    .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
             Route::Local(h) => h,
         };
@@ -242,6 +248,7 @@ impl WorkerService for WorkerApi {
                     .client(&addr)?
                     .complete_build(forwarded(req, hops))
                     .await
+                    .map_err(|s| crate::routing::relay_error(&addr, s))
             }
             Route::Local(h) => h,
         };
