@@ -29,6 +29,8 @@ pub enum OpKind {
     GetRelease {
         id: String,
     },
+    ListBuilds,
+    ListReleases,
 }
 
 impl OpKind {
@@ -39,6 +41,8 @@ impl OpKind {
             OpKind::CreateRelease { .. } => "create-release",
             OpKind::ReleaseAction { .. } => "release-action",
             OpKind::GetRelease { .. } => "get-release",
+            OpKind::ListBuilds => "list-builds",
+            OpKind::ListReleases => "list-releases",
         }
     }
 
@@ -117,6 +121,13 @@ impl From<&pb::Release> for ReleaseObs {
 pub enum Outcome {
     Build(BuildObs),
     Release(ReleaseObs),
+    /// A page of a list: each entry is a read of that object.
+    Builds {
+        builds: Vec<BuildObs>,
+    },
+    Releases {
+        releases: Vec<ReleaseObs>,
+    },
     /// A definite refusal: the call changed nothing.
     Refused {
         code: String,
@@ -131,7 +142,13 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn acknowledged(&self) -> bool {
-        matches!(self, Outcome::Build(_) | Outcome::Release(_))
+        matches!(
+            self,
+            Outcome::Build(_)
+                | Outcome::Release(_)
+                | Outcome::Builds { .. }
+                | Outcome::Releases { .. }
+        )
     }
 
     /// A refusal saying the object does not exist.

@@ -294,6 +294,23 @@ pub fn check_history(history: &[Op], dead: &BTreeSet<String>) -> LinReport {
                 .entry(format!("release {}", r.id))
                 .or_default()
                 .push(call(ObjOp::Read(Some(View::Release(r.clone()))))),
+            // A list reads each object it shows, somewhere within the call.
+            (_, Outcome::Builds { builds }) => {
+                for b in builds {
+                    objects
+                        .entry(format!("build {}", b.id))
+                        .or_default()
+                        .push(call(ObjOp::Read(Some(View::Build(b.clone())))));
+                }
+            }
+            (_, Outcome::Releases { releases }) => {
+                for r in releases {
+                    objects
+                        .entry(format!("release {}", r.id))
+                        .or_default()
+                        .push(call(ObjOp::Read(Some(View::Release(r.clone())))));
+                }
+            }
             (OpKind::GetBuild { id }, o) if o.not_found() => objects
                 .entry(format!("build {id}"))
                 .or_default()

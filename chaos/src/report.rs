@@ -47,6 +47,9 @@ pub struct Report {
     pub converged_after_ms: Option<u64>,
     pub hosts: usize,
     pub hosts_converged: usize,
+    /// How the builds and releases ended (as the global group holds them after healing).
+    pub builds_by_state: BTreeMap<String, usize>,
+    pub releases_by_state: BTreeMap<String, usize>,
     pub linearizable: bool,
     pub exits: Vec<Exit>,
     /// Where the run's processes kept their data and logs (kept when something broke).
@@ -117,6 +120,18 @@ impl Report {
                 c.invoked, c.acknowledged, c.refused, c.unknown
             );
         }
+        let show = |m: &BTreeMap<String, usize>| {
+            m.iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "\nbuilds: {}\nreleases: {}",
+            show(&self.builds_by_state),
+            show(&self.releases_by_state)
+        );
         let _ = writeln!(s, "\ninvariants checked:");
         for v in &self.invariants {
             let mark = if v.passed { "pass" } else { "FAIL" };

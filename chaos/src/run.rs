@@ -484,6 +484,29 @@ async fn drive(
         *by_kind.entry(i.kind.to_string()).or_default() += 1;
     }
     let (ops_by, ops_total) = count_ops(&ops);
+    let tally = |states: Vec<String>| {
+        let mut m: BTreeMap<String, usize> = BTreeMap::new();
+        for s in states {
+            *m.entry(s).or_default() += 1;
+        }
+        m
+    };
+    let builds_by_state = tally(
+        replicas
+            .builds
+            .values()
+            .next()
+            .map(|b| b.values().map(|x| x.state.clone()).collect())
+            .unwrap_or_default(),
+    );
+    let releases_by_state = tally(
+        replicas
+            .releases
+            .values()
+            .next()
+            .map(|r| r.values().map(|x| x.state.clone()).collect())
+            .unwrap_or_default(),
+    );
     let violations: Vec<String> = verdicts.iter().flat_map(|v| v.violations.clone()).collect();
     let shape = &scenario.cluster;
     Ok(Report {
@@ -516,6 +539,8 @@ async fn drive(
         converged_after_ms,
         hosts: cluster.layout.hosts.len(),
         hosts_converged: hosts_ok,
+        builds_by_state,
+        releases_by_state,
         exits,
         dir: String::new(),
         wall_ms: 0,

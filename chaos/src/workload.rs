@@ -207,6 +207,42 @@ impl Workload {
         self.history.record(kind, &via.0, started, outcome);
     }
 
+    /// Lists the newest builds or releases: each entry is a read of its object, and the
+    /// workload learns of objects whose creating call's answer was lost.
+    async fn list(&self, via: &(String, Arc<Client>), releases: bool) {
+        let started = Instant::now();
+        let (kind, outcome) = if releases {
+            let req = pb::ListReleasesRequest {
+                page_size: 50,
+                ..Default::default()
+            };
+            let o = match via.1.list_releases(req).await {
+                Ok(r) => {
+                    let obs: Vec<ReleaseObs> = r.releases.iter().map(ReleaseObs::from).collect();
+                    obs.iter().for_each(|x| self.learn_release(x));
+                    Outcome::Releases { releases: obs }
+                }
+                Err(e) => Outcome::from_error(&e),
+            };
+            (OpKind::ListReleases, o)
+        } else {
+            let req = pb::ListBuildsRequest {
+                page_size: 50,
+                ..Default::default()
+            };
+            let o = match via.1.list_builds(req).await {
+                Ok(r) => {
+                    let obs: Vec<BuildObs> = r.builds.iter().map(BuildObs::from).collect();
+                    obs.iter().for_each(|x| self.learn_build(x));
+                    Outcome::Builds { builds: obs }
+                }
+                Err(e) => Outcome::from_error(&e),
+            };
+            (OpKind::ListBuilds, o)
+        };
+        self.history.record(kind, &via.0, started, outcome);
+    }
+
     /// Runs `action` on release `id` through `via`, tagged as its own actor.
     pub async fn act(&self, via: &(String, Arc<Client>), id: &str, action: &str, tag: String) {
         let started = Instant::now();
@@ -400,7 +436,10 @@ impl Workload {
                 )
             };
             let via = self.entry(&mut rng);
-            if !releases.is_empty() && (builds.is_empty() || rng.random_range(0..2) == 0) {
+            if rng.random_range(0..100) < 10 {
+                let of_releases = rng.random_range(0..2) == 0;
+                self.list(&via, of_releases).await;
+            } else if !releases.is_empty() && (builds.is_empty() || rng.random_range(0..2) == 0) {
                 let id = releases[rng.random_range(0..releases.len())].clone();
                 self.get_release(&via, &id).await;
             } else if !builds.is_empty() {
