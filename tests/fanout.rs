@@ -157,6 +157,7 @@ async fn rolling_back_a_first_release_stops_the_service_it_started() -> anyhow::
             id: first.id.clone(),
             action: "rollback".into(),
             actor: "tester".into(),
+            request_id: String::new(),
             reason: String::new(),
         })
         .await?;
@@ -222,6 +223,7 @@ async fn an_aborted_wave_leaves_the_held_back_hosts_on_their_build() -> anyhow::
             regions: vec!["east".into()],
             strategy: Some(strategy),
             actor: "tester".into(),
+            request_id: String::new(),
         })
         .await?;
     let tried = wait_until(T, "one host to be unhealthy on the bad build", || async {
@@ -245,6 +247,7 @@ async fn an_aborted_wave_leaves_the_held_back_hosts_on_their_build() -> anyhow::
             id: r.id.clone(),
             action: "abort".into(),
             actor: "tester".into(),
+            request_id: String::new(),
             reason: String::new(),
         })
         .await?;
@@ -441,6 +444,7 @@ async fn a_relay_killed_mid_transfer_leaves_its_hosts_to_the_fallback() -> anyho
             regions: vec!["east".into()],
             strategy: Some(all_at_once(2)),
             actor: "tester".into(),
+            request_id: String::new(),
         })
         .await?;
     wait_until(T, "the first relay to be serving", || async {
@@ -495,6 +499,7 @@ async fn with_every_link_limited_the_artifact_reaches_all_hosts_within_twice_siz
                 ..all_at_once(2)
             }),
             actor: "tester".into(),
+            request_id: String::new(),
         })
         .await?;
     let hosts_all = ["east-1-h1", "east-1-h2", "east-2-h1", "east-2-h2"];

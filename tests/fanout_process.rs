@@ -89,6 +89,7 @@ async fn an_agent_killed_mid_install_leaves_a_whole_release_and_carries_on() -> 
             regions: vec!["east".into()],
             strategy: Some(all_at_once(3)),
             actor: "tester".into(),
+            request_id: String::new(),
         })
         .await?;
     for (h, step) in hosts.iter().zip(steps) {
@@ -218,6 +219,7 @@ async fn deployd_dev_with_two_regions_of_two_racks_of_four_hosts_runs_the_releas
                     ..Default::default()
                 }),
                 actor: "tester".into(),
+                request_id: String::new(),
             })
             .await?;
         let done = wait_release(&client, &r.id, "to end", is_final).await?;
@@ -255,7 +257,16 @@ async fn deployd_dev_with_two_regions_of_two_racks_of_four_hosts_runs_the_releas
         libc::kill(dev.id() as i32, libc::SIGINT);
     }
     let _ = dev.wait();
-    result
+    // On a failure, what the dev process said is what explains it.
+    result.map_err(|e| {
+        let log = std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        e.context(format!(
+            "deployd dev's last log lines:\n{}",
+            tail.join("\n")
+        ))
+    })
 }
 
 #[test]

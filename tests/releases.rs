@@ -29,6 +29,7 @@ async fn create(
             regions: regions.iter().map(|s| s.to_string()).collect(),
             strategy: Some(strategy),
             actor: "tester".into(),
+            request_id: String::new(),
         })
         .await?)
 }
@@ -39,6 +40,7 @@ async fn act(client: &Client, id: &str, action: &str) -> anyhow::Result<pb::Rele
             id: id.into(),
             action: action.into(),
             actor: "operator-1".into(),
+            request_id: String::new(),
             reason: String::new(),
         })
         .await?)
@@ -419,5 +421,48 @@ async fn retention_keeps_a_released_artifact_past_keep_per_service() -> anyhow::
         .flat_map(|s| s.delete_manifests.iter())
         .collect();
     assert!(deleted.contains(&&v2), "{deleted:?}");
+    Ok(())
+}
+
+/// A create or an action sent again with the same request id (its answer was lost, the
+/// caller retried, perhaps through another node) happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_create_or_action_with_its_request_id_happens_once() -> anyhow::Result<()> {
+    let spec = Spec::new(1).region("east", 1).worker("wk", "east");
+    let c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    let via_region = region_client(&c, "east")?;
+    let _east = simulate(&c.region_addrs("east"), "east", 2, 2, None)?;
+    let ids = succeeded_builds(&client, &c.dir(), "web", &["v1"]).await?;
+    wait_hosts(&client, "east", 4).await?;
+    let req = pb::CreateReleaseRequest {
+        service: "web".into(),
+        build_id: ids[0].clone(),
+        regions: vec!["east".into()],
+        strategy: Some(fast(60_000)),
+        actor: "ci".into(),
+        request_id: "ci-run-42".into(),
+    };
+    let first = client.create_release(req.clone()).await?;
+    let again = via_region.create_release(req).await?;
+    assert_eq!(first.id, again.id, "the repeat answers the first's release");
+    let all = client
+        .list_releases(pb::ListReleasesRequest::default())
+        .await?;
+    assert_eq!(all.releases.len(), 1, "{:#?}", all.releases);
+    let pause = pb::ReleaseActionRequest {
+        id: first.id.clone(),
+        action: "pause".into(),
+        actor: "ci".into(),
+        reason: String::new(),
+        request_id: "ci-run-43".into(),
+    };
+    let paused = client.release_action(pause.clone()).await?;
+    assert_eq!(paused.state, "PAUSED");
+    // Without its id the second pause would be refused: the release is paused already.
+    let repeat = via_region.release_action(pause).await?;
+    assert_eq!(repeat.state, "PAUSED");
+    let pauses = repeat.history.iter().filter(|e| e.what == "pause").count();
+    assert_eq!(pauses, 1, "{:#?}", repeat.history);
     Ok(())
 }

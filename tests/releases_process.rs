@@ -20,6 +20,7 @@ async fn create(client: &Client, build: &str, min_healthy_ms: u64) -> anyhow::Re
             regions: vec!["east".into()],
             strategy: Some(fast(min_healthy_ms)),
             actor: "tester".into(),
+            request_id: String::new(),
         })
         .await?
         .id)

@@ -250,6 +250,7 @@ impl Workload {
             id: id.to_string(),
             action: action.to_string(),
             actor: tag.clone(),
+            request_id: String::new(),
             reason: String::new(),
         };
         let outcome = match via.1.release_action(req).await {
@@ -359,6 +360,7 @@ impl Workload {
                 regions: self.regions.clone(),
                 strategy: Some(strategy),
                 actor: tag.clone(),
+                request_id: String::new(),
             };
             let outcome = match via.1.create_release(req).await {
                 Ok(r) => {

@@ -109,6 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             regions: vec![],
             strategy: Some(strategy),
             actor: "bench".into(),
+            request_id: String::new(),
         })
         .await?;
     let released = start.elapsed();

@@ -131,6 +131,7 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
                 ..all_at_once(per_rack as u32)
             }),
             actor: "bench".into(),
+            request_id: String::new(),
         })
         .await?;
     let decided = start.elapsed();

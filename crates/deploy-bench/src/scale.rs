@@ -155,6 +155,7 @@ async fn one(args: &Args, racks: u32) -> anyhow::Result<Value> {
                     ..all_at_once(args.hosts_per_rack)
                 }),
                 actor: "bench".into(),
+                request_id: String::new(),
             })
             .await?;
         let acked = decided.elapsed();

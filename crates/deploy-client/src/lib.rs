@@ -242,10 +242,11 @@ impl Client {
         }
     }
 
-    /// Runs a read: as [`Client::call_on`], and also again, with a growing pause and within
-    /// the call's deadline, when it failed in a way that says nothing about the cluster's
-    /// state (the node, or the leader it forwarded to, went away mid-call). Reads change
-    /// nothing, so asking twice is always safe; writes are never retried this way.
+    /// Runs a call that is safe to repeat (a read, or a write the cluster deduplicates by its
+    /// request id or its key): as [`Client::call_on`], and also again, with a growing pause
+    /// and within the call's deadline, when it failed in a way that says nothing about the
+    /// cluster's state (the node, or the leader it forwarded to, went away mid-call). Other
+    /// writes are never repeated this way.
     pub(crate) async fn read_on<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
         F: Fn(Channel) -> Fut,
@@ -329,6 +330,8 @@ impl Client {
         .await
     }
 
+    /// Submits a build; safe to repeat, a submission of the same (service, repo, commit)
+    /// returning the build it already made.
     pub async fn submit_build(
         &self,
         service: &str,
@@ -340,7 +343,7 @@ impl Client {
             repo: repo.into(),
             commit: commit.into(),
         };
-        self.call_on(|ch| {
+        self.read_on(|ch| {
             let req = req.clone();
             async move { BuildServiceClient::new(ch).submit_build(req).await }
         })
@@ -431,6 +434,14 @@ impl Client {
         })
         .await
     }
+}
+
+/// A fresh request id: 128 random bits, hex; `None` if the system has no randomness to
+/// give (a made-up id could collide with another call's and be taken for its repeat).
+pub fn request_id() -> Option<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).ok()?;
+    Some(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// Questions about a [`ClusterStatus`], for tools and tests.

@@ -32,20 +32,50 @@ macro_rules! rpc {
 }
 
 impl Client {
-    rpc!(
-        /// Decides a release of a SUCCEEDED build.
-        create_release, ReleaseServiceClient, pb::CreateReleaseRequest, pb::Release
-    );
+    /// Decides a release of a SUCCEEDED build. Given no request id, it sets one, so a call
+    /// whose answer was lost is asked again and makes one release.
+    pub async fn create_release(
+        &self,
+        mut req: pb::CreateReleaseRequest,
+    ) -> Result<pb::Release, ClientError> {
+        // Without an id a repeat could act twice: then one try only.
+        let repeatable = !req.request_id.is_empty()
+            || crate::request_id().map(|id| req.request_id = id).is_some();
+        let call = |ch| {
+            let req = req.clone();
+            async move { ReleaseServiceClient::new(ch).create_release(req).await }
+        };
+        if repeatable {
+            self.read_on(call).await
+        } else {
+            self.call_on(call).await
+        }
+    }
     rpc!(
         read list_releases,
         ReleaseServiceClient,
         pb::ListReleasesRequest,
         pb::ListReleasesReply
     );
-    rpc!(
-        /// pause, resume, abort, rollback or promote.
-        release_action, ReleaseServiceClient, pb::ReleaseActionRequest, pb::Release
-    );
+    /// pause, resume, abort, rollback or promote; with a request id (set here if none), so a
+    /// repeat acts once.
+    pub async fn release_action(
+        &self,
+        mut req: pb::ReleaseActionRequest,
+    ) -> Result<pb::Release, ClientError> {
+        // Without an id a repeat could act twice: then one try only.
+        let repeatable = !req.request_id.is_empty()
+            || crate::request_id().map(|id| req.request_id = id).is_some();
+        let call = |ch| {
+            let req = req.clone();
+            async move { ReleaseServiceClient::new(ch).release_action(req).await }
+        };
+        if repeatable {
+            self.read_on(call).await
+        } else {
+            self.call_on(call).await
+        }
+    }
     rpc!(
         read
         /// What a region runs, answered by the region's group.

@@ -179,6 +179,19 @@ pub fn actor(a: &str) -> Result<String, ApiError> {
     Ok(a.to_string())
 }
 
+/// A call's request id: none when empty; else at most 64 printable characters.
+fn request_id(r: &str) -> Result<Option<String>, ApiError> {
+    if r.is_empty() {
+        return Ok(None);
+    }
+    if r.len() > 64 || !r.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::InvalidArgument(
+            "request_id: expected at most 64 printable characters".into(),
+        ));
+    }
+    Ok(Some(r.to_string()))
+}
+
 fn read_release(h: &GroupHandle, id: &str) -> Result<pb::Release, ApiError> {
     h.state
         .read(|d| d.state.releases.get(id).map(release_to_proto))
@@ -227,6 +240,7 @@ impl ReleaseService for ReleaseApi {
         }
         let strategy = strategy_from_proto(req.strategy.clone())?;
         let by = actor(&req.actor)?;
+        let request_id = request_id(&req.request_id)?;
         let h = match self.leader(hops).await? {
             Route::Remote(addr) => {
                 return self
@@ -257,6 +271,7 @@ impl ReleaseService for ReleaseApi {
             by,
             now_ms: now_ms(),
             known_regions: known,
+            request_id,
         });
         match propose_release(h, cmd).await? {
             SmResponse::Release(ReleaseResponse::Created { id, superseded }) => {
@@ -337,6 +352,7 @@ impl ReleaseService for ReleaseApi {
             ))
         })?;
         let by = actor(&req.actor)?;
+        let request_id = request_id(&req.request_id)?;
         if req.reason.len() > 1024 {
             return Err(ApiError::InvalidArgument("reason: at most 1024 bytes".into()).into());
         }
@@ -356,6 +372,7 @@ impl ReleaseService for ReleaseApi {
             by: by.clone(),
             reason: req.reason,
             now_ms: now_ms(),
+            request_id,
         });
         propose_release(h, cmd).await?;
         info!(release = %req.id, action = action.as_str(), %by, "release action");

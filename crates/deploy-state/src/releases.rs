@@ -16,6 +16,10 @@ use crate::rollout::{Canary, WavePlanSpec};
 
 /// How many decisions the global group keeps for regions to pull.
 pub const MAX_DECISIONS_KEPT: usize = 100_000;
+/// Request ids remembered, so that a create or an action repeated by a client (its answer
+/// was lost) happens once.
+pub const MAX_REQUESTS_KEPT: usize = 10_000;
+const MAX_REQUEST_ID_BYTES: usize = 64;
 const MAX_HISTORY: usize = 200;
 const MAX_REASON_BYTES: usize = 1024;
 const MAX_ACTOR_BYTES: usize = 64;
@@ -355,6 +359,9 @@ pub enum ReleaseCommand {
         now_ms: u64,
         /// The cluster's regions, stamped by the proposer from its config.
         known_regions: Vec<String>,
+        /// The client's id for this call: a repeat returns what the first made.
+        #[serde(default)]
+        request_id: Option<String>,
     },
     Act {
         id: String,
@@ -362,6 +369,9 @@ pub enum ReleaseCommand {
         by: String,
         reason: String,
         now_ms: u64,
+        /// The client's id for this call: a repeat acts once.
+        #[serde(default)]
+        request_id: Option<String>,
     },
     /// A region's progress, sent by its leader.
     Report {
@@ -412,10 +422,32 @@ pub struct Releases {
     pub decisions: BTreeMap<u64, Decision>,
     /// The last decision's number (0: none yet).
     pub last_decision: u64,
+    /// Request id -> the release the call made or acted on.
+    #[serde(default)]
+    pub requests: BTreeMap<String, u64>,
+    /// The same ids, oldest first, to forget beyond [`MAX_REQUESTS_KEPT`].
+    #[serde(default)]
+    pub request_order: std::collections::VecDeque<String>,
 }
 
 pub(crate) fn clip(s: &str) -> String {
     crate::clip_to(s, MAX_REASON_BYTES)
+}
+
+fn check_request_id(id: &Option<String>) -> Result<(), ReleaseError> {
+    match id {
+        Some(r)
+            if r.is_empty()
+                || r.len() > MAX_REQUEST_ID_BYTES
+                || !r.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Err(ReleaseError::Invalid {
+                field: "request_id".into(),
+                why: format!("expected 1-{MAX_REQUEST_ID_BYTES} printable characters"),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_actor(by: &str) -> Result<(), ReleaseError> {
@@ -429,6 +461,19 @@ fn check_actor(by: &str) -> Result<(), ReleaseError> {
 }
 
 impl Releases {
+    /// Remembers that call `request_id` made or acted on release `seq`.
+    fn remember(&mut self, request_id: &Option<String>, seq: u64) {
+        let Some(r) = request_id else { return };
+        if self.requests.insert(r.clone(), seq).is_none() {
+            self.request_order.push_back(r.clone());
+        }
+        while self.request_order.len() > MAX_REQUESTS_KEPT {
+            if let Some(old) = self.request_order.pop_front() {
+                self.requests.remove(&old);
+            }
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<&Release> {
         parse_release_id(id).and_then(|s| self.by_seq.get(&s))
     }
@@ -630,7 +675,16 @@ impl Releases {
                 by,
                 now_ms,
                 known_regions,
+                request_id,
             } => {
+                check_request_id(request_id)?;
+                if let Some(seq) = request_id.as_ref().and_then(|r| self.requests.get(r)) {
+                    // A repeat of a call that already made its release.
+                    return Ok(ReleaseResponse::Created {
+                        id: release_id(*seq),
+                        superseded: None,
+                    });
+                }
                 check_actor(by)?;
                 strategy.check()?;
                 let build = builds.get(build_id).ok_or_else(|| {
@@ -731,6 +785,7 @@ impl Releases {
                 self.active.insert(service.clone(), seq);
                 self.latest.insert(service.clone(), seq);
                 self.start_due(seq, *now_ms);
+                self.remember(request_id, seq);
                 Ok(ReleaseResponse::Created {
                     id,
                     superseded: superseded.map(release_id),
@@ -742,11 +797,30 @@ impl Releases {
                 by,
                 reason,
                 now_ms,
+                request_id,
             } => {
+                check_request_id(request_id)?;
                 check_actor(by)?;
                 let latest = self.latest.clone();
+                let done = request_id
+                    .as_ref()
+                    .and_then(|r| self.requests.get(r))
+                    .copied();
                 let r = self.release_mut(id)?;
                 let seq = r.seq;
+                if let Some(done) = done {
+                    if done != seq {
+                        return Err(ReleaseError::Invalid {
+                            field: "request_id".into(),
+                            why: format!("it was used for release {}", release_id(done)),
+                        });
+                    }
+                    // A repeat of an action already taken: what it did stands.
+                    return Ok(ReleaseResponse::State {
+                        id: id.clone(),
+                        state: r.state,
+                    });
+                }
                 let wrong = |r: &Release, why: &str| ReleaseError::WrongState {
                     id: r.id(),
                     state: r.state.as_str().into(),
@@ -800,6 +874,7 @@ impl Releases {
                 if *action == Action::Resume {
                     self.start_due(seq, *now_ms);
                 }
+                self.remember(request_id, seq);
                 Ok(ReleaseResponse::State {
                     id: id.clone(),
                     state,

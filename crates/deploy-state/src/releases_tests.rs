@@ -65,6 +65,7 @@ fn create(
             by: "alice".into(),
             now_ms: 10,
             known_regions: regions(&REGIONS),
+            request_id: None,
         },
     )
 }
@@ -109,6 +110,7 @@ fn act(
             by: "bob".into(),
             reason: String::new(),
             now_ms: 30,
+            request_id: None,
         },
     )
 }
@@ -150,6 +152,7 @@ fn only_a_succeeded_build_of_the_service_to_known_regions_is_released() {
                 by: "alice".into(),
                 now_ms: 1,
                 known_regions: regions(&REGIONS),
+                request_id: None,
             },
         )
         .unwrap_err();
@@ -328,6 +331,7 @@ fn the_newest_succeeded_release_can_be_rolled_back_and_older_ones_cannot() {
                 by: "alice".into(),
                 now_ms: 1,
                 known_regions: regions(&REGIONS),
+                request_id: None,
             },
         );
         let Ok(ReleaseResponse::Created { id, .. }) = r else {
@@ -385,4 +389,97 @@ fn retention_keeps_what_hosts_run_or_may_return_to() {
     );
     assert_eq!(kept.len(), 2);
     assert!(Releases::default().referenced_artifacts(3).is_empty());
+}
+
+fn create_with(
+    q: &mut Releases,
+    b: &Builds,
+    build_id: &str,
+    rid: &str,
+) -> Result<ReleaseResponse, ReleaseError> {
+    q.apply(
+        b,
+        &ReleaseCommand::Create {
+            service: "web".into(),
+            build_id: build_id.into(),
+            regions: regions(&REGIONS),
+            strategy: Strategy::default(),
+            by: "alice".into(),
+            now_ms: 10,
+            known_regions: regions(&REGIONS),
+            request_id: Some(rid.into()),
+        },
+    )
+}
+
+fn act_with(
+    q: &mut Releases,
+    b: &Builds,
+    id: &str,
+    action: Action,
+    rid: &str,
+) -> Result<ReleaseResponse, ReleaseError> {
+    q.apply(
+        b,
+        &ReleaseCommand::Act {
+            id: id.into(),
+            action,
+            by: "bob".into(),
+            reason: String::new(),
+            now_ms: 30,
+            request_id: Some(rid.into()),
+        },
+    )
+}
+
+#[test]
+fn a_repeated_call_makes_one_release_and_acts_once() {
+    let mut b = Builds::default();
+    let ok = build(&mut b, "web", true);
+    let mut q = Releases::default();
+    let first = create_with(&mut q, &b, &ok, "req-1").unwrap();
+    let again = create_with(&mut q, &b, &ok, "req-1").unwrap();
+    assert_eq!(first, again, "the repeat answers what the first made");
+    assert_eq!(q.by_seq.len(), 1, "and makes nothing");
+    let ReleaseResponse::Created { id, .. } = first else {
+        panic!("{first:?}")
+    };
+    act_with(&mut q, &b, &id, Action::Pause, "req-2").unwrap();
+    let events = q.get(&id).unwrap().history.len();
+    let repeat = act_with(&mut q, &b, &id, Action::Pause, "req-2").unwrap();
+    assert_eq!(
+        repeat,
+        ReleaseResponse::State {
+            id: id.clone(),
+            state: ReleaseState::Paused
+        },
+        "a repeated pause is not refused as 'already paused'"
+    );
+    assert_eq!(
+        q.get(&id).unwrap().history.len(),
+        events,
+        "nor recorded twice"
+    );
+    // A new call with its own id is a new call.
+    create_with(&mut q, &b, &ok, "req-3").unwrap();
+    assert_eq!(q.by_seq.len(), 2);
+    // One id cannot act on two releases, nor be malformed.
+    assert!(act_with(&mut q, &b, "r-2", Action::Pause, "req-2").is_err());
+    assert!(create_with(&mut q, &b, &ok, "").is_err());
+    assert!(create_with(&mut q, &b, &ok, &"x".repeat(65)).is_err());
+    assert!(create_with(&mut q, &b, &ok, "a b").is_err());
+}
+
+#[test]
+fn request_ids_are_forgotten_oldest_first_beyond_the_bound() {
+    let mut q = Releases::default();
+    for i in 0..(MAX_REQUESTS_KEPT + 5) as u64 {
+        q.remember(&Some(format!("id-{i}")), i);
+    }
+    assert_eq!(q.requests.len(), MAX_REQUESTS_KEPT);
+    assert_eq!(q.request_order.len(), MAX_REQUESTS_KEPT);
+    assert!(!q.requests.contains_key("id-0"));
+    assert!(q
+        .requests
+        .contains_key(&format!("id-{}", MAX_REQUESTS_KEPT + 4)));
 }

@@ -35,6 +35,7 @@ pub async fn run(global: &Global, command: ReleaseCommand) -> Result<(), Failure
         id: d.id,
         action: action.into(),
         actor: global.actor(),
+        request_id: String::new(),
         reason: d.reason,
     };
     let request = match command {
@@ -52,6 +53,7 @@ pub async fn run(global: &Global, command: ReleaseCommand) -> Result<(), Failure
                     regions,
                     strategy: Some(strategy(s)),
                     actor: global.actor(),
+                    request_id: String::new(),
                 })
                 .await?;
             if !wait {

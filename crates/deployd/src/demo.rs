@@ -138,6 +138,7 @@ async fn release(client: &Client, build: &str, short: bool) -> anyhow::Result<pb
             regions: vec![],
             strategy: Some(strategy),
             actor: "demo".into(),
+            request_id: String::new(),
         })
         .await?;
     println!(

@@ -219,6 +219,7 @@ pub async fn release(
             regions: vec![region.into()],
             strategy: Some(strategy),
             actor: "tester".into(),
+            request_id: String::new(),
         })
         .await?;
     wait_release(client, &r.id, "to end", is_final).await
