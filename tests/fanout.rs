@@ -12,7 +12,7 @@ use deploy_client::Client;
 use deploy_fanout::config::Limits;
 use deploy_proto::v1 as pb;
 use test_harness::releases::{
-    all_at_once, goal, hosts, is_final, release, wait_release, web_builds as builds, T,
+    act, all_at_once, goal, hosts, is_final, release, wait_release, web_builds as builds, T,
 };
 use test_harness::{wait_until, GrpcCluster, Spec};
 
@@ -133,10 +133,11 @@ async fn a_failing_health_check_on_the_canary_rolls_every_host_back() -> anyhow:
     Ok(())
 }
 
-/// A service's first release rolled back leaves its hosts running nothing: the rollback
-/// returns them to what they had, which was no service at all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_back_a_first_release_stops_the_service_it_started() -> anyhow::Result<()> {
+/// One region, one rack of two hosts with real agents, builds of `versions`, and the first of
+/// them released to both hosts.
+async fn one_rack_running(
+    versions: &[(&str, bool)],
+) -> anyhow::Result<(GrpcCluster, Client, Vec<String>, pb::Release)> {
     let spec = Spec::new(1)
         .region("east", 1)
         .worker("wk", "east")
@@ -144,23 +145,23 @@ async fn rolling_back_a_first_release_stops_the_service_it_started() -> anyhow::
     let mut c = GrpcCluster::start_spec(spec).await?;
     let client = c.client()?;
     c.start_fleet(&Limits::default(), false).await?;
-    let ids = builds(&client, &c.dir(), 1024, &[("v1", true)]).await?;
+    let ids = builds(&client, &c.dir(), 1024, versions).await?;
     let first = release(&client, &ids[0], "east", all_at_once(2)).await?;
     assert_eq!(first.state, "SUCCEEDED", "{first:#?}");
+    Ok((c, client, ids, first))
+}
+
+/// A service's first release rolled back leaves its hosts running nothing: the rollback
+/// returns them to what they had, which was no service at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_back_a_first_release_stops_the_service_it_started() -> anyhow::Result<()> {
+    let (c, client, ids, first) = one_rack_running(&[("v1", true)]).await?;
     let pids: Vec<u32> = ["east-1-h1", "east-1-h2"]
         .iter()
         .flat_map(|h| c.agent(h).map(|a| a.pids()).unwrap_or_default())
         .collect();
     assert_eq!(pids.len(), 2, "each host runs the service");
-    let rolled = client
-        .release_action(pb::ReleaseActionRequest {
-            id: first.id.clone(),
-            action: "rollback".into(),
-            actor: "tester".into(),
-            request_id: String::new(),
-            reason: String::new(),
-        })
-        .await?;
+    let rolled = act(&client, &first.id, "rollback").await?;
     assert_eq!(rolled.state, "ROLLED_BACK");
     wait_until(T, "both hosts to stop the service", || async {
         let hs = hosts(&client, "east").await.ok()?;
@@ -194,16 +195,7 @@ async fn rolling_back_a_first_release_stops_the_service_it_started() -> anyhow::
 /// unhealthy on the new build) keeps the build it runs, and its goal says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_wave_leaves_the_held_back_hosts_on_their_build() -> anyhow::Result<()> {
-    let spec = Spec::new(1)
-        .region("east", 1)
-        .worker("wk", "east")
-        .rack("east", 2);
-    let mut c = GrpcCluster::start_spec(spec).await?;
-    let client = c.client()?;
-    c.start_fleet(&Limits::default(), false).await?;
-    let ids = builds(&client, &c.dir(), 1024, &[("good", true), ("bad", false)]).await?;
-    let first = release(&client, &ids[0], "east", all_at_once(2)).await?;
-    assert_eq!(first.state, "SUCCEEDED", "{first:#?}");
+    let (c, client, ids, _) = one_rack_running(&[("good", true), ("bad", false)]).await?;
     // One host at a time, no automatic rollback, a long deadline: the bad build stays on
     // the first host it reaches, and the relay holds the other back.
     let strategy = pb::Strategy {
@@ -242,15 +234,7 @@ async fn an_aborted_wave_leaves_the_held_back_hosts_on_their_build() -> anyhow::
     } else {
         "east-1-h1"
     };
-    client
-        .release_action(pb::ReleaseActionRequest {
-            id: r.id.clone(),
-            action: "abort".into(),
-            actor: "tester".into(),
-            request_id: String::new(),
-            reason: String::new(),
-        })
-        .await?;
+    act(&client, &r.id, "abort").await?;
     wait_until(
         T,
         "the held-back host's goal to return to the good build",
@@ -292,15 +276,7 @@ async fn an_agent_without_its_relay_asks_the_region_at_a_steady_pace() -> anyhow
     let direct_reports = || {
         let (http, node) = (http.clone(), node.clone());
         async move {
-            let text = http
-                .get(format!("http://{node}/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            let m = test_harness::releases::parse_metrics(&text).ok()?;
+            let m = test_harness::releases::scrape(&http, &node).await?;
             m.get("deploy_request_seconds_count{route=\"/deploy.v1.RegionService/ReportRack\"}")
                 .copied()
         }

@@ -137,17 +137,9 @@ async fn an_agent_killed_mid_install_leaves_a_whole_release_and_carries_on() -> 
                 T,
                 "the agent's metrics to show the new build healthy",
                 || {
-                    let (http, base, key) = (http.clone(), base.clone(), key.clone());
+                    let (http, addr, key) = (http.clone(), c.addr(who), key.clone());
                     async move {
-                        let text = http
-                            .get(format!("{base}/metrics"))
-                            .send()
-                            .await
-                            .ok()?
-                            .text()
-                            .await
-                            .ok()?;
-                        let m = test_harness::releases::parse_metrics(&text).ok()?;
+                        let m = test_harness::releases::scrape(&http, addr.ok()?).await?;
                         m.get(&key).copied()
                     }
                 },

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use deploy_client::Client;
 use deploy_proto::v1 as pb;
 use test_harness::releases::{
-    fast, goal, hosts, is_final, region_release, simulate, succeeded_builds, wait_hosts,
+    act, fast, goal, hosts, is_final, region_release, simulate, succeeded_builds, wait_hosts,
     wait_release, T,
 };
 use test_harness::{wait_until, GrpcCluster, Spec};
@@ -30,18 +30,6 @@ async fn create(
             strategy: Some(strategy),
             actor: "tester".into(),
             request_id: String::new(),
-        })
-        .await?)
-}
-
-async fn act(client: &Client, id: &str, action: &str) -> anyhow::Result<pb::Release> {
-    Ok(client
-        .release_action(pb::ReleaseActionRequest {
-            id: id.into(),
-            action: action.into(),
-            actor: "operator-1".into(),
-            request_id: String::new(),
-            reason: String::new(),
         })
         .await?)
 }
@@ -350,7 +338,7 @@ async fn pause_holds_resume_continues_promote_skips_the_wait_and_abort_stops() -
         .map(|e| (e.by.as_str(), e.what.as_str()))
         .collect();
     assert!(
-        who.contains(&("operator-1", "pause")) && who.contains(&("operator-1", "resume")),
+        who.contains(&("tester", "pause")) && who.contains(&("tester", "resume")),
         "{who:?}"
     );
 

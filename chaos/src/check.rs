@@ -9,6 +9,7 @@ use deploy_proto::v1::region_service_client::RegionServiceClient;
 use serde::Serialize;
 
 use crate::cluster::Cluster;
+use crate::control;
 use crate::history::{Op, OpKind, Outcome};
 
 /// One invariant's verdict.
@@ -45,70 +46,6 @@ pub struct Replicas {
     pub unreadable: Vec<String>,
 }
 
-async fn stale_builds(c: &deploy_client::Client) -> Result<Vec<pb::Build>, String> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = c
-            .list_builds(pb::ListBuildsRequest {
-                page_size: 500,
-                page_token: token.clone(),
-                stale: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        out.extend(page.builds);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = page.next_page_token;
-    }
-}
-
-async fn stale_releases(c: &deploy_client::Client) -> Result<Vec<pb::Release>, String> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = c
-            .list_releases(pb::ListReleasesRequest {
-                page_size: 500,
-                page_token: token.clone(),
-                stale: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        out.extend(page.releases);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = page.next_page_token;
-    }
-}
-
-async fn stale_hosts(c: &deploy_client::Client, region: &str) -> Result<Vec<pb::Host>, String> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = c
-            .list_hosts(pb::ListHostsRequest {
-                region: region.into(),
-                page_token: token.clone(),
-                page_size: 1000,
-                stale: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        out.extend(page.hosts);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = page.next_page_token;
-    }
-}
-
 /// Reads every replica of every group from the replica itself.
 pub async fn read_replicas(cluster: &Cluster) -> Replicas {
     let mut r = Replicas::default();
@@ -118,7 +55,10 @@ pub async fn read_replicas(cluster: &Cluster) -> Replicas {
         };
         let c = c.with_timeout(std::time::Duration::from_secs(10));
         match &n.region {
-            None => match (stale_builds(&c).await, stale_releases(&c).await) {
+            None => match (
+                control::builds(&c, true).await,
+                control::releases(&c, true).await,
+            ) {
                 (Ok(b), Ok(rel)) => {
                     r.builds.insert(
                         n.name.clone(),
@@ -139,7 +79,7 @@ pub async fn read_replicas(cluster: &Cluster) -> Replicas {
                     })
                     .await
                     .map_err(|e| e.to_string());
-                match (status, stale_hosts(&c, region).await) {
+                match (status, control::hosts(&c, region, true).await) {
                     (Ok(s), Ok(h)) => {
                         r.regions.insert(n.name.clone(), (s, h));
                     }

@@ -105,66 +105,77 @@ pub async fn group_converged(cluster: &Cluster, group: &str) -> Result<(), Strin
     Ok(())
 }
 
-/// Every build, newest first, from the global leader.
-pub async fn all_builds(client: &deploy_client::Client) -> Result<Vec<pb::Build>, String> {
+/// Every page of a list call, from `next(page_token)` -> (items, next_page_token).
+async fn paged<T, F, Fut>(mut next: F) -> Result<Vec<T>, String>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), deploy_client::ClientError>>,
+{
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
-        let page = client
+        let (items, next_token) = next(token).await.map_err(|e| e.to_string())?;
+        out.extend(items);
+        if next_token.is_empty() {
+            return Ok(out);
+        }
+        token = next_token;
+    }
+}
+
+/// Every build, newest first: from the global leader, or (`stale`) the replica asked.
+pub async fn builds(client: &deploy_client::Client, stale: bool) -> Result<Vec<pb::Build>, String> {
+    paged(|page_token| async move {
+        let r = client
             .list_builds(pb::ListBuildsRequest {
                 page_size: 500,
-                page_token: token.clone(),
+                page_token,
+                stale,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| e.to_string())?;
-        out.extend(page.builds);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = page.next_page_token;
-    }
+            .await?;
+        Ok((r.builds, r.next_page_token))
+    })
+    .await
 }
 
-/// Every release, newest first, from the global leader.
-pub async fn all_releases(client: &deploy_client::Client) -> Result<Vec<pb::Release>, String> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
+/// Every release, newest first: from the global leader, or (`stale`) the replica asked.
+pub async fn releases(
+    client: &deploy_client::Client,
+    stale: bool,
+) -> Result<Vec<pb::Release>, String> {
+    paged(|page_token| async move {
+        let r = client
             .list_releases(pb::ListReleasesRequest {
                 page_size: 500,
-                page_token: token.clone(),
+                page_token,
+                stale,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| e.to_string())?;
-        out.extend(page.releases);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = page.next_page_token;
-    }
+            .await?;
+        Ok((r.releases, r.next_page_token))
+    })
+    .await
 }
 
-/// Every host of `region` with its goal and its last report, from the region's leader.
-pub async fn hosts(client: &deploy_client::Client, region: &str) -> Result<Vec<pb::Host>, String> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
+/// Every host of `region` with its goal and last report: from the region's leader, or
+/// (`stale`) the replica asked.
+pub async fn hosts(
+    client: &deploy_client::Client,
+    region: &str,
+    stale: bool,
+) -> Result<Vec<pb::Host>, String> {
+    paged(|page_token| async move {
+        let r = client
             .list_hosts(pb::ListHostsRequest {
                 region: region.into(),
-                page_token: token.clone(),
-                page_size: 500,
+                page_token,
+                page_size: 1000,
+                stale,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| e.to_string())?;
-        out.extend(page.hosts);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = page.next_page_token;
-    }
+            .await?;
+        Ok((r.hosts, r.next_page_token))
+    })
+    .await
 }

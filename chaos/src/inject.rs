@@ -59,6 +59,20 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// `link` on every connection between a node of `a` and a node of `b`, both ways.
+fn cut(a: &[String], b: &[String], link: Link) -> Vec<(Peer, String, Link)> {
+    let mut out = Vec::new();
+    for x in a {
+        for y in b {
+            if x != y {
+                out.push((Peer::Node(x.clone()), y.clone(), link));
+                out.push((Peer::Node(y.clone()), x.clone(), link));
+            }
+        }
+    }
+    out
+}
+
 fn pick<T: Clone>(items: &[T], draw: u64) -> Option<T> {
     if items.is_empty() {
         None
@@ -99,6 +113,32 @@ impl Injector {
         names
             .into_iter()
             .filter(|n| !b.contains(n) && self.cluster.is_up(n))
+            .collect()
+    }
+
+    /// One of `preferred` still up and free (then `busy_word`), else one of `all` ("idle").
+    fn prefer(
+        &self,
+        preferred: Vec<String>,
+        all: Vec<String>,
+        draw: u64,
+        busy_word: &'static str,
+    ) -> Result<(String, &'static str), String> {
+        match pick(&self.free(preferred), draw) {
+            Some(n) => Ok((n, busy_word)),
+            None => pick(&self.free(all), draw)
+                .map(|n| (n, "idle"))
+                .ok_or_else(|| "none is up".to_string()),
+        }
+    }
+
+    /// The member names of `group`.
+    fn members(&self, group: &str) -> Vec<String> {
+        self.cluster
+            .layout
+            .members(group)
+            .iter()
+            .map(|m| m.name.clone())
             .collect()
     }
 
@@ -194,10 +234,8 @@ impl Injector {
                 let g = pick(&self.groups(), p.pick).ok_or("no group")?;
                 let l = self.leader_of(&g).await.ok();
                 let followers: Vec<String> = self.free(
-                    c.layout
-                        .members(&g)
-                        .iter()
-                        .map(|m| m.name.clone())
+                    self.members(&g)
+                        .into_iter()
                         .filter(|n| Some(n) != l.as_ref())
                         .collect(),
                 );
@@ -207,11 +245,7 @@ impl Injector {
             }
             FaultKind::KillWorker => {
                 let busy = self.workers_building().await;
-                let all = self.free(c.names(Kind::Worker));
-                let (w, how) = match pick(&self.free(busy), p.variant) {
-                    Some(w) => (w, "mid-build"),
-                    None => (pick(&all, p.variant).ok_or("no worker up")?, "idle"),
-                };
+                let (w, how) = self.prefer(busy, c.names(Kind::Worker), p.variant, "mid-build")?;
                 rec.detail = format!("worker {how}");
                 self.kill_restart(p, w, rec).await
             }
@@ -226,21 +260,15 @@ impl Injector {
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect();
-                let all = self.free(c.names(Kind::Relay));
-                let (r, how) = match pick(&self.free(relays), p.variant) {
-                    Some(r) => (r, "mid-transfer"),
-                    None => (pick(&all, p.variant).ok_or("no relay up")?, "idle"),
-                };
+                let (r, how) =
+                    self.prefer(relays, c.names(Kind::Relay), p.variant, "mid-transfer")?;
                 rec.detail = format!("relay {how}");
                 self.kill_restart(p, r, rec).await
             }
             FaultKind::KillAgent => {
                 let installing = self.hosts_installing().await;
-                let all = self.free(c.names(Kind::Agent));
-                let (h, how) = match pick(&self.free(installing), p.variant) {
-                    Some(h) => (h, "mid-install"),
-                    None => (pick(&all, p.variant).ok_or("no agent up")?, "idle"),
-                };
+                let (h, how) =
+                    self.prefer(installing, c.names(Kind::Agent), p.variant, "mid-install")?;
                 rec.detail = format!("agent {how}");
                 self.kill_restart(p, h, rec).await
             }
@@ -270,11 +298,7 @@ impl Injector {
                 } else {
                     Link::Reset
                 };
-                let mut links = Vec::new();
-                for o in &others {
-                    links.push((Peer::Node(l.clone()), o.clone(), link));
-                    links.push((Peer::Node(o.clone()), l.clone(), link));
-                }
+                let mut links = cut(std::slice::from_ref(&l), &others, link);
                 let clients_too = p.variant & 2 != 0;
                 if clients_too {
                     links.push((Peer::Outside, l.clone(), link));
@@ -292,12 +316,7 @@ impl Injector {
             }
             FaultKind::PartitionMinority => {
                 let g = pick(&self.groups(), p.pick).ok_or("no group")?;
-                let mut members: Vec<String> = c
-                    .layout
-                    .members(&g)
-                    .iter()
-                    .map(|m| m.name.clone())
-                    .collect();
+                let mut members = self.members(&g);
                 if members.len() < 2 {
                     return Err(format!("{g} has one member"));
                 }
@@ -311,25 +330,14 @@ impl Injector {
                 } else {
                     Link::Reset
                 };
-                let mut links = Vec::new();
-                for a in &minority {
-                    for b in &majority {
-                        links.push((Peer::Node(a.clone()), b.clone(), link));
-                        links.push((Peer::Node(b.clone()), a.clone(), link));
-                    }
-                }
+                let links = cut(&minority, &majority, link);
                 rec.target = format!("{} | {}", minority.join(","), majority.join(","));
                 rec.detail = format!("{g} split ({link:?})");
                 self.partition(p, links, rec).await
             }
             FaultKind::PartitionOneWay => {
                 let g = pick(&self.groups(), p.pick).ok_or("no group")?;
-                let members: Vec<String> = c
-                    .layout
-                    .members(&g)
-                    .iter()
-                    .map(|m| m.name.clone())
-                    .collect();
+                let members = self.members(&g);
                 if members.len() < 2 {
                     return Err(format!("{g} has one member"));
                 }
@@ -351,46 +359,18 @@ impl Injector {
             }
             FaultKind::CutRegion => {
                 let g = pick(&self.region_groups(), p.pick).ok_or("no region")?;
-                let region: Vec<String> = c
-                    .layout
-                    .members(&g)
-                    .iter()
-                    .map(|m| m.name.clone())
-                    .collect();
-                let global: Vec<String> = c
-                    .layout
-                    .members("global")
-                    .iter()
-                    .map(|m| m.name.clone())
-                    .collect();
-                let mut links = Vec::new();
-                for a in &region {
-                    for b in &global {
-                        links.push((Peer::Node(a.clone()), b.clone(), Link::Drop));
-                        links.push((Peer::Node(b.clone()), a.clone(), Link::Drop));
-                    }
-                }
+                let region = self.members(&g);
+                let global = self.members("global");
+                let links = cut(&region, &global, Link::Drop);
                 rec.target = g.clone();
                 rec.detail = format!("{g} cut off from the global group");
                 self.partition(p, links, rec).await
             }
             FaultKind::SlowLinks => {
                 let g = pick(&self.groups(), p.pick).ok_or("no group")?;
-                let members: Vec<String> = c
-                    .layout
-                    .members(&g)
-                    .iter()
-                    .map(|m| m.name.clone())
-                    .collect();
+                let members = self.members(&g);
                 let delay = Duration::from_millis(50 + p.variant % 350);
-                let mut links = Vec::new();
-                for a in &members {
-                    for b in &members {
-                        if a != b {
-                            links.push((Peer::Node(a.clone()), b.clone(), Link::Delay(delay)));
-                        }
-                    }
-                }
+                let links = cut(&members, &members, Link::Delay(delay));
                 rec.target = g.clone();
                 rec.detail = format!("{} ms on every link of {g}", delay.as_millis());
                 self.partition(p, links, rec).await
@@ -405,12 +385,7 @@ impl Injector {
             FaultKind::DiskFull => self.disk_full(p, rec).await,
             FaultKind::RollingRestart => {
                 let g = pick(&self.groups(), p.pick).ok_or("no group")?;
-                let members: Vec<String> = c
-                    .layout
-                    .members(&g)
-                    .iter()
-                    .map(|m| m.name.clone())
-                    .collect();
+                let members = self.members(&g);
                 rec.detail = format!("{g}, one member at a time");
                 self.rolling(p, members, true, rec).await
             }
@@ -593,7 +568,7 @@ impl Injector {
             let Ok(client) = self.cluster.control(&l) else {
                 continue;
             };
-            let Ok(hosts) = control::hosts(&client, &region).await else {
+            let Ok(hosts) = control::hosts(&client, &region, false).await else {
                 continue;
             };
             for h in hosts {

@@ -169,7 +169,7 @@ async fn wait_fleet(cluster: &Cluster) -> anyhow::Result<()> {
             let group = format!("region/{region}");
             let got = match control::leader(cluster, &group).await {
                 Some(l) => match cluster.control(&l) {
-                    Ok(c) => control::hosts(&c, region)
+                    Ok(c) => control::hosts(&c, region, false)
                         .await
                         .map(|h| h.len())
                         .unwrap_or(0),
@@ -581,7 +581,7 @@ async fn converge(
                     .control(&l)
                     .map(|c| c.with_timeout(Duration::from_secs(10)));
                 if let Ok(c) = client {
-                    match control::all_builds(&c).await {
+                    match control::builds(&c, false).await {
                         Ok(builds) => {
                             for b in &builds {
                                 build_commit.insert(b.id.clone(), b.commit.clone());
@@ -593,7 +593,7 @@ async fn converge(
                         }
                         Err(e) => pending.push(format!("cannot list builds: {e}")),
                     }
-                    match control::all_releases(&c).await {
+                    match control::releases(&c, false).await {
                         Ok(releases) => {
                             if releases.iter().any(|r| r.state == "PAUSED") {
                                 workload.resume_paused(&releases).await;
@@ -620,7 +620,7 @@ async fn converge(
                 continue;
             };
             let Ok(c) = cluster.control(&l) else { continue };
-            match control::hosts(&c, region).await {
+            match control::hosts(&c, region, false).await {
                 Ok(hs) => {
                     for h in &hs {
                         let v = hosts::view(h);

@@ -163,89 +163,87 @@ impl Workload {
             .insert(r.id.clone(), r.state.clone());
     }
 
-    async fn submit(&self, via: &(String, Arc<Client>), commit: &str) {
+    /// Runs one call through `via` and records it: `seen` makes the outcome of an answer
+    /// (and teaches the workload what it shows).
+    async fn call<T>(
+        &self,
+        kind: OpKind,
+        via: &str,
+        call: impl std::future::Future<Output = Result<T, deploy_client::ClientError>>,
+        seen: impl FnOnce(&T) -> Outcome,
+    ) {
         let started = Instant::now();
-        let outcome = match via.1.submit_build(SERVICE, &self.repo, commit).await {
-            Ok(b) => {
-                let obs = BuildObs::from(&b);
-                self.learn_build(&obs);
-                Outcome::Build(obs)
-            }
+        let outcome = match call.await {
+            Ok(v) => seen(&v),
             Err(e) => Outcome::from_error(&e),
         };
+        self.history.record(kind, via, started, outcome);
+    }
+
+    fn saw_build(&self, b: &pb::Build) -> Outcome {
+        let obs = BuildObs::from(b);
+        self.learn_build(&obs);
+        Outcome::Build(obs)
+    }
+
+    fn saw_release(&self, r: &pb::Release) -> Outcome {
+        let obs = ReleaseObs::from(r);
+        self.learn_release(&obs);
+        Outcome::Release(obs)
+    }
+
+    async fn submit(&self, via: &(String, Arc<Client>), commit: &str) {
         let kind = OpKind::SubmitBuild {
             commit: commit.to_string(),
         };
-        self.history.record(kind, &via.0, started, outcome);
+        let call = via.1.submit_build(SERVICE, &self.repo, commit);
+        self.call(kind, &via.0, call, |b| self.saw_build(b)).await;
     }
 
     async fn get_build(&self, via: &(String, Arc<Client>), id: &str) {
-        let started = Instant::now();
-        let outcome = match via.1.get_build(id, false).await {
-            Ok(b) => {
-                let obs = BuildObs::from(&b);
-                self.learn_build(&obs);
-                Outcome::Build(obs)
-            }
-            Err(e) => Outcome::from_error(&e),
-        };
         let kind = OpKind::GetBuild { id: id.to_string() };
-        self.history.record(kind, &via.0, started, outcome);
+        let call = via.1.get_build(id, false);
+        self.call(kind, &via.0, call, |b| self.saw_build(b)).await;
     }
 
     async fn get_release(&self, via: &(String, Arc<Client>), id: &str) {
-        let started = Instant::now();
-        let outcome = match via.1.get_release(id, false).await {
-            Ok(r) => {
-                let obs = ReleaseObs::from(&r);
-                self.learn_release(&obs);
-                Outcome::Release(obs)
-            }
-            Err(e) => Outcome::from_error(&e),
-        };
         let kind = OpKind::GetRelease { id: id.to_string() };
-        self.history.record(kind, &via.0, started, outcome);
+        let call = via.1.get_release(id, false);
+        self.call(kind, &via.0, call, |r| self.saw_release(r)).await;
     }
 
     /// Lists the newest builds or releases: each entry is a read of its object, and the
     /// workload learns of objects whose creating call's answer was lost.
     async fn list(&self, via: &(String, Arc<Client>), releases: bool) {
-        let started = Instant::now();
-        let (kind, outcome) = if releases {
+        if releases {
             let req = pb::ListReleasesRequest {
                 page_size: 50,
                 ..Default::default()
             };
-            let o = match via.1.list_releases(req).await {
-                Ok(r) => {
-                    let obs: Vec<ReleaseObs> = r.releases.iter().map(ReleaseObs::from).collect();
-                    obs.iter().for_each(|x| self.learn_release(x));
-                    Outcome::Releases { releases: obs }
-                }
-                Err(e) => Outcome::from_error(&e),
-            };
-            (OpKind::ListReleases, o)
+            let call = via.1.list_releases(req);
+            self.call(OpKind::ListReleases, &via.0, call, |r| {
+                let obs: Vec<ReleaseObs> = r.releases.iter().map(ReleaseObs::from).collect();
+                obs.iter().for_each(|x| self.learn_release(x));
+                Outcome::Releases { releases: obs }
+            })
+            .await;
         } else {
             let req = pb::ListBuildsRequest {
                 page_size: 50,
                 ..Default::default()
             };
-            let o = match via.1.list_builds(req).await {
-                Ok(r) => {
-                    let obs: Vec<BuildObs> = r.builds.iter().map(BuildObs::from).collect();
-                    obs.iter().for_each(|x| self.learn_build(x));
-                    Outcome::Builds { builds: obs }
-                }
-                Err(e) => Outcome::from_error(&e),
-            };
-            (OpKind::ListBuilds, o)
-        };
-        self.history.record(kind, &via.0, started, outcome);
+            let call = via.1.list_builds(req);
+            self.call(OpKind::ListBuilds, &via.0, call, |r| {
+                let obs: Vec<BuildObs> = r.builds.iter().map(BuildObs::from).collect();
+                obs.iter().for_each(|x| self.learn_build(x));
+                Outcome::Builds { builds: obs }
+            })
+            .await;
+        }
     }
 
     /// Runs `action` on release `id` through `via`, tagged as its own actor.
     pub async fn act(&self, via: &(String, Arc<Client>), id: &str, action: &str, tag: String) {
-        let started = Instant::now();
         let req = pb::ReleaseActionRequest {
             id: id.to_string(),
             action: action.to_string(),
@@ -253,20 +251,13 @@ impl Workload {
             request_id: String::new(),
             reason: String::new(),
         };
-        let outcome = match via.1.release_action(req).await {
-            Ok(r) => {
-                let obs = ReleaseObs::from(&r);
-                self.learn_release(&obs);
-                Outcome::Release(obs)
-            }
-            Err(e) => Outcome::from_error(&e),
-        };
         let kind = OpKind::ReleaseAction {
             release: id.to_string(),
             action: action.to_string(),
             tag,
         };
-        self.history.record(kind, &via.0, started, outcome);
+        let call = via.1.release_action(req);
+        self.call(kind, &via.0, call, |r| self.saw_release(r)).await;
     }
 
     /// Submits builds until `stop`.
@@ -353,7 +344,6 @@ impl Workload {
             };
             let tag = self.tag("create");
             let via = self.entry(&mut rng);
-            let started = Instant::now();
             let req = pb::CreateReleaseRequest {
                 service: SERVICE.into(),
                 build_id: build.clone(),
@@ -362,20 +352,9 @@ impl Workload {
                 actor: tag.clone(),
                 request_id: String::new(),
             };
-            let outcome = match via.1.create_release(req).await {
-                Ok(r) => {
-                    let obs = ReleaseObs::from(&r);
-                    self.learn_release(&obs);
-                    Outcome::Release(obs)
-                }
-                Err(e) => Outcome::from_error(&e),
-            };
-            self.history.record(
-                OpKind::CreateRelease { build, tag },
-                &via.0,
-                started,
-                outcome,
-            );
+            let call = via.1.create_release(req);
+            let kind = OpKind::CreateRelease { build, tag };
+            self.call(kind, &via.0, call, |r| self.saw_release(r)).await;
         }
     }
 

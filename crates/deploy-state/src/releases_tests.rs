@@ -102,6 +102,17 @@ fn act(
     id: &str,
     action: Action,
 ) -> Result<ReleaseResponse, ReleaseError> {
+    act_as(q, b, id, action, None)
+}
+
+/// `act`, as the call with request id `rid`.
+fn act_as(
+    q: &mut Releases,
+    b: &Builds,
+    id: &str,
+    action: Action,
+    rid: Option<&str>,
+) -> Result<ReleaseResponse, ReleaseError> {
     q.apply(
         b,
         &ReleaseCommand::Act {
@@ -110,7 +121,7 @@ fn act(
             by: "bob".into(),
             reason: String::new(),
             now_ms: 30,
-            request_id: None,
+            request_id: rid.map(Into::into),
         },
     )
 }
@@ -412,26 +423,6 @@ fn create_with(
     )
 }
 
-fn act_with(
-    q: &mut Releases,
-    b: &Builds,
-    id: &str,
-    action: Action,
-    rid: &str,
-) -> Result<ReleaseResponse, ReleaseError> {
-    q.apply(
-        b,
-        &ReleaseCommand::Act {
-            id: id.into(),
-            action,
-            by: "bob".into(),
-            reason: String::new(),
-            now_ms: 30,
-            request_id: Some(rid.into()),
-        },
-    )
-}
-
 #[test]
 fn a_repeated_call_makes_one_release_and_acts_once() {
     let mut b = Builds::default();
@@ -444,9 +435,9 @@ fn a_repeated_call_makes_one_release_and_acts_once() {
     let ReleaseResponse::Created { id, .. } = first else {
         panic!("{first:?}")
     };
-    act_with(&mut q, &b, &id, Action::Pause, "req-2").unwrap();
+    act_as(&mut q, &b, &id, Action::Pause, Some("req-2")).unwrap();
     let events = q.get(&id).unwrap().history.len();
-    let repeat = act_with(&mut q, &b, &id, Action::Pause, "req-2").unwrap();
+    let repeat = act_as(&mut q, &b, &id, Action::Pause, Some("req-2")).unwrap();
     assert_eq!(
         repeat,
         ReleaseResponse::State {
@@ -464,7 +455,7 @@ fn a_repeated_call_makes_one_release_and_acts_once() {
     create_with(&mut q, &b, &ok, "req-3").unwrap();
     assert_eq!(q.by_seq.len(), 2);
     // One id cannot act on two releases, nor be malformed.
-    assert!(act_with(&mut q, &b, "r-2", Action::Pause, "req-2").is_err());
+    assert!(act_as(&mut q, &b, "r-2", Action::Pause, Some("req-2")).is_err());
     assert!(create_with(&mut q, &b, &ok, "").is_err());
     assert!(create_with(&mut q, &b, &ok, &"x".repeat(65)).is_err());
     assert!(create_with(&mut q, &b, &ok, "a b").is_err());

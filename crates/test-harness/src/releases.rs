@@ -225,6 +225,35 @@ pub async fn release(
     wait_release(client, &r.id, "to end", is_final).await
 }
 
+/// Runs operator `action` on release `id` as "tester".
+pub async fn act(client: &Client, id: &str, action: &str) -> anyhow::Result<pb::Release> {
+    Ok(client
+        .release_action(pb::ReleaseActionRequest {
+            id: id.into(),
+            action: action.into(),
+            actor: "tester".into(),
+            reason: String::new(),
+            request_id: String::new(),
+        })
+        .await?)
+}
+
+/// A process's `/metrics` at `addr` (host:port), parsed; `None` while it does not answer.
+pub async fn scrape(
+    http: &reqwest::Client,
+    addr: &str,
+) -> Option<std::collections::BTreeMap<String, f64>> {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    parse_metrics(&text).ok()
+}
+
 /// Every host at once, no canary.
 pub fn all_at_once(hosts: u32) -> pb::Strategy {
     pb::Strategy {
