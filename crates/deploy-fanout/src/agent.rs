@@ -644,48 +644,128 @@ impl Agent {
                 .map(|(s, v)| (s.clone(), v.clone()))
                 .collect();
             for (s, v) in running {
-                let (Some(pid), Some(run)) = (v.pid, v.run.as_ref()) else {
-                    continue;
-                };
-                if matches!(v.state.as_str(), "DOWNLOADING" | "INSTALLING" | "FAILED") {
-                    continue;
-                }
-                let ended = service::reap(pid)
-                    .or_else(|| (!service::alive(pid)).then(|| "is gone".to_string()));
-                if let Some(how) = ended {
-                    self.set(&s, |x| {
-                        if x.pid == Some(pid) {
-                            x.state = "FAILED".into();
-                            x.detail = format!("the service process {how}");
-                            x.pid = None;
-                        }
-                    });
-                    continue;
-                }
-                let verdict = service::check(run, &v.dir, &self.http).await;
-                self.set(&s, |x| {
-                    if x.pid != Some(pid) {
-                        return;
-                    }
-                    match &verdict {
-                        Ok(()) => {
-                            x.state = "HEALTHY".into();
-                            x.detail.clear();
-                        }
-                        Err(why) => {
-                            let young = x.started.is_some_and(|t| t.elapsed() < START_GRACE);
-                            if !(x.state == "STARTING" && young) {
-                                x.state = "UNHEALTHY".into();
-                            }
-                            x.detail = why.clone();
-                        }
-                    }
-                });
+                self.check_service(&s, v).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(HEALTH_EVERY) => {}
                 _ = stop.cancelled() => return,
             }
         }
+    }
+
+    /// Checks the process and health of `service` as `v` (a snapshot) saw it.
+    async fn check_service(&self, s: &str, v: Svc) {
+        let (Some(pid), Some(run)) = (v.pid, v.run.as_ref()) else {
+            return;
+        };
+        if matches!(v.state.as_str(), "DOWNLOADING" | "INSTALLING" | "FAILED") {
+            return;
+        }
+        // The verdict is on this snapshot's process; by the time it is in, an install may
+        // have begun (and be stopping that very process to start the next one), which owns
+        // the state until it starts its process: judge nothing then.
+        let still = |x: &Svc| {
+            x.pid == Some(pid)
+                && !matches!(x.state.as_str(), "DOWNLOADING" | "INSTALLING" | "FAILED")
+        };
+        let ended =
+            service::reap(pid).or_else(|| (!service::alive(pid)).then(|| "is gone".to_string()));
+        if let Some(how) = ended {
+            self.set(s, |x| {
+                if still(x) {
+                    x.state = "FAILED".into();
+                    x.detail = format!("the service process {how}");
+                    x.pid = None;
+                }
+            });
+            return;
+        }
+        let verdict = service::check(run, &v.dir, &self.http).await;
+        self.set(s, |x| {
+            if !still(x) {
+                return;
+            }
+            match &verdict {
+                Ok(()) => {
+                    x.state = "HEALTHY".into();
+                    x.detail.clear();
+                }
+                Err(why) => {
+                    let young = x.started.is_some_and(|t| t.elapsed() < START_GRACE);
+                    if !(x.state == "STARTING" && young) {
+                        x.state = "UNHEALTHY".into();
+                    }
+                    x.detail = why.clone();
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(root: &Path) -> Arc<Agent> {
+        Agent::new(AgentOptions {
+            id: "h1".into(),
+            region: "east".into(),
+            rack: "rack-1".into(),
+            root: root.to_path_buf(),
+            relays: Vec::new(),
+            rack_relays: 0,
+            stores: Vec::new(),
+            trusted: TrustedKeys::parse::<&str>(&[]).expect("no keys"),
+            sim: false,
+            down_limit: None,
+            max_chunk_bytes: 1 << 20,
+            failpoint: None,
+        })
+    }
+
+    /// A process that has exited, so its pid no longer names a live process.
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = c.id();
+        c.wait().expect("wait");
+        pid
+    }
+
+    #[tokio::test]
+    async fn a_check_on_a_process_an_install_is_replacing_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = agent(dir.path());
+        let pid = dead_pid();
+        let run = parse_run_toml("[run]\ncommand = \"true\"\n").expect("run section");
+        let snapshot = Svc {
+            build_id: "b-1".into(),
+            state: "HEALTHY".into(),
+            pid: Some(pid),
+            run: Some(run),
+            dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        // The install of b-2 began after the snapshot: it stops b-1's process itself.
+        a.set("web", |x| {
+            *x = Svc {
+                build_id: "b-2".into(),
+                state: "INSTALLING".into(),
+                ..snapshot.clone()
+            }
+        });
+        a.check_service("web", snapshot.clone()).await;
+        let now = lock(&a.services)["web"].clone();
+        assert_eq!(
+            now.state, "INSTALLING",
+            "b-2 was not failed for b-1's process"
+        );
+        // With no install in the way, a gone process is a failure.
+        a.set("web", |x| *x = snapshot.clone());
+        a.check_service("web", snapshot).await;
+        let now = lock(&a.services)["web"].clone();
+        assert_eq!(now.state, "FAILED");
+        assert!(now.detail.contains("gone"), "{}", now.detail);
     }
 }
