@@ -272,6 +272,8 @@ impl Layout {
             "\n[signing]\nkey_file = \"{}\"\ntrusted_keys = [\"{public_key}\"]\n",
             key_file.display()
         ));
+        // The proxies pass TLS through as well, but the harness reads every node directly.
+        s.push_str("\n[security]\ninsecure = true\n");
         s
     }
 

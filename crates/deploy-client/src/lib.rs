@@ -24,7 +24,14 @@ use deploy_proto::v1::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+pub use tonic::transport::ClientTlsConfig;
 pub use tonic::Code;
+
+/// TLS settings that trust only the CA in `ca_pem` and present no certificate: a user's
+/// client, whose token says who it is.
+pub fn trusting(ca_pem: &[u8]) -> ClientTlsConfig {
+    ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+}
 
 /// The nodes `deployd dev` serves (cluster-config/local.toml), used when no endpoint is
 /// given: the global nodes first, then each region's, so a region still answers while the
@@ -80,17 +87,36 @@ impl ClientError {
     }
 }
 
+/// Adds the caller's bearer token to every request.
+#[derive(Clone, Default)]
+pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The channel every call goes through: the connection, with the token added.
+pub type Chan = tonic::service::interceptor::InterceptedService<Channel, Auth>;
+
 /// A connection to a deploy cluster through any of its nodes.
 pub struct Client {
     endpoints: Vec<Endpoint>,
     connected: Mutex<Option<(usize, Channel)>>,
     timeout: Duration,
+    auth: Auth,
 }
 
-fn normalize(endpoint: &str) -> String {
+fn normalize(endpoint: &str, tls: bool) -> String {
     let e = endpoint.trim();
     if e.contains("://") {
         e.to_string()
+    } else if tls {
+        format!("https://{e}")
     } else {
         format!("http://{e}")
     }
@@ -99,20 +125,42 @@ fn normalize(endpoint: &str) -> String {
 impl Client {
     /// A client over `endpoints` (`http://host:port` or `host:port`), tried in order.
     pub fn new<S: AsRef<str>>(endpoints: impl IntoIterator<Item = S>) -> Result<Self, ClientError> {
+        Self::build(endpoints, None)
+    }
+
+    /// A client over TLS (`host:port` means `https://host:port`): `tls` names the CA to trust
+    /// and, for a process of the cluster, the certificate to present.
+    pub fn secure<S: AsRef<str>>(
+        endpoints: impl IntoIterator<Item = S>,
+        tls: tonic::transport::ClientTlsConfig,
+    ) -> Result<Self, ClientError> {
+        Self::build(endpoints, Some(tls))
+    }
+
+    fn build<S: AsRef<str>>(
+        endpoints: impl IntoIterator<Item = S>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, ClientError> {
         let mut out = Vec::new();
         for e in endpoints {
             let raw = e.as_ref();
             if raw.trim().is_empty() {
                 continue;
             }
-            let url = normalize(raw);
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|err| ClientError::BadEndpoint {
-                    endpoint: raw.to_string(),
-                    reason: err.to_string(),
-                })?
+            let url = normalize(raw, tls.is_some());
+            let bad = |reason: String| ClientError::BadEndpoint {
+                endpoint: raw.to_string(),
+                reason,
+            };
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|err| bad(err.to_string()))?
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true);
+            if let Some(t) = &tls {
+                endpoint = endpoint
+                    .tls_config(t.clone())
+                    .map_err(|err| bad(err.to_string()))?;
+            }
             out.push(endpoint);
         }
         if out.is_empty() {
@@ -125,7 +173,25 @@ impl Client {
             endpoints: out,
             connected: Mutex::new(None),
             timeout: Duration::from_secs(15),
+            auth: Auth::default(),
         })
+    }
+
+    /// Sends `token` as the bearer token of every call.
+    pub fn with_token(mut self, token: &str) -> Result<Self, ClientError> {
+        let value =
+            format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| ClientError::BadEndpoint {
+                    endpoint: String::new(),
+                    reason: "the token holds characters a header cannot carry".into(),
+                })?;
+        self.auth = Auth(Some(value));
+        Ok(self)
+    }
+
+    fn chan(&self, ch: Channel) -> Chan {
+        tonic::service::interceptor::InterceptedService::new(ch, self.auth.clone())
     }
 
     /// A client from a comma-separated endpoint list, as `--endpoint` and `DEPLOY_ENDPOINT` give it.
@@ -187,7 +253,7 @@ impl Client {
     /// Runs one cluster-service call.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: Fn(ClusterServiceClient<Channel>) -> Fut,
+        F: Fn(ClusterServiceClient<Chan>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_on(|ch| f(ClusterServiceClient::new(ch))).await
@@ -198,14 +264,14 @@ impl Client {
     /// leadership moving): the server says so only when the request was not applied.
     pub(crate) async fn call_on<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Chan) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let (mut index, mut channel) = self.channel(None).await?;
         let mut tries = 0;
         let mut unavailable = 0;
         loop {
-            let result = tokio::time::timeout(self.timeout, f(channel.clone())).await;
+            let result = tokio::time::timeout(self.timeout, f(self.chan(channel.clone()))).await;
             let endpoint = self.endpoints[index].uri().to_string();
             match result {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
@@ -249,7 +315,7 @@ impl Client {
     /// writes are never repeated this way.
     pub(crate) async fn read_on<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Chan) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = std::time::Instant::now();
@@ -406,7 +472,7 @@ impl Client {
             id: id.into(),
             follow,
         };
-        BuildServiceClient::new(channel)
+        BuildServiceClient::new(self.chan(channel))
             .build_logs(req)
             .await
             .map(tonic::Response::into_inner)

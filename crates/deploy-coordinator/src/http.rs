@@ -20,12 +20,19 @@ use crate::node::Node;
 
 /// The HTTP routes of a node.
 pub fn router(node: Arc<Node>) -> Router {
+    // Artifacts go to the cluster's own processes only (on a secure cluster).
+    let artifacts = Router::new()
+        .route("/v1/manifests/{digest}", get(manifest))
+        .route("/v1/chunks/{digest}", get(chunk))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            crate::peers::require_member_http,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/manifests/{digest}", get(manifest))
-        .route("/v1/chunks/{digest}", get(chunk))
+        .merge(artifacts)
         .with_state(node)
 }
 

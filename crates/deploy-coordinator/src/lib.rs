@@ -23,6 +23,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod paging;
+pub mod peers;
 pub mod raft_service;
 pub mod region_api;
 pub mod release_api;

@@ -53,6 +53,8 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     /// Relative store paths of the config are resolved against it.
     pub store_base: PathBuf,
+    /// How it serves and reaches its peers: plain TCP, or mutual TLS with its certificate.
+    pub transport: deploy_tls::Transport,
 }
 
 /// The groups hosted by one coordinator node.
@@ -72,6 +74,10 @@ pub struct Node {
     pub chunk_reads: std::sync::atomic::AtomicU64,
     /// Event counts for `/metrics`.
     pub metrics: crate::metrics::NodeMetrics,
+    /// Plain TCP, or mutual TLS (then internal calls need a cluster certificate).
+    pub transport: deploy_tls::Transport,
+    /// Connections its TLS listener refused.
+    pub refused: Arc<deploy_tls::listener::Refused>,
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
@@ -122,6 +128,8 @@ impl Node {
             reports: Default::default(),
             chunk_reads: Default::default(),
             metrics: Default::default(),
+            transport: options.transport.clone(),
+            refused: Default::default(),
             stopping: tokio::sync::watch::channel(false).0,
         }))
     }

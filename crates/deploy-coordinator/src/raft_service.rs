@@ -47,6 +47,7 @@ impl RaftService for RaftServer {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        crate::peers::require(&self.node, &request, &[crate::peers::PeerKind::Node])?;
         let req = request.into_inner();
         let group = self.group(&req.group)?;
         let rpc = decode("append entries request", &req.payload)?;
@@ -54,6 +55,7 @@ impl RaftService for RaftServer {
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        crate::peers::require(&self.node, &request, &[crate::peers::PeerKind::Node])?;
         let req = request.into_inner();
         let group = self.group(&req.group)?;
         let rpc = decode("vote request", &req.payload)?;
@@ -64,6 +66,7 @@ impl RaftService for RaftServer {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        crate::peers::require(&self.node, &request, &[crate::peers::PeerKind::Node])?;
         let req = request.into_inner();
         let group = self.group(&req.group)?;
         let rpc = decode("install snapshot request", &req.payload)?;
@@ -74,6 +77,7 @@ impl RaftService for RaftServer {
         &self,
         request: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusReply>, Status> {
+        crate::peers::require(&self.node, &request, &[crate::peers::PeerKind::Node])?;
         let group = self.group(&request.get_ref().group)?;
         Ok(Response::new(group.status()))
     }

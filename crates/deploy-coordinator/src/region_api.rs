@@ -370,7 +370,17 @@ impl RegionService for RegionApi {
         request: Request<pb::ReportRackRequest>,
     ) -> Result<Response<pb::ReportRackReply>, Status> {
         let hops = hops(&request);
+        let peer = crate::peers::require(
+            &self.routing.node,
+            &request,
+            &[
+                crate::peers::PeerKind::Relay,
+                crate::peers::PeerKind::Agent,
+                crate::peers::PeerKind::Node,
+            ],
+        )?;
         let req = request.into_inner();
+        crate::peers::reports_for(&self.routing.node, &peer, &req)?;
         let group = region_group(&self.routing, &req.region)?;
         deploy_types::check_name("rack", &req.rack).map_err(invalid)?;
         if req.hosts.len() > MAX_HOSTS_PER_REPORT {
@@ -461,6 +471,15 @@ impl RegionService for RegionApi {
         request: Request<pb::WatchRackRequest>,
     ) -> Result<Response<GoalStream>, Status> {
         let hops = hops(&request);
+        crate::peers::require(
+            &self.routing.node,
+            &request,
+            &[
+                crate::peers::PeerKind::Relay,
+                crate::peers::PeerKind::Agent,
+                crate::peers::PeerKind::Node,
+            ],
+        )?;
         let req = request.into_inner();
         let group = region_group(&self.routing, &req.region)?;
         deploy_types::check_name("rack", &req.rack).map_err(invalid)?;
@@ -515,6 +534,11 @@ impl RegionService for RegionApi {
         request: Request<pb::PullDecisionsRequest>,
     ) -> Result<Response<pb::PullDecisionsReply>, Status> {
         let hops = hops(&request);
+        crate::peers::require(
+            &self.routing.node,
+            &request,
+            &[crate::peers::PeerKind::Node],
+        )?;
         let req = request.into_inner();
         region_group(&self.routing, &req.region)?;
         let h = match self.routing.route(&GroupName::Global, hops).await? {
@@ -547,6 +571,11 @@ impl RegionService for RegionApi {
         request: Request<pb::ReportRegionRequest>,
     ) -> Result<Response<pb::ReportRegionReply>, Status> {
         let hops = hops(&request);
+        crate::peers::require(
+            &self.routing.node,
+            &request,
+            &[crate::peers::PeerKind::Node],
+        )?;
         let req = request.into_inner();
         region_group(&self.routing, &req.region)?;
         let state = ReleaseState::parse(&req.state).ok_or_else(|| {

@@ -29,6 +29,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] deploy_tls::TlsError),
 }
 
 /// Serves the Raft service, the cluster API, gRPC health and reflection on `listener` until
@@ -76,6 +78,11 @@ pub async fn serve(
     health
         .set_serving::<RegionServiceServer<crate::region_api::RegionApi>>()
         .await;
+    let tls = match &node.transport {
+        deploy_tls::Transport::Plain => None,
+        deploy_tls::Transport::Tls(m) => Some((m.server_config(false)?, node.refused.clone())),
+    };
+    let me = node.me.to_string();
     let api = ClusterServiceServer::new(ClusterApi::new(node))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
@@ -96,11 +103,25 @@ pub async fn serve(
             http_node,
             crate::metrics::track,
         ));
-    Server::builder()
+    let router = Server::builder()
         .accept_http1(true)
-        .add_routes(tonic::service::Routes::from(routes))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_routes(tonic::service::Routes::from(routes));
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?
+        }
+        Some((config, refused)) => {
+            // Client certificates are optional here (API clients carry tokens); internal
+            // calls check theirs (see `peers`).
+            let incoming =
+                deploy_tls::listener::accept(listener, config, format!("node {me}"), refused);
+            router
+                .serve_with_incoming_shutdown(deploy_tls::listener::Incoming(incoming), shutdown)
+                .await?
+        }
+    }
     Ok(())
 }
 

@@ -64,7 +64,13 @@ impl WorkerService for WorkerApi {
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerReply>, Status> {
         let hops = hops(&request);
+        let peer = crate::peers::require(
+            &self.routing.node,
+            &request,
+            &[crate::peers::PeerKind::Worker, crate::peers::PeerKind::Node],
+        )?;
         let req = request.into_inner();
+        crate::peers::acting_as(&self.routing.node, &peer, &req.worker)?;
         self.check_worker(&req.worker)?;
         let configured = self
             .routing
@@ -111,7 +117,13 @@ impl WorkerService for WorkerApi {
         request: Request<AcquireBuildRequest>,
     ) -> Result<Response<AcquireBuildReply>, Status> {
         let hops = hops(&request);
+        let peer = crate::peers::require(
+            &self.routing.node,
+            &request,
+            &[crate::peers::PeerKind::Worker, crate::peers::PeerKind::Node],
+        )?;
         let req = request.into_inner();
+        crate::peers::acting_as(&self.routing.node, &peer, &req.worker)?;
         self.check_worker(&req.worker)?;
         let h = match self.routing.route(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
@@ -168,7 +180,13 @@ impl WorkerService for WorkerApi {
         request: Request<RenewLeaseRequest>,
     ) -> Result<Response<RenewLeaseReply>, Status> {
         let hops = hops(&request);
+        let peer = crate::peers::require(
+            &self.routing.node,
+            &request,
+            &[crate::peers::PeerKind::Worker, crate::peers::PeerKind::Node],
+        )?;
         let req = request.into_inner();
+        crate::peers::acting_as(&self.routing.node, &peer, &req.worker)?;
         let h = match self.routing.route(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self
@@ -241,7 +259,13 @@ impl WorkerService for WorkerApi {
         request: Request<CompleteBuildRequest>,
     ) -> Result<Response<CompleteBuildReply>, Status> {
         let hops = hops(&request);
+        let peer = crate::peers::require(
+            &self.routing.node,
+            &request,
+            &[crate::peers::PeerKind::Worker, crate::peers::PeerKind::Node],
+        )?;
         let req = request.into_inner();
+        crate::peers::acting_as(&self.routing.node, &peer, &req.worker)?;
         let h = match self.routing.route(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self

@@ -63,6 +63,8 @@ pub struct AgentOptions {
     pub max_chunk_bytes: usize,
     /// Test hook: pause (so a test can kill the agent) at `unpack`, `switch` or `health`.
     pub failpoint: Option<String>,
+    /// Plain TCP, or mutual TLS with the host's certificate.
+    pub transport: deploy_tls::Transport,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -98,12 +100,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Agent {
     pub fn new(opts: AgentOptions) -> Arc<Self> {
-        let direct = deploy_client::Client::new(&opts.stores)
-            .ok()
-            .map(|c| c.with_timeout(Duration::from_secs(5)));
+        let direct = match &opts.transport {
+            deploy_tls::Transport::Plain => deploy_client::Client::new(&opts.stores),
+            deploy_tls::Transport::Tls(m) => {
+                deploy_client::Client::secure(&opts.stores, m.tonic_client())
+            }
+        }
+        .ok()
+        .map(|c| c.with_timeout(Duration::from_secs(5)));
         Arc::new(Self {
             direct,
-            http: fetch::client(),
+            http: fetch::client(&opts.transport),
             down: Bucket::new(opts.down_limit),
             services: Mutex::default(),
             changed: Notify::new(),
@@ -720,6 +727,7 @@ mod tests {
             down_limit: None,
             max_chunk_bytes: 1 << 20,
             failpoint: None,
+            transport: deploy_tls::Transport::Plain,
         })
     }
 

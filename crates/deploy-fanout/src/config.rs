@@ -27,6 +27,7 @@ pub fn relay_options(
     id: &str,
     dir: PathBuf,
     limits: &Limits,
+    transport: &deploy_tls::Transport,
 ) -> anyhow::Result<(RelayOptions, String)> {
     let (rack, relay) = config
         .relay(id)
@@ -35,14 +36,14 @@ pub fn relay_options(
         .parent
         .as_ref()
         .and_then(|p| config.relay(p))
-        .map(|(_, r)| r.addr.clone());
+        .map(|(_, r)| transport.url(&r.addr));
     Ok((
         RelayOptions {
             id: id.to_string(),
             region: rack.region.clone(),
             rack: rack.name.clone(),
             hosts: rack.hosts.clone(),
-            coordinators: config.region_addrs(&rack.region),
+            coordinators: urls(transport, config.region_addrs(&rack.region)),
             parent,
             cache_dir: dir.join("cache"),
             cache_max_bytes: limits.cache_bytes.unwrap_or(2 << 30),
@@ -50,6 +51,7 @@ pub fn relay_options(
             down_limit: limits.down,
             trusted: trusted(config)?,
             max_chunk_bytes: config.builds.chunk_bytes as usize,
+            transport: transport.clone(),
         },
         relay.listen_addr().to_string(),
     ))
@@ -62,6 +64,7 @@ pub fn agent_options(
     root: PathBuf,
     sim: bool,
     limits: &Limits,
+    transport: &deploy_tls::Transport,
 ) -> anyhow::Result<AgentOptions> {
     let place = config
         .host(id)
@@ -81,13 +84,19 @@ pub fn agent_options(
         region: place.region.to_string(),
         rack: place.rack.name.clone(),
         root,
-        relays,
+        relays: urls(transport, relays),
         rack_relays,
-        stores: config.region_addrs(place.region),
+        stores: urls(transport, config.region_addrs(place.region)),
         trusted: trusted(config)?,
         sim,
         down_limit: limits.down,
         max_chunk_bytes: config.builds.chunk_bytes as usize,
         failpoint: std::env::var("DEPLOY_AGENT_FAILPOINT").ok(),
+        transport: transport.clone(),
     })
+}
+
+/// `addrs` as URLs of `transport`'s scheme.
+fn urls(transport: &deploy_tls::Transport, addrs: Vec<String>) -> Vec<String> {
+    addrs.iter().map(|a| transport.url(a)).collect()
 }

@@ -21,14 +21,23 @@ pub enum FetchError {
     Exhausted { what: String, tried: String },
 }
 
-/// An HTTP client with bounded connect and idle times.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// An HTTP client with bounded connect and idle times, over TLS with this process's
+/// certificate when `transport` is. If its TLS settings cannot be made, the client has none,
+/// so every TLS connection fails: it never falls back to trusting anyone.
+pub fn client(transport: &deploy_tls::Transport) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .read_timeout(Duration::from_secs(15))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_default()
+        .pool_idle_timeout(Duration::from_secs(30));
+    match transport.http_client_config() {
+        Ok(Some(config)) => b = b.tls_backend_preconfigured(config),
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %e, "cannot set up TLS for HTTP; no TLS connection will be made");
+            b = b.tls_certs_only(Vec::new());
+        }
+    }
+    b.build().unwrap_or_default()
 }
 
 /// `http://addr` for a `host:port`, unchanged if it already has a scheme.

@@ -53,6 +53,8 @@ pub struct RelayOptions {
     pub down_limit: Option<u64>,
     pub trusted: TrustedKeys,
     pub max_chunk_bytes: usize,
+    /// Plain TCP, or mutual TLS: then only the cluster's processes may connect.
+    pub transport: deploy_tls::Transport,
 }
 
 /// What a host is told to run.
@@ -186,10 +188,14 @@ impl Relay {
                 source,
             }
         })?;
-        let client = Client::new(&opts.coordinators)?.with_timeout(Duration::from_secs(5));
+        let client = match &opts.transport {
+            deploy_tls::Transport::Plain => Client::new(&opts.coordinators)?,
+            deploy_tls::Transport::Tls(m) => Client::secure(&opts.coordinators, m.tonic_client())?,
+        }
+        .with_timeout(Duration::from_secs(5));
         Ok(Self {
             inner: Arc::new(Inner {
-                http: fetch::client(),
+                http: fetch::client(&opts.transport),
                 client,
                 cache,
                 up: Bucket::new(opts.up_limit),
@@ -231,9 +237,36 @@ impl Relay {
         tokio::spawn(watch_goals(self.inner.clone(), stop.clone()));
         tokio::spawn(send_reports(self.inner.clone(), stop.clone()));
         let app = self.router();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let served = match &self.inner.opts.transport {
+            deploy_tls::Transport::Plain => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }
+            deploy_tls::Transport::Tls(m) => {
+                // Only the cluster's processes talk to a relay: its hosts and child relays.
+                let tls = m.server_config(true).and_then(|config| {
+                    deploy_tls::listener::AxumListener::new(
+                        listener,
+                        config,
+                        format!("relay {}", self.inner.opts.id),
+                        Default::default(),
+                    )
+                    .map_err(|e| deploy_tls::TlsError::Invalid(e.to_string()))
+                });
+                match tls {
+                    Ok(l) => {
+                        axum::serve(l, app)
+                            .with_graceful_shutdown(async move { stop.cancelled().await })
+                            .await
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "relay cannot serve TLS");
+                        return;
+                    }
+                }
+            }
+        };
         if let Err(e) = served {
             warn!(error = %e, "relay server ended");
         }

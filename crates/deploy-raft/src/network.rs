@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use deploy_proto::v1::raft_service_client::RaftServiceClient;
 use deploy_proto::v1::RaftRequest;
@@ -22,7 +21,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::codec::{self, MAX_RECORD_BYTES};
 use crate::types::{DeployNode, NodeId, TypeConfig};
@@ -33,22 +32,18 @@ pub type ChannelFactory =
 
 /// Plain TCP channels with bounded connect and request times.
 pub fn tcp_channel_factory() -> ChannelFactory {
-    tcp_channel_factory_from(None)
+    channel_factory(deploy_tls::Transport::Plain, None)
 }
 
-/// As [`tcp_channel_factory`], with every connection leaving from `source` when given (the
-/// node's `source_ip`: one interface for cluster traffic, and what lets a fault-injecting
-/// proxy tell which node is calling).
-pub fn tcp_channel_factory_from(source: Option<std::net::IpAddr>) -> ChannelFactory {
-    Arc::new(move |addr: &str| {
-        Ok(Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .local_address(source)
-            .connect_lazy())
-    })
+/// Channels over `transport` (plain TCP, or mutual TLS with this process's certificate),
+/// every connection leaving from `source` when given (the node's `source_ip`: one
+/// interface for cluster traffic, and what lets a fault-injecting proxy tell which node is
+/// calling).
+pub fn channel_factory(
+    transport: deploy_tls::Transport,
+    source: Option<std::net::IpAddr>,
+) -> ChannelFactory {
+    Arc::new(move |addr: &str| transport.channel(addr, source))
 }
 
 /// Channels by peer address, shared by all groups of a process.
@@ -70,9 +65,12 @@ impl ChannelPool {
         Self::new(tcp_channel_factory())
     }
 
-    /// TCP channels leaving from `source` (see [`tcp_channel_factory_from`]).
-    pub fn tcp_from(source: Option<std::net::IpAddr>) -> Self {
-        Self::new(tcp_channel_factory_from(source))
+    /// Channels over `transport`, leaving from `source` (see [`channel_factory`]).
+    pub fn with_transport(
+        transport: deploy_tls::Transport,
+        source: Option<std::net::IpAddr>,
+    ) -> Self {
+        Self::new(channel_factory(transport, source))
     }
 
     /// The channel to `addr`, made on first use.

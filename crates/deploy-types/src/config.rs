@@ -215,6 +215,8 @@ struct RawConfig {
     signing: SigningConfig,
     #[serde(default)]
     racks: Vec<crate::fleet::RackConfig>,
+    #[serde(default)]
+    security: crate::security::SecurityConfig,
 }
 
 /// A parsed and validated cluster config.
@@ -228,6 +230,10 @@ pub struct ClusterConfig {
     pub workers: Vec<WorkerConfig>,
     pub builds: BuildSettings,
     pub signing: SigningConfig,
+    /// Transport security and API tokens (see `security`).
+    pub security: crate::security::SecurityConfig,
+    /// The config file's directory (relative paths of `[security]` are against it).
+    pub base: Option<std::path::PathBuf>,
     /// Racks with their relays and hosts (see `fleet`).
     pub(crate) racks: Vec<crate::fleet::RackConfig>,
     /// Non-fatal findings (an even voter count), for the caller to log.
@@ -254,7 +260,12 @@ impl ClusterConfig {
             return Err(ConfigError::TooLarge { path: shown, size });
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
-        Self::parse(&text, &shown)
+        let mut config = Self::parse(&text, &shown)?;
+        config.base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(std::path::Path::to_path_buf));
+        Ok(config)
     }
 
     /// Parses and validates config text; `origin` names it in errors.
@@ -388,6 +399,7 @@ impl ClusterConfig {
             }
         }
 
+        raw.security.check(&mut problems, &mut warnings);
         let region_names: Vec<&str> = raw.regions.iter().map(|r| r.name.as_str()).collect();
         crate::fleet::check_racks(&raw.racks, &region_names, &addrs, &mut problems);
 
@@ -406,9 +418,17 @@ impl ClusterConfig {
             workers: raw.workers,
             builds: raw.builds,
             signing: raw.signing,
+            security: raw.security,
+            base: None,
             racks: raw.racks,
             warnings,
         })
+    }
+
+    /// Process `id`'s TLS files, `None` on an insecure cluster; an error says what the
+    /// config lacks.
+    pub fn tls_paths(&self, id: &str) -> Result<Option<crate::security::TlsPaths>, String> {
+        self.security.tls_paths(id, self.base.as_deref())
     }
 
     pub fn nodes(&self) -> &[NodeConfig] {

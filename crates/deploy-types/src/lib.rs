@@ -8,6 +8,7 @@
 pub mod config;
 pub mod fleet;
 pub mod ids;
+pub mod security;
 pub mod validate;
 
 pub use config::{

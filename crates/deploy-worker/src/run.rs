@@ -30,6 +30,8 @@ pub struct WorkerOptions {
     /// Mirrors and scratch directories live here.
     pub work_dir: PathBuf,
     pub settings: BuildSettings,
+    /// Plain TCP, or mutual TLS with the worker's certificate.
+    pub transport: deploy_tls::Transport,
 }
 
 pub struct Worker {
@@ -86,11 +88,14 @@ impl Worker {
             .endpoints
             .iter()
             .map(|a| {
-                Endpoint::from_shared(format!("http://{a}")).map(|e| {
-                    e.connect_timeout(Duration::from_secs(1))
-                        .timeout(Duration::from_secs(40))
-                        .tcp_nodelay(true)
-                })
+                let e = Endpoint::from_shared(opts.transport.url(a))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(40))
+                    .tcp_nodelay(true);
+                match &opts.transport {
+                    deploy_tls::Transport::Plain => Ok(e),
+                    deploy_tls::Transport::Tls(m) => e.tls_config(m.tonic_client()),
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Requests spread over every node; a dead one drops out of the balance.

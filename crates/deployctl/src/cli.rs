@@ -28,6 +28,15 @@ pub struct Global {
     /// Read from whichever replica answers, without confirming it is up to date.
     #[arg(long, global = true)]
     pub stale: bool,
+    /// The cluster CA's certificate (PEM): talk TLS, trusting only it.
+    #[arg(long, global = true, env = "DEPLOY_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// API token (prefer DEPLOY_TOKEN_FILE: a command line is visible to others).
+    #[arg(long, global = true, env = "DEPLOY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the API token.
+    #[arg(long, global = true, env = "DEPLOY_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -325,7 +334,41 @@ impl Global {
     }
 
     pub fn client(&self) -> Result<Client, Failure> {
-        Ok(Client::from_list(&self.endpoint)?)
+        let usage = |message: String| Failure {
+            message,
+            code: exit::USAGE,
+        };
+        let endpoints: Vec<&str> = self.endpoint.split(',').collect();
+        let client = match &self.ca {
+            None => Client::new(endpoints)?,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| usage(format!("cannot read --ca {}: {e}", path.display())))?;
+                Client::secure(endpoints, deploy_client::trusting(&pem))?
+            }
+        };
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => {
+                let meta = std::fs::metadata(path).map_err(|e| {
+                    usage(format!("cannot read --token-file {}: {e}", path.display()))
+                })?;
+                if meta.len() > 4096 {
+                    return Err(usage(format!(
+                        "--token-file {}: not a token",
+                        path.display()
+                    )));
+                }
+                Some(std::fs::read_to_string(path).map_err(|e| {
+                    usage(format!("cannot read --token-file {}: {e}", path.display()))
+                })?)
+            }
+            (None, None) => None,
+        };
+        Ok(match token {
+            Some(t) => client.with_token(&t)?,
+            None => client,
+        })
     }
 }
 

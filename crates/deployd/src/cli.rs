@@ -96,6 +96,9 @@ pub enum Command {
     /// Signing keys for artifacts.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The cluster CA, process certificates and the first admin token (mutual TLS).
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Run every node and worker of a cluster config in this one process, on loopback.
     Dev {
         /// Cluster config file (default: the embedded cluster-config/local.toml).
@@ -172,6 +175,33 @@ pub fn parse_shape(s: &str) -> Result<(u32, u32), String> {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make the cluster CA (DIR/ca.pem, DIR/ca.key) and an admin token (DIR/admin.token);
+    /// prints the [security] section for the cluster config.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The cluster's name, for the CA's.
+        #[arg(long, default_value = "deploy")]
+        name: String,
+    },
+    /// Issue process ID (a node, worker, relay or host of the config) its certificate,
+    /// DIR/ID.pem and DIR/ID.key, signed by the CA in DIR.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: String,
+        /// The cluster config: the certificate is good for the addresses it gives ID.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// More host names or IP addresses it is reached at (repeatable).
+        #[arg(long)]
+        host: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Make an ed25519 key pair: the private key (mode 0600) at OUT, the public key at OUT.pub.
     Generate {
@@ -224,6 +254,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             crate::fleet::run_agent(config, &id, root, sim, limits, http.as_deref()).await
         }
+        Command::Certs(c) => crate::devcerts::command(c),
         Command::Keys(KeysCommand::Generate { out }) => {
             let key = deploy_artifact::KeyPair::generate()?;
             key.save(&out).map_err(|e| {

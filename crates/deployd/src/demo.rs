@@ -268,10 +268,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let result = demo(&opts, &dev.endpoints, &dev.config).await;
+    let result = match dev.client() {
+        Ok(client) => demo(&opts, client, &dev.config).await,
+        Err(e) => Err(e),
+    };
     match &result {
         Ok(()) if opts.keep_running => {
-            println!("\nthe cluster keeps running; in another terminal try:");
+            dev.env(data);
+            println!(
+                "\nthe cluster keeps running; in another terminal, `source {}/env`, then try:",
+                data.display()
+            );
             for cmd in [
                 "cluster status",
                 "release list",
@@ -296,10 +303,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
 async fn demo(
     opts: &DemoOptions,
-    endpoints: &[String],
+    client: Client,
     config: &deploy_types::ClusterConfig,
 ) -> anyhow::Result<()> {
-    let client = Client::new(endpoints)?;
     let regions: Vec<String> = config.regions().map(str::to_string).collect();
     let hosts_total: usize = config.racks().iter().map(|r| r.hosts.len()).sum();
     ensure!(

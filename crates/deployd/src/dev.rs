@@ -26,6 +26,8 @@ pub struct DevCluster {
     pub config: Arc<deploy_types::ClusterConfig>,
     /// Every coordinator node's address, global ones first.
     pub endpoints: Vec<String>,
+    /// What dev made for a secure cluster (its CA, the admin token).
+    pub made: Option<crate::devcerts::Made>,
     written: std::path::PathBuf,
     nodes: Vec<RunningNode>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -62,9 +64,14 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
         }
     }
     let made_key = ensure_signing_key(&mut config, data_dir)?;
-    let written = write_effective_config(opts.config_path.as_deref(), data_dir, made_key.as_ref())?;
+    let made_certs = crate::devcerts::ensure(&mut config, data_dir)?;
+    let written = write_effective_config(
+        opts.config_path.as_deref(),
+        data_dir,
+        made_key.as_ref(),
+        made_certs.as_ref(),
+    )?;
     let config = Arc::new(config);
-    let pool = ChannelPool::tcp();
     // Bind every listener before starting any node, so a busy port fails fast and cleanly.
     let mut listeners = Vec::new();
     for n in config
@@ -83,11 +90,15 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     }
     let mut nodes: Vec<RunningNode> = Vec::new();
     for (id, listener) in listeners {
+        let transport = deploy_tls::Transport::of(&config, id.as_str())
+            .with_context(|| format!("node {id} cannot set up TLS"))?;
         let options = NodeOptions {
             data_dir: data_dir.join(id.as_str()),
             store_base: data_dir.to_path_buf(),
+            transport: transport.clone(),
         };
-        let running = launch(config.clone(), id.clone(), &options, listener, pool.clone())
+        let pool = ChannelPool::with_transport(transport, None);
+        let running = launch(config.clone(), id.clone(), &options, listener, pool)
             .await
             .with_context(|| format!("cannot start node {id}"))?;
         nodes.push(running);
@@ -123,12 +134,15 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     for rack in config.racks() {
         for host in rack.hosts.iter().filter(|h| !exclude.contains(h)) {
             let root = std::path::absolute(data_dir.join("hosts").join(host))?;
+            let transport = deploy_tls::Transport::of(&config, host)
+                .with_context(|| format!("host {host} cannot set up TLS"))?;
             let opts = deploy_fanout::config::agent_options(
                 &config,
                 host,
                 root,
                 fleet.sim_agents,
                 &crate::fleet::Limits::default(),
+                &transport,
             )?;
             let agent = deploy_fanout::agent::Agent::new(opts);
             tasks.push(tokio::spawn(agent.clone().run(stop.clone())));
@@ -138,7 +152,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     // Simulated hosts report to their region's own nodes, like rack relays would.
     if let Some((racks, per)) = opts.simulate_hosts {
         for region in config.regions() {
-            let client = deploy_client::Client::new(config.region_addrs(region))?
+            let client = api_client(config.region_addrs(region), made_certs.as_ref())?
                 .with_timeout(Duration::from_secs(5));
             let sim = deploy_hostsim::SimOptions::new(region, racks, per);
             tasks.push(tokio::spawn(deploy_hostsim::run(
@@ -168,6 +182,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     Ok(DevCluster {
         config,
         endpoints,
+        made: made_certs,
         written,
         nodes,
         tasks,
@@ -177,7 +192,50 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
     })
 }
 
+/// An API client of the dev cluster: over TLS with the admin token when dev made them.
+pub fn api_client(
+    endpoints: Vec<String>,
+    made: Option<&crate::devcerts::Made>,
+) -> anyhow::Result<deploy_client::Client> {
+    let Some(made) = made else {
+        return Ok(deploy_client::Client::new(endpoints)?);
+    };
+    let ca =
+        std::fs::read(&made.ca).with_context(|| format!("cannot read {}", made.ca.display()))?;
+    let token = std::fs::read_to_string(&made.token_file)
+        .with_context(|| format!("cannot read {}", made.token_file.display()))?;
+    Ok(
+        deploy_client::Client::secure(endpoints, deploy_client::trusting(&ca))?
+            .with_token(&token)?,
+    )
+}
+
 impl DevCluster {
+    /// An API client of this cluster, as its admin.
+    pub fn client(&self) -> anyhow::Result<deploy_client::Client> {
+        api_client(self.endpoints.clone(), self.made.as_ref())
+    }
+
+    /// The shell settings `deployctl` needs for this cluster, also written to `<data>/env`.
+    pub fn env(&self, data_dir: &Path) -> Vec<String> {
+        let scheme = if self.made.is_some() { "https" } else { "http" };
+        let endpoints: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|e| format!("{scheme}://{e}"))
+            .collect();
+        let mut env = vec![format!("export DEPLOY_ENDPOINT={}", endpoints.join(","))];
+        if let Some(m) = &self.made {
+            env.push(format!("export DEPLOY_CA={}", m.ca.display()));
+            env.push(format!(
+                "export DEPLOY_TOKEN_FILE={}",
+                m.token_file.display()
+            ));
+        }
+        let _ = std::fs::write(data_dir.join("env"), format!("{}\n", env.join("\n")));
+        env
+    }
+
     /// What is running, and how to talk to it.
     pub fn banner(&self, opts: &DevOptions) {
         let (config, data_dir) = (&self.config, &opts.data_dir);
@@ -210,7 +268,23 @@ impl DevCluster {
             println!("deployd dev: {racks}x{per} simulated hosts in every region");
         }
         if let Some(e) = self.endpoints.first() {
-            println!("deployd dev: API endpoint http://{e}");
+            let scheme = if self.made.is_some() { "https" } else { "http" };
+            println!("deployd dev: API endpoint {scheme}://{e}");
+        }
+        if let Some(m) = &self.made {
+            println!(
+                "deployd dev: mutual TLS with the CA {}; the admin token is in {}",
+                m.ca.display(),
+                m.token_file.display()
+            );
+        }
+        let env = self.env(data_dir);
+        println!(
+            "deployd dev: for deployctl, `source {}/env`:",
+            data_dir.display()
+        );
+        for line in env {
+            println!("deployd dev:   {line}");
         }
         println!("deployd dev: try `deployctl cluster status`; stop with Ctrl-C");
     }
@@ -291,6 +365,7 @@ fn write_effective_config(
     config_path: Option<&Path>,
     data_dir: &Path,
     made_key: Option<&(String, String)>,
+    made_certs: Option<&crate::devcerts::Made>,
 ) -> anyhow::Result<std::path::PathBuf> {
     let mut text = match config_path {
         Some(p) => {
@@ -307,6 +382,9 @@ fn write_effective_config(
         text.push_str(&format!(
             "\n# Added by deployd dev: the key it made for this data directory.\n[signing]\nkey_file = {key_file:?}\ntrusted_keys = [{public:?}]\n"
         ));
+    }
+    if let Some(made) = made_certs {
+        text.push_str(&made.section());
     }
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join("cluster.toml");

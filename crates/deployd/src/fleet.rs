@@ -20,7 +20,9 @@ pub async fn spawn_relay(
     limits: &Limits,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (opts, addr) = relay_options(config, id, dir, limits)?;
+    let transport = deploy_tls::Transport::of(config, id)
+        .with_context(|| format!("relay {id} cannot set up TLS"))?;
+    let (opts, addr) = relay_options(config, id, dir, limits, &transport)?;
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("relay {id} cannot listen on {addr}"))?;
@@ -54,7 +56,9 @@ pub async fn run_agent(
 ) -> anyhow::Result<()> {
     let config = crate::cli::load_config(Some(&config))?;
     let root = root.unwrap_or_else(|| PathBuf::from(".deploy").join(id));
-    let agent = Agent::new(agent_options(&config, id, root, sim, &limits)?);
+    let transport = deploy_tls::Transport::of(&config, id)
+        .with_context(|| format!("host {id} cannot set up TLS"))?;
+    let agent = Agent::new(agent_options(&config, id, root, sim, &limits, &transport)?);
     let stop = CancellationToken::new();
     if let Some(addr) = http {
         let (ready, render) = crate::probe::agent(agent.clone());

@@ -7,6 +7,7 @@
 mod cli;
 mod demo;
 mod dev;
+mod devcerts;
 mod fleet;
 mod logging;
 mod node;
@@ -14,6 +15,19 @@ mod probe;
 mod worker;
 
 use clap::Parser;
+
+/// Whether `id` names a process of `config`: a node, worker, relay or host.
+fn node_kind(config: &deploy_types::ClusterConfig, id: &str) -> Option<&'static str> {
+    if deploy_types::NodeName::new(id).is_ok_and(|n| config.node(&n).is_some()) {
+        Some("node")
+    } else if config.worker(id).is_some() {
+        Some("worker")
+    } else if config.relay(id).is_some() {
+        Some("relay")
+    } else {
+        config.host(id).map(|_| "host")
+    }
+}
 
 /// Parses the command line, runs the role it names, and says how it ended.
 pub fn main() -> std::process::ExitCode {

@@ -23,6 +23,8 @@ pub async fn run(
         .node(&me)
         .with_context(|| format!("node {me} is not declared in {}", config_path.display()))?;
     let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(".deploy").join(me.as_str()));
+    let transport = deploy_tls::Transport::of(&config, me.as_str())
+        .with_context(|| format!("node {me} cannot set up TLS"))?;
     let listener = TcpListener::bind(node_cfg.listen_addr())
         .await
         .with_context(|| format!("cannot listen on {} (node {me})", node_cfg.listen_addr()))?;
@@ -32,9 +34,10 @@ pub async fn run(
         &NodeOptions {
             data_dir: data_dir.clone(),
             store_base,
+            transport: transport.clone(),
         },
         listener,
-        ChannelPool::tcp_from(node_cfg.source_ip),
+        ChannelPool::with_transport(transport, node_cfg.source_ip),
     )
     .await
     .with_context(|| format!("cannot start node {me}"))?;

@@ -33,6 +33,8 @@ pub fn make(
         endpoints: config.nodes().iter().map(|n| n.addr.clone()).collect(),
         work_dir,
         settings: config.builds.clone(),
+        transport: deploy_tls::Transport::of(config, id)
+            .with_context(|| format!("worker {id} cannot set up TLS"))?,
     };
     Ok(Worker::new(opts, store, key)?)
 }

@@ -28,7 +28,8 @@ impl GrpcCluster {
     /// Starts relay `id` of the config on the address reserved for it.
     pub async fn start_relay(&mut self, id: &str, limits: &Limits) -> anyhow::Result<Relay> {
         let dir = self.dir().join("relays").join(id);
-        let (opts, addr) = relay_options(&self.config, id, dir, limits)?;
+        let transport = self.transport(id)?;
+        let (opts, addr) = relay_options(&self.config, id, dir, limits, &transport)?;
         let listener = match self.relay_listeners.remove(id) {
             Some(l) => l,
             None => tokio::net::TcpListener::bind(&addr).await?,
@@ -72,7 +73,15 @@ impl GrpcCluster {
         limits: &Limits,
         adjust: impl FnOnce(&mut AgentOptions),
     ) -> anyhow::Result<Arc<Agent>> {
-        let mut opts = agent_options(&self.config, id, self.host_root(id), false, limits)?;
+        let transport = self.transport(id)?;
+        let mut opts = agent_options(
+            &self.config,
+            id,
+            self.host_root(id),
+            false,
+            limits,
+            &transport,
+        )?;
         opts.failpoint = None;
         adjust(&mut opts);
         let agent = Agent::new(opts);

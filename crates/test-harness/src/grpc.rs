@@ -9,7 +9,7 @@ use anyhow::Context;
 use deploy_client::Client;
 use deploy_coordinator::server::{launch, RunningNode};
 use deploy_coordinator::NodeOptions;
-use deploy_raft::network::{tcp_channel_factory, ChannelPool};
+use deploy_raft::network::{channel_factory, ChannelPool};
 use deploy_types::{ClusterConfig, NodeName};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -115,6 +115,7 @@ impl GrpcCluster {
         let options = NodeOptions {
             data_dir: self.dir.path().join(name),
             store_base: self.dir.path().to_path_buf(),
+            transport: self.transport(name)?,
         };
         let running = launch(
             self.config.clone(),
@@ -129,11 +130,19 @@ impl GrpcCluster {
         Ok(())
     }
 
-    /// The node's channel pool: plain TCP, except to addresses cut off from it.
+    /// Process `id`'s transport: plain TCP, or TLS with its certificate on a secure spec.
+    pub fn transport(&self, id: &str) -> anyhow::Result<deploy_tls::Transport> {
+        Ok(deploy_tls::Transport::of(&self.config, id)?)
+    }
+
+    /// The node's channel pool: its transport, except to addresses cut off from it.
     fn pool(&mut self, name: &str) -> ChannelPool {
         let cut = self.cut.clone();
         let me = name.to_string();
-        let tcp = tcp_channel_factory();
+        let tcp = channel_factory(
+            self.transport(name).unwrap_or(deploy_tls::Transport::Plain),
+            None,
+        );
         self.pools
             .entry(name.to_string())
             .or_insert_with(|| {
@@ -200,6 +209,7 @@ impl GrpcCluster {
             endpoints: self.node_addrs(),
             work_dir: self.dir.path().join("workers").join(id),
             settings: self.config.builds.clone(),
+            transport: self.transport(id)?,
         };
         let key = deploy_artifact::KeyPair::load(
             &self
@@ -242,7 +252,7 @@ impl GrpcCluster {
 
     /// A client over every node's endpoint.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(self.node_addrs())?)
+        crate::client_for(self.dir.path(), self.node_addrs())
     }
 
     /// Every coordinator node's address (not the relays').
@@ -260,9 +270,7 @@ impl GrpcCluster {
 
     /// A client that talks only to `name`.
     pub fn client_of(&self, name: &str) -> anyhow::Result<Client> {
-        Ok(Client::new([self
-            .addrs
-            .get(name)
-            .context("unknown node")?])?)
+        let addr = self.addrs.get(name).context("unknown node")?;
+        crate::client_for(self.dir.path(), [addr.as_str()])
     }
 }

@@ -81,6 +81,7 @@ impl InProcCluster {
         let options = NodeOptions {
             data_dir: self.dir.path().join(name),
             store_base: self.dir.path().to_path_buf(),
+            transport: deploy_tls::Transport::Plain,
         };
         let routers = self.routers.clone();
         let id = me.raft_id();

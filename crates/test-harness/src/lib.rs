@@ -110,6 +110,38 @@ pub struct Spec {
     pub racks: Vec<(String, usize)>,
     /// (child relay, parent relay): relays fetching from another relay, not the store.
     pub parents: Vec<(String, String)>,
+    /// Mutual TLS and tokens (a CA, every process's certificate and an admin token made
+    /// under the cluster's directory), instead of `insecure = true`.
+    pub secure: bool,
+}
+
+/// Where a secure [`Spec`]'s cluster keeps its CA, certificates and admin token.
+pub fn certs_dir(root: &std::path::Path) -> std::path::PathBuf {
+    root.join("certs")
+}
+
+/// The admin token of a secure [`Spec`]'s cluster made under `root`.
+pub fn admin_token(root: &std::path::Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(root.join("admin.token"))?
+        .trim()
+        .to_string())
+}
+
+/// A client of a cluster under `root` over `endpoints`: TLS with its CA and admin token if
+/// the cluster is secure, plain otherwise.
+pub fn client_for<S: AsRef<str>>(
+    root: &std::path::Path,
+    endpoints: impl IntoIterator<Item = S>,
+) -> anyhow::Result<deploy_client::Client> {
+    let ca = certs_dir(root).join("ca.pem");
+    if !ca.exists() {
+        return Ok(deploy_client::Client::new(endpoints)?);
+    }
+    let pem = std::fs::read(&ca)?;
+    Ok(
+        deploy_client::Client::secure(endpoints, deploy_client::trusting(&pem))?
+            .with_token(&admin_token(root)?)?,
+    )
 }
 
 /// A rack of a [`Spec`]: its name, relay id and host ids.
@@ -137,7 +169,14 @@ impl Spec {
             snapshots: (5000, 1000),
             racks: Vec::new(),
             parents: Vec::new(),
+            secure: false,
         }
+    }
+
+    /// Mutual TLS and tokens instead of `insecure = true`.
+    pub fn secure(mut self) -> Self {
+        self.secure = true;
+        self
     }
 
     /// Snapshots every `every` log entries, keeping `keep` entries behind each.
@@ -329,7 +368,51 @@ impl Spec {
             "\n[signing]\nkey_file = \"{}\"\ntrusted_keys = [\"{public}\"]\n",
             key_path.display()
         ));
+        if self.secure {
+            s.push_str(&self.make_security(addrs, root)?);
+        } else {
+            s.push_str("\n[security]\ninsecure = true\n");
+        }
         Ok(s)
+    }
+
+    /// A CA, a certificate for every process and an admin token under `root` (once), and
+    /// the `[security]` section naming them.
+    fn make_security(
+        &self,
+        addrs: &std::collections::BTreeMap<String, String>,
+        root: &std::path::Path,
+    ) -> anyhow::Result<String> {
+        let dir = certs_dir(root);
+        if !dir.join("ca.pem").exists() {
+            deploy_tls::certs::init_ca(&dir, "test")?;
+        }
+        let mut ids = self.node_names();
+        ids.extend(self.workers.iter().map(|(w, _)| w.clone()));
+        for r in self.racks_of() {
+            ids.push(r.relay.clone());
+            ids.extend(r.hosts.clone());
+        }
+        for id in ids {
+            if dir.join(format!("{id}.pem")).exists() {
+                continue;
+            }
+            let mut hosts = vec!["127.0.0.1".to_string()];
+            hosts.extend(addrs.get(&id).and_then(|a| deploy_tls::certs::host_of(a)));
+            deploy_tls::certs::issue(&dir, &id, &hosts)?;
+        }
+        let token_file = root.join("admin.token");
+        if !token_file.exists() {
+            let token =
+                deploy_client::request_id().ok_or_else(|| anyhow::anyhow!("no randomness"))?;
+            std::fs::write(&token_file, format!("{token}\n"))?;
+        }
+        let hash = deploy_types::security::token_sha256(&admin_token(root)?);
+        Ok(format!(
+            "\n[security]\nca = \"{}\"\ncerts = \"{}\"\nadmin_token_sha256 = \"{hash}\"\n",
+            dir.join("ca.pem").display(),
+            dir.display()
+        ))
     }
 }
 

@@ -272,16 +272,17 @@ impl ProcessCluster {
 
     /// A client over every node's endpoint.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(
+        crate::client_for(
+            self.dir.path(),
             self.nodes
                 .values()
                 .filter(|p| p.kind == Kind::Node)
                 .map(|p| p.addr.as_str()),
-        )?)
+        )
     }
 
     pub fn client_of(&self, name: &str) -> anyhow::Result<Client> {
-        Ok(Client::new([self.addr(name)?])?)
+        crate::client_for(self.dir.path(), [self.addr(name)?])
     }
 }
 
