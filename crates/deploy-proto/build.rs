@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "deploy/v1/artifact.proto",
         "deploy/v1/release.proto",
         "deploy/v1/region.proto",
+        "deploy/v1/token.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

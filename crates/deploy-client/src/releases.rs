@@ -3,6 +3,7 @@
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::region_service_client::RegionServiceClient;
 use deploy_proto::v1::release_service_client::ReleaseServiceClient;
+use deploy_proto::v1::token_service_client::TokenServiceClient;
 
 use crate::{Client, ClientError};
 
@@ -104,6 +105,21 @@ impl Client {
         })
         .await
     }
+
+    rpc!(
+        /// Makes an API token (admins only); the reply holds its text, shown only now.
+        create_token, TokenServiceClient, pb::CreateTokenRequest, pb::CreateTokenReply
+    );
+    rpc!(
+        read list_tokens,
+        TokenServiceClient,
+        pb::ListTokensRequest,
+        pb::ListTokensReply
+    );
+    rpc!(
+        /// Revokes a token: calls made with it are refused from when each node applies it.
+        revoke_token, TokenServiceClient, pb::RevokeTokenRequest, pb::TokenInfo
+    );
 
     pub async fn get_release(&self, id: &str, stale: bool) -> Result<pb::Release, ClientError> {
         let req = pb::GetReleaseRequest {

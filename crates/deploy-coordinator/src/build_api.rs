@@ -150,6 +150,11 @@ impl BuildApi {
     }
 }
 
+/// The token the call came with, for the build's history (none on an insecure cluster).
+fn by() -> Option<String> {
+    Some(crate::auth::decided_by("")).filter(|s| !s.is_empty())
+}
+
 #[tonic::async_trait]
 impl BuildService for BuildApi {
     #[instrument(skip_all, fields(service = %request.get_ref().service, commit = %request.get_ref().commit))]
@@ -161,6 +166,7 @@ impl BuildService for BuildApi {
         let req = request.into_inner();
         deploy_state::check_build_input(&req.service, &req.repo, &req.commit)
             .map_err(build_error)?;
+        crate::auth::may_touch(&req.service)?;
         let h = match self.routing.route(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self
@@ -176,6 +182,7 @@ impl BuildService for BuildApi {
             repo: req.repo,
             commit: req.commit,
             now_ms: now_ms(),
+            by: by(),
         };
         #[cfg(feature = "chaos-ack-before-commit")]
         if let Some(b) = crate::broken::submit_before_commit(h, cmd.clone(), &self.regions()) {
@@ -266,11 +273,18 @@ impl BuildService for BuildApi {
             }
             Route::Local(h) => h,
         };
+        let service = h
+            .state
+            .read(|d| d.state.builds.get(&req.id).map(|b| b.service.clone()));
+        if let Some(service) = service {
+            crate::auth::may_touch(&service)?;
+        }
         propose(
             h,
             BuildCommand::Cancel {
                 id: req.id.clone(),
                 now_ms: now_ms(),
+                by: by(),
             },
         )
         .await?;

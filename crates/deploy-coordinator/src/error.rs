@@ -9,6 +9,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     FailedPrecondition(String),
@@ -23,6 +25,7 @@ impl ApiError {
         match self {
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod artifact_api;
+pub mod auth;
 #[cfg(feature = "chaos-ack-before-commit")]
 mod broken;
 pub mod build_api;
@@ -31,6 +32,7 @@ pub mod reports;
 pub mod rollout_tasks;
 pub mod routing;
 pub mod server;
+pub mod token_api;
 pub mod worker_api;
 
 pub use error::ApiError;

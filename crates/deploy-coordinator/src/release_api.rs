@@ -166,8 +166,15 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     })
 }
 
-/// Who decides: the request's actor, or "anonymous".
-pub fn actor(a: &str) -> Result<String, ApiError> {
+/// Who decides: the caller's token (with the actor the request claims), or on an insecure
+/// cluster the claimed actor, or "anonymous".
+pub fn actor(claimed: &str) -> Result<String, ApiError> {
+    if claimed.len() > MAX_ACTOR_BYTES || claimed.chars().any(char::is_control) {
+        return Err(ApiError::InvalidArgument(format!(
+            "actor: expected at most {MAX_ACTOR_BYTES} printable bytes"
+        )));
+    }
+    let a = crate::auth::decided_by(claimed);
     if a.is_empty() {
         return Ok("anonymous".into());
     }
@@ -239,6 +246,7 @@ impl ReleaseService for ReleaseApi {
             .into());
         }
         let strategy = strategy_from_proto(req.strategy.clone())?;
+        crate::auth::may_touch(&req.service)?;
         let by = actor(&req.actor)?;
         let request_id = request_id(&req.request_id)?;
         let h = match self.leader(hops).await? {
@@ -366,6 +374,13 @@ impl ReleaseService for ReleaseApi {
             }
             Route::Local(h) => h,
         };
+        // A releaser limited to some services acts only on their releases.
+        if let Some(service) = h
+            .state
+            .read(|d| d.state.releases.get(&req.id).map(|r| r.service.clone()))
+        {
+            crate::auth::may_touch(&service)?;
+        }
         let cmd = Command::Release(ReleaseCommand::Act {
             id: req.id.clone(),
             action,

@@ -36,11 +36,14 @@ pub fn hops<T>(req: &Request<T>) -> u32 {
         .unwrap_or(0)
 }
 
-/// `msg` as a request forwarded one more time.
+/// `msg` as a request forwarded one more time, with the caller's token.
 pub fn forwarded<T>(msg: T, hops: u32) -> Request<T> {
     let mut req = Request::new(msg);
     if let Ok(v) = (hops + 1).to_string().parse() {
         req.metadata_mut().insert(HOPS_HEADER, v);
+    }
+    if let Some(bearer) = crate::auth::bearer() {
+        req.metadata_mut().insert("authorization", bearer);
     }
     req
 }

@@ -66,6 +66,9 @@ pub async fn serve(
     let regions = RegionServiceServer::new(crate::region_api::RegionApi::new(routing.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
+    let tokens = deploy_proto::v1::token_service_server::TokenServiceServer::new(
+        crate::token_api::TokenApi::new(routing.clone()),
+    );
     let workers = WorkerServiceServer::new(crate::worker_api::WorkerApi::new(routing))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
@@ -94,11 +97,16 @@ pub async fn serve(
         .add_service(artifacts)
         .add_service(releases)
         .add_service(regions)
+        .add_service(tokens)
         .add_service(health_service)
         .add_service(reflection);
     let routes = grpc
         .into_axum_router()
         .merge(crate::http::router(http_node.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            http_node.clone(),
+            crate::auth::layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             http_node,
             crate::metrics::track,

@@ -563,6 +563,7 @@ mod tests {
                     repo: "https://example.com/a-repository-with-a-long-enough-name.git".into(),
                     commit: format!("{i:040x}"),
                     now_ms: i,
+                    by: None,
                 })),
             });
             sm.apply(entries).await?;

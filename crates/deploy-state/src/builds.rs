@@ -169,10 +169,15 @@ pub enum BuildCommand {
         repo: String,
         commit: String,
         now_ms: u64,
+        /// Who submitted it: the caller's token (or, on an insecure cluster, nobody known).
+        #[serde(default)]
+        by: Option<String>,
     },
     Cancel {
         id: String,
         now_ms: u64,
+        #[serde(default)]
+        by: Option<String>,
     },
     RegisterWorker {
         worker: String,
@@ -203,10 +208,7 @@ pub enum BuildCommand {
         max_attempts: u32,
     },
     /// Re-queues builds whose lease expired before `now_ms`; fails those out of attempts.
-    ExpireLeases {
-        now_ms: u64,
-        max_attempts: u32,
-    },
+    ExpireLeases { now_ms: u64, max_attempts: u32 },
     /// `region`'s store now holds the whole artifact of build `id`.
     Replicated {
         id: String,
@@ -373,6 +375,7 @@ impl Builds {
                 repo,
                 commit,
                 now_ms,
+                by,
             } => {
                 crate::check_build_input(service, repo, commit)?;
                 let k = key(service, repo, commit);
@@ -408,7 +411,11 @@ impl Builds {
                     finished_at_ms: None,
                     history: Vec::new(),
                 };
-                b.to(BuildState::Queued, *now_ms, "submitted");
+                let note = match by {
+                    Some(who) => format!("submitted by {who}"),
+                    None => "submitted".to_string(),
+                };
+                b.to(BuildState::Queued, *now_ms, note);
                 self.by_seq.insert(seq, b);
                 self.queued.insert(seq);
                 self.by_key.insert(k, seq);
@@ -417,7 +424,7 @@ impl Builds {
                     created: true,
                 })
             }
-            BuildCommand::Cancel { id, now_ms } => {
+            BuildCommand::Cancel { id, now_ms, by } => {
                 let b = self.get_mut(id)?;
                 if b.state.is_final() || b.state == BuildState::Replicating {
                     return Err(BuildError::WrongState {
@@ -427,7 +434,11 @@ impl Builds {
                     });
                 }
                 let seq = b.seq;
-                b.to(BuildState::Cancelled, *now_ms, "cancelled");
+                let note = match by {
+                    Some(who) => format!("cancelled by {who}"),
+                    None => "cancelled".to_string(),
+                };
+                b.to(BuildState::Cancelled, *now_ms, note);
                 self.queued.remove(&seq);
                 self.running.remove(&seq);
                 Ok(BuildResponse::State {

@@ -12,6 +12,7 @@ fn submit(q: &mut Builds, service: &str, now_ms: u64) -> String {
         repo: "/srv/git/app".into(),
         commit: COMMIT.into(),
         now_ms,
+        by: None,
     }) {
         Ok(BuildResponse::Submitted { id, .. }) => id,
         other => panic!("{other:?}"),
@@ -70,6 +71,7 @@ fn submission_is_idempotent_until_failed_or_cancelled() {
     q.apply(&BuildCommand::Cancel {
         id: a.clone(),
         now_ms: 4,
+        by: None,
     })
     .unwrap();
     let b = submit(&mut q, "svc", 5);
@@ -90,6 +92,7 @@ fn bad_input_is_refused_naming_the_field() {
                 repo: repo.into(),
                 commit: commit.into(),
                 now_ms: 0,
+                by: None,
             })
             .unwrap_err();
         assert!(
@@ -313,11 +316,13 @@ fn cancel_stops_queued_and_running_builds_and_fences_the_worker() {
     q.apply(&BuildCommand::Cancel {
         id: a.clone(),
         now_ms: 2,
+        by: None,
     })
     .unwrap();
     q.apply(&BuildCommand::Cancel {
         id: b.clone(),
         now_ms: 2,
+        by: None,
     })
     .unwrap();
     assert_eq!(q.get(&a).unwrap().state, BuildState::Cancelled);
@@ -328,7 +333,11 @@ fn cancel_stops_queued_and_running_builds_and_fences_the_worker() {
     ));
     assert_eq!(acquire(&mut q, "w1", 4), Ok(BuildResponse::NoWork));
     assert!(matches!(
-        q.apply(&BuildCommand::Cancel { id: a, now_ms: 5 }),
+        q.apply(&BuildCommand::Cancel {
+            id: a,
+            now_ms: 5,
+            by: None
+        }),
         Err(BuildError::WrongState { .. })
     ));
 }
@@ -342,6 +351,7 @@ fn list_is_newest_first_filtered_and_paged() {
             repo: "/r".into(),
             commit: format!("{i:040x}"),
             now_ms: i,
+            by: None,
         })
         .unwrap();
     }
@@ -405,7 +415,7 @@ proptest! {
             let before = q.clone();
             let result = match &op {
                 Op::Submit(s) => q.apply(&BuildCommand::Submit {
-                    service: format!("s{s}"), repo: "/r".into(), commit: COMMIT.into(), now_ms: now }),
+                    service: format!("s{s}"), repo: "/r".into(), commit: COMMIT.into(), now_ms: now, by: None }),
                 Op::Acquire(w) => acquire(&mut q, workers[*w as usize], now),
                 Op::Renew(b, w, a) => q.apply(&BuildCommand::Renew {
                     id: build_id(*b as u64), worker: workers[*w as usize].into(), attempt: *a, now_ms: now, lease_ms: LEASE }),
@@ -414,7 +424,7 @@ proptest! {
                     complete(&mut q, &build_id(*b as u64), workers[*w as usize], *a, now, outcome)
                 }
                 Op::Expire => q.apply(&BuildCommand::ExpireLeases { now_ms: now, max_attempts: MAX }),
-                Op::Cancel(b) => q.apply(&BuildCommand::Cancel { id: build_id(*b as u64), now_ms: now }),
+                Op::Cancel(b) => q.apply(&BuildCommand::Cancel { id: build_id(*b as u64), now_ms: now, by: None }),
                 Op::Tick(d) => { now += d; Ok(BuildResponse::NoWork) }
             };
             // A renewal or completion is accepted only from the live lease holder.

@@ -13,6 +13,7 @@ mod meta;
 pub mod region;
 pub mod releases;
 pub mod rollout;
+pub mod tokens;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,8 @@ pub enum Command {
     Release(ReleaseCommand),
     /// A regional group's decisions, hosts and wave transitions.
     Region(RegionCommand),
+    /// An API token made or revoked (global group; regions get a copy as a decision).
+    Token(tokens::TokenCommand),
     /// Commands proposed at the same time, in one log entry so that one disk sync on each
     /// member commits them all; applied one by one, in order, each with its own response.
     Batch(Vec<Command>),
@@ -60,6 +63,12 @@ pub enum Response {
     Rejected(String),
     /// The responses of a batch's commands, in order.
     Batch(Vec<Response>),
+    /// The token of a token command.
+    Token {
+        name: String,
+    },
+    /// A token command refused; the state is unchanged.
+    TokenRejected(tokens::TokenError),
 }
 
 /// Why a command is refused. Checked before proposing and again when applying, so a command
@@ -110,6 +119,9 @@ pub struct GroupState {
     /// A regional group's state.
     #[serde(default)]
     pub region: Region,
+    /// API tokens (global group; a region keeps its copy in `region.tokens`).
+    #[serde(default)]
+    pub tokens: tokens::Tokens,
 }
 
 impl GroupState {
@@ -123,7 +135,7 @@ impl GroupState {
                 commit,
                 ..
             }) => check_build_input(service, repo, commit)?,
-            Command::Build(_) | Command::Release(_) | Command::Region(_) => {}
+            Command::Build(_) | Command::Release(_) | Command::Region(_) | Command::Token(_) => {}
             // Each command of a batch is checked when it is applied, on its own.
             Command::Batch(_) => {}
         }
@@ -171,6 +183,31 @@ impl GroupState {
             Command::Region(c) => match self.region.apply(c) {
                 Ok(r) => Response::Region(r),
                 Err(e) => Response::ReleaseRejected(e),
+            },
+            Command::Token(c) => match self.tokens.decide(c) {
+                Ok(change) => {
+                    self.tokens.change(&change);
+                    let (regions, by, now_ms) = match c {
+                        tokens::TokenCommand::Create { token, regions } => {
+                            (regions, token.created_by.as_str(), token.created_at_ms)
+                        }
+                        tokens::TokenCommand::Revoke {
+                            by,
+                            now_ms,
+                            regions,
+                            ..
+                        } => (regions, by.as_str(), *now_ms),
+                    };
+                    for region in regions {
+                        self.releases.decide_token(region, &change, by, now_ms);
+                    }
+                    let name = match &change {
+                        tokens::TokenChange::Set(t) => t.name.clone(),
+                        tokens::TokenChange::Revoke { name } => name.clone(),
+                    };
+                    Response::Token { name }
+                }
+                Err(e) => Response::TokenRejected(e),
             },
             Command::Batch(_) => Response::Rejected("a batch inside a batch".into()),
         }

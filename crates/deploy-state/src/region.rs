@@ -201,6 +201,9 @@ pub struct Region {
     pub relays: BTreeMap<String, String>,
     pub services: BTreeMap<String, ServiceGoals>,
     pub releases: BTreeMap<u64, RegionRelease>,
+    /// The region's copy of the API tokens, from the global group's decisions.
+    #[serde(default)]
+    pub tokens: crate::tokens::Tokens,
 }
 
 fn stale(r: &RegionRelease, why: String) -> ReleaseError {
@@ -455,6 +458,10 @@ impl Region {
     /// Applies one global decision. Never fails: a decision that no longer fits (a pause
     /// for a release that already ended here) is recorded in the history and ignored.
     fn decide(&mut self, d: &Decision, now_ms: u64) {
+        if let DecisionKind::Token(change) = &d.kind {
+            self.tokens.change(change);
+            return;
+        }
         let Some(seq) = parse_release_id(&d.release) else {
             return;
         };
@@ -465,6 +472,8 @@ impl Region {
                 artifact_digest,
                 strategy,
             } => self.start(seq, d, service, build_id, artifact_digest, strategy, now_ms),
+            // Applied above.
+            DecisionKind::Token(_) => {}
             DecisionKind::Act(action) => {
                 let Some(r) = self.releases.get_mut(&seq) else {
                     return;

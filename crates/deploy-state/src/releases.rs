@@ -333,6 +333,8 @@ pub enum DecisionKind {
         strategy: Strategy,
     },
     Act(Action),
+    /// An API token made or revoked, for the region's copy.
+    Token(crate::tokens::TokenChange),
 }
 
 /// What one region must do, numbered in the global group's order.
@@ -534,6 +536,25 @@ impl Releases {
             }
         }
         Ok((out, self.last_decision.max(after)))
+    }
+
+    /// Tells `region` of a token change (its own copy, for checking tokens without the
+    /// global group).
+    pub fn decide_token(
+        &mut self,
+        region: &str,
+        change: &crate::tokens::TokenChange,
+        by: &str,
+        now_ms: u64,
+    ) {
+        self.decide(
+            "",
+            region,
+            DecisionKind::Token(change.clone()),
+            by,
+            "",
+            now_ms,
+        );
     }
 
     fn decide(

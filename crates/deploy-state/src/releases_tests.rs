@@ -16,6 +16,7 @@ fn build(q: &mut Builds, service: &str, succeed: bool) -> String {
         repo: "/srv/git/app".into(),
         commit: COMMIT.into(),
         now_ms: 1,
+        by: None,
     })) {
         crate::BuildResponse::Submitted { id, .. } => id,
         other => panic!("{other:?}"),
@@ -133,6 +134,7 @@ fn told(q: &Releases, region: &str) -> Vec<String> {
         .map(|d| match &d.kind {
             DecisionKind::Start { .. } => format!("{} start", d.release),
             DecisionKind::Act(a) => format!("{} {}", d.release, a.as_str()),
+            DecisionKind::Token(_) => format!("{} token", d.release),
         })
         .collect()
 }

@@ -68,6 +68,9 @@ pub enum Command {
     /// One host: its rack, goals, and what it last reported.
     #[command(subcommand)]
     Host(HostCommand),
+    /// API tokens (admins): make one for a person or a pipeline, list them, revoke one.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Print a shell completion script (e.g. `deployctl completions bash > /etc/bash_completion.d/deployctl`).
     Completions {
         #[arg(value_enum)]
@@ -236,6 +239,27 @@ pub enum BuildCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a token; its text is printed once (only its hash is kept).
+    Create {
+        /// [a-z0-9-]{1,63}: what decisions made with the token record as their author.
+        #[arg(long)]
+        name: String,
+        /// What it may do: admin (cluster and tokens), releaser (builds and releases),
+        /// reader (queries only).
+        #[arg(long, value_parser = ["admin", "releaser", "reader"])]
+        role: String,
+        /// For a releaser: the only services it may build and release, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<String>,
+    },
+    /// Every token: name, role, services, who made it and when (never the text).
+    List,
+    /// Revoke a token: calls made with it are refused from now on.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Every group with its leader, term, and each member's role and applied index.
     Status,
@@ -380,6 +404,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Region(c) => crate::region::region(&cli.global, c).await,
         Command::Hosts(c) => crate::region::hosts(&cli.global, c).await,
         Command::Host(c) => crate::region::host(&cli.global, c).await,
+        Command::Tokens(c) => crate::tokens::run(&cli.global, c).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -6,6 +6,7 @@ mod cluster;
 mod output;
 mod region;
 mod release;
+mod tokens;
 
 use std::process::ExitCode;
 
