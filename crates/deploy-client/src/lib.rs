@@ -270,6 +270,7 @@ impl Client {
         let (mut index, mut channel) = self.channel(None).await?;
         let mut tries = 0;
         let mut unavailable = 0;
+        let mut shed = 0;
         loop {
             let result = tokio::time::timeout(self.timeout, f(self.chan(channel.clone()))).await;
             let endpoint = self.endpoints[index].uri().to_string();
@@ -289,6 +290,16 @@ impl Client {
                     if !transport && status.code() == tonic::Code::Unavailable && unavailable < 3 {
                         unavailable += 1;
                         tokio::time::sleep(Duration::from_millis(300 * unavailable)).await;
+                        continue;
+                    }
+                    // The node shed the call before doing anything (this client, or the node,
+                    // is at its limit): safe to ask again, after a pause that spreads retries.
+                    if status.code() == tonic::Code::ResourceExhausted && shed < 3 {
+                        shed += 1;
+                        let jitter = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| u64::from(d.subsec_nanos()) % 100);
+                        tokio::time::sleep(Duration::from_millis(250 * shed + jitter)).await;
                         continue;
                     }
                     return Err(ClientError::Api {

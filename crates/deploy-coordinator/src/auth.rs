@@ -210,10 +210,79 @@ pub async fn layer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match admit(&node, req.uri().path(), req.headers()) {
-        Ok(caller) => CALLER.scope(caller, next.run(req)).await,
+    let path = req.uri().path();
+    let limited = matches!(need(path), Need::Role(_));
+    let caller = match admit(&node, path, req.headers()) {
+        Ok(caller) => caller,
+        Err(status) => return status.into_http::<axum::body::Body>().into_response(),
+    };
+    if !limited {
+        return CALLER.scope(caller, next.run(req)).await;
+    }
+    let client = client_of(&caller, &req);
+    match node.limits.call(client.as_deref()) {
+        Ok(_permit) => CALLER.scope(caller, next.run(req)).await,
         Err(status) => status.into_http::<axum::body::Body>().into_response(),
     }
+}
+
+/// Who a caller is for the per-client limits: its token's name, else (an insecure cluster
+/// knows no names) its connection. None for a call another node forwarded on an insecure
+/// cluster: that connection carries every client of the node, which counted them already.
+pub fn client_of<B>(caller: &Caller, req: &axum::http::Request<B>) -> Option<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    if !caller.name.is_empty() {
+        return Some(format!("token {}", caller.name));
+    }
+    if req.headers().contains_key(crate::routing::HOPS_HEADER) {
+        return None;
+    }
+    let e = req.extensions();
+    let addr = e
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            e.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|t| t.get_ref().remote_addr())
+        });
+    Some(match addr {
+        Some(a) => format!("client {a}"),
+        None => "an anonymous client".into(),
+    })
+}
+
+/// The client a handler's caller counts as, for stream limits (see [`client_of`]).
+pub fn client_of_request<T>(req: &tonic::Request<T>) -> String {
+    if let Some(c) = caller().filter(|c| !c.name.is_empty()) {
+        return format!("token {}", c.name);
+    }
+    if let Some(peer) = deploy_tls::listener::request_peer(req) {
+        return peer;
+    }
+    match req.remote_addr() {
+        Some(a) => format!("client {a}"),
+        None => "an anonymous client".into(),
+    }
+}
+
+/// A stream's place among its client's (see [`crate::limits::Limits::watch`]); none for a
+/// stream a node forwards, which the node it came through counted already.
+pub fn watch_slot<T>(
+    node: &Node,
+    req: &tonic::Request<T>,
+) -> Result<Option<crate::limits::Slot>, Status> {
+    let from_node = if node.transport.is_tls() {
+        deploy_tls::listener::request_peer(req)
+            .and_then(|p| crate::peers::kind_of(&node.config, &p))
+            == Some(crate::peers::PeerKind::Node)
+    } else {
+        // No certificates to tell by: a call says it was forwarded.
+        crate::routing::hops(req) > 0
+    };
+    if from_node {
+        return Ok(None);
+    }
+    node.limits.watch(&client_of_request(req)).map(Some)
 }
 
 #[cfg(test)]

@@ -299,6 +299,7 @@ impl BuildService for BuildApi {
         request: Request<BuildLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         let hops = hops(&request);
+        let slot = crate::auth::watch_slot(&self.routing.node, &request)?;
         let req = request.into_inner();
         check_id(&req.id)?;
         // Served by the leader, which knows every build submitted so far.
@@ -310,13 +311,17 @@ impl BuildService for BuildApi {
                     .build_logs(forwarded(req, hops))
                     .await
                     .map_err(|s| crate::routing::relay_error(&addr, s))?;
-                return Ok(Response::new(Box::pin(remote.into_inner())));
+                return Ok(Response::new(Box::pin(crate::limits::holding(
+                    remote.into_inner(),
+                    slot,
+                ))));
             }
         };
         read_build(&h, &req.id, &self.regions())?;
         let node = self.routing.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = stream_logs(&node, &h, &req.id, req.follow, &tx).await {
                 let _ = tx.send(Err(e.into())).await;
             }
@@ -391,6 +396,10 @@ async fn stream_logs(
         if !follow || !running {
             return Ok(());
         }
-        tokio::time::sleep(LOG_POLL).await;
+        // A reader that went away frees its stream's place at once, not at the next chunk.
+        tokio::select! {
+            _ = tokio::time::sleep(LOG_POLL) => {}
+            _ = tx.closed() => return Ok(()),
+        }
     }
 }

@@ -21,6 +21,7 @@ pub mod build_tasks;
 pub mod error;
 pub mod group;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod paging;

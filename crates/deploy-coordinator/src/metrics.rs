@@ -267,6 +267,12 @@ pub fn render(node: &Node) -> String {
         "Chunks served from this node's region store over HTTP",
         node.chunk_reads.load(std::sync::atomic::Ordering::Relaxed) as i64,
     );
+    gauge(
+        &mut reg,
+        "deploy_api_calls_shed",
+        "API calls and streams refused with ResourceExhausted by the per-node and per-client limits",
+        node.limits.shed.load(std::sync::atomic::Ordering::Relaxed) as i64,
+    );
     reg.register(
         "deploy_request_seconds",
         "Time to response headers, per gRPC method or HTTP route",

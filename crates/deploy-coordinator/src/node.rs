@@ -78,6 +78,8 @@ pub struct Node {
     pub transport: deploy_tls::Transport,
     /// Connections its TLS listener refused.
     pub refused: Arc<deploy_tls::listener::Refused>,
+    /// Bounds on clients' calls and streams.
+    pub limits: crate::limits::Limits,
     stopping: tokio::sync::watch::Sender<bool>,
 }
 
@@ -130,6 +132,7 @@ impl Node {
             metrics: Default::default(),
             transport: options.transport.clone(),
             refused: Default::default(),
+            limits: Default::default(),
             stopping: tokio::sync::watch::channel(false).0,
         }))
     }

@@ -480,6 +480,7 @@ impl RegionService for RegionApi {
                 crate::peers::PeerKind::Node,
             ],
         )?;
+        let slot = crate::auth::watch_slot(&self.routing.node, &request)?;
         let req = request.into_inner();
         let group = region_group(&self.routing, &req.region)?;
         deploy_types::check_name("rack", &req.rack).map_err(invalid)?;
@@ -497,11 +498,15 @@ impl RegionService for RegionApi {
                     .watch_rack(forwarded(req, hops))
                     .await
                     .map_err(|s| crate::routing::relay_error(&addr, s))?;
-                return Ok(Response::new(Box::pin(remote.into_inner())));
+                return Ok(Response::new(Box::pin(crate::limits::holding(
+                    remote.into_inner(),
+                    slot,
+                ))));
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut last = None;
             let mut sent_at = tokio::time::Instant::now();
             loop {
@@ -519,8 +524,11 @@ impl RegionService for RegionApi {
                     last = Some(reply);
                     sent_at = tokio::time::Instant::now();
                 }
-                h.next_change(tokio::time::Instant::now() + WATCH_HEARTBEAT)
-                    .await;
+                // A watcher that went away frees its stream's place at once.
+                tokio::select! {
+                    _ = h.next_change(tokio::time::Instant::now() + WATCH_HEARTBEAT) => {}
+                    _ = tx.closed() => return,
+                }
                 tokio::time::sleep_until(looked_at + WATCH_MIN_GAP).await;
             }
         });

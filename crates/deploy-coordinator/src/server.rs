@@ -59,7 +59,9 @@ pub async fn serve(
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
     let artifacts = deploy_proto::v1::artifact_service_server::ArtifactServiceServer::new(
         crate::artifact_api::ArtifactApi::new(routing.clone()),
-    );
+    )
+    .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
     let releases = ReleaseServiceServer::new(crate::release_api::ReleaseApi::new(routing.clone()))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
@@ -68,7 +70,9 @@ pub async fn serve(
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
     let tokens = deploy_proto::v1::token_service_server::TokenServiceServer::new(
         crate::token_api::TokenApi::new(routing.clone()),
-    );
+    )
+    .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
     let workers = WorkerServiceServer::new(crate::worker_api::WorkerApi::new(routing))
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
@@ -111,8 +115,17 @@ pub async fn serve(
             http_node,
             crate::metrics::track,
         ));
+    // Bounds for every connection, whoever it is from (see `limits`): a call that takes too
+    // long ends, a connection opens only so many streams and sends only so much header, and
+    // a peer that vanished without closing is noticed.
     let router = Server::builder()
         .accept_http1(true)
+        .timeout(crate::limits::CALL_TIMEOUT)
+        .max_concurrent_streams(Some(crate::limits::MAX_STREAMS_PER_CONNECTION))
+        .http2_max_header_list_size(crate::limits::MAX_HEADER_BYTES)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .add_routes(tonic::service::Routes::from(routes));
     match tls {
         None => {

@@ -1,0 +1,192 @@
+//! Limits on a secure cluster of real processes: a client flooding a node with calls and
+//! streams is refused with `ResourceExhausted` past its share, while another client is
+//! served, the Raft group keeps its leader and term, and writes still commit.
+
+use std::time::Duration;
+
+use deploy_proto::v1 as pb;
+use deploy_proto::v1::build_service_client::BuildServiceClient as Builds;
+use futures::StreamExt;
+use test_harness::releases::T;
+use test_harness::{wait_until, ProcessCluster, Spec};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::Code;
+
+fn req<M>(msg: M, token: &str) -> tonic::Request<M> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(Duration::from_secs(30));
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+async fn channel(addr: &str, ca: &[u8]) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await?)
+}
+
+/// Opens a followed log of `build`: the stream, or the node's refusal.
+async fn follow(
+    ch: &Channel,
+    build: &str,
+    token: &str,
+) -> Result<tonic::Streaming<pb::LogChunk>, tonic::Status> {
+    Builds::new(ch.clone())
+        .build_logs(req(
+            pb::BuildLogsRequest {
+                id: build.into(),
+                follow: true,
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The global group's leader and term, as `client` sees them.
+async fn leadership(client: &deploy_client::Client) -> anyhow::Result<(String, u64)> {
+    let s = client.cluster_status().await?;
+    let g = s
+        .groups
+        .iter()
+        .find(|g| g.name == "global")
+        .ok_or_else(|| anyhow::anyhow!("no global group in {s:?}"))?;
+    Ok((g.leader.clone(), g.term))
+}
+
+/// The node's `deploy_api_calls_shed` gauge.
+async fn shed(addr: &str, ca: &[u8]) -> anyhow::Result<f64> {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca)?)
+        .build()?;
+    let text = http
+        .get(format!("https://{addr}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let m = test_harness::releases::parse_metrics(&text)?;
+    m.get("deploy_api_calls_shed")
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no deploy_api_calls_shed in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_shed_and_nobody_else_is() -> anyhow::Result<()> {
+    let c = ProcessCluster::start_spec(Spec::new(3).secure())?;
+    let admin = c.client()?;
+    let (leader, term) = wait_until(T, "a global leader", || async {
+        leadership(&admin).await.ok().filter(|(l, _)| !l.is_empty())
+    })
+    .await?;
+    let mut secrets = Vec::new();
+    for (name, role) in [("flood", "releaser"), ("calm", "reader")] {
+        let r = admin
+            .create_token(pb::CreateTokenRequest {
+                name: name.into(),
+                role: role.into(),
+                services: vec![],
+            })
+            .await?;
+        secrets.push(r.secret);
+    }
+    let (flood, calm) = (secrets[0].clone(), secrets[1].clone());
+    // A build no worker takes: its followed log stays open.
+    let build = admin
+        .submit_build("web", "https://git.example/web.git", &"a".repeat(40))
+        .await?;
+
+    let ca = std::fs::read(test_harness::certs_dir(c.dir()).join("ca.pem"))?;
+    let ch = channel(c.addr(&leader)?, &ca).await?;
+    let before = shed(c.addr(&leader)?, &ca).await?;
+
+    // Streams: sixteen followed logs are one client's share; the seventeenth is refused,
+    // another client still opens one, and closing one frees its place.
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        open.push(follow(&ch, &build.id, &flood).await?);
+    }
+    let refused = follow(&ch, &build.id, &flood)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a 17th stream was let open"))?;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("token flood has 16 streams open"),
+        "{}",
+        refused.message()
+    );
+    let calm_stream = follow(&ch, &build.id, &calm).await?;
+    drop(open.pop());
+    let again = wait_until(T, "a closed stream to free its place", || async {
+        follow(&ch, &build.id, &flood).await.ok()
+    })
+    .await?;
+    drop((open, again, calm_stream));
+
+    // Calls: a burst of 400 concurrent reads from one token. Past 64 in flight they are
+    // refused at once; none fails otherwise, and the other token's reads all pass meanwhile.
+    let burst = (0..400).map(|_| {
+        let ch = ch.clone();
+        let flood = flood.clone();
+        async move {
+            Builds::new(ch)
+                .list_builds(req(pb::ListBuildsRequest::default(), &flood))
+                .await
+                .map(drop)
+        }
+    });
+    let calm_reads = (0..20).map(|_| {
+        let ch = ch.clone();
+        let calm = calm.clone();
+        let id = build.id.clone();
+        async move {
+            Builds::new(ch)
+                .get_build(req(pb::GetBuildRequest { id, stale: false }, &calm))
+                .await
+                .map(drop)
+        }
+    });
+    let (flooded, calmed) = tokio::join!(
+        futures::future::join_all(burst),
+        futures::stream::iter(calm_reads)
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+    );
+    let exhausted = flooded
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::ResourceExhausted))
+        .count();
+    let other: Vec<_> = flooded
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .filter(|s| s.code() != Code::ResourceExhausted)
+        .collect();
+    eprintln!("of 400 concurrent calls, {exhausted} were shed");
+    assert!(other.is_empty(), "flood calls failed otherwise: {other:?}");
+    assert!(exhausted > 0, "400 concurrent calls and none was shed");
+    assert!(exhausted < 400, "every call of the burst was shed");
+    for r in &calmed {
+        assert!(r.is_ok(), "the other client was refused: {r:?}");
+    }
+    let after = shed(c.addr(&leader)?, &ca).await?;
+    assert!(
+        after >= before + 1.0 + exhausted as f64,
+        "/metrics counted {after} shed, {before} before, {exhausted} calls and a stream since"
+    );
+
+    // Raft kept going: the same leader in the same term, and a write commits.
+    assert_eq!(leadership(&admin).await?, (leader, term));
+    admin.set_meta("global", "after-flood", Some("ok")).await?;
+    assert_eq!(
+        admin.get_meta("global", "after-flood", false).await?.value,
+        Some("ok".to_string())
+    );
+    Ok(())
+}
