@@ -141,7 +141,7 @@ fn pid_alive(pid: i32) -> bool {
 async fn cancel_kills_the_running_build_and_its_children() -> anyhow::Result<()> {
     let c = GrpcCluster::start_spec(Spec::new(3).region("east", 1).worker("wk", "east")).await?;
     let repo = GitRepo::init(&c.dir().join("repo"))?;
-    let pids = c.dir().join("pids");
+    let pids = test_harness::witness_dir(&c.dir()).join("pids");
     let script = format!(
         "echo $$ > {p}.tmp\nsleep 300 &\necho $! >> {p}.tmp\nmv {p}.tmp {p}\nwait\n",
         p = pids.display()
@@ -268,7 +268,7 @@ async fn two_hundred_builds_on_four_workers_each_run_exactly_once() -> anyhow::R
         .worker("wk-4", "west");
     let c = GrpcCluster::start_spec(spec).await?;
     let repo = GitRepo::init(&c.dir().join("repo"))?;
-    let ran = c.dir().join("ran.log");
+    let ran = test_harness::witness_dir(&c.dir()).join("ran.log");
     let script = format!("cat ID >> {}\nmkdir -p out\ncp ID out/app\n", ran.display());
     let mut commits = vec![repo.commit(
         "0",

@@ -33,7 +33,7 @@ async fn a_worker_killed_mid_build_loses_its_lease_and_another_worker_completes_
         .lease_ms(1500);
     let mut c = ProcessCluster::start_spec(spec)?;
     let repo = GitRepo::init(&c.dir().join("repo"))?;
-    let marker = c.dir().join("first-attempt");
+    let marker = test_harness::witness_dir(c.dir()).join("first-attempt");
     // The first attempt hangs until its worker is killed (its orphaned sleep ends by itself
     // seconds later); later attempts finish at once.
     let script = format!(

@@ -168,6 +168,11 @@ pub struct BuildSettings {
     pub keep_per_service: u32,
     /// Garbage collection never deletes objects younger than this.
     pub gc_grace_secs: u64,
+    /// Directories build commands may read besides the system's (toolchains such as
+    /// `/root/.cargo`); absolute paths. Builds write only to their scratch directory.
+    pub sandbox_read_paths: Vec<String>,
+    /// Directories build commands may also write to (a shared cache); absolute paths.
+    pub sandbox_write_paths: Vec<String>,
 }
 
 impl Default for BuildSettings {
@@ -181,6 +186,8 @@ impl Default for BuildSettings {
             replication_deadline_secs: 600,
             keep_per_service: 10,
             gc_grace_secs: 3600,
+            sandbox_read_paths: Vec::new(),
+            sandbox_write_paths: Vec::new(),
         }
     }
 }
@@ -374,6 +381,26 @@ impl ClusterConfig {
         }
         if b.default_timeout_secs == 0 {
             problems.push("builds.default_timeout_secs must be above 0".into());
+        }
+        for (key, paths) in [
+            ("sandbox_read_paths", &b.sandbox_read_paths),
+            ("sandbox_write_paths", &b.sandbox_write_paths),
+        ] {
+            if paths.len() > 64 {
+                problems.push(format!("builds.{key} has more than 64 entries"));
+            }
+            for p in paths {
+                let path = std::path::Path::new(p);
+                let climbs = path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+                if !path.is_absolute() || climbs || p.len() > 4096 || path == std::path::Path::new("/") {
+                    problems.push(format!(
+                        "builds.{key} entry {:?} must be an absolute path other than / and without ..",
+                        p.chars().take(80).collect::<String>()
+                    ));
+                }
+            }
         }
         for k in &raw.signing.trusted_keys {
             if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {

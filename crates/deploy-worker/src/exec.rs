@@ -11,6 +11,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::LogTx;
+use crate::sandbox::Fence;
 
 /// The only PATH a build sees, unless its recipe sets one.
 pub const BUILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -43,31 +44,49 @@ async fn pump(mut r: impl AsyncReadExt + Unpin, log: LogTx) {
     }
 }
 
-/// Runs `command` with `sh -c` in `dir`. The environment holds only PATH, HOME (`home`) and
-/// the recipe's variables: none of the daemon's own (its tokens and keys stay out of builds).
+/// Runs `command` with `sh -c` in `dir`. The environment holds only PATH, HOME (`home`),
+/// TMPDIR (`home/tmp`) and the recipe's variables: none of the daemon's own (its tokens and
+/// keys stay out of builds). With a `fence`, the command and its children are held to it
+/// (see `sandbox`).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     command: &str,
     dir: &Path,
     home: &Path,
     env: &BTreeMap<String, String>,
+    fence: Option<&Fence>,
     timeout: Duration,
     cancel: &CancellationToken,
     log: &LogTx,
 ) -> std::io::Result<ExecOutcome> {
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let tmp = home.join("tmp");
+    std::fs::create_dir_all(&tmp)?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(command)
         .current_dir(dir)
         .env_clear()
         .env("PATH", BUILD_PATH)
         .env("HOME", home)
+        .env("TMPDIR", &tmp)
         .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
+        .kill_on_drop(true);
+    if let Some(fence) = fence {
+        let mut ruleset = Some(fence.ruleset().map_err(std::io::Error::other)?);
+        // SAFETY: the closure makes system calls only (see `sandbox::enforce`): nothing that
+        // allocates or takes a lock between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || match ruleset.take() {
+                Some(r) => crate::sandbox::enforce(r),
+                None => Ok(()),
+            });
+        }
+    }
+    let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     let out = child
         .stdout

@@ -16,6 +16,7 @@
 pub mod exec;
 pub mod git;
 pub mod logs;
+pub mod sandbox;
 mod run;
 
 pub use run::{Worker, WorkerOptions, WorkerStats};

@@ -73,6 +73,23 @@ const POLL_WAIT_MS: u64 = 10_000;
 const RENEW_EVERY: Duration = Duration::from_millis(500);
 
 impl Worker {
+    /// The fence for a build in `scratch`, where the kernel can hold builds to one.
+    fn fence(&self, scratch: &std::path::Path) -> Option<crate::sandbox::Fence> {
+        let settings = &self.opts.settings;
+        crate::sandbox::available().then(|| crate::sandbox::Fence {
+            writable: std::iter::once(scratch.to_path_buf())
+                .chain(settings.sandbox_write_paths.iter().map(PathBuf::from))
+                .collect(),
+            readable: self
+                .opts
+                .settings
+                .sandbox_read_paths
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+        })
+    }
+
     /// Its counters, shared (they keep counting after `run` takes the worker).
     pub fn stats(&self) -> Arc<WorkerStats> {
         self.stats.clone()
@@ -84,6 +101,7 @@ impl Worker {
         store: Store,
         key: KeyPair,
     ) -> Result<Self, tonic::transport::Error> {
+        crate::sandbox::protect_worker();
         let endpoints = opts
             .endpoints
             .iter()
@@ -349,11 +367,17 @@ impl Worker {
         ))
         .await;
         let started = Instant::now();
+        let fence = self.fence(scratch);
+        if fence.is_none() {
+            log.note("this kernel has no Landlock: the build runs unfenced")
+                .await;
+        }
         let outcome = exec::run(
             &recipe.build.command,
             &src,
             &home,
             &recipe.build.env,
+            fence.as_ref(),
             timeout,
             token,
             log,

@@ -27,6 +27,19 @@ pub fn make(
         "signing.key_file is not set: workers sign every manifest (make a key with `deployd keys generate`)",
     )?;
     let key = KeyPair::load(&key_file)?;
+    let extra: Vec<PathBuf> = config
+        .builds
+        .sandbox_read_paths
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    let key_at = std::fs::canonicalize(&key_file).unwrap_or_else(|_| key_file.clone());
+    if deploy_worker::sandbox::exposed(&key_at, &extra) {
+        tracing::warn!(key = %key_at.display(), "the signing key lies where builds may read it; keep it outside the system directories and builds.sandbox_read_paths");
+    }
+    if !deploy_worker::sandbox::available() {
+        tracing::warn!("this kernel has no Landlock: build commands will run unfenced (their environment is still clean)");
+    }
     let opts = WorkerOptions {
         id: id.to_string(),
         region: w.region.clone(),

@@ -115,6 +115,11 @@ pub struct Spec {
     pub secure: bool,
 }
 
+/// A directory a [`Spec`]'s builds may write to: tests' builds leave evidence there.
+pub fn witness_dir(root: &std::path::Path) -> std::path::PathBuf {
+    root.join("witness")
+}
+
 /// Where a secure [`Spec`]'s cluster keeps its CA, certificates and admin token.
 pub fn certs_dir(root: &std::path::Path) -> std::path::PathBuf {
     root.join("certs")
@@ -283,13 +288,16 @@ impl Spec {
     }
 
     /// The config text, with each node at `addrs[name]` and stores under `root/stores`; makes
-    /// a signing key at `root/keys/build.key` if there is none.
+    /// a signing key at `root/keys/build.key` if there is none, and [`witness_dir`], where
+    /// tests' builds may leave evidence (builds write nowhere else outside their scratch).
     pub fn toml(
         &self,
         addrs: &std::collections::BTreeMap<String, String>,
         root: &std::path::Path,
     ) -> anyhow::Result<String> {
         let store_root = root.join("stores");
+        let witness = witness_dir(root);
+        std::fs::create_dir_all(&witness)?;
         let key_path = root.join("keys").join("build.key");
         if !key_path.exists() {
             deploy_artifact::KeyPair::generate()?.save(&key_path)?;
@@ -304,12 +312,13 @@ impl Spec {
             }
         );
         s.push_str(&format!(
-            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = {}\nreplication_deadline_secs = {}\nkeep_per_service = {}\ngc_grace_secs = {}\n\n",
+            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = {}\nreplication_deadline_secs = {}\nkeep_per_service = {}\ngc_grace_secs = {}\nsandbox_write_paths = [{:?}]\n\n",
             self.lease_ms,
             self.chunk_bytes,
             self.replication_deadline_secs,
             self.retention.0,
-            self.retention.1
+            self.retention.1,
+            witness.display().to_string()
         ));
         let spares: Vec<String> = (1..=self.spares).map(|i| format!("s{i}")).collect();
         for name in self.node_names() {
