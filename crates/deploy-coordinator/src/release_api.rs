@@ -15,6 +15,9 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
+/// Regions one release may name: far above any real cluster, a bound on hostile requests.
+const MAX_RELEASE_REGIONS: usize = 64;
+
 use crate::build_api::now_ms;
 use crate::error::ApiError;
 use crate::group::GroupHandle;
@@ -244,6 +247,17 @@ impl ReleaseService for ReleaseApi {
                 req.build_id.chars().take(40).collect::<String>()
             ))
             .into());
+        }
+        if req.regions.len() > MAX_RELEASE_REGIONS {
+            return Err(ApiError::InvalidArgument(format!(
+                "regions names {} regions, over the {MAX_RELEASE_REGIONS} a release may",
+                req.regions.len()
+            ))
+            .into());
+        }
+        for r in &req.regions {
+            deploy_types::check_name("region", r)
+                .map_err(|e| ApiError::InvalidArgument(format!("regions: {e}")))?;
         }
         let strategy = strategy_from_proto(req.strategy.clone())?;
         crate::auth::may_touch(&req.service)?;

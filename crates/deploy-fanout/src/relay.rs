@@ -613,10 +613,11 @@ async fn metrics(State(me): State<Arc<Inner>>) -> Response {
         .into_response()
 }
 
+/// The digest's hex, as stores name objects: 64 lowercase hex digits, nothing else.
 fn parse_hex(raw: &str) -> Option<String> {
     let hex = fetch::hex_of(raw);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| hex.to_ascii_lowercase())
+    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| hex.to_string())
 }
 
 #[derive(Deserialize)]
@@ -717,6 +718,17 @@ async fn chunk(
     match me.fetching(&hex) {
         Some(job) => {
             if headers.get(header::RANGE).is_none() {
+                // Bytes are passed on as they arrive, but not before the first: a chunk no
+                // source has is a clear 502, not a 200 whose body breaks off.
+                let mut rx = job.progress.subscribe();
+                let _ = rx.wait_for(|p| !matches!(p, Progress::Receiving(0))).await;
+                let failed = matches!(*rx.borrow(), Progress::Failed);
+                if failed {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("chunk {hex} could not be fetched from any source"),
+                    );
+                }
                 return Body::from_stream(forward(me.clone(), job)).into_response();
             }
             // A range of a chunk still arriving is served once it is whole.

@@ -394,7 +394,11 @@ impl ClusterConfig {
                 let climbs = path
                     .components()
                     .any(|c| matches!(c, std::path::Component::ParentDir));
-                if !path.is_absolute() || climbs || p.len() > 4096 || path == std::path::Path::new("/") {
+                if !path.is_absolute()
+                    || climbs
+                    || p.len() > 4096
+                    || path == std::path::Path::new("/")
+                {
                     problems.push(format!(
                         "builds.{key} entry {:?} must be an absolute path other than / and without ..",
                         p.chars().take(80).collect::<String>()

@@ -16,7 +16,7 @@
 pub mod exec;
 pub mod git;
 pub mod logs;
-pub mod sandbox;
 mod run;
+pub mod sandbox;
 
 pub use run::{Worker, WorkerOptions, WorkerStats};

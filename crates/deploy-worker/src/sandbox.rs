@@ -195,10 +195,16 @@ mod tests {
             ("writes outside", format!("echo x > {out}/planted")),
             ("reads outside", format!("cat {out}/secret.key")),
             ("lists outside", format!("ls {out}")),
-            ("writes under /tmp", "echo x > /tmp/deploy-sandbox-escape".to_string()),
+            (
+                "writes under /tmp",
+                "echo x > /tmp/deploy-sandbox-escape".to_string(),
+            ),
             ("climbs out", "echo x > ../escaped".to_string()),
             // The parent is this test process: its environment, as a worker's.
-            ("reads its parent's environment", "cat /proc/$PPID/environ".to_string()),
+            (
+                "reads its parent's environment",
+                "cat /proc/$PPID/environ".to_string(),
+            ),
             ("signals its parent", "kill -0 $PPID".to_string()),
         ] {
             let r = fenced(scratch.path(), &script);
