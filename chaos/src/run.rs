@@ -794,7 +794,7 @@ pub fn find_deployd(explicit: Option<&Path>, bin: &str) -> anyhow::Result<PathBu
         if bin == "deployd" {
             let mut cmd = std::process::Command::new(cargo);
             cmd.args(["build", "--quiet", "-p", "deployd", "--bin", "deployd"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
+                .current_dir(crate::scenario::package_dir());
             if release {
                 cmd.arg("--release");
             }

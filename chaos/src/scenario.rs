@@ -176,7 +176,15 @@ pub enum ScenarioError {
 
 /// The directory of the shipped scenarios.
 pub fn scenario_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+    package_dir().join("scenarios")
+}
+
+/// This package's directory: as cargo says at run time, else as it was at build time (a
+/// binary shared between clones through one target directory must look at its own clone).
+pub fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf())
 }
 
 /// The names of the scenarios in `dir`, sorted.

@@ -56,7 +56,11 @@ fn main() -> ExitCode {
 
 /// The workspace root (the parent of `crates/xtask`).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` says where the package is at run time; the compiled-in path may be another
+    // clone's, when clones share a target directory.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .and_then(|p| p.parent())
         .map(PathBuf::from)
