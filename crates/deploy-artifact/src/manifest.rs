@@ -46,6 +46,21 @@ pub struct ManifestSignature {
 pub struct ManifestError(pub String);
 
 impl Manifest {
+    /// Decodes a manifest read off a disk or a wire: bounded in size, then checked for
+    /// coherence (see [`Manifest::check`]). Its signature is the caller's to check.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError(format!(
+                "{} bytes is over the {MAX_MANIFEST_BYTES}-byte limit",
+                bytes.len()
+            )));
+        }
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| ManifestError(format!("not a manifest: {e}")))?;
+        m.check()?;
+        Ok(m)
+    }
+
     /// The bytes a signature covers: the JSON of the manifest as it is, which signers and
     /// verifiers call with `signature` cleared.
     pub fn signing_bytes(&self) -> Vec<u8> {

@@ -47,6 +47,13 @@ impl KeyPair {
         })
     }
 
+    /// The key made from `seed`: for tests and fuzzing, which need the same key every run.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self {
+            key: SigningKey::from_bytes(seed),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self, SignError> {
         let text = std::fs::read_to_string(path).map_err(|e| SignError::KeyFile {
             path: path.display().to_string(),
@@ -112,6 +119,12 @@ impl TrustedKeys {
             .signature
             .as_ref()
             .ok_or_else(|| SignError::Unsigned(digest.clone()))?;
+        // One spelling per signature, as signers write it: lowercase hex. Another spelling
+        // of the same bytes would make two different manifests carry one valid signature.
+        let lower_hex = |t: &str| t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !lower_hex(&sig.key) || !lower_hex(&sig.sig) {
+            return Err(SignError::BadSignature(digest));
+        }
         let key_bytes = key_bytes(&sig.key).map_err(|_| SignError::BadSignature(digest.clone()))?;
         let key = self
             .0
@@ -174,6 +187,15 @@ mod tests {
         tampered.service = "other".into();
         assert!(matches!(
             trusted.verify(&tampered),
+            Err(SignError::BadSignature(_))
+        ));
+
+        // The same signature spelled in uppercase: refused (found by the manifest fuzz target).
+        let mut respelled = m.clone();
+        let sig = respelled.signature.as_mut().unwrap();
+        sig.sig = sig.sig.to_uppercase();
+        assert!(matches!(
+            trusted.verify(&respelled),
             Err(SignError::BadSignature(_))
         ));
 

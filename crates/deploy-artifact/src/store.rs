@@ -224,8 +224,7 @@ impl Store {
             what: what.clone(),
             why,
         };
-        let m: Manifest = serde_json::from_slice(&data).map_err(|e| corrupt(e.to_string()))?;
-        m.check().map_err(|e| corrupt(e.to_string()))?;
+        let m = Manifest::decode(&data).map_err(|e| corrupt(e.to_string()))?;
         if m.artifact_digest != artifact_digest {
             return Err(corrupt(format!("it names {}", m.artifact_digest)));
         }

@@ -79,8 +79,7 @@ pub async fn manifest(
         let url = format!("{src}/v1/manifests/{}", hex_of(digest));
         let result: Result<Manifest, String> = async {
             let body = get_bounded(http, &url, MAX_MANIFEST_BYTES, None).await?;
-            let m: Manifest =
-                serde_json::from_slice(&body).map_err(|e| format!("not a manifest: {e}"))?;
+            let m = Manifest::decode(&body).map_err(|e| e.to_string())?;
             verify_manifest(&m, digest, trusted)?;
             Ok(m)
         }

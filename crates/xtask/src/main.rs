@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask test`: installs missing system packages, builds, runs the whole test suite.
 //! - `cargo xtask demo`: installs, builds, starts the local dev cluster and shows it working.
+//! - `cargo xtask fuzz`: runs every fuzz target for a bounded time.
 //!
 //! This crate uses only std, anyhow and serde_json: it must build before anything else does,
 //! and it must build quickly.
@@ -26,6 +27,9 @@ commands:
   chaos [--duration D] [--seed N] [--release] [SCENARIO...]
                           run every chaos scenario (or those named) against a real cluster:
                           target/chaos/SCENARIO.json; --short runs each one's short test run
+  fuzz [--seconds N] [--seed N] [TARGET...]
+                          run every fuzz target (config, recipe, manifest, unpack, command)
+                          for N seconds each (default 30) over crates/deploy-fuzz/corpus
   setup                   install the system packages the build needs";
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("chaos") => chaos::run(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("setup") => setup::ensure_system_packages(),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -102,6 +107,17 @@ pub fn bin_dir() -> PathBuf {
         .map(|p| if p.is_absolute() { p } else { root().join(p) })
         .unwrap_or_else(|| root().join("target"));
     target.join("debug")
+}
+
+/// Replays each fuzz target's corpus, then fuzzes it for a bounded time; an input that
+/// breaks a target is kept in the corpus (see `deploy-fuzz`).
+fn fuzz(args: &[String]) -> anyhow::Result<()> {
+    setup::ensure_system_packages()?;
+    run_checked(
+        cargo()
+            .args(["run", "--quiet", "-p", "deploy-fuzz", "--", "run"])
+            .args(args),
+    )
 }
 
 fn test(extra: &[String]) -> anyhow::Result<()> {
