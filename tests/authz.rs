@@ -6,8 +6,6 @@
 //! the token's name, and a region checks tokens from its own copy while the global group is
 //! down.
 
-use std::time::Duration;
-
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::artifact_service_client::ArtifactServiceClient as Artifacts;
 use deploy_proto::v1::build_service_client::BuildServiceClient as Builds;
@@ -18,8 +16,9 @@ use deploy_proto::v1::release_service_client::ReleaseServiceClient as Releases;
 use deploy_proto::v1::token_service_client::TokenServiceClient as Tokens;
 use deploy_proto::v1::worker_service_client::WorkerServiceClient as Workers;
 use test_harness::releases::{all_at_once, release, web_builds, T};
+use test_harness::secure::{api_channel, bearer as req, snapshot};
 use test_harness::{wait_until, ProcessCluster, Spec};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// Who calls.
@@ -79,17 +78,6 @@ struct Ctx {
     commit: String,
     web_build: String,
     web_release: String,
-}
-
-fn req<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(Duration::from_secs(20));
-    if let Some(t) = token {
-        if let Ok(v) = format!("Bearer {t}").parse() {
-            r.metadata_mut().insert("authorization", v);
-        }
-    }
-    r
 }
 
 /// Every public and internal call, with what it needs. Calls an allowed caller makes are
@@ -461,38 +449,6 @@ async fn call(ch: &Channel, name: &str, ctx: &Ctx, tok: Option<&str>) -> Result<
     }
 }
 
-/// A TLS channel trusting the cluster's CA, with no client certificate: what an API client has.
-async fn api_channel(addr: &str, ca: &[u8]) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await?)
-}
-
-/// Everything a refused call could have changed.
-async fn snapshot(client: &deploy_client::Client) -> anyhow::Result<String> {
-    let builds = client.list_builds(pb::ListBuildsRequest::default()).await?;
-    let releases = client
-        .list_releases(pb::ListReleasesRequest::default())
-        .await?;
-    let tokens = client.list_tokens(pb::ListTokensRequest {}).await?;
-    let meta = client.get_meta("global", "owner", false).await?.value;
-    let status = client.cluster_status().await?;
-    let members: Vec<_> = status
-        .groups
-        .iter()
-        .flat_map(|g| {
-            g.members
-                .iter()
-                .map(move |m| format!("{}:{}", g.name, m.id))
-        })
-        .collect();
-    Ok(serde_json::to_string_pretty(&(
-        builds, releases, tokens, meta, members,
-    ))?)
-}
-
 async fn make_token(
     admin: &deploy_client::Client,
     name: &str,
@@ -547,7 +503,7 @@ async fn every_call_admits_exactly_the_roles_it_should() -> anyhow::Result<()> {
         Caller::Admin => Some(admin_token.as_str()),
     };
     let ca = std::fs::read(test_harness::certs_dir(c.dir()).join("ca.pem"))?;
-    let ch = api_channel(c.addr("g1")?, &ca).await?;
+    let ch = api_channel(c.dir(), c.addr("g1")?).await?;
     // A region learns of new tokens as it pulls the global group's decisions.
     for t in [&reader, &releaser, &scoped] {
         wait_until(T, "the region to know the tokens", || async {
@@ -559,7 +515,7 @@ async fn every_call_admits_exactly_the_roles_it_should() -> anyhow::Result<()> {
     }
 
     // Every refusal first, then what is left must be as it was.
-    let before = snapshot(&admin).await?;
+    let before = snapshot(&admin, &[]).await?;
     let mut checked = 0;
     for (name, need) in CALLS {
         for who in CALLERS {
@@ -575,7 +531,7 @@ async fn every_call_admits_exactly_the_roles_it_should() -> anyhow::Result<()> {
         }
     }
     assert_eq!(
-        snapshot(&admin).await?,
+        snapshot(&admin, &[]).await?,
         before,
         "a refused call changed something"
     );
@@ -597,7 +553,7 @@ async fn every_call_admits_exactly_the_roles_it_should() -> anyhow::Result<()> {
     }
     assert_eq!(checked, CALLS.len() * CALLERS.len());
     assert_eq!(
-        snapshot(&admin).await?,
+        snapshot(&admin, &[]).await?,
         before,
         "the allowed no-op calls changed something"
     );
@@ -637,10 +593,9 @@ async fn a_region_checks_tokens_from_its_own_copy_while_the_global_group_is_down
 ) -> anyhow::Result<()> {
     let mut c = ProcessCluster::start_spec(Spec::new(1).region("east", 1).secure())?;
     let admin = c.client()?;
-    let ca = std::fs::read(test_harness::certs_dir(c.dir()).join("ca.pem"))?;
     let addr = c.addr("east-1")?.to_string();
     let east = wait_until(T, "the region node to serve", || async {
-        api_channel(&addr, &ca).await.ok()
+        api_channel(c.dir(), &addr).await.ok()
     })
     .await?;
     let status = |tok: String| {

@@ -16,9 +16,10 @@ use deploy_proto::v1::token_service_client::TokenServiceClient as Tokens;
 use deploy_proto::v1::worker_service_client::WorkerServiceClient as Workers;
 use test_harness::gitrepo::{GitRepo, RECIPE};
 use test_harness::releases::T;
+use test_harness::secure::{api_channel, bearer, snapshot};
 use test_harness::{wait_until, ProcessCluster, Spec};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 /// Sends and receives bytes as they are: a client that can say what protobuf cannot.
@@ -56,15 +57,6 @@ impl Decoder for Raw {
     }
 }
 
-fn req<M>(msg: M, token: &str) -> tonic::Request<M> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(Duration::from_secs(20));
-    if let Ok(v) = format!("Bearer {token}").parse() {
-        r.metadata_mut().insert("authorization", v);
-    }
-    r
-}
-
 /// `bytes` as the body of `method`, as the admin.
 async fn raw_call(ch: &Channel, method: &'static str, bytes: Vec<u8>, token: &str) -> Status {
     let mut grpc = tonic::client::Grpc::new(ch.clone());
@@ -72,30 +64,19 @@ async fn raw_call(ch: &Channel, method: &'static str, bytes: Vec<u8>, token: &st
         return Status::unavailable(e.to_string());
     }
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
-    match grpc.unary(req(bytes, token), path, Raw).await {
+    match grpc.unary(bearer(bytes, Some(token)), path, Raw).await {
         Ok(_) => Status::ok("answered"),
         Err(s) => s,
     }
 }
 
-/// A TLS channel to `addr`, as an API client (no certificate) or as process `id`.
-async fn channel(
-    c: &ProcessCluster,
-    addr: &str,
-    as_process: Option<&str>,
-) -> anyhow::Result<Channel> {
-    let tls = match as_process {
-        None => {
-            let ca = std::fs::read(test_harness::certs_dir(c.dir()).join("ca.pem"))?;
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca))
-        }
-        Some(id) => match transport(c, id)? {
-            deploy_tls::Transport::Tls(m) => m.tonic_client(),
-            deploy_tls::Transport::Plain => anyhow::bail!("the cluster is not secure"),
-        },
+/// A TLS channel to `addr` as process `id`, with its certificate.
+fn channel_as(c: &ProcessCluster, addr: &str, id: &str) -> anyhow::Result<Channel> {
+    let deploy_tls::Transport::Tls(m) = transport(c, id)? else {
+        anyhow::bail!("the cluster is not secure");
     };
     Ok(Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
+        .tls_config(m.tonic_client())?
         .connect_timeout(Duration::from_secs(3))
         .connect_lazy())
 }
@@ -103,30 +84,6 @@ async fn channel(
 fn transport(c: &ProcessCluster, id: &str) -> anyhow::Result<deploy_tls::Transport> {
     let config = deploy_types::ClusterConfig::load(c.config_path())?;
     Ok(deploy_tls::Transport::of(&config, id)?)
-}
-
-/// Everything a refused call could have changed.
-async fn snapshot(client: &deploy_client::Client) -> anyhow::Result<String> {
-    let builds = client.list_builds(pb::ListBuildsRequest::default()).await?;
-    let releases = client
-        .list_releases(pb::ListReleasesRequest::default())
-        .await?;
-    let tokens = client.list_tokens(pb::ListTokensRequest {}).await?;
-    let hosts = client
-        .list_hosts(pb::ListHostsRequest {
-            region: "east".into(),
-            ..Default::default()
-        })
-        .await?;
-    // What the region knows of its hosts; not how long ago they last reported.
-    let hosts: Vec<_> = hosts
-        .hosts
-        .iter()
-        .map(|h| (h.host.clone(), h.rack.clone(), h.services.clone()))
-        .collect();
-    Ok(serde_json::to_string_pretty(&(
-        builds, releases, tokens, hosts,
-    ))?)
 }
 
 /// Asserts `status` is `code` and its message names `words` (each, case-insensitively).
@@ -177,8 +134,6 @@ fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Result<()> {
     let (c, admin, token) = started()?;
-    let g1 = c.addr("g1")?.to_string();
-    let ch = channel(&c, &g1, None).await?;
     wait_until(T, "the host to report", || async {
         let hosts = admin
             .list_hosts(pb::ListHostsRequest {
@@ -190,7 +145,8 @@ async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Re
         hosts.hosts.iter().any(|h| h.reported).then_some(())
     })
     .await?;
-    let before = snapshot(&admin).await?;
+    let ch = api_channel(c.dir(), c.addr("g1")?).await?;
+    let before = snapshot(&admin, &["east"]).await?;
 
     // Not protobuf: a length running past the end, a field number 0, a string that is not
     // UTF-8, and a wire type that does not exist.
@@ -218,13 +174,13 @@ async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Re
     // Over the 4 MiB message limit: refused before it is decoded.
     let huge = "x".repeat(5 * 1024 * 1024);
     let s = Builds::new(ch.clone())
-        .submit_build(req(
+        .submit_build(bearer(
             pb::SubmitBuildRequest {
                 service: "web".into(),
                 repo: huge.clone(),
                 commit: "a".repeat(40),
             },
-            &token,
+            Some(&token),
         ))
         .await
         .expect_err("a 5 MiB request");
@@ -236,13 +192,13 @@ async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Re
         let token = token.clone();
         async move {
             Builds::new(ch)
-                .submit_build(req(
+                .submit_build(bearer(
                     pb::SubmitBuildRequest {
                         service,
                         repo,
                         commit,
                     },
-                    &token,
+                    Some(&token),
                 ))
                 .await
                 .expect_err("a hostile build request was accepted")
@@ -352,26 +308,26 @@ async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Re
         ("a huge build id", &*"9".repeat(5000)),
     ] {
         let s = Builds::new(ch.clone())
-            .get_build(req(
+            .get_build(bearer(
                 pb::GetBuildRequest {
                     id: id.into(),
                     stale: false,
                 },
-                &token,
+                Some(&token),
             ))
             .await
             .expect_err(what);
         expect(what, &s, Code::InvalidArgument, &["build id"]);
     }
     let s = Releases::new(ch.clone())
-        .create_release(req(
+        .create_release(bearer(
             pb::CreateReleaseRequest {
                 service: "../web".into(),
                 build_id: "b-1".into(),
                 regions: vec!["east".into()],
                 ..Default::default()
             },
-            &token,
+            Some(&token),
         ))
         .await
         .expect_err("a release of a climbing service");
@@ -382,14 +338,14 @@ async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Re
         &["service"],
     );
     let s = Releases::new(ch.clone())
-        .create_release(req(
+        .create_release(bearer(
             pb::CreateReleaseRequest {
                 service: "web".into(),
                 build_id: "b-1".into(),
                 regions: vec!["east/../west".into()],
                 ..Default::default()
             },
-            &token,
+            Some(&token),
         ))
         .await
         .expect_err("a release to a climbing region");
@@ -398,25 +354,25 @@ async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Re
         "a release to a climbing region: {s:?}"
     );
     let s = Regions::new(ch.clone())
-        .get_host(req(
+        .get_host(bearer(
             pb::GetHostRequest {
                 region: "east".into(),
                 host: "../../etc/passwd".into(),
                 ..Default::default()
             },
-            &token,
+            Some(&token),
         ))
         .await
         .expect_err("a climbing host name");
     expect("a climbing host name", &s, Code::InvalidArgument, &["host"]);
     let s = Tokens::new(ch.clone())
-        .create_token(req(
+        .create_token(bearer(
             pb::CreateTokenRequest {
                 name: "a b\n".into(),
                 role: "admin".into(),
                 services: vec![],
             },
-            &token,
+            Some(&token),
         ))
         .await
         .expect_err("a token name with spaces");
@@ -427,13 +383,13 @@ async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Re
         &["name"],
     );
     let s = Tokens::new(ch.clone())
-        .create_token(req(
+        .create_token(bearer(
             pb::CreateTokenRequest {
                 name: "ops".into(),
                 role: "root".into(),
                 services: vec![],
             },
-            &token,
+            Some(&token),
         ))
         .await
         .expect_err("an unknown role");
@@ -489,7 +445,7 @@ async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Re
     }
 
     assert_eq!(
-        snapshot(&admin).await?,
+        snapshot(&admin, &["east"]).await?,
         before,
         "a refused input changed the cluster"
     );
@@ -608,7 +564,7 @@ async fn hostile_recipes_forged_manifests_and_stale_leases_are_refused() -> anyh
 
     // Fencing tokens: a replayed completion of the finished attempt, a completion and a
     // renewal from an attempt that never held the lease, and one from another worker.
-    let ch = channel(&c, c.addr("g1")?, Some("wk")).await?;
+    let ch = channel_as(&c, c.addr("g1")?, "wk")?;
     let workers = Workers::new(ch);
     for (what, attempt, worker) in [
         ("a replayed completion", done.attempts, "wk"),

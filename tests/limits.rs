@@ -2,32 +2,14 @@
 //! streams is refused with `ResourceExhausted` past its share, while another client is
 //! served, the Raft group keeps its leader and term, and writes still commit.
 
-use std::time::Duration;
-
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::build_service_client::BuildServiceClient as Builds;
 use futures::StreamExt;
 use test_harness::releases::T;
+use test_harness::secure::{api_channel, bearer};
 use test_harness::{wait_until, ProcessCluster, Spec};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
-
-fn req<M>(msg: M, token: &str) -> tonic::Request<M> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(Duration::from_secs(30));
-    if let Ok(v) = format!("Bearer {token}").parse() {
-        r.metadata_mut().insert("authorization", v);
-    }
-    r
-}
-
-async fn channel(addr: &str, ca: &[u8]) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await?)
-}
 
 /// Opens a followed log of `build`: the stream, or the node's refusal.
 async fn follow(
@@ -36,12 +18,12 @@ async fn follow(
     token: &str,
 ) -> Result<tonic::Streaming<pb::LogChunk>, tonic::Status> {
     Builds::new(ch.clone())
-        .build_logs(req(
+        .build_logs(bearer(
             pb::BuildLogsRequest {
                 id: build.into(),
                 follow: true,
             },
-            token,
+            Some(token),
         ))
         .await
         .map(tonic::Response::into_inner)
@@ -101,7 +83,7 @@ async fn a_flooding_client_is_shed_and_nobody_else_is() -> anyhow::Result<()> {
         .await?;
 
     let ca = std::fs::read(test_harness::certs_dir(c.dir()).join("ca.pem"))?;
-    let ch = channel(c.addr(&leader)?, &ca).await?;
+    let ch = api_channel(c.dir(), c.addr(&leader)?).await?;
     let before = shed(c.addr(&leader)?, &ca).await?;
 
     // Streams: sixteen followed logs are one client's share; the seventeenth is refused,
@@ -137,7 +119,10 @@ async fn a_flooding_client_is_shed_and_nobody_else_is() -> anyhow::Result<()> {
         let flood = flood.clone();
         async move {
             Builds::new(ch)
-                .list_builds(req(pb::ListBuildsRequest::default(), &flood))
+                .list_builds(bearer(
+                    pb::ListBuildsRequest::default(),
+                    Some(flood.as_str()),
+                ))
                 .await
                 .map(drop)
         }
@@ -148,7 +133,10 @@ async fn a_flooding_client_is_shed_and_nobody_else_is() -> anyhow::Result<()> {
         let id = build.id.clone();
         async move {
             Builds::new(ch)
-                .get_build(req(pb::GetBuildRequest { id, stale: false }, &calm))
+                .get_build(bearer(
+                    pb::GetBuildRequest { id, stale: false },
+                    Some(calm.as_str()),
+                ))
                 .await
                 .map(drop)
         }

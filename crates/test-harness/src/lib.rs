@@ -16,6 +16,7 @@ pub mod process;
 pub mod releases;
 pub mod router;
 pub mod s3;
+pub mod secure;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
