@@ -91,6 +91,7 @@ pub fn build_error(e: BuildError) -> ApiError {
     match e {
         BuildError::NotFound(_) => ApiError::NotFound(e.to_string()),
         BuildError::Invalid { .. } => ApiError::InvalidArgument(e.to_string()),
+        BuildError::QueueFull { .. } => ApiError::ResourceExhausted(e.to_string()),
         BuildError::WrongState { .. } | BuildError::Stale { .. } | BuildError::UnknownWorker(_) => {
             ApiError::FailedPrecondition(e.to_string())
         }

@@ -16,6 +16,9 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A bound was reached (a full queue): nothing was done; asking later may succeed.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -29,6 +32,7 @@ impl ApiError {
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Internal(_) => Code::Internal,
         }
     }

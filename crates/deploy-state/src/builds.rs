@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_HISTORY: usize = 32;
 /// Longest error text kept.
 pub const MAX_ERROR_BYTES: usize = 4096;
+/// Builds waiting for a worker, at most: a submission past it is refused (the queue is
+/// replicated state; a flood of distinct commits must not grow it without end).
+pub const MAX_QUEUED: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum BuildState {
@@ -269,6 +272,10 @@ pub enum BuildError {
     /// `why` names the field.
     #[error("{why}")]
     Invalid { field: String, why: String },
+    #[error(
+        "the build queue is full ({max} builds waiting for a worker); submit again once it drains"
+    )]
+    QueueFull { max: usize },
 }
 
 /// The build queue and the worker registry.
@@ -386,6 +393,9 @@ impl Builds {
                             created: false,
                         });
                     }
+                }
+                if self.queued.len() >= MAX_QUEUED {
+                    return Err(BuildError::QueueFull { max: MAX_QUEUED });
                 }
                 self.next_seq += 1;
                 let seq = self.next_seq;

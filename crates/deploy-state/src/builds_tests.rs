@@ -104,6 +104,37 @@ fn bad_input_is_refused_naming_the_field() {
 }
 
 #[test]
+fn the_queue_is_bounded_and_a_refusal_changes_nothing() {
+    let mut q = Builds::default();
+    let submit_n = |q: &mut Builds, n: usize| {
+        q.apply(&BuildCommand::Submit {
+            service: "svc".into(),
+            repo: "/srv/git/app".into(),
+            commit: format!("{n:040x}"),
+            now_ms: 1,
+            by: None,
+        })
+    };
+    for n in 0..MAX_QUEUED {
+        assert!(submit_n(&mut q, n).is_ok());
+    }
+    let before = q.clone();
+    let e = submit_n(&mut q, MAX_QUEUED).unwrap_err();
+    assert_eq!(e, BuildError::QueueFull { max: MAX_QUEUED });
+    assert!(e.to_string().contains("queue is full"), "{e}");
+    assert_eq!(q, before);
+    // A build already queued is still answered: submitting is idempotent.
+    assert!(matches!(
+        submit_n(&mut q, 7),
+        Ok(BuildResponse::Submitted { created: false, .. })
+    ));
+    // Once a worker takes one, there is room again.
+    register(&mut q, "w1");
+    acquire(&mut q, "w1", 2).unwrap();
+    assert!(submit_n(&mut q, MAX_QUEUED).is_ok());
+}
+
+#[test]
 fn lease_fencing_refuses_stale_attempts() {
     let mut q = Builds::default();
     register(&mut q, "w1");
