@@ -556,15 +556,27 @@ mod tests {
         let builds = 40_000u64;
         {
             let (_log, mut sm) = open(dir.path())?;
-            let entries = (1..=builds).map(|i| openraft::Entry::<TypeConfig> {
-                log_id: LogId::new(leader, i),
-                payload: EntryPayload::Normal(Command::Build(BuildCommand::Submit {
+            // Each build submitted, then cancelled: the queue stays under its bound while
+            // the state (every build, with its history) grows.
+            let entries = (1..=builds).flat_map(|i| {
+                let submit = Command::Build(BuildCommand::Submit {
                     service: "web".into(),
                     repo: "https://example.com/a-repository-with-a-long-enough-name.git".into(),
                     commit: format!("{i:040x}"),
                     now_ms: i,
                     by: None,
-                })),
+                });
+                let cancel = Command::Build(BuildCommand::Cancel {
+                    id: format!("b-{i}"),
+                    now_ms: i,
+                    by: None,
+                });
+                [(2 * i - 1, submit), (2 * i, cancel)].map(|(index, cmd)| openraft::Entry::<
+                    TypeConfig,
+                > {
+                    log_id: LogId::new(leader, index),
+                    payload: EntryPayload::Normal(cmd),
+                })
             });
             sm.apply(entries).await?;
             sm.get_snapshot_builder().await.build_snapshot().await?;
@@ -581,7 +593,7 @@ mod tests {
         }
         let (_log, mut sm) = open(dir.path())?;
         let (applied, _) = sm.applied_state().await?;
-        assert_eq!(applied.map(|l| l.index), Some(builds));
+        assert_eq!(applied.map(|l| l.index), Some(2 * builds));
         assert_eq!(
             sm.reader().read(|d| d.state.builds.by_seq.len()) as u64,
             builds
