@@ -117,7 +117,9 @@ async fn ours(args: &Args) -> anyhow::Result<Vec<Level>> {
     let spec = match args.snapshot_every {
         Some(n) => Spec::new(3).snapshots(n, 1000),
         None => Spec::new(3).default_timing(),
-    };
+    }
+    // No worker takes these builds: the queue must hold every write of the run.
+    .max_queued(10_000_000);
     let cluster = ProcessCluster::start_spec(spec)?;
     let any = cluster.client()?;
     let leader = test_harness::wait_until(Duration::from_secs(30), "a global leader", || async {

@@ -184,6 +184,7 @@ impl BuildService for BuildApi {
             commit: req.commit,
             now_ms: now_ms(),
             by: by(),
+            max_queued: Some(self.routing.node.config.builds.max_queued),
         };
         #[cfg(feature = "chaos-ack-before-commit")]
         if let Some(b) = crate::broken::submit_before_commit(h, cmd.clone(), &self.regions()) {

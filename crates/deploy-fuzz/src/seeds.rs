@@ -201,6 +201,7 @@ pub fn state_commands() -> Vec<Command> {
             commit: commit(c),
             now_ms: 1_000,
             by: Some("ci".into()),
+            max_queued: None,
         })
     };
     vec![

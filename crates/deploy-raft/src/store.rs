@@ -565,6 +565,7 @@ mod tests {
                     commit: format!("{i:040x}"),
                     now_ms: i,
                     by: None,
+                    max_queued: None,
                 });
                 let cancel = Command::Build(BuildCommand::Cancel {
                     id: format!("b-{i}"),

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_HISTORY: usize = 32;
 /// Longest error text kept.
 pub const MAX_ERROR_BYTES: usize = 4096;
-/// Builds waiting for a worker, at most: a submission past it is refused (the queue is
-/// replicated state; a flood of distinct commits must not grow it without end).
+/// Builds waiting for a worker, at most, unless the config says otherwise: a submission past
+/// it is refused (the queue is replicated state; a flood of distinct commits must not grow
+/// it without end).
 pub const MAX_QUEUED: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -175,6 +176,10 @@ pub enum BuildCommand {
         /// Who submitted it: the caller's token (or, on an insecure cluster, nobody known).
         #[serde(default)]
         by: Option<String>,
+        /// The queue's bound (`builds.max_queued`), stamped by the proposer so every replica
+        /// applies the same one; [`MAX_QUEUED`] when absent.
+        #[serde(default)]
+        max_queued: Option<u32>,
     },
     Cancel {
         id: String,
@@ -383,6 +388,7 @@ impl Builds {
                 commit,
                 now_ms,
                 by,
+                max_queued,
             } => {
                 crate::check_build_input(service, repo, commit)?;
                 let k = key(service, repo, commit);
@@ -394,8 +400,9 @@ impl Builds {
                         });
                     }
                 }
-                if self.queued.len() >= MAX_QUEUED {
-                    return Err(BuildError::QueueFull { max: MAX_QUEUED });
+                let max = max_queued.map_or(MAX_QUEUED, |m| m as usize);
+                if self.queued.len() >= max {
+                    return Err(BuildError::QueueFull { max });
                 }
                 self.next_seq += 1;
                 let seq = self.next_seq;

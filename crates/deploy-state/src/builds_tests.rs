@@ -13,6 +13,7 @@ fn submit(q: &mut Builds, service: &str, now_ms: u64) -> String {
         commit: COMMIT.into(),
         now_ms,
         by: None,
+        max_queued: None,
     }) {
         Ok(BuildResponse::Submitted { id, .. }) => id,
         other => panic!("{other:?}"),
@@ -93,6 +94,7 @@ fn bad_input_is_refused_naming_the_field() {
                 commit: commit.into(),
                 now_ms: 0,
                 by: None,
+                max_queued: None,
             })
             .unwrap_err();
         assert!(
@@ -113,6 +115,7 @@ fn the_queue_is_bounded_and_a_refusal_changes_nothing() {
             commit: format!("{n:040x}"),
             now_ms: 1,
             by: None,
+            max_queued: None,
         })
     };
     for n in 0..MAX_QUEUED {
@@ -132,6 +135,22 @@ fn the_queue_is_bounded_and_a_refusal_changes_nothing() {
     register(&mut q, "w1");
     acquire(&mut q, "w1", 2).unwrap();
     assert!(submit_n(&mut q, MAX_QUEUED).is_ok());
+
+    // The bound the proposer stamps from the config is the one applied.
+    let mut small = Builds::default();
+    let stamped = |n: usize| BuildCommand::Submit {
+        service: "svc".into(),
+        repo: "/srv/git/app".into(),
+        commit: format!("{n:040x}"),
+        now_ms: 1,
+        by: None,
+        max_queued: Some(2),
+    };
+    assert!(small.apply(&stamped(0)).is_ok() && small.apply(&stamped(1)).is_ok());
+    assert_eq!(
+        small.apply(&stamped(2)).unwrap_err(),
+        BuildError::QueueFull { max: 2 }
+    );
 }
 
 #[test]
@@ -383,6 +402,7 @@ fn list_is_newest_first_filtered_and_paged() {
             commit: format!("{i:040x}"),
             now_ms: i,
             by: None,
+            max_queued: None,
         })
         .unwrap();
     }
@@ -446,7 +466,7 @@ proptest! {
             let before = q.clone();
             let result = match &op {
                 Op::Submit(s) => q.apply(&BuildCommand::Submit {
-                    service: format!("s{s}"), repo: "/r".into(), commit: COMMIT.into(), now_ms: now, by: None }),
+                    service: format!("s{s}"), repo: "/r".into(), commit: COMMIT.into(), now_ms: now, by: None, max_queued: None }),
                 Op::Acquire(w) => acquire(&mut q, workers[*w as usize], now),
                 Op::Renew(b, w, a) => q.apply(&BuildCommand::Renew {
                     id: build_id(*b as u64), worker: workers[*w as usize].into(), attempt: *a, now_ms: now, lease_ms: LEASE }),

@@ -17,6 +17,7 @@ fn build(q: &mut Builds, service: &str, succeed: bool) -> String {
         commit: COMMIT.into(),
         now_ms: 1,
         by: None,
+        max_queued: None,
     })) {
         crate::BuildResponse::Submitted { id, .. } => id,
         other => panic!("{other:?}"),

@@ -173,6 +173,8 @@ pub struct BuildSettings {
     pub sandbox_read_paths: Vec<String>,
     /// Directories build commands may also write to (a shared cache); absolute paths.
     pub sandbox_write_paths: Vec<String>,
+    /// Builds waiting for a worker, at most; a submission past it is refused.
+    pub max_queued: u32,
 }
 
 impl Default for BuildSettings {
@@ -188,6 +190,7 @@ impl Default for BuildSettings {
             gc_grace_secs: 3600,
             sandbox_read_paths: Vec::new(),
             sandbox_write_paths: Vec::new(),
+            max_queued: 10_000,
         }
     }
 }
@@ -381,6 +384,12 @@ impl ClusterConfig {
         }
         if b.default_timeout_secs == 0 {
             problems.push("builds.default_timeout_secs must be above 0".into());
+        }
+        if b.max_queued == 0 || b.max_queued > 10_000_000 {
+            problems.push(format!(
+                "builds.max_queued ({}) must be between 1 and 10000000",
+                b.max_queued
+            ));
         }
         for (key, paths) in [
             ("sandbox_read_paths", &b.sandbox_read_paths),

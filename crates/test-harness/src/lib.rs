@@ -101,6 +101,8 @@ pub struct Spec {
     /// (builds.keep_per_service, builds.gc_grace_secs)
     pub retention: (u32, u64),
     pub chunk_bytes: u64,
+    /// builds.max_queued
+    pub max_queued: u32,
     /// Use the shipped Raft timing defaults instead of the tests' slower, steadier one.
     pub default_timing: bool,
     /// Regions whose store is an S3 bucket: region -> (endpoint, bucket).
@@ -170,6 +172,7 @@ impl Spec {
             replication_deadline_secs: 600,
             retention: (10, 3600),
             chunk_bytes: 65536,
+            max_queued: 10_000,
             default_timing: false,
             s3: std::collections::BTreeMap::new(),
             snapshots: (5000, 1000),
@@ -203,6 +206,11 @@ impl Spec {
     /// Uses the shipped Raft timing defaults (what `deployd` runs with).
     pub fn default_timing(mut self) -> Self {
         self.default_timing = true;
+        self
+    }
+
+    pub fn max_queued(mut self, n: u32) -> Self {
+        self.max_queued = n;
         self
     }
 
@@ -313,13 +321,14 @@ impl Spec {
             }
         );
         s.push_str(&format!(
-            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = {}\nreplication_deadline_secs = {}\nkeep_per_service = {}\ngc_grace_secs = {}\nsandbox_write_paths = [{:?}]\n\n",
+            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = {}\nreplication_deadline_secs = {}\nkeep_per_service = {}\ngc_grace_secs = {}\nsandbox_write_paths = [{:?}]\nmax_queued = {}\n\n",
             self.lease_ms,
             self.chunk_bytes,
             self.replication_deadline_secs,
             self.retention.0,
             self.retention.1,
-            witness.display().to_string()
+            witness.display().to_string(),
+            self.max_queued
         ));
         let spares: Vec<String> = (1..=self.spares).map(|i| format!("s{i}")).collect();
         for name in self.node_names() {
