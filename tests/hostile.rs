@@ -116,21 +116,6 @@ fn started() -> anyhow::Result<(ProcessCluster, deploy_client::Client, String)> 
     Ok((c, admin, token))
 }
 
-/// The file named `name` somewhere under `dir`.
-fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(f) = find_file(&p, name) {
-                return Some(f);
-            }
-        } else if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
-        }
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Result<()> {
     let (c, admin, token) = started()?;
@@ -538,8 +523,10 @@ async fn hostile_recipes_forged_manifests_and_stale_leases_are_refused() -> anyh
     deploy_artifact::KeyPair::generate()?.sign(&mut foreign);
     // The store's own file, overwritten (the store writes a manifest only once).
     let hex = digest.trim_start_matches("sha256:");
-    let file = find_file(&c.dir().join("stores"), &format!("{hex}.json"))
-        .ok_or_else(|| anyhow::anyhow!("manifest {hex} not found under stores/"))?;
+    let file = c
+        .dir()
+        .join("stores/east/manifests")
+        .join(format!("{hex}.json"));
     let original = std::fs::read(&file)?;
     for (what, m) in [("tampered", tampered), ("signed by a stranger", foreign)] {
         std::fs::write(&file, serde_json::to_vec(&m)?)?;

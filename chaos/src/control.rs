@@ -54,16 +54,11 @@ pub async fn leader(cluster: &Cluster, group: &str) -> Option<String> {
 
 /// The leader of `group`, waiting up to `within` for one.
 pub async fn wait_leader(cluster: &Cluster, group: &str, within: Duration) -> Option<String> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(l) = leader(cluster, group).await {
-            return Some(l);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    test_harness::wait_every(Duration::from_millis(200), within, "a leader", || {
+        leader(cluster, group)
+    })
+    .await
+    .ok()
 }
 
 /// Each member's status, `None` for those that do not answer.

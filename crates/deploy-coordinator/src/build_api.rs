@@ -137,15 +137,6 @@ impl BuildApi {
         Ok(BuildServiceClient::new(self.routing.channel(addr)?))
     }
 
-    fn regions(&self) -> Vec<String> {
-        self.routing
-            .node
-            .config
-            .regions()
-            .map(str::to_string)
-            .collect()
-    }
-
     async fn reader(&self, stale: bool, hops: u32) -> Result<Route<'_>, ApiError> {
         self.routing.reader(&GLOBAL, stale, hops).await
     }
@@ -187,12 +178,14 @@ impl BuildService for BuildApi {
             max_queued: Some(self.routing.node.config.builds.max_queued),
         };
         #[cfg(feature = "chaos-ack-before-commit")]
-        if let Some(b) = crate::broken::submit_before_commit(h, cmd.clone(), &self.regions()) {
+        if let Some(b) =
+            crate::broken::submit_before_commit(h, cmd.clone(), &self.routing.regions())
+        {
             return Ok(Response::new(b));
         }
         match propose(h, cmd).await? {
             BuildResponse::Submitted { id, created } => {
-                let mut b = read_build(h, &id, &self.regions())?;
+                let mut b = read_build(h, &id, &self.routing.regions())?;
                 b.created = created;
                 tracing::info!(build = %id, created, "build submitted");
                 Ok(Response::new(b))
@@ -209,7 +202,11 @@ impl BuildService for BuildApi {
         let req = request.into_inner();
         check_id(&req.id)?;
         match self.reader(req.stale, hops).await? {
-            Route::Local(h) => Ok(Response::new(read_build(h, &req.id, &self.regions())?)),
+            Route::Local(h) => Ok(Response::new(read_build(
+                h,
+                &req.id,
+                &self.routing.regions(),
+            )?)),
             Route::Remote(addr) => self
                 .client(&addr)?
                 .get_build(forwarded(req, hops))
@@ -242,7 +239,7 @@ impl BuildService for BuildApi {
                     .map_err(|s| crate::routing::relay_error(&addr, s))
             }
         };
-        let regions = self.regions();
+        let regions = self.routing.regions();
         let reply = h.state.read(|d| {
             let items = d
                 .state
@@ -291,7 +288,11 @@ impl BuildService for BuildApi {
         )
         .await?;
         tracing::info!(build = %req.id, "build cancelled");
-        Ok(Response::new(read_build(h, &req.id, &self.regions())?))
+        Ok(Response::new(read_build(
+            h,
+            &req.id,
+            &self.routing.regions(),
+        )?))
     }
 
     type BuildLogsStream = LogStream;
@@ -319,7 +320,7 @@ impl BuildService for BuildApi {
                 ))));
             }
         };
-        read_build(&h, &req.id, &self.regions())?;
+        read_build(&h, &req.id, &self.routing.regions())?;
         let node = self.routing.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {

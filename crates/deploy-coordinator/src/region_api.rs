@@ -24,6 +24,14 @@ use crate::release_api::propose_release;
 use crate::reports::{HostSeen, HOST_STATES, MAX_HOSTS_PER_REPORT, MAX_SERVICES_PER_HOST};
 use crate::routing::{forwarded, hops, Route, Routing};
 
+/// Who may report a rack and watch its goals: its relay, a host for itself (when its relay
+/// is down), or a node passing the call on.
+const RACK_PEERS: &[crate::peers::PeerKind] = &[
+    crate::peers::PeerKind::Relay,
+    crate::peers::PeerKind::Agent,
+    crate::peers::PeerKind::Node,
+];
+
 /// How often relays should report.
 pub const REPORT_EVERY_MS: u32 = 500;
 /// Decisions one pull returns at most.
@@ -370,15 +378,7 @@ impl RegionService for RegionApi {
         request: Request<pb::ReportRackRequest>,
     ) -> Result<Response<pb::ReportRackReply>, Status> {
         let hops = hops(&request);
-        let peer = crate::peers::require(
-            &self.routing.node,
-            &request,
-            &[
-                crate::peers::PeerKind::Relay,
-                crate::peers::PeerKind::Agent,
-                crate::peers::PeerKind::Node,
-            ],
-        )?;
+        let peer = crate::peers::require(&self.routing.node, &request, RACK_PEERS)?;
         let req = request.into_inner();
         crate::peers::reports_for(&self.routing.node, &peer, &req)?;
         let group = region_group(&self.routing, &req.region)?;
@@ -471,15 +471,7 @@ impl RegionService for RegionApi {
         request: Request<pb::WatchRackRequest>,
     ) -> Result<Response<GoalStream>, Status> {
         let hops = hops(&request);
-        crate::peers::require(
-            &self.routing.node,
-            &request,
-            &[
-                crate::peers::PeerKind::Relay,
-                crate::peers::PeerKind::Agent,
-                crate::peers::PeerKind::Node,
-            ],
-        )?;
+        crate::peers::require(&self.routing.node, &request, RACK_PEERS)?;
         let slot = crate::auth::watch_slot(&self.routing.node, &request)?;
         let req = request.into_inner();
         let group = region_group(&self.routing, &req.region)?;

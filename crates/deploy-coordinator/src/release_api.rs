@@ -15,14 +15,14 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
-/// Regions one release may name: far above any real cluster, a bound on hostile requests.
-const MAX_RELEASE_REGIONS: usize = 64;
-
 use crate::build_api::now_ms;
 use crate::error::ApiError;
 use crate::group::GroupHandle;
 use crate::paging::{list_args, page};
 use crate::routing::{forwarded, hops, Route, Routing};
+
+/// Regions one release may name: far above any real cluster, a bound on hostile requests.
+const MAX_RELEASE_REGIONS: usize = 64;
 
 const GLOBAL: GroupName = GroupName::Global;
 const MAX_ACTOR_BYTES: usize = 64;
@@ -273,13 +273,7 @@ impl ReleaseService for ReleaseApi {
             }
             Route::Local(h) => h,
         };
-        let known: Vec<String> = self
-            .routing
-            .node
-            .config
-            .regions()
-            .map(str::to_string)
-            .collect();
+        let known = self.routing.regions();
         let regions = if req.regions.is_empty() {
             known.clone()
         } else {

@@ -88,6 +88,11 @@ impl Routing {
         Self { node }
     }
 
+    /// The cluster's regions, in config order: what commands stamp for every replica.
+    pub fn regions(&self) -> Vec<String> {
+        self.node.config.regions().map(str::to_string).collect()
+    }
+
     pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
         self.node
             .pool

@@ -70,15 +70,6 @@ impl TokenApi {
     fn client(&self, addr: &str) -> Result<TokenServiceClient<Channel>, ApiError> {
         Ok(TokenServiceClient::new(self.routing.channel(addr)?))
     }
-
-    fn regions(&self) -> Vec<String> {
-        self.routing
-            .node
-            .config
-            .regions()
-            .map(str::to_string)
-            .collect()
-    }
 }
 
 #[tonic::async_trait]
@@ -122,7 +113,7 @@ impl TokenService for TokenApi {
             h,
             TokenCommand::Create {
                 token,
-                regions: self.regions(),
+                regions: self.routing.regions(),
             },
         )
         .await?;
@@ -181,7 +172,7 @@ impl TokenService for TokenApi {
                 name: req.name.clone(),
                 by: crate::auth::decided_by(""),
                 now_ms: now_ms(),
-                regions: self.regions(),
+                regions: self.routing.regions(),
             },
         )
         .await?;

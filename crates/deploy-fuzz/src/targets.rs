@@ -141,16 +141,15 @@ pub fn fix_tar_checksums(data: &mut [u8]) {
         if block.iter().all(|b| *b == 0) {
             return;
         }
-        let size = std::str::from_utf8(&block[124..136])
-            .ok()
-            .map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '))
-            .and_then(|s| u64::from_str_radix(s, 8).ok())
-            .unwrap_or(0);
-        block[148..156].fill(b' ');
-        let sum: u32 = block.iter().map(|b| u32::from(*b)).sum();
-        let field = format!("{sum:06o}\0 ");
-        block[148..156].copy_from_slice(field.as_bytes());
-        let body = size.div_ceil(512).saturating_mul(512);
+        let mut header = tar::Header::new_old();
+        header.as_mut_bytes().copy_from_slice(block);
+        header.set_cksum();
+        block.copy_from_slice(header.as_bytes());
+        let body = header
+            .entry_size()
+            .unwrap_or(0)
+            .div_ceil(512)
+            .saturating_mul(512);
         match usize::try_from(body)
             .ok()
             .and_then(|b| at.checked_add(512 + b))

@@ -36,14 +36,17 @@ pub struct Fence {
     pub readable: Vec<PathBuf>,
 }
 
-/// Whether this kernel can fence builds at all.
+/// Whether this kernel can fence builds at all (asked once per process).
 pub fn available() -> bool {
-    // A ruleset over the first ABI's rights is refused only where Landlock is missing.
-    Ruleset::default()
-        .set_compatibility(CompatLevel::HardRequirement)
-        .handle_access(AccessFs::from_all(ABI::V1))
-        .and_then(|r| r.create())
-        .is_ok()
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        // A ruleset over the first ABI's rights is refused only where Landlock is missing.
+        Ruleset::default()
+            .set_compatibility(CompatLevel::HardRequirement)
+            .handle_access(AccessFs::from_all(ABI::V1))
+            .and_then(|r| r.create())
+            .is_ok()
+    })
 }
 
 impl Fence {
