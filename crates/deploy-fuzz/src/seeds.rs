@@ -187,6 +187,18 @@ pub fn unpack() -> Files {
             "through-link.tar".into(),
             tar_of(&[("d", Symlink, "."), ("d/d/../../x", Regular, "x")]),
         ),
+        (
+            "link-chain.tar".into(),
+            tar_of(&[
+                ("d/l", Symlink, ".."),
+                ("d/l/x", Symlink, ".."),
+                ("d/l/x/evil", Regular, "x"),
+            ]),
+        ),
+        (
+            "link-via-link.tar".into(),
+            tar_of(&[("d/l", Symlink, ".."), ("x", Symlink, "d/l/../..")]),
+        ),
     ]
 }
 

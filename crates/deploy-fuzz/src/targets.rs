@@ -168,20 +168,35 @@ fn unpack(data: &[u8]) -> Result<(), String> {
 }
 
 fn unpack_as_is(data: &[u8]) -> Result<(), String> {
-    let outer = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
-    let dest = outer.path().join("dest");
+    // The release directory sits a few levels down, so a write that climbs (a chain of
+    // links, `..`) lands where it is seen.
+    let top = tempfile::tempdir().map_err(|e| format!("no temporary directory: {e}"))?;
+    let io = |e: std::io::Error| format!("cannot look at what it wrote: {e}");
+    let outer = top.path().join("a/b/c");
+    std::fs::create_dir_all(&outer).map_err(io)?;
+    let dest = outer.join("dest");
     let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
     let result = deploy_fanout::unpack::unpack(data, &dest, &digest, data.len() as u64);
-    let io = |e: std::io::Error| format!("cannot look at what it wrote: {e}");
-    let outside: Vec<_> = std::fs::read_dir(outer.path())
-        .map_err(io)?
-        .flatten()
-        .map(|e| e.file_name())
-        .filter(|n| n != "dest")
-        .collect();
-    if !outside.is_empty() {
-        return Err(format!("wrote outside its directory: {outside:?}"));
+    for (level, only) in [
+        (top.path().to_path_buf(), "a"),
+        (top.path().join("a"), "b"),
+        (top.path().join("a/b"), "c"),
+        (outer.clone(), "dest"),
+    ] {
+        let outside: Vec<_> = std::fs::read_dir(&level)
+            .map_err(io)?
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != only)
+            .collect();
+        if !outside.is_empty() {
+            return Err(format!(
+                "wrote outside its directory, in {}: {outside:?}",
+                level.display()
+            ));
+        }
     }
+    let outer = outer.as_path();
     match result {
         Err(_) if dest.exists() => return Err("a refused artifact left files behind".into()),
         Err(_) => {}
@@ -195,17 +210,28 @@ fn unpack_as_is(data: &[u8]) -> Result<(), String> {
                 if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
                     return Err(format!("made a special file: {}", p.display()));
                 }
-                // A link may dangle, but where it leads must be inside.
-                if let Ok(to) = std::fs::canonicalize(&p) {
-                    if !to.starts_with(&root) {
-                        return Err(format!("{} leads outside: {}", p.display(), to.display()));
+                // A link may dangle, but every step of where it leads must be inside.
+                if kind.is_symlink() {
+                    let target = std::fs::read_link(&p).map_err(io)?;
+                    let mut at = p.parent().map(Path::to_path_buf).unwrap_or_default();
+                    for c in target.components() {
+                        at.push(c);
+                        if let Ok(to) = std::fs::canonicalize(&at) {
+                            if !to.starts_with(&root) {
+                                return Err(format!(
+                                    "{} leads outside: {}",
+                                    p.display(),
+                                    to.display()
+                                ));
+                            }
+                        }
                     }
                 }
             }
         }
     }
     // The same bytes under another digest: refused, and nothing left.
-    let other = outer.path().join("other");
+    let other = outer.join("other");
     let wrong = format!("sha256:{}", "0".repeat(64));
     if deploy_fanout::unpack::unpack(data, &other, &wrong, data.len() as u64).is_ok() {
         return Err("unpacked under a digest that is not its own".into());
