@@ -156,7 +156,7 @@ async fn one_rack_running(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_back_a_first_release_stops_the_service_it_started() -> anyhow::Result<()> {
     let (c, client, ids, first) = one_rack_running(&[("v1", true)]).await?;
-    let pids: Vec<u32> = ["east-1-h1", "east-1-h2"]
+    let pids: Vec<deploy_fanout::service::Proc> = ["east-1-h1", "east-1-h2"]
         .iter()
         .flat_map(|h| c.agent(h).map(|a| a.pids()).unwrap_or_default())
         .collect();

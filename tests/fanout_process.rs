@@ -53,9 +53,8 @@ fn write_config(
 
 /// The pid of the service `current` runs, if it is alive.
 fn running_pid(c: &ProcessCluster, host: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(c.host_root(host).join("services/web/pid")).ok()?;
-    let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
-    deploy_fanout::service::alive(pid).then_some(pid)
+    let f = deploy_fanout::service::PidFile::read(&c.host_root(host).join("services/web/pid"))?;
+    f.proc.alive().then_some(f.proc.pid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,15 +228,10 @@ async fn deployd_dev_with_two_regions_of_two_racks_of_four_hosts_runs_the_releas
                 // The process of the new build is up and has answered.
                 let answer = std::fs::read_to_string(sdir.join(&link).join("answer"))?;
                 anyhow::ensure!(answer.trim() == ids[0], "{h}: answered {answer:?}");
-                let pid: u32 = std::fs::read_to_string(sdir.join("pid"))?
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .parse()?;
-                anyhow::ensure!(
-                    deploy_fanout::service::alive(pid),
-                    "{h}: service {pid} is not running"
-                );
+                let pid = deploy_fanout::service::PidFile::read(&sdir.join("pid"))
+                    .ok_or_else(|| anyhow::anyhow!("{h}: no pid file"))?
+                    .proc;
+                anyhow::ensure!(pid.alive(), "{h}: service {pid} is not running");
             }
         }
         anyhow::Ok(())

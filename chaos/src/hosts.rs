@@ -142,13 +142,20 @@ pub fn check_disk(host: &str, root: &Path, goal: &str, expected: &Tree) -> Resul
     }
     let pid_text = std::fs::read_to_string(sdir.join("pid"))
         .map_err(|e| format!("{host}: no pid file: {e}"))?;
-    let mut it = pid_text.split_whitespace();
-    let pid: u32 = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    if it.next() != Some(goal) {
+    let file = deploy_fanout::service::PidFile::parse(&pid_text)
+        .ok_or_else(|| format!("{host}: the pid file is not one: {pid_text:?}"))?;
+    if file.build != goal {
         return Err(format!(
             "{host}: the pid file is for another build: {pid_text:?}"
         ));
     }
+    if !file.proc.alive() {
+        return Err(format!(
+            "{host}: the service process {} of {goal} is gone",
+            file.proc
+        ));
+    }
+    let pid = file.proc.pid;
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
     let dir = sdir.join(&want);
     let real = dir.canonicalize().ok();

@@ -4,7 +4,7 @@
 //! - `chunks/<hex>`: verified chunks (written to a temp name, then renamed);
 //! - `services/<s>/releases/<build>/`: unpacked releases; `.partial-<build>` while unpacking;
 //! - `services/<s>/current`: a symlink to the running release, replaced by rename;
-//! - `services/<s>/pid`: the service's process group, `<pid> <build>`;
+//! - `services/<s>/pid`: the service's process group, `<pid> <start time> <build>`;
 //! - `services/<s>/logs/<build>.log`: its output.
 //!
 //! A kill at any point leaves `current` on a complete release: a release directory appears
@@ -72,7 +72,7 @@ struct Svc {
     build_id: String,
     state: String,
     detail: String,
-    pid: Option<u32>,
+    pid: Option<service::Proc>,
     started: Option<Instant>,
     run: Option<RunSection>,
     dir: PathBuf,
@@ -146,8 +146,8 @@ impl Agent {
         }
     }
 
-    /// The pids of the service processes this agent runs.
-    pub fn pids(&self) -> Vec<u32> {
+    /// The service processes this agent runs.
+    pub fn pids(&self) -> Vec<service::Proc> {
         lock(&self.services)
             .values()
             .filter_map(|v| v.pid)
@@ -157,7 +157,7 @@ impl Agent {
     /// Stops every service process this agent runs (for `deployd dev` shutting down; a real
     /// agent leaves them running when it stops).
     pub async fn stop_services(&self) {
-        let pids: Vec<u32> = lock(&self.services)
+        let pids: Vec<service::Proc> = lock(&self.services)
             .values()
             .filter_map(|v| v.pid)
             .collect();
@@ -256,7 +256,7 @@ impl Agent {
     /// first release here): its process ends and `current` goes, so a restart starts nothing;
     /// its releases stay on disk for a fast return.
     async fn retire_unwanted(&self, wanted: &[String]) {
-        let unwanted: Vec<(String, Option<u32>)> = lock(&self.services)
+        let unwanted: Vec<(String, Option<service::Proc>)> = lock(&self.services)
             .iter()
             .filter(|(s, _)| !wanted.contains(s))
             .map(|(s, v)| (s.clone(), v.pid))
@@ -521,7 +521,7 @@ impl Agent {
         }
         let sdir = self.svc_dir(service);
         let log = sdir.join("logs").join(format!("{build}.log"));
-        let pid = service::start(
+        let proc = service::start(
             &run,
             dir,
             &log,
@@ -532,15 +532,18 @@ impl Agent {
             ],
         )
         .map_err(|e| format!("cannot start {:?}: {e}", run.command))?;
-        let tmp = sdir.join("pid.tmp");
-        std::fs::write(&tmp, format!("{pid} {build}\n")).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, sdir.join("pid")).map_err(|e| e.to_string())?;
-        info!(host = %self.opts.id, %service, %build, pid, "started");
+        service::PidFile {
+            proc,
+            build: build.to_string(),
+        }
+        .write(&sdir.join("pid"))
+        .map_err(|e| e.to_string())?;
+        info!(host = %self.opts.id, %service, %build, pid = proc.pid, "started");
         self.set(service, |v| {
             v.build_id = build.to_string();
             v.state = "STARTING".into();
             v.detail.clear();
-            v.pid = Some(pid);
+            v.pid = Some(proc);
             v.started = Some(Instant::now());
             v.run = Some(run);
             v.dir = dir.to_path_buf();
@@ -613,17 +616,14 @@ impl Agent {
                     continue;
                 }
             };
-            let adopted = std::fs::read_to_string(sdir.join("pid"))
-                .ok()
-                .and_then(|t| {
-                    let mut it = t.split_whitespace();
-                    let pid: u32 = it.next()?.parse().ok()?;
-                    let b = it.next()?.to_string();
-                    (b == build && service::alive(pid)).then_some(pid)
-                });
+            // Only the very process the file names: the same pid, started at the same time.
+            // A pid whose process ended may have been given to another since.
+            let adopted = service::PidFile::read(&sdir.join("pid"))
+                .filter(|f| f.build == build && f.proc.alive())
+                .map(|f| f.proc);
             match adopted {
                 Some(pid) => {
-                    info!(%service, %build, pid, "adopted the running service");
+                    info!(%service, %build, pid = pid.pid, "adopted the running service");
                     self.set(&service, |v| {
                         v.build_id = build.clone();
                         v.state = "STARTING".into();
@@ -676,7 +676,7 @@ impl Agent {
                 && !matches!(x.state.as_str(), "DOWNLOADING" | "INSTALLING" | "FAILED")
         };
         let ended =
-            service::reap(pid).or_else(|| (!service::alive(pid)).then(|| "is gone".to_string()));
+            service::reap(pid.pid).or_else(|| (!pid.alive()).then(|| "is gone".to_string()));
         if let Some(how) = ended {
             self.set(s, |x| {
                 if still(x) {
@@ -731,12 +731,12 @@ mod tests {
         })
     }
 
-    /// A process that has exited, so its pid no longer names a live process.
-    fn dead_pid() -> u32 {
+    /// A process that has exited, so it is no longer alive.
+    fn dead_pid() -> service::Proc {
         let mut c = std::process::Command::new("true")
             .spawn()
             .expect("spawn true");
-        let pid = c.id();
+        let pid = service::Proc::of(c.id()).expect("a child not yet reaped exists");
         c.wait().expect("wait");
         pid
     }
@@ -775,5 +775,66 @@ mod tests {
         let now = lock(&a.services)["web"].clone();
         assert_eq!(now.state, "FAILED");
         assert!(now.detail.contains("gone"), "{}", now.detail);
+    }
+
+    /// An unrelated process that leads its own process group, as a service would: what a
+    /// reused pid may name after the service ended.
+    fn stranger() -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep")
+    }
+
+    #[tokio::test]
+    async fn a_restarted_agent_adopts_and_signals_only_the_process_it_started() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sdir = dir.path().join("services/web");
+        let release = sdir.join("releases/b-1");
+        std::fs::create_dir_all(release.join(".deploy")).expect("release dir");
+        std::fs::write(
+            release.join(".deploy/run.toml"),
+            "[run]\ncommand = \"exec sleep 60\"\n",
+        )
+        .expect("run.toml");
+        std::os::unix::fs::symlink("releases/b-1", sdir.join("current")).expect("current");
+        let mut other = stranger();
+        let theirs = service::Proc::of(other.id()).expect("the stranger runs");
+        // Pid files naming the stranger: the old format (no start time), and one whose start
+        // time is not the stranger's (its pid was reused after the service ended).
+        for text in [
+            format!("{} b-1\n", theirs.pid),
+            format!("{} {} b-1\n", theirs.pid, theirs.started + 1),
+        ] {
+            std::fs::write(sdir.join("pid"), &text).expect("pid file");
+            let a = agent(dir.path());
+            a.restore().await.expect("restore");
+            let ours = lock(&a.services)["web"].pid.expect("a service process");
+            assert_ne!(ours.pid, theirs.pid, "adopted a stranger from {text:?}");
+            let file = service::PidFile::read(&sdir.join("pid")).expect("a new pid file");
+            assert_eq!(file.proc, ours);
+            assert_eq!(file.build, "b-1");
+            a.stop_services().await;
+            assert!(!ours.alive(), "the agent stops the process it started");
+            assert!(theirs.alive(), "the stranger was signalled");
+        }
+        // Its own process, recorded with its start time, is adopted after a restart.
+        let a = agent(dir.path());
+        let mut again = service::PidFile::read(&sdir.join("pid")).expect("pid file");
+        again.proc = theirs;
+        again.write(&sdir.join("pid")).expect("pid file");
+        a.restore().await.expect("restore");
+        assert_eq!(lock(&a.services)["web"].pid, Some(theirs));
+        // A stale record of it (same pid, another start) is never signalled.
+        service::kill_now(service::Proc {
+            started: theirs.started + 1,
+            ..theirs
+        });
+        assert!(theirs.alive());
+        service::kill_now(theirs);
+        let _ = other.wait();
+        assert!(!theirs.alive());
     }
 }

@@ -1,5 +1,9 @@
 //! A host's service processes: started from the release's `[run]` command in their own
 //! process group, stopped group-wide, and checked for health.
+//!
+//! A process is known by its pid *and* the time it started ([`Proc`]): once a process ends,
+//! its pid may be handed to an unrelated one, so nothing here adopts or signals a pid whose
+//! start time is not the one recorded when the agent started it.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -7,14 +11,91 @@ use std::time::Duration;
 
 use deploy_artifact::recipe::RunSection;
 
+/// A process: its pid, and when it started (field 22 of `/proc/PID/stat`, in clock ticks
+/// since boot), which no later process with the same pid shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Proc {
+    pub pid: u32,
+    pub started: u64,
+}
+
+/// When process `pid` started, if it exists (a zombie not yet reaped still does).
+pub fn start_time(pid: u32) -> Option<u64> {
+    if pid <= 1 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ...`: comm may hold spaces and parentheses, so count from the last `)`.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Proc {
+    /// Process `pid` as it is now, if it exists.
+    pub fn of(pid: u32) -> Option<Self> {
+        start_time(pid).map(|started| Self { pid, started })
+    }
+
+    /// Whether this very process still exists (not another that took its pid).
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.started)
+    }
+}
+
+impl std::fmt::Display for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.pid)
+    }
+}
+
+/// A service's `pid` file: `<pid> <start time> <build>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidFile {
+    pub proc: Proc,
+    pub build: String,
+}
+
+impl PidFile {
+    /// Parses a pid file's text; anything else (an older `<pid> <build>` line among them) is
+    /// `None`, since nothing then says which process the pid named.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut it = text.split_whitespace();
+        let pid = it.next()?.parse().ok()?;
+        let started = it.next()?.parse().ok()?;
+        let build = it.next()?.to_string();
+        it.next().is_none().then_some(Self {
+            proc: Proc { pid, started },
+            build,
+        })
+    }
+
+    pub fn read(path: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(path).ok()?;
+        if text.len() > 256 {
+            return None;
+        }
+        Self::parse(&text)
+    }
+
+    /// Writes the file whole (a temporary file renamed over it).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            format!("{} {} {}\n", self.proc.pid, self.proc.started, self.build),
+        )?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
 /// Starts `run.command` with `sh -c` in `dir`, in a new process group, its output appended
-/// to `log`. Returns the pid (also the group id).
+/// to `log`. Returns the process (its pid is also the group id).
 pub fn start(
     run: &RunSection,
     dir: &Path,
     log: &Path,
     env: &[(&str, &str)],
-) -> std::io::Result<u32> {
+) -> std::io::Result<Proc> {
     use std::os::unix::process::CommandExt;
     if let Some(parent) = log.parent() {
         std::fs::create_dir_all(parent)?;
@@ -39,9 +120,10 @@ pub fn start(
     }
     let child = cmd.spawn()?;
     let pid = child.id();
-    // The child is reaped by `reap`; dropping the handle does not kill it.
+    // The child is reaped by `reap`; dropping the handle does not kill it. Until then its
+    // pid cannot be reused, so the start time read now is its own.
     drop(child);
-    Ok(pid)
+    Proc::of(pid).ok_or_else(|| std::io::Error::other(format!("process {pid} vanished at start")))
 }
 
 /// Collects `pid` if it is a child of this process that exited, saying how it ended. Only
@@ -63,57 +145,57 @@ pub fn reap(pid: u32) -> Option<String> {
     })
 }
 
-/// Whether `pid` is alive (a zombie not yet reaped counts as alive until `reap`).
-pub fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 1 && unsafe { libc::kill(pid as i32, 0) } == 0
+/// Whether `p` is alive (a zombie not yet reaped counts as alive until `reap`).
+pub fn alive(p: Proc) -> bool {
+    p.alive()
 }
 
-/// Whether `pid` leads its own process group (one this agent made), so the group may be
-/// signalled without touching anything else.
-fn leads_own_group(pid: u32) -> bool {
+/// Whether `p` is still the process this agent started and leads its own process group, so
+/// the group may be signalled without touching anything else.
+fn ours(p: Proc) -> bool {
     // SAFETY: plain queries of process group ids.
-    unsafe {
-        let pgid = libc::getpgid(pid as i32);
-        pgid == pid as i32 && pgid != libc::getpgrp()
+    let leads = unsafe {
+        let pgid = libc::getpgid(p.pid as i32);
+        pgid == p.pid as i32 && pgid != libc::getpgrp()
+    };
+    leads && p.alive()
+}
+
+/// Signals `p`'s process group, if it is still ours.
+fn signal_group(p: Proc, signal: i32) {
+    if ours(p) {
+        // SAFETY: signalling the process group this agent created for the service, checked
+        // just now to be that process's (same pid, same start time).
+        unsafe {
+            libc::kill(-(p.pid as i32), signal);
+        }
     }
 }
 
 /// Stops the service's process group: SIGTERM, then SIGKILL after `grace`.
-pub async fn stop(pid: u32, grace: Duration) {
-    if !alive(pid) || !leads_own_group(pid) {
+pub async fn stop(p: Proc, grace: Duration) {
+    if !ours(p) {
         return;
     }
-    // SAFETY: signalling the process group this agent created for the service.
-    unsafe {
-        libc::kill(-(pid as i32), libc::SIGTERM);
-    }
+    signal_group(p, libc::SIGTERM);
     let deadline = tokio::time::Instant::now() + grace;
     while tokio::time::Instant::now() < deadline {
-        reap(pid);
-        if !alive(pid) {
+        reap(p.pid);
+        if !p.alive() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if leads_own_group(pid) {
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(-(pid as i32), libc::SIGKILL);
-        }
-    }
+    signal_group(p, libc::SIGKILL);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    reap(pid);
+    reap(p.pid);
 }
 
 /// Kills the service's process group at once (for a test or dev cluster going away).
-pub fn kill_now(pid: u32) {
-    if alive(pid) && leads_own_group(pid) {
-        // SAFETY: signalling the process group this agent created for the service.
-        unsafe {
-            libc::kill(-(pid as i32), libc::SIGKILL);
-        }
-        reap(pid);
+pub fn kill_now(p: Proc) {
+    if ours(p) {
+        signal_group(p, libc::SIGKILL);
+        reap(p.pid);
     }
 }
 

@@ -306,11 +306,10 @@ impl Drop for ProcessCluster {
                 continue;
             };
             for s in services.flatten() {
-                let pid = std::fs::read_to_string(s.path().join("pid"))
-                    .ok()
-                    .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok());
-                if let Some(pid) = pid {
-                    deploy_fanout::service::kill_now(pid);
+                // Only the process the file names, checked by its start time: after the
+                // agent died its pid may have gone to another process.
+                if let Some(f) = deploy_fanout::service::PidFile::read(&s.path().join("pid")) {
+                    deploy_fanout::service::kill_now(f.proc);
                 }
             }
         }
