@@ -59,7 +59,10 @@ async fn shed(addr: &str, ca: &[u8]) -> anyhow::Result<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_is_shed_and_nobody_else_is() -> anyhow::Result<()> {
-    let c = ProcessCluster::start_spec(Spec::new(3).secure())?;
+    let spec = Spec::new(3)
+        .allowed_repos(&["https://git.example/**"])
+        .secure();
+    let c = ProcessCluster::start_spec(spec)?;
     let admin = c.client()?;
     let (leader, term) = wait_until(T, "a global leader", || async {
         leadership(&admin).await.ok().filter(|(l, _)| !l.is_empty())

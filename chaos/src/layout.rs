@@ -220,7 +220,7 @@ impl Layout {
              snapshot_every_logs = 300\nkeep_logs_after_snapshot = 100\n\n\
              [builds]\nlease_ms = 3000\nmax_attempts = 5\nlog_cap_bytes = 1048576\n\
              default_timeout_secs = 120\nchunk_bytes = 65536\nreplication_deadline_secs = 600\n\
-             keep_per_service = 100\ngc_grace_secs = 3600\n\n",
+             keep_per_service = 100\ngc_grace_secs = 3600\nallowed_repos = [\"/**\"]\n\n",
         );
         for n in &self.nodes {
             s.push_str(&format!(

@@ -805,13 +805,8 @@ pub fn find_deployd(explicit: Option<&Path>, bin: &str) -> anyhow::Result<PathBu
     let p = dir.join(bin);
     anyhow::ensure!(
         p.is_file(),
-        "{} is missing: build it first (cargo build -p deployd{})",
+        "{} is missing: build it first (cargo build -p {bin})",
         p.display(),
-        if bin == "deployd" {
-            ""
-        } else {
-            " --bin deployd-ack-before-commit --features chaos-ack-before-commit"
-        }
     );
     Ok(p)
 }

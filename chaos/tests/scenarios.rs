@@ -28,7 +28,7 @@ async fn short_run_of(scenario: Scenario, binary: &str) -> anyhow::Result<(Scena
     let deployd = bins.join(binary);
     anyhow::ensure!(
         deployd.is_file(),
-        "{} is missing: cargo xtask test builds it (cargo build -p deployd --bin {binary} --features chaos-ack-before-commit)",
+        "{} is missing: cargo xtask test builds it (cargo build -p {binary})",
         deployd.display()
     );
     let opts = Options {
@@ -148,6 +148,29 @@ async fn a_build_that_acknowledges_before_committing_is_caught() -> anyhow::Resu
         r.violations.iter().any(|v| v.contains("build")),
         "no violation names a build:\n{}",
         r.render()
+    );
+    Ok(())
+}
+
+/// The fault lives only in its own binary: the `deployd` that `cargo xtask test` builds (with
+/// `--all-features`) carries none of its code, while the broken binary does (so this check
+/// can fail). The marker is the broken answer's own log line.
+#[test]
+fn no_build_of_deployd_carries_the_ack_before_commit_fault() -> anyhow::Result<()> {
+    const MARKER: &[u8] = b"acknowledged before commit";
+    let bins = test_harness::process::bin_dir()?;
+    let holds = |name: &str| -> anyhow::Result<bool> {
+        let bytes = std::fs::read(bins.join(name))
+            .map_err(|e| anyhow::anyhow!("{name} in {}: {e}", bins.display()))?;
+        Ok(bytes.windows(MARKER.len()).any(|w| w == MARKER))
+    };
+    assert!(
+        holds("deployd-ack-before-commit")?,
+        "the marker is the broken binary's"
+    );
+    assert!(
+        !holds("deployd")?,
+        "deployd carries the ack-before-commit fault"
     );
     Ok(())
 }

@@ -161,6 +161,12 @@ fn lookup(node: &Node, hash: &str) -> Option<(String, Role, Vec<String>)> {
 
 /// Who calls `path` with `headers`, or why they may not.
 pub fn admit(node: &Node, path: &str, headers: &HeaderMap) -> Result<Caller, Status> {
+    // One credential a call: with two, which one decides would be up to whoever reads first.
+    if headers.get_all("authorization").iter().nth(1).is_some() {
+        return Err(Status::unauthenticated(
+            "more than one authorization header: send exactly one bearer token",
+        ));
+    }
     let bearer: Option<MetadataValue<Ascii>> = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -207,9 +213,16 @@ pub fn admit(node: &Node, path: &str, headers: &HeaderMap) -> Result<Caller, Sta
 /// The middleware over the node's whole router.
 pub async fn layer(
     State(node): State<Arc<Node>>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // How often a call was forwarded is for nodes to say: from anyone else it is dropped, so
+    // a client can neither use up the hop bound nor break the count.
+    if req.headers().contains_key(crate::routing::HOPS_HEADER)
+        && !crate::peers::from_node(&node, &req)
+    {
+        req.headers_mut().remove(crate::routing::HOPS_HEADER);
+    }
     let path = req.uri().path();
     let limited = matches!(need(path), Need::Role(_));
     let caller = match admit(&node, path, req.headers()) {

@@ -158,6 +158,14 @@ impl BuildService for BuildApi {
         let req = request.into_inner();
         deploy_state::check_build_input(&req.service, &req.repo, &req.commit)
             .map_err(build_error)?;
+        // The cluster's repository policy, before anything is proposed or forwarded.
+        self.routing
+            .node
+            .config
+            .builds
+            .allowed_repos
+            .check(&req.repo)
+            .map_err(ApiError::InvalidArgument)?;
         crate::auth::may_touch(&req.service)?;
         let h = match self.routing.route(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
@@ -177,11 +185,10 @@ impl BuildService for BuildApi {
             by: by(),
             max_queued: Some(self.routing.node.config.builds.max_queued),
         };
-        #[cfg(feature = "chaos-ack-before-commit")]
-        if let Some(b) =
-            crate::broken::submit_before_commit(h, cmd.clone(), &self.routing.regions())
-        {
-            return Ok(Response::new(b));
+        if let Some(seam) = &self.routing.node.seams.submit {
+            if let Some(b) = seam.before_propose(h, &cmd, &self.routing.regions()) {
+                return Ok(Response::new(b));
+            }
         }
         match propose(h, cmd).await? {
             BuildResponse::Submitted { id, created } => {

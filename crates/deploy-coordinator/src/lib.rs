@@ -14,8 +14,6 @@
 pub mod api;
 pub mod artifact_api;
 pub mod auth;
-#[cfg(feature = "chaos-ack-before-commit")]
-mod broken;
 pub mod build_api;
 pub mod build_tasks;
 pub mod error;
@@ -32,6 +30,7 @@ pub mod release_api;
 pub mod reports;
 pub mod rollout_tasks;
 pub mod routing;
+pub mod seams;
 pub mod server;
 pub mod token_api;
 pub mod worker_api;

@@ -55,6 +55,8 @@ pub struct NodeOptions {
     pub store_base: PathBuf,
     /// How it serves and reaches its peers: plain TCP, or mutual TLS with its certificate.
     pub transport: deploy_tls::Transport,
+    /// Faults a test binary injects (see [`crate::seams`]); empty in `deployd`.
+    pub seams: crate::seams::Seams,
 }
 
 /// The groups hosted by one coordinator node.
@@ -81,6 +83,8 @@ pub struct Node {
     /// Bounds on clients' calls and streams.
     pub limits: crate::limits::Limits,
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Faults a test binary injected; none in `deployd`.
+    pub seams: crate::seams::Seams,
 }
 
 impl Node {
@@ -114,6 +118,9 @@ impl Node {
             let store = Store::open(&location).map_err(|e| NodeError::Stores(e.to_string()))?;
             stores.insert(region.to_string(), store);
         }
+        if options.seams.any() {
+            tracing::warn!(node = %me, seams = ?options.seams, "this node runs with injected faults: a test binary, never for real use");
+        }
         let mut groups = BTreeMap::new();
         for group in hosted {
             let handle =
@@ -134,6 +141,7 @@ impl Node {
             refused: Default::default(),
             limits: Default::default(),
             stopping: tokio::sync::watch::channel(false).0,
+            seams: options.seams.clone(),
         }))
     }
 

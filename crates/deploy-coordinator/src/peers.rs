@@ -105,7 +105,55 @@ pub fn acting_as(node: &Node, peer: &str, worker: &str) -> Result<(), Status> {
     )))
 }
 
-/// A relay reports only as itself and for its own rack, an agent only for its own host.
+/// What a relay or an agent may speak for: a relay for its own rack and that rack's hosts,
+/// an agent for its own host in its own rack. Nodes (forwarding) may speak for any.
+fn rack_caller<'a>(
+    config: &ClusterConfig,
+    peer: &str,
+    relay: &str,
+    region: &str,
+    rack: &str,
+    mut hosts: impl Iterator<Item = &'a str>,
+) -> Result<(), String> {
+    match kind_of(config, peer) {
+        Some(PeerKind::Node) => Ok(()),
+        Some(PeerKind::Relay) => {
+            let own = config
+                .relay(peer)
+                .filter(|(r, _)| r.name == rack && r.region == region)
+                .map(|(r, _)| r);
+            match own {
+                Some(r) if relay == peer || relay.is_empty() => {
+                    match hosts.find(|h| !r.hosts.iter().any(|x| x.as_str() == *h)) {
+                        None => Ok(()),
+                        Some(h) => Err(format!(
+                            "relay {peer} speaks only for the hosts of its rack, not {:?}",
+                            h.chars().take(64).collect::<String>()
+                        )),
+                    }
+                }
+                _ => Err(format!(
+                    "relay {peer} speaks only as itself, for its own rack"
+                )),
+            }
+        }
+        Some(PeerKind::Agent) => {
+            let own_rack = config
+                .host(peer)
+                .is_some_and(|p| p.region == region && p.rack.name == rack);
+            if !relay.is_empty() || !own_rack || hosts.any(|h| h != peer) {
+                return Err(format!(
+                    "host {peer} speaks only for itself, in its own rack"
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(format!("{peer} speaks for no rack")),
+    }
+}
+
+/// A relay reports only as itself, for its own rack and its hosts; an agent only for its own
+/// host. On an insecure cluster (`peer` empty) nothing is checked.
 pub fn reports_for(
     node: &Node,
     peer: &str,
@@ -114,29 +162,49 @@ pub fn reports_for(
     if peer.is_empty() {
         return Ok(());
     }
-    let config = &node.config;
-    let deny = |why: String| Err(Status::permission_denied(why));
-    match kind_of(config, peer) {
-        Some(PeerKind::Node) => Ok(()),
-        Some(PeerKind::Relay) => {
-            let rack_ok = config
-                .relay(peer)
-                .is_some_and(|(rack, _)| rack.name == req.rack && rack.region == req.region);
-            if req.relay != peer || !rack_ok {
-                return deny(format!(
-                    "relay {peer} reports only as itself, for its own rack"
-                ));
-            }
-            Ok(())
-        }
-        Some(PeerKind::Agent) => {
-            if !req.relay.is_empty() || req.hosts.iter().any(|h| h.host != peer) {
-                return deny(format!("host {peer} reports only for itself"));
-            }
-            Ok(())
-        }
-        _ => deny(format!("{peer} sends no rack reports")),
+    let hosts = req.hosts.iter().map(|h| h.host.as_str());
+    rack_caller(
+        &node.config,
+        peer,
+        &req.relay,
+        &req.region,
+        &req.rack,
+        hosts,
+    )
+    .map_err(Status::permission_denied)
+}
+
+/// A relay watches only its own rack's hosts' goals, an agent only its own.
+pub fn watches_for(
+    node: &Node,
+    peer: &str,
+    req: &deploy_proto::v1::WatchRackRequest,
+) -> Result<(), Status> {
+    if peer.is_empty() {
+        return Ok(());
     }
+    let hosts = req.hosts.iter().map(String::as_str);
+    let relay = match kind_of(&node.config, peer) {
+        Some(PeerKind::Relay) => peer,
+        _ => "",
+    };
+    rack_caller(&node.config, peer, relay, &req.region, &req.rack, hosts)
+        .map_err(Status::permission_denied)
+}
+
+/// The process id a verified client certificate of an HTTP request names, if any.
+pub fn http_peer<B>(req: &axum::http::Request<B>) -> Option<String> {
+    req.extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .and_then(|c| c.first().and_then(|c| deploy_tls::peer_id(c.as_ref())))
+}
+
+/// Whether an HTTP request comes from another coordinator node (by its certificate). On an
+/// insecure cluster nothing can tell, and every caller is trusted alike.
+pub fn from_node<B>(node: &Node, req: &axum::http::Request<B>) -> bool {
+    !node.transport.is_tls()
+        || http_peer(req).is_some_and(|p| kind_of(&node.config, &p) == Some(PeerKind::Node))
 }
 
 /// The same for the node's HTTP routes (artifact downloads): members only.
@@ -146,12 +214,7 @@ pub async fn require_member_http(
     next: axum::middleware::Next,
 ) -> Response {
     if node.transport.is_tls() {
-        let peer = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|i| i.peer_certs())
-            .and_then(|c| c.first().and_then(|c| deploy_tls::peer_id(c.as_ref())));
-        if let Err(why) = check(&node.config, peer, MEMBERS) {
+        if let Err(why) = check(&node.config, http_peer(&req), MEMBERS) {
             return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
         }
     }
@@ -177,5 +240,43 @@ mod tests {
         assert!(e.contains("certificate"), "{e}");
         let e = check(&c, Some("mallory".into()), MEMBERS).unwrap_err();
         assert!(e.contains("no process"), "{e}");
+    }
+
+    #[test]
+    fn relays_and_hosts_speak_only_for_their_own_rack_and_host() {
+        let c = ClusterConfig::local();
+        let call = |peer: &str, relay: &str, rack: &str, hosts: &[&str]| {
+            rack_caller(&c, peer, relay, "us-east", rack, hosts.iter().copied())
+        };
+        let relay = "us-east-rack-1-relay";
+        assert!(call(relay, relay, "rack-1", &["us-east-1-h1", "us-east-1-h2"]).is_ok());
+        assert!(
+            call(relay, relay, "rack-2", &["us-east-2-h1"]).is_err(),
+            "another rack"
+        );
+        assert!(
+            call(relay, "us-east-rack-2-relay", "rack-1", &[]).is_err(),
+            "as another relay"
+        );
+        let e = call(relay, relay, "rack-1", &["us-east-2-h1"]).unwrap_err();
+        assert!(e.contains("hosts of its rack"), "{e}");
+        assert!(call("us-east-1-h1", "", "rack-1", &["us-east-1-h1"]).is_ok());
+        assert!(
+            call("us-east-1-h1", "", "rack-1", &["us-east-1-h2"]).is_err(),
+            "another host"
+        );
+        assert!(
+            call("us-east-1-h1", "", "rack-2", &["us-east-1-h1"]).is_err(),
+            "another rack"
+        );
+        assert!(
+            call("us-east-1-h1", relay, "rack-1", &["us-east-1-h1"]).is_err(),
+            "as a relay"
+        );
+        assert!(
+            call("g1", "", "rack-2", &["anything"]).is_ok(),
+            "a node forwards"
+        );
+        assert!(call("worker-1", "", "rack-1", &[]).is_err());
     }
 }

@@ -471,9 +471,10 @@ impl RegionService for RegionApi {
         request: Request<pb::WatchRackRequest>,
     ) -> Result<Response<GoalStream>, Status> {
         let hops = hops(&request);
-        crate::peers::require(&self.routing.node, &request, RACK_PEERS)?;
+        let peer = crate::peers::require(&self.routing.node, &request, RACK_PEERS)?;
         let slot = crate::auth::watch_slot(&self.routing.node, &request)?;
         let req = request.into_inner();
+        crate::peers::watches_for(&self.routing.node, &peer, &req)?;
         let group = region_group(&self.routing, &req.region)?;
         deploy_types::check_name("rack", &req.rack).map_err(invalid)?;
         if req.hosts.len() > MAX_HOSTS_PER_REPORT {

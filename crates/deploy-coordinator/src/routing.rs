@@ -27,19 +27,20 @@ pub enum Route<'a> {
     Remote(String),
 }
 
-/// How many times a request was already forwarded.
+/// How many times a request was already forwarded. Only nodes set the header (the auth
+/// layer drops it from any other caller); a count past the bound is the bound.
 pub fn hops<T>(req: &Request<T>) -> u32 {
     req.metadata()
         .get(HOPS_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(0, |h| h.min(MAX_HOPS))
 }
 
 /// `msg` as a request forwarded one more time, with the caller's token.
 pub fn forwarded<T>(msg: T, hops: u32) -> Request<T> {
     let mut req = Request::new(msg);
-    if let Ok(v) = (hops + 1).to_string().parse() {
+    if let Ok(v) = hops.saturating_add(1).min(MAX_HOPS).to_string().parse() {
         req.metadata_mut().insert(HOPS_HEADER, v);
     }
     if let Some(bearer) = crate::auth::bearer() {
@@ -224,5 +225,20 @@ mod tests {
         let s = relay_error("10.0.0.1:7001", refused);
         assert_eq!(s.code(), tonic::Code::FailedPrecondition);
         assert_eq!(s.message(), "release r-1 is PAUSED");
+    }
+
+    #[test]
+    fn a_hop_count_at_the_edge_of_u32_neither_panics_nor_wraps() {
+        let mut req = Request::new(());
+        req.metadata_mut()
+            .insert(HOPS_HEADER, u32::MAX.to_string().parse().unwrap());
+        assert_eq!(hops(&req), MAX_HOPS);
+        let next = forwarded((), hops(&req));
+        assert_eq!(hops(&next), MAX_HOPS);
+        let next = forwarded((), u32::MAX);
+        assert_eq!(hops(&next), MAX_HOPS, "the count never wraps back to 0");
+        req.metadata_mut()
+            .insert(HOPS_HEADER, "-1".parse().unwrap());
+        assert_eq!(hops(&req), 0);
     }
 }

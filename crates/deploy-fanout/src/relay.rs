@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use deploy_tls::listener::Peer;
 
 use crate::bucket::Bucket;
 use crate::cache::Cache;
@@ -239,7 +241,7 @@ impl Relay {
         let app = self.router();
         let served = match &self.inner.opts.transport {
             deploy_tls::Transport::Plain => {
-                axum::serve(listener, app)
+                axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await
             }
@@ -256,7 +258,7 @@ impl Relay {
                 });
                 match tls {
                     Ok(l) => {
-                        axum::serve(l, app)
+                        axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
                             .with_graceful_shutdown(async move { stop.cancelled().await })
                             .await
                     }
@@ -629,7 +631,31 @@ struct GoalQuery {
     wait_ms: u64,
 }
 
-async fn goal(State(me): State<Arc<Inner>>, Query(q): Query<GoalQuery>) -> Response {
+/// On a secure relay a host reads and reports only for itself: the certificate it connected
+/// with must name `host`; otherwise the refusal to answer. (Child relays and nodes fetch
+/// manifests and chunks, never goals.)
+fn not_for(me: &Inner, peer: &Peer, host: &str) -> Option<Response> {
+    if !me.opts.transport.is_tls() || peer.id.as_deref() == Some(host) {
+        return None;
+    }
+    let shown: String = host.chars().take(64).collect();
+    Some(text(
+        StatusCode::FORBIDDEN,
+        match &peer.id {
+            Some(id) => format!("{id} may not speak for host {shown:?}: a host reads its own goals and reports only for itself"),
+            None => "a host call needs the host's certificate".to_string(),
+        },
+    ))
+}
+
+async fn goal(
+    State(me): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Query(q): Query<GoalQuery>,
+) -> Response {
+    if let Some(refused) = not_for(&me, &peer, &q.host) {
+        return refused;
+    }
     if !me.opts.hosts.contains(&q.host) {
         return text(
             StatusCode::NOT_FOUND,
@@ -659,7 +685,11 @@ async fn goal(State(me): State<Arc<Inner>>, Query(q): Query<GoalQuery>) -> Respo
     .into_response()
 }
 
-async fn report(State(me): State<Arc<Inner>>, body: Bytes) -> Response {
+async fn report(
+    State(me): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Bytes,
+) -> Response {
     if body.len() > MAX_REPORT_BYTES {
         return text(StatusCode::PAYLOAD_TOO_LARGE, "report too large");
     }
@@ -667,6 +697,9 @@ async fn report(State(me): State<Arc<Inner>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("not a report: {e}")),
     };
+    if let Some(refused) = not_for(&me, &peer, &r.host) {
+        return refused;
+    }
     if !me.opts.hosts.contains(&r.host) {
         return text(
             StatusCode::NOT_FOUND,

@@ -1,10 +1,12 @@
 //! A TLS listener: TCP connections in, established TLS streams out, for tonic
 //! (`serve_with_incoming`) or axum (`axum::serve`).
 //!
-//! Handshakes run apart from the accept loop, each bounded in time, so a slow or silent
-//! client holds up no one else; at most [`MAX_HANDSHAKES`] run at once. A refused peer is
-//! logged with its address and the reason, in words: a certificate from another CA, no
-//! certificate where one is required, a plain-TCP client.
+//! Handshakes run apart from the accept loop, each bounded in time ([`HANDSHAKE_TIMEOUT`]),
+//! so a slow or silent client holds up no one else. At most [`MAX_HANDSHAKES`] run at once,
+//! and at most [`MAX_HANDSHAKES_PER_SOURCE`] from one source address: a connection past that
+//! is closed at once, so one machine opening idle connections cannot take every place. A
+//! refused peer is logged with its address and the reason, in words: a certificate from
+//! another CA, no certificate where one is required, a plain-TCP client.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,7 +23,55 @@ use tokio_rustls::TlsAcceptor;
 
 /// Handshakes in progress at once, at most; further connections wait to be accepted.
 pub const MAX_HANDSHAKES: usize = 512;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress from one source address, at most; the next is closed at once.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 32;
+/// How long a handshake may take: loopback and a datacenter need milliseconds.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handshakes in progress per source address. An entry goes when its last handshake ends,
+/// so it holds at most [`MAX_HANDSHAKES`] entries, whatever the sources.
+#[derive(Default)]
+struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl PerSource {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for `ip`, if it has one left.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourcePlace> {
+        let mut m = self.lock();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourcePlace {
+            of: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One handshake's place among its source's; given back when dropped.
+struct SourcePlace {
+    of: Arc<PerSource>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for SourcePlace {
+    fn drop(&mut self) {
+        let mut m = self.of.lock();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// How many connections a listener refused, for `/metrics` and tests.
 #[derive(Debug, Default)]
@@ -52,6 +102,7 @@ pub fn accept(
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let sources = Arc::new(PerSource::default());
     tokio::spawn(async move {
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -68,11 +119,19 @@ pub fn accept(
                 },
                 _ = tx.closed() => return,
             };
+            let Some(place) = sources.enter(peer.ip()) else {
+                // Closed at once: its source already has every place it may take.
+                refused.0.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(listener = %what, %peer, "closed a connection: too many handshakes in progress from its address");
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx, what, refused) =
                 (acceptor.clone(), tx.clone(), what.clone(), refused.clone());
             tokio::spawn(async move {
                 let _slot = slot;
+                let _place = place;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send((tls, peer)).await;
@@ -83,7 +142,7 @@ pub fn accept(
                     }
                     Err(_) => {
                         refused.0.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(listener = %what, %peer, "refused a TLS connection: no handshake within 10 s");
+                        tracing::warn!(listener = %what, %peer, "refused a TLS connection: no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs());
                     }
                 }
             });
@@ -117,6 +176,45 @@ pub fn request_peer<T>(req: &tonic::Request<T>) -> Option<String> {
     certs.first().and_then(|c| crate::peer_id(c.as_ref()))
 }
 
+/// Who is at the other end of a connection an [`AxumListener`] (or a plain TCP listener)
+/// accepted: its address and, when it presented a certificate of the cluster CA (verified by
+/// the handshake), the process id the certificate names. Handlers take it as axum's
+/// `ConnectInfo<Peer>`, with `into_make_service_with_connect_info::<Peer>()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub id: Option<String>,
+}
+
+impl Peer {
+    fn of(tls: &TlsStream<TcpStream>, addr: SocketAddr) -> Self {
+        let id = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::peer_id(c.as_ref()));
+        Self { addr, id }
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AxumListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, AxumListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        Self {
+            addr: *stream.remote_addr(),
+            id: None,
+        }
+    }
+}
+
 /// The established connections of [`accept`] as an axum listener (the relays' HTTP).
 pub struct AxumListener {
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -141,17 +239,23 @@ impl AxumListener {
 
 impl axum::serve::Listener for AxumListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
-            Some(c) => c,
+            Some((tls, addr)) => {
+                let peer = Peer::of(&tls, addr);
+                (tls, peer)
+            }
             // The accept loop ended: nothing more will come.
             None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok(Peer {
+            addr: self.local,
+            id: None,
+        })
     }
 }

@@ -175,6 +175,8 @@ pub struct BuildSettings {
     pub sandbox_write_paths: Vec<String>,
     /// Builds waiting for a worker, at most; a submission past it is refused.
     pub max_queued: u32,
+    /// Where builds may fetch from (see [`crate::repo`]); empty, the default, allows nothing.
+    pub allowed_repos: crate::repo::RepoPolicy,
 }
 
 impl Default for BuildSettings {
@@ -191,6 +193,7 @@ impl Default for BuildSettings {
             sandbox_read_paths: Vec::new(),
             sandbox_write_paths: Vec::new(),
             max_queued: 10_000,
+            allowed_repos: crate::repo::RepoPolicy::default(),
         }
     }
 }
@@ -440,6 +443,11 @@ impl ClusterConfig {
         }
 
         raw.security.check(&mut problems, &mut warnings);
+        if raw.builds.allowed_repos.patterns().is_empty() {
+            warnings.push(
+                "builds.allowed_repos is empty: every build submission will be refused until it names the repositories builds may fetch from".into(),
+            );
+        }
         let region_names: Vec<&str> = raw.regions.iter().map(|r| r.name.as_str()).collect();
         crate::fleet::check_racks(&raw.racks, &region_names, &addrs, &mut problems);
 

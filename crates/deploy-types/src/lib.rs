@@ -8,6 +8,7 @@
 pub mod config;
 pub mod fleet;
 pub mod ids;
+pub mod repo;
 pub mod security;
 pub mod validate;
 
@@ -16,4 +17,5 @@ pub use config::{
     SigningConfig, StoreLocation, WorkerConfig,
 };
 pub use ids::{check_name, node_id_of, GroupName, IdError, NodeName};
+pub use repo::{RepoPolicy, RepoUrl};
 pub use validate::{check_commit, check_repo, check_service, InputError};

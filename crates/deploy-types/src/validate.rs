@@ -6,8 +6,8 @@ use crate::ids::check_name;
 pub enum InputError {
     #[error("commit {0:?} is invalid: expected a full SHA, 40 (or 64) lowercase hex characters")]
     Commit(String),
-    #[error("repo {0:?} is invalid: expected a local absolute path, or a file://, https:// or ssh:// URL")]
-    Repo(String),
+    #[error("repo {0:?} is invalid: {1}")]
+    Repo(String, &'static str),
     #[error("service {0:?} is invalid: expected 1-63 characters of [a-z0-9-], starting with a letter or digit")]
     Service(String),
 }
@@ -25,40 +25,12 @@ pub fn check_commit(commit: &str) -> Result<(), InputError> {
         .ok_or_else(|| InputError::Commit(shown(commit)))
 }
 
-/// Largest repository URL or path accepted.
-pub const MAX_REPO_LEN: usize = 1024;
-
+/// Checks a repository location's shape (see [`crate::repo::RepoUrl`]); whether the
+/// cluster allows it is [`crate::repo::RepoPolicy::check`].
 pub fn check_repo(repo: &str) -> Result<(), InputError> {
-    let bad = || InputError::Repo(shown(repo));
-    if repo.is_empty()
-        || repo.len() > MAX_REPO_LEN
-        || repo.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(bad());
-    }
-    // git treats a leading dash as an option: never let a repository be one.
-    if repo.starts_with('-') {
-        return Err(bad());
-    }
-    let rest = if let Some(r) = repo.strip_prefix("file://") {
-        if !r.starts_with('/') {
-            return Err(bad());
-        }
-        r
-    } else if let Some(r) = repo
-        .strip_prefix("https://")
-        .or_else(|| repo.strip_prefix("ssh://"))
-    {
-        r
-    } else if repo.starts_with('/') {
-        repo
-    } else {
-        return Err(bad());
-    };
-    if rest.trim_matches('/').is_empty() {
-        return Err(bad());
-    }
-    Ok(())
+    crate::repo::RepoUrl::parse(repo)
+        .map(|_| ())
+        .map_err(|why| InputError::Repo(shown(repo), why))
 }
 
 pub fn check_service(service: &str) -> Result<(), InputError> {

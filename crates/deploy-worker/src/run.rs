@@ -315,6 +315,15 @@ impl Worker {
                 retry: true,
             };
         }
+        // The nodes refuse a submission the policy does not allow; a worker checks again
+        // before git sees the location (a build queued before the policy changed).
+        if let Err(why) = self.opts.settings.allowed_repos.check(&a.repo) {
+            log.note(&why).await;
+            return Attempt::Failed {
+                error: why,
+                retry: false,
+            };
+        }
         log.note(&format!("fetching {} at {}", a.repo, a.commit))
             .await;
         let fetched = tokio::select! {

@@ -210,14 +210,14 @@ pub enum KeysCommand {
     },
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(cli: Cli, seams: deploy_coordinator::seams::Seams) -> anyhow::Result<()> {
     match cli.command {
         Command::Node {
             config,
             id,
             data_dir,
             store_base,
-        } => crate::node::run(&config, &id, data_dir, store_base).await,
+        } => crate::node::run(&config, &id, data_dir, store_base, seams).await,
         Command::Worker {
             http,
             config,

@@ -96,6 +96,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
             data_dir: data_dir.join(id.as_str()),
             store_base: data_dir.to_path_buf(),
             transport: transport.clone(),
+            seams: Default::default(),
         };
         let pool = ChannelPool::with_transport(transport, None);
         let running = launch(config.clone(), id.clone(), &options, listener, pool)

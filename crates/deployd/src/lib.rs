@@ -2,7 +2,8 @@
 //! build workers, relays, agents, and the local `dev` cluster and `demo`.
 //!
 //! A library so that the binaries stay thin: `deployd` itself, and the deliberately broken
-//! `deployd-ack-before-commit` the chaos harness must catch. Nothing else depends on it.
+//! `deployd-ack-before-commit` (its own crate) the chaos harness must catch, which runs the
+//! same daemon with a fault in a seam ([`main_with`]). `deployd` runs with none.
 
 mod cli;
 mod demo;
@@ -31,6 +32,11 @@ fn node_kind(config: &deploy_types::ClusterConfig, id: &str) -> Option<&'static 
 
 /// Parses the command line, runs the role it names, and says how it ended.
 pub fn main() -> std::process::ExitCode {
+    main_with(deploy_coordinator::seams::Seams::default())
+}
+
+/// [`main`] with faults injected into coordinator nodes: for test binaries only.
+pub fn main_with(seams: deploy_coordinator::seams::Seams) -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -43,7 +49,7 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    match runtime.block_on(cli::run(cli, seams)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("deployd: {e:#}");

@@ -16,6 +16,7 @@ pub async fn run(
     id: &str,
     data_dir: Option<PathBuf>,
     store_base: PathBuf,
+    seams: deploy_coordinator::seams::Seams,
 ) -> anyhow::Result<()> {
     let config = Arc::new(crate::cli::load_config(Some(config_path))?);
     let me = NodeName::new(id).with_context(|| "--id")?;
@@ -35,6 +36,7 @@ pub async fn run(
             data_dir: data_dir.clone(),
             store_base,
             transport: transport.clone(),
+            seams,
         },
         listener,
         ChannelPool::with_transport(transport, node_cfg.source_ip),

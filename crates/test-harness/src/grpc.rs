@@ -116,6 +116,7 @@ impl GrpcCluster {
             data_dir: self.dir.path().join(name),
             store_base: self.dir.path().to_path_buf(),
             transport: self.transport(name)?,
+            seams: Default::default(),
         };
         let running = launch(
             self.config.clone(),

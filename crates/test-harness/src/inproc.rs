@@ -82,6 +82,7 @@ impl InProcCluster {
             data_dir: self.dir.path().join(name),
             store_base: self.dir.path().to_path_buf(),
             transport: deploy_tls::Transport::Plain,
+            seams: Default::default(),
         };
         let routers = self.routers.clone();
         let id = me.raft_id();

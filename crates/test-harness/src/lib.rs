@@ -103,6 +103,8 @@ pub struct Spec {
     pub chunk_bytes: u64,
     /// builds.max_queued
     pub max_queued: u32,
+    /// builds.allowed_repos (default: every local path, where tests keep their repos)
+    pub allowed_repos: Vec<String>,
     /// Use the shipped Raft timing defaults instead of the tests' slower, steadier one.
     pub default_timing: bool,
     /// Regions whose store is an S3 bucket: region -> (endpoint, bucket).
@@ -173,6 +175,7 @@ impl Spec {
             retention: (10, 3600),
             chunk_bytes: 65536,
             max_queued: 10_000,
+            allowed_repos: vec!["/**".into()],
             default_timing: false,
             s3: std::collections::BTreeMap::new(),
             snapshots: (5000, 1000),
@@ -206,6 +209,11 @@ impl Spec {
     /// Uses the shipped Raft timing defaults (what `deployd` runs with).
     pub fn default_timing(mut self) -> Self {
         self.default_timing = true;
+        self
+    }
+
+    pub fn allowed_repos(mut self, patterns: &[&str]) -> Self {
+        self.allowed_repos = patterns.iter().map(|p| p.to_string()).collect();
         self
     }
 
@@ -321,14 +329,15 @@ impl Spec {
             }
         );
         s.push_str(&format!(
-            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = {}\nreplication_deadline_secs = {}\nkeep_per_service = {}\ngc_grace_secs = {}\nsandbox_write_paths = [{:?}]\nmax_queued = {}\n\n",
+            "[builds]\nlease_ms = {}\nmax_attempts = 3\nlog_cap_bytes = 1048576\ndefault_timeout_secs = 120\nchunk_bytes = {}\nreplication_deadline_secs = {}\nkeep_per_service = {}\ngc_grace_secs = {}\nsandbox_write_paths = [{:?}]\nmax_queued = {}\nallowed_repos = {:?}\n\n",
             self.lease_ms,
             self.chunk_bytes,
             self.replication_deadline_secs,
             self.retention.0,
             self.retention.1,
             witness.display().to_string(),
-            self.max_queued
+            self.max_queued,
+            self.allowed_repos
         ));
         let spares: Vec<String> = (1..=self.spares).map(|i| format!("s{i}")).collect();
         for name in self.node_names() {
