@@ -15,9 +15,9 @@ use deploy_proto::v1::region_service_client::RegionServiceClient as Regions;
 use deploy_proto::v1::token_service_client::TokenServiceClient as Tokens;
 use deploy_proto::v1::worker_service_client::WorkerServiceClient as Workers;
 use test_harness::releases::{web_builds, T};
-use test_harness::secure::{api_channel, bearer, snapshot};
+use test_harness::secure::{api_channel, bearer, channel_as, snapshot, transport_of as transport};
 use test_harness::{wait_until, ProcessCluster, Spec};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Where the cluster's tests keep their git repositories: the only local paths it allows.
@@ -61,22 +61,6 @@ async fn started() -> anyhow::Result<(ProcessCluster, deploy_client::Client, Str
     })
     .await?;
     Ok((c, admin, token))
-}
-
-fn transport(c: &ProcessCluster, id: &str) -> anyhow::Result<deploy_tls::Transport> {
-    let config = deploy_types::ClusterConfig::load(c.config_path())?;
-    Ok(deploy_tls::Transport::of(&config, id)?)
-}
-
-/// A TLS channel to `addr` as process `id`, with its certificate.
-fn channel_as(c: &ProcessCluster, addr: &str, id: &str) -> anyhow::Result<Channel> {
-    let deploy_tls::Transport::Tls(m) = transport(c, id)? else {
-        anyhow::bail!("the cluster is not secure");
-    };
-    Ok(Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(m.tonic_client())?
-        .connect_timeout(Duration::from_secs(3))
-        .connect_lazy())
 }
 
 fn denied(what: &str, r: Result<impl std::fmt::Debug, Status>, words: &str) {

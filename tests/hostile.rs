@@ -5,8 +5,6 @@
 //! scratch directory, a forged manifest signature, and replayed or stale fencing tokens.
 //! (Hostile tars are refused by the unpacker: `deploy-fanout`'s unpack tests.)
 
-use std::time::Duration;
-
 use bytes::{Buf, BufMut};
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::build_service_client::BuildServiceClient as Builds;
@@ -16,10 +14,10 @@ use deploy_proto::v1::token_service_client::TokenServiceClient as Tokens;
 use deploy_proto::v1::worker_service_client::WorkerServiceClient as Workers;
 use test_harness::gitrepo::{GitRepo, RECIPE};
 use test_harness::releases::T;
-use test_harness::secure::{api_channel, bearer, snapshot};
+use test_harness::secure::{api_channel, bearer, channel_as, snapshot, transport_of as transport};
 use test_harness::{wait_until, ProcessCluster, Spec};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Sends and receives bytes as they are: a client that can say what protobuf cannot.
@@ -68,22 +66,6 @@ async fn raw_call(ch: &Channel, method: &'static str, bytes: Vec<u8>, token: &st
         Ok(_) => Status::ok("answered"),
         Err(s) => s,
     }
-}
-
-/// A TLS channel to `addr` as process `id`, with its certificate.
-fn channel_as(c: &ProcessCluster, addr: &str, id: &str) -> anyhow::Result<Channel> {
-    let deploy_tls::Transport::Tls(m) = transport(c, id)? else {
-        anyhow::bail!("the cluster is not secure");
-    };
-    Ok(Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(m.tonic_client())?
-        .connect_timeout(Duration::from_secs(3))
-        .connect_lazy())
-}
-
-fn transport(c: &ProcessCluster, id: &str) -> anyhow::Result<deploy_tls::Transport> {
-    let config = deploy_types::ClusterConfig::load(c.config_path())?;
-    Ok(deploy_tls::Transport::of(&config, id)?)
 }
 
 /// Asserts `status` is `code` and its message names `words` (each, case-insensitively).

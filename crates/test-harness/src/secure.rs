@@ -64,3 +64,21 @@ pub async fn snapshot(client: &deploy_client::Client, regions: &[&str]) -> anyho
         builds, releases, tokens, meta, members, hosts,
     ))?)
 }
+
+/// The transport process `id` of `c`'s cluster has: its certificate, on a secure cluster.
+pub fn transport_of(c: &crate::ProcessCluster, id: &str) -> anyhow::Result<deploy_tls::Transport> {
+    let config = deploy_types::ClusterConfig::load(c.config_path())?;
+    Ok(deploy_tls::Transport::of(&config, id)?)
+}
+
+/// A TLS channel to `addr` as process `id` of `c`'s cluster, with its certificate: what that
+/// process (or an attacker holding its key) can say. Connects lazily.
+pub fn channel_as(c: &crate::ProcessCluster, addr: &str, id: &str) -> anyhow::Result<Channel> {
+    let deploy_tls::Transport::Tls(m) = transport_of(c, id)? else {
+        anyhow::bail!("the cluster is not secure");
+    };
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(m.tonic_client())?
+        .connect_timeout(Duration::from_secs(3))
+        .connect_lazy())
+}
