@@ -198,8 +198,10 @@ impl ClusterService for ClusterApi {
         let group = parse_group(&req.group)?;
         let name = NodeName::new(req.node_id.clone())
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        check_addr(&req.addr)
-            .map_err(|e| ApiError::InvalidArgument(format!("addr {:?} {e}", req.addr)))?;
+        check_addr(&req.addr).map_err(|e| {
+            let shown: String = req.addr.chars().take(100).collect();
+            ApiError::InvalidArgument(format!("addr {shown:?} {e}"))
+        })?;
         let handle = match self.routing.route(&group, hops).await? {
             Route::Remote(addr) => {
                 return self

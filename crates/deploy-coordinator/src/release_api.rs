@@ -4,6 +4,7 @@
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::release_service_client::ReleaseServiceClient;
 use deploy_proto::v1::release_service_server::ReleaseService;
+use deploy_state::releases::MAX_RELEASE_REGIONS;
 use deploy_state::releases::{
     parse_release_id, Action, Release, ReleaseCommand, ReleaseError, ReleaseResponse, ReleaseState,
     Strategy,
@@ -20,9 +21,6 @@ use crate::error::ApiError;
 use crate::group::GroupHandle;
 use crate::paging::{list_args, page};
 use crate::routing::{forwarded, hops, Route, Routing};
-
-/// Regions one release may name: far above any real cluster, a bound on hostile requests.
-const MAX_RELEASE_REGIONS: usize = 64;
 
 const GLOBAL: GroupName = GroupName::Global;
 const MAX_ACTOR_BYTES: usize = 64;
@@ -94,6 +92,7 @@ pub fn strategy_from_proto(p: Option<pb::Strategy>) -> Result<Strategy, ApiError
         halt_all_on_failure: p.halt_all_on_failure.unwrap_or(d.halt_all_on_failure),
     };
     s.check().map_err(release_error)?;
+    s.check_bounds().map_err(release_error)?;
     Ok(s)
 }
 
@@ -248,7 +247,7 @@ impl ReleaseService for ReleaseApi {
             ))
             .into());
         }
-        if req.regions.len() > MAX_RELEASE_REGIONS {
+        if req.regions.len() > MAX_RELEASE_REGIONS as usize {
             return Err(ApiError::InvalidArgument(format!(
                 "regions names {} regions, over the {MAX_RELEASE_REGIONS} a release may",
                 req.regions.len()
@@ -400,5 +399,70 @@ impl ReleaseService for ReleaseApi {
         propose_release(h, cmd).await?;
         info!(release = %req.id, action = action.as_str(), %by, "release action");
         Ok(Response::new(read_release(h, &req.id)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(p: pb::Strategy) -> Status {
+        match strategy_from_proto(Some(p)) {
+            Ok(s) => panic!("accepted {s:?}"),
+            Err(e) => Status::from(e),
+        }
+    }
+
+    #[test]
+    fn strategies_past_what_a_fleet_could_mean_are_refused_naming_the_field() {
+        let absurd = u32::MAX;
+        for (field, p) in [
+            (
+                "canary",
+                pb::Strategy {
+                    canary: Some(absurd.to_string()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_unavailable_per_rack",
+                pb::Strategy {
+                    max_unavailable_per_rack: Some(absurd),
+                    ..Default::default()
+                },
+            ),
+            (
+                "regions_at_once",
+                pb::Strategy {
+                    regions_at_once: Some(absurd),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let s = refused(p);
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{field}: {s:?}");
+            assert!(s.message().starts_with(field), "{field}: {}", s.message());
+            assert!(s.message().contains("at most"), "{field}: {}", s.message());
+        }
+        // At the bounds, accepted.
+        let s = strategy_from_proto(Some(pb::Strategy {
+            canary: Some(deploy_state::releases::MAX_CANARY_HOSTS.to_string()),
+            max_unavailable_per_rack: Some(deploy_state::releases::MAX_UNAVAILABLE_PER_RACK),
+            regions_at_once: Some(MAX_RELEASE_REGIONS),
+            ..Default::default()
+        }));
+        assert!(s.is_ok(), "{s:?}");
+    }
+
+    #[test]
+    fn ten_thousand_waves_get_a_short_error() {
+        let s = refused(pb::Strategy {
+            waves: (1..=10_000).collect(),
+            ..Default::default()
+        });
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(s.message().starts_with("waves"), "{}", s.message());
+        assert!(s.message().contains("9976 more"), "{}", s.message());
+        assert!(s.message().len() < 400, "{} bytes", s.message().len());
     }
 }

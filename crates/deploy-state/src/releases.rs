@@ -73,6 +73,16 @@ impl ReleaseState {
     }
 }
 
+/// Waves after the canary, at most.
+pub const MAX_WAVES: usize = 20;
+/// A canary of more hosts than this could mean no fleet: a region has 100,000 hosts.
+pub const MAX_CANARY_HOSTS: u32 = 1_000_000;
+/// Hosts of one rack updating at once, at most (a rack has tens of hosts).
+pub const MAX_UNAVAILABLE_PER_RACK: u32 = 10_000;
+/// Regions one release may name (and so roll at once): far above any real cluster, a bound
+/// on hostile requests.
+pub const MAX_RELEASE_REGIONS: u32 = 64;
+
 /// How a release moves through regions, racks and hosts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Strategy {
@@ -119,6 +129,30 @@ impl Strategy {
         }
     }
 
+    /// Checks what a new release asks for against what a fleet could mean: the API refuses
+    /// a strategy past these bounds. (Kept apart from [`Strategy::check`], which replicas run
+    /// when they apply a release, so that entries already in a log apply as they did.)
+    pub fn check_bounds(&self) -> Result<(), ReleaseError> {
+        let bad = |field: &str, max: u64| {
+            Err(ReleaseError::Invalid {
+                field: field.into(),
+                why: format!("must be at most {max}"),
+            })
+        };
+        if let Canary::Hosts(n) = self.canary {
+            if n > MAX_CANARY_HOSTS {
+                return bad("canary", MAX_CANARY_HOSTS.into());
+            }
+        }
+        if self.max_unavailable_per_rack > MAX_UNAVAILABLE_PER_RACK {
+            return bad("max_unavailable_per_rack", MAX_UNAVAILABLE_PER_RACK.into());
+        }
+        if self.regions_at_once > MAX_RELEASE_REGIONS {
+            return bad("regions_at_once", MAX_RELEASE_REGIONS.into());
+        }
+        Ok(())
+    }
+
     /// Checks every field; the error names the field.
     pub fn check(&self) -> Result<(), ReleaseError> {
         let bad = |field: &str, why: String| {
@@ -129,14 +163,20 @@ impl Strategy {
         };
         let w = &self.waves;
         if w.is_empty()
-            || w.len() > 20
+            || w.len() > MAX_WAVES
             || w[0] == 0
             || w.last() != Some(&100)
             || !w.windows(2).all(|p| p[0] < p[1])
         {
+            let shown: Vec<u32> = w.iter().take(24).copied().collect();
+            let more = if w.len() > 24 {
+                format!(" and {} more", w.len() - 24)
+            } else {
+                String::new()
+            };
             return bad(
                 "waves",
-                format!("{w:?}: expected strictly increasing percentages of racks ending at 100, at most 20"),
+                format!("{shown:?}{more}: expected strictly increasing percentages of racks ending at 100, at most {MAX_WAVES}"),
             );
         }
         if self.canary == Canary::Hosts(0) {
