@@ -192,3 +192,66 @@ async fn every_json_output_parses_and_has_its_documented_fields() -> anyhow::Res
     );
     Ok(())
 }
+
+/// `deployctl build logs ID --follow | head -1`: once the reader is gone, the command ends
+/// (quietly, status 0) while the build still runs and writes nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_log_ends_when_its_reader_goes_away() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let spec = Spec::new(1).region("east", 1).worker("wk", "east");
+    let c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    let repo = test_harness::gitrepo::GitRepo::init(&c.dir().join("repo-slow"))?;
+    let sha = repo.commit(
+        "slow",
+        &[
+            (
+                "deploy.toml",
+                "[build]\ncommand = \"sh build.sh\"\noutputs = [\"out\"]\ntimeout_secs = 600\n\n[run]\ncommand = \"true\"\n",
+            ),
+            ("build.sh", "echo started\nsleep 300\n"),
+        ],
+    )?;
+    let build = client.submit_build("slow", &repo.url(), &sha).await?;
+    let bins = test_harness::process::bin_dir()?;
+    let mut child = std::process::Command::new(bins.join("deployctl"))
+        .arg("--endpoint")
+        .arg(c.node_addrs().join(","))
+        .args(["build", "logs", &build.id, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    // Read until the build's line, then go away as `head -1` does.
+    let saw = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        lines.any(|l| l.is_ok_and(|l| l.contains("started")))
+    })
+    .await?;
+    assert!(saw, "the log never showed the build's line");
+    let ended = test_harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "deployctl to end once its reader went away",
+        || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        },
+    )
+    .await;
+    if ended.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let status = ended?;
+    assert!(status.success(), "{status}");
+    let b = client.get_build(&build.id, false).await?;
+    assert!(
+        matches!(b.state.as_str(), "RUNNING" | "QUEUED"),
+        "the build ended meanwhile ({}): nothing was proved",
+        b.state
+    );
+    Ok(())
+}

@@ -89,12 +89,27 @@ pub async fn run(global: &Global, command: BuildCommand) -> Result<(), Failure> 
         }
         BuildCommand::Logs { id, follow } => {
             let mut stream = client.build_logs(&id, follow).await?;
-            let mut out = std::io::stdout().lock();
+            // A reader that went away (`| head -1`) ends a followed log at once, not at the
+            // next line the build happens to write.
+            let gone = crate::output::stdout_closed();
+            tokio::pin!(gone);
             loop {
-                match stream.message().await {
+                let next = tokio::select! {
+                    m = stream.message() => m,
+                    _ = &mut gone => return Ok(()),
+                };
+                match next {
                     Ok(Some(chunk)) => {
-                        let _ = out.write_all(&chunk.data);
-                        let _ = out.flush();
+                        let mut out = std::io::stdout().lock();
+                        if let Err(e) = out.write_all(&chunk.data).and_then(|()| out.flush()) {
+                            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                                return Ok(());
+                            }
+                            return Err(Failure {
+                                message: format!("cannot write the log of {id}: {e}"),
+                                code: crate::exit::FAILURE,
+                            });
+                        }
                     }
                     Ok(None) => return Ok(()),
                     Err(s) => {

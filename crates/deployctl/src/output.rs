@@ -80,3 +80,40 @@ mod tests {
         assert_eq!(super::ms(1_795_800_934_783), "2026-11-27 17:35:34.783");
     }
 }
+
+/// Resolves once standard output is a pipe whose reader has gone (as `tail -f` notices):
+/// `poll` reports `POLLERR` on such a pipe. Never resolves for a terminal or a file. The
+/// wait runs on a thread of its own, which the process's exit ends.
+pub async fn stdout_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("stdout-watch".into())
+        .spawn(move || loop {
+            let mut fd = libc::pollfd {
+                fd: libc::STDOUT_FILENO,
+                events: 0,
+                revents: 0,
+            };
+            // SAFETY: one pollfd of our own, for the process's standard output.
+            let n = unsafe { libc::poll(&mut fd, 1, -1) };
+            if n > 0 {
+                // Anything else it reports ends the watch rather than spinning on it.
+                if fd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                    let _ = tx.send(());
+                }
+                return;
+            }
+            if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return;
+            }
+        });
+    match spawned {
+        // A dropped sender (poll failed) means nothing can be told: wait on, as without.
+        Ok(_) => {
+            if rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
