@@ -70,17 +70,6 @@ pub fn ms(t: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}.{milli:03}")
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn formats_utc() {
-        assert_eq!(super::ms(0), "-");
-        assert_eq!(super::ms(1), "1970-01-01 00:00:00.001");
-        assert_eq!(super::ms(951_782_400_000), "2000-02-29 00:00:00.000");
-        assert_eq!(super::ms(1_795_800_934_783), "2026-11-27 17:35:34.783");
-    }
-}
-
 /// Resolves once standard output is a pipe whose reader has gone (as `tail -f` notices):
 /// `poll` reports `POLLERR` on such a pipe. Never resolves for a terminal or a file. The
 /// wait runs on a thread of its own, which the process's exit ends.
@@ -115,5 +104,16 @@ pub async fn stdout_closed() {
             }
         }
         Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc() {
+        assert_eq!(super::ms(0), "-");
+        assert_eq!(super::ms(1), "1970-01-01 00:00:00.001");
+        assert_eq!(super::ms(951_782_400_000), "2000-02-29 00:00:00.000");
+        assert_eq!(super::ms(1_795_800_934_783), "2026-11-27 17:35:34.783");
     }
 }
