@@ -86,15 +86,40 @@ pub fn spawn_leader_watch(node: Arc<Node>) {
     }
 }
 
-/// A bounded route label: gRPC methods of this API and the node's HTTP routes, else "other".
+/// The gRPC methods this node serves, `/package.Service/Method`: every method of the
+/// `deploy.v1` descriptor set, with health and reflection.
+static METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| {
+        use prost::Message;
+        let mut known: std::collections::HashSet<String> = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        // The set is compiled in; one that does not decode leaves only the names above.
+        if let Ok(set) =
+            prost_types::FileDescriptorSet::decode(deploy_proto::v1::FILE_DESCRIPTOR_SET)
+        {
+            for file in &set.file {
+                let package = file.package();
+                for service in &file.service {
+                    for method in &service.method {
+                        known.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        known
+    });
+
+/// A bounded route label: gRPC methods this node serves and its HTTP routes, else "other".
+/// A caller inventing method names makes no new label (each label is a histogram).
 fn route_of(path: &str) -> String {
-    let grpc = path.starts_with("/deploy.v1.") || path.starts_with("/grpc.");
-    if grpc
-        && path.len() <= 96
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._".contains(&b))
-    {
+    if METHODS.contains(path) {
         return path.to_string();
     }
     for known in [
@@ -287,7 +312,7 @@ pub fn render(node: &Node) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::route_of;
+    use super::{route_of, METHODS};
 
     #[test]
     fn route_labels_stay_bounded() {
@@ -305,5 +330,32 @@ mod tests {
             "other"
         );
         assert_eq!(route_of("/deploy.v1.X/<script>"), "other");
+        assert_eq!(
+            route_of("/deploy.v1.RaftService/Vote"),
+            "/deploy.v1.RaftService/Vote"
+        );
+        assert_eq!(
+            route_of("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+    }
+
+    #[test]
+    fn ten_thousand_invented_method_names_make_one_label() {
+        let labels: std::collections::HashSet<String> = (0..10_000)
+            .map(|i| route_of(&format!("/deploy.v1.BuildService/Invented{i}")))
+            .chain((0..10_000).map(|i| route_of(&format!("/grpc.Fake{i}/X"))))
+            .collect();
+        assert_eq!(
+            labels.len(),
+            1,
+            "{:?}",
+            labels.iter().take(5).collect::<Vec<_>>()
+        );
+        assert!(
+            METHODS.len() > 30,
+            "the descriptor set names every method: {}",
+            METHODS.len()
+        );
     }
 }
