@@ -178,7 +178,7 @@ async fn rolling_back_a_first_release_stops_the_service_it_started() -> anyhow::
     .await?;
     for pid in pids {
         wait_until(T, "the service process to end", || async {
-            (!deploy_fanout::service::alive(pid)).then_some(())
+            (!pid.alive()).then_some(())
         })
         .await?;
     }

@@ -45,9 +45,7 @@ async fn started() -> anyhow::Result<(ProcessCluster, deploy_client::Client, Str
         .rack("east", 1)
         .allowed_repos(&refs)
         .secure();
-    let c = ProcessCluster::start_spec(spec)?;
-    let admin = c.client()?;
-    let token = test_harness::admin_token(c.dir())?;
+    let (c, admin, token) = test_harness::secure::start_with_admin(spec)?;
     // Up: both racks' relays have reported their hosts to the region.
     wait_until(T, "the relays to register their hosts", || async {
         let hosts = admin

@@ -92,10 +92,7 @@ fn started() -> anyhow::Result<(ProcessCluster, deploy_client::Client, String)> 
         .worker("wk", "east")
         .rack("east", 1)
         .secure();
-    let c = ProcessCluster::start_spec(spec)?;
-    let admin = c.client()?;
-    let token = test_harness::admin_token(c.dir())?;
-    Ok((c, admin, token))
+    test_harness::secure::start_with_admin(spec)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

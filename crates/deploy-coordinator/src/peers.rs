@@ -105,8 +105,9 @@ pub fn acting_as(node: &Node, peer: &str, worker: &str) -> Result<(), Status> {
     )))
 }
 
-/// What a relay or an agent may speak for: a relay for its own rack and that rack's hosts,
-/// an agent for its own host in its own rack. Nodes (forwarding) may speak for any.
+/// What a relay or an agent may speak for: a relay for its own rack and that rack's hosts
+/// (naming itself as `relay`, or no relay), an agent for its own host in its own rack (naming
+/// no relay). Nodes (forwarding) may speak for any.
 fn rack_caller<'a>(
     config: &ClusterConfig,
     peer: &str,
@@ -183,12 +184,9 @@ pub fn watches_for(
     if peer.is_empty() {
         return Ok(());
     }
+    // A watch names no relay: the caller's certificate says who it is.
     let hosts = req.hosts.iter().map(String::as_str);
-    let relay = match kind_of(&node.config, peer) {
-        Some(PeerKind::Relay) => peer,
-        _ => "",
-    };
-    rack_caller(&node.config, peer, relay, &req.region, &req.rack, hosts)
+    rack_caller(&node.config, peer, "", &req.region, &req.rack, hosts)
         .map_err(Status::permission_denied)
 }
 

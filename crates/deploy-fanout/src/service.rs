@@ -145,11 +145,6 @@ pub fn reap(pid: u32) -> Option<String> {
     })
 }
 
-/// Whether `p` is alive (a zombie not yet reaped counts as alive until `reap`).
-pub fn alive(p: Proc) -> bool {
-    p.alive()
-}
-
 /// Whether `p` is still the process this agent started and leads its own process group, so
 /// the group may be signalled without touching anything else.
 fn ours(p: Proc) -> bool {
@@ -161,23 +156,24 @@ fn ours(p: Proc) -> bool {
     leads && p.alive()
 }
 
-/// Signals `p`'s process group, if it is still ours.
-fn signal_group(p: Proc, signal: i32) {
-    if ours(p) {
-        // SAFETY: signalling the process group this agent created for the service, checked
-        // just now to be that process's (same pid, same start time).
-        unsafe {
-            libc::kill(-(p.pid as i32), signal);
-        }
+/// Signals `p`'s process group if it is still ours; whether it was.
+fn signal_group(p: Proc, signal: i32) -> bool {
+    if !ours(p) {
+        return false;
     }
+    // SAFETY: signalling the process group this agent created for the service, checked just
+    // now to be that process's (same pid, same start time).
+    unsafe {
+        libc::kill(-(p.pid as i32), signal);
+    }
+    true
 }
 
 /// Stops the service's process group: SIGTERM, then SIGKILL after `grace`.
 pub async fn stop(p: Proc, grace: Duration) {
-    if !ours(p) {
+    if !signal_group(p, libc::SIGTERM) {
         return;
     }
-    signal_group(p, libc::SIGTERM);
     let deadline = tokio::time::Instant::now() + grace;
     while tokio::time::Instant::now() < deadline {
         reap(p.pid);
@@ -193,8 +189,7 @@ pub async fn stop(p: Proc, grace: Duration) {
 
 /// Kills the service's process group at once (for a test or dev cluster going away).
 pub fn kill_now(p: Proc) {
-    if ours(p) {
-        signal_group(p, libc::SIGKILL);
+    if signal_group(p, libc::SIGKILL) {
         reap(p.pid);
     }
 }

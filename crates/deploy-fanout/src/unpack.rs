@@ -154,7 +154,8 @@ fn unpack_inner(
         hasher: Sha256::new(),
         count: 0,
     };
-    // The archive's symlinks, by their path under `dest`: nothing else there is a link.
+    // The archive's symlinks, by their path under `dest`: nothing else there is a link. One
+    // entry per symlink entry, so it is bounded by the artifact's size (512 bytes an entry).
     let mut links: HashMap<PathBuf, PathBuf> = HashMap::new();
     {
         let mut archive = tar::Archive::new(&mut hashing);

@@ -96,15 +96,11 @@ pub async fn stdout_closed() {
                 return;
             }
         });
-    match spawned {
-        // A dropped sender (poll failed) means nothing can be told: wait on, as without.
-        Ok(_) => {
-            if rx.await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        Err(_) => std::future::pending::<()>().await,
+    // No thread, or a dropped sender (poll failed): nothing can be told; wait on, as without.
+    if spawned.is_ok() && rx.await.is_ok() {
+        return;
     }
+    std::future::pending::<()>().await
 }
 
 #[cfg(test)]

@@ -82,3 +82,14 @@ pub fn channel_as(c: &crate::ProcessCluster, addr: &str, id: &str) -> anyhow::Re
         .connect_timeout(Duration::from_secs(3))
         .connect_lazy())
 }
+
+/// Starts `spec`'s cluster of real processes: the cluster, an admin client, and the admin
+/// token's text.
+pub fn start_with_admin(
+    spec: crate::Spec,
+) -> anyhow::Result<(crate::ProcessCluster, deploy_client::Client, String)> {
+    let c = crate::ProcessCluster::start_spec(spec)?;
+    let admin = c.client()?;
+    let token = crate::admin_token(c.dir())?;
+    Ok((c, admin, token))
+}
