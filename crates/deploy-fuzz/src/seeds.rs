@@ -325,7 +325,7 @@ pub fn command() -> Files {
         .enumerate()
         .map(|(i, c)| {
             let bytes = deploy_raft::codec::encode("command", c).unwrap_or_default();
-            (format!("command-{i:02}.json"), bytes)
+            (format!("command-{i:02}.bin"), bytes)
         })
         .collect();
     // As the log stores it: an entry around a command.
@@ -334,7 +334,7 @@ pub fn command() -> Files {
         payload: openraft::EntryPayload::Normal(commands().remove(1)),
     };
     if let Ok(bytes) = deploy_raft::codec::encode("entry", &entry) {
-        out.push(("entry.json".into(), bytes));
+        out.push(("entry.bin".into(), bytes));
     }
     out
 }

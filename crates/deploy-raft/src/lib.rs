@@ -2,9 +2,12 @@
 //! gRPC network client.
 //!
 //! - [`types`]: `declare_raft_types!` in one place, and the node type carried in memberships.
-//! - [`store`]: the log and state machine on RocksDB, following openraft's `rocksstore-v2`
-//!   (the WAL is flushed before an append is acknowledged and before a vote returns), with the
-//!   pure `deploy-state` logic applied to committed entries.
+//! - [`store`]: the log on RocksDB, following openraft's `rocksstore-v2` (the WAL is flushed
+//!   before an append is acknowledged and before a vote returns).
+//! - [`state_machine`]: the pure `deploy-state` logic applied to committed entries, in
+//!   copy-on-write memory, persisted by [`snapshot`] files that are built, sent and installed
+//!   as streams.
+//! - [`codec`]: the binary, versioned format of every record, message and snapshot.
 //! - [`network`]: openraft's `RaftNetworkFactory` over tonic, naming the group in every request.
 //!
 //! This crate knows nothing of the public API, of which groups a process hosts, or of the
@@ -12,6 +15,8 @@
 
 pub mod codec;
 pub mod network;
+pub mod snapshot;
+pub mod state_machine;
 pub mod store;
 pub mod types;
 

@@ -8,9 +8,14 @@
 //! acknowledgement to a sync thread, which syncs the WAL once for every append queued since
 //! its last sync and then acknowledges them all, in order. openraft keeps appending and
 //! replicating meanwhile, so one fsync covers many client writes under load, and a write is
-//! still never acknowledged before it is on disk. The state machine is kept in memory and
-//! persisted by snapshots; the committed log id is saved too, so on restart openraft re-applies
-//! the committed tail from the log and a node recovers its full state from its own disk.
+//! still never acknowledged before it is on disk. The state machine ([`crate::state_machine`])
+//! is kept in memory and persisted by snapshot files; the committed log id is saved too, so on
+//! restart openraft re-applies the committed tail from the log and a node recovers its full
+//! state from its own disk.
+//!
+//! Every record is in the binary, versioned format of [`crate::codec`], and the store itself
+//! records the format it was written in: a build that does not know it refuses to open the
+//! store, names the version, and changes nothing.
 //!
 //! Unlike the example, nothing here unwraps data read from disk: a corrupt record is a
 //! `StorageError`, which openraft treats as fatal for the group rather than the process.
@@ -19,36 +24,36 @@
 #![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
-use deploy_state::{GroupState, Response};
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
-    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
 };
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::codec;
-use crate::types::{DeployNode, NodeId, TypeConfig};
+pub use crate::state_machine::{StateMachineData, StateMachineStore, StateReader};
+use crate::types::{NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
-type StorageResult<T> = Result<T, StorageError<NodeId>>;
+pub(crate) type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
 const CF_META: &str = "meta";
 const CF_LOGS: &str = "logs";
-const CF_SM: &str = "sm";
+pub(crate) const CF_SM: &str = "sm";
 const KEY_VOTE: &str = "vote";
 const KEY_LAST_PURGED: &str = "last_purged_log_id";
 const KEY_COMMITTED: &str = "committed";
-const KEY_SNAPSHOT: &str = "snapshot";
+/// The record format the store was written in: one byte, [`codec::FORMAT_VERSION`].
+const KEY_FORMAT: &str = "format";
 
-/// Opens (or creates) the store of one group in `dir`.
+/// Opens (or creates) the store of one group in `dir`: RocksDB in `dir`, snapshot files in
+/// `dir/snapshots`.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StorageError<NodeId>> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -58,7 +63,8 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StorageError<No
     let db = DB::open_cf_descriptors(&opts, dir, cfs)
         .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?;
     let db = Arc::new(db);
-    let sm = StateMachineStore::restore(db.clone())?;
+    check_format(&db)?;
+    let sm = StateMachineStore::restore(db.clone(), dir)?;
     let sync = start_syncer(&db).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
     Ok((LogStore { db, sync }, sm))
 }
@@ -90,7 +96,36 @@ fn start_syncer(db: &Arc<DB>) -> std::io::Result<Acks> {
     Ok(tx)
 }
 
-fn io_err(
+/// Refuses a store written in a format this build does not know, before anything reads or
+/// writes a record of it; marks a new store with this build's format.
+fn check_format(db: &DB) -> StorageResult<()> {
+    let meta = cf(db, CF_META)?;
+    let found = db
+        .get_cf(meta, KEY_FORMAT)
+        .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+    match found.as_deref() {
+        Some([v]) if *v == codec::FORMAT_VERSION => Ok(()),
+        Some(other) => {
+            let found = other.first().copied().unwrap_or(0);
+            Err(io_err(
+                ErrorSubject::Store,
+                ErrorVerb::Read,
+                &codec::CodecError::UnknownVersion {
+                    what: "this store",
+                    found,
+                },
+            ))
+        }
+        None => {
+            db.put_cf(meta, KEY_FORMAT, [codec::FORMAT_VERSION])
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+            db.flush_wal(true)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))
+        }
+    }
+}
+
+pub(crate) fn io_err(
     subject: ErrorSubject<NodeId>,
     verb: ErrorVerb,
     e: &(impl std::error::Error + 'static),
@@ -100,7 +135,7 @@ fn io_err(
     }
 }
 
-fn cf<'a>(db: &'a DB, name: &str) -> StorageResult<&'a ColumnFamily> {
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> StorageResult<&'a ColumnFamily> {
     db.cf_handle(name).ok_or_else(|| StorageError::IO {
         source: StorageIOError::new(
             ErrorSubject::Store,
@@ -329,202 +364,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// What the state machine holds: the pure group state plus openraft's bookkeeping.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StateMachineData {
-    pub last_applied: Option<LogId<NodeId>>,
-    pub last_membership: StoredMembership<NodeId, DeployNode>,
-    pub state: GroupState,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, DeployNode>,
-    data: Vec<u8>,
-}
-
-/// A read handle on a group's applied state, shared with the API layer.
-#[derive(Debug, Clone)]
-pub struct StateReader(Arc<RwLock<StateMachineData>>);
-
-impl StateReader {
-    /// Runs `f` on the applied state. Keep `f` short: applying waits while it runs.
-    pub fn read<T>(&self, f: impl FnOnce(&StateMachineData) -> T) -> T {
-        let guard = self.0.read().unwrap_or_else(|p| p.into_inner());
-        f(&guard)
-    }
-}
-
-/// The state machine of one group: applied in memory, persisted by snapshots.
-#[derive(Debug, Clone)]
-pub struct StateMachineStore {
-    db: Arc<DB>,
-    data: Arc<RwLock<StateMachineData>>,
-}
-
-impl StateMachineStore {
-    fn restore(db: Arc<DB>) -> StorageResult<Self> {
-        let store = Self {
-            db,
-            data: Arc::default(),
-        };
-        if let Some(snap) = store.read_stored_snapshot()? {
-            let data: StateMachineData = codec::decode_snapshot("stored snapshot data", &snap.data)
-                .map_err(|e| {
-                    io_err(
-                        ErrorSubject::Snapshot(Some(snap.meta.signature())),
-                        ErrorVerb::Read,
-                        &e,
-                    )
-                })?;
-            *store.write() = data;
-        }
-        Ok(store)
-    }
-
-    pub fn reader(&self) -> StateReader {
-        StateReader(self.data.clone())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, StateMachineData> {
-        self.data.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn read_stored_snapshot(&self) -> StorageResult<Option<StoredSnapshot>> {
-        let subject = || ErrorSubject::Snapshot(None);
-        let bytes = self
-            .db
-            .get_cf(cf(&self.db, CF_SM)?, KEY_SNAPSHOT)
-            .map_err(|e| io_err(subject(), ErrorVerb::Read, &e))?;
-        bytes
-            .map(|b| {
-                codec::decode_snapshot("stored snapshot", &b)
-                    .map_err(|e| io_err(subject(), ErrorVerb::Read, &e))
-            })
-            .transpose()
-    }
-
-    fn save_snapshot(&self, snap: &StoredSnapshot) -> StorageResult<()> {
-        let subject = || ErrorSubject::Snapshot(Some(snap.meta.signature()));
-        let bytes =
-            codec::encode("snapshot", snap).map_err(|e| io_err(subject(), ErrorVerb::Write, &e))?;
-        self.db
-            .put_cf(cf(&self.db, CF_SM)?, KEY_SNAPSHOT, bytes)
-            .map_err(|e| io_err(subject(), ErrorVerb::Write, &e))?;
-        self.db
-            .flush_wal(true)
-            .map_err(|e| io_err(subject(), ErrorVerb::Write, &e))
-    }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (data, last_applied, last_membership) = {
-            let sm = self.data.read().unwrap_or_else(|p| p.into_inner());
-            let data = codec::encode("snapshot data", &*sm)
-                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
-            (data, sm.last_applied, sm.last_membership.clone())
-        };
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{stamp}", l.leader_id, l.index),
-            None => format!("--{stamp}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership,
-            snapshot_id,
-        };
-        self.save_snapshot(&StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        })?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotBuilder = Self;
-
-    async fn applied_state(
-        &mut self,
-    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, DeployNode>)> {
-        let sm = self.data.read().unwrap_or_else(|p| p.into_inner());
-        Ok((sm.last_applied, sm.last_membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let mut sm = self.write();
-        let mut out = Vec::new();
-        for entry in entries {
-            sm.last_applied = Some(entry.log_id);
-            let resp = match entry.payload {
-                EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(cmd) => sm.state.apply(&cmd),
-                EntryPayload::Membership(m) => {
-                    sm.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                    Response::None
-                }
-            };
-            out.push(resp);
-        }
-        Ok(out)
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, DeployNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> StorageResult<()> {
-        let data = snapshot.into_inner();
-        let new: StateMachineData =
-            codec::decode_snapshot("received snapshot", &data).map_err(|e| {
-                io_err(
-                    ErrorSubject::Snapshot(Some(meta.signature())),
-                    ErrorVerb::Read,
-                    &e,
-                )
-            })?;
-        // Persist before switching, so a crash never leaves a state that no snapshot backs.
-        self.save_snapshot(&StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        })?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
-        *self.write() = new;
-        Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        Ok(self.read_stored_snapshot()?.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use openraft::storage::RaftStateMachine;
     use openraft::testing::{StoreBuilder, Suite};
+    use openraft::{EntryPayload, RaftSnapshotBuilder};
     use tempfile::TempDir;
 
     use super::*;
@@ -546,15 +390,15 @@ mod tests {
         Suite::test_all(Builder)
     }
 
-    /// A snapshot larger than one record (its stored form holds the state as a JSON array of
-    /// bytes, several times the state's size) is still restored after a restart.
+    /// A snapshot of 40,000 builds (more than one record may hold, were it one record) is
+    /// written as a file and restored from it after a restart.
     #[tokio::test]
-    async fn a_snapshot_over_the_record_bound_is_restored() -> StorageResult<()> {
+    async fn a_large_snapshot_is_restored_from_its_file() -> StorageResult<()> {
         use deploy_state::{BuildCommand, Command};
         let dir = TempDir::new().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         let leader = openraft::CommittedLeaderId::new(1, 7);
         let builds = 40_000u64;
-        {
+        let before = {
             let (_log, mut sm) = open(dir.path())?;
             // Each build submitted, then cancelled: the queue stays under its bound while
             // the state (every build, with its history) grows.
@@ -580,18 +424,13 @@ mod tests {
                 })
             });
             sm.apply(entries).await?;
-            sm.get_snapshot_builder().await.build_snapshot().await?;
-            let stored = sm
-                .db
-                .get_cf(cf(&sm.db, CF_SM)?, KEY_SNAPSHOT)
+            let snap = sm.get_snapshot_builder().await.build_snapshot().await?;
+            let len = std::fs::metadata(snap.snapshot.path())
                 .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?
-                .map(|b| b.len())
-                .unwrap_or(0);
-            assert!(
-                stored > codec::MAX_RECORD_BYTES,
-                "stored snapshot of {stored} bytes"
-            );
-        }
+                .len();
+            assert!(len > 1_000_000, "snapshot file of {len} bytes");
+            sm.reader().read(|d| d.state.clone())
+        };
         let (_log, mut sm) = open(dir.path())?;
         let (applied, _) = sm.applied_state().await?;
         assert_eq!(applied.map(|l| l.index), Some(2 * builds));
@@ -599,6 +438,42 @@ mod tests {
             sm.reader().read(|d| d.state.builds.by_seq.len()) as u64,
             builds
         );
+        assert!(
+            sm.reader().read(|d| d.state == before),
+            "restored state differs"
+        );
+        Ok(())
+    }
+
+    /// A store written in a format this build does not know is refused by name, and nothing
+    /// in it changes: a build that knows the format opens it as it was.
+    #[tokio::test]
+    async fn a_store_of_an_unknown_format_is_refused_and_kept() -> StorageResult<()> {
+        let dir = TempDir::new().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+        {
+            let (mut log, _sm) = open(dir.path())?;
+            log.save_vote(&Vote::new(4, 2)).await?;
+        }
+        let set_format = |v: u8| -> StorageResult<()> {
+            let db = DB::open_cf(&Options::default(), dir.path(), [CF_META, CF_LOGS, CF_SM])
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+            db.put_cf(cf(&db, CF_META)?, KEY_FORMAT, [v])
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))
+        };
+        set_format(codec::FORMAT_VERSION + 1)?;
+        let err = open(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("format version 2 is not one this build knows"),
+            "error was: {err}"
+        );
+        // Refused twice over: the refusal itself changed nothing.
+        assert!(open(dir.path()).is_err());
+        set_format(codec::FORMAT_VERSION)?;
+        let (mut log, _sm) = open(dir.path())?;
+        assert_eq!(log.read_vote().await?, Some(Vote::new(4, 2)));
         Ok(())
     }
 

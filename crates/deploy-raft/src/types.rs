@@ -1,7 +1,6 @@
 //! The openraft type configuration, declared once for every group.
 
 use std::fmt;
-use std::io::Cursor;
 use std::sync::Arc;
 
 use deploy_types::RaftTiming;
@@ -17,7 +16,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = DeployNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

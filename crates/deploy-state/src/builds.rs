@@ -286,15 +286,15 @@ pub enum BuildError {
 /// The build queue and the worker registry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Builds {
-    pub by_seq: BTreeMap<u64, Build>,
+    pub by_seq: imbl::OrdMap<u64, Build>,
     pub next_seq: u64,
     /// Queued builds, oldest first.
-    pub queued: BTreeSet<u64>,
+    pub queued: imbl::OrdSet<u64>,
     /// Running builds, to find expired leases without a full scan.
-    pub running: BTreeSet<u64>,
+    pub running: imbl::OrdSet<u64>,
     /// The latest build of each (service, repo, commit), for idempotent submission.
-    pub by_key: BTreeMap<String, u64>,
-    pub workers: BTreeMap<String, WorkerInfo>,
+    pub by_key: imbl::OrdMap<String, u64>,
+    pub workers: imbl::OrdMap<String, WorkerInfo>,
 }
 
 fn key(service: &str, repo: &str, commit: &str) -> String {
@@ -511,7 +511,7 @@ impl Builds {
                         });
                     }
                 }
-                let Some(seq) = self.queued.pop_first() else {
+                let Some(seq) = self.queued.remove_min() else {
                     return Ok(BuildResponse::NoWork);
                 };
                 let Some(b) = self.by_seq.get_mut(&seq) else {

@@ -109,7 +109,7 @@ pub fn check_build_input(service: &str, repo: &str, commit: &str) -> Result<(), 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupState {
     /// Operator-set key/value pairs.
-    pub meta: std::collections::BTreeMap<String, String>,
+    pub meta: imbl::OrdMap<String, String>,
     /// The build queue (global group).
     #[serde(default)]
     pub builds: Builds,

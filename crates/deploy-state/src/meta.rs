@@ -1,7 +1,5 @@
 //! Cluster metadata: small operator-set key/value pairs kept in a group's log.
 
-use std::collections::BTreeMap;
-
 pub const MAX_META_KEY_BYTES: usize = 256;
 pub const MAX_META_VALUE_BYTES: usize = 64 * 1024;
 pub const MAX_META_KEYS: usize = 10_000;
@@ -17,7 +15,7 @@ pub enum MetaError {
 }
 
 pub(crate) fn check(
-    meta: &BTreeMap<String, String>,
+    meta: &imbl::OrdMap<String, String>,
     key: &str,
     value: Option<&str>,
 ) -> Result<(), MetaError> {

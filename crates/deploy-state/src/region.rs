@@ -62,9 +62,9 @@ pub struct Moved {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceGoals {
-    pub racks: BTreeMap<String, Goal>,
+    pub racks: imbl::OrdMap<String, Goal>,
     /// Exceptions to the rack's goal (a canary taking part of a rack).
-    pub hosts: BTreeMap<String, Goal>,
+    pub hosts: imbl::OrdMap<String, Goal>,
     /// The release rolling out, if any.
     pub active: Option<u64>,
     /// The newest release applied, the only one a rollback may undo once it succeeded.
@@ -195,12 +195,12 @@ pub struct Region {
     /// The last global decision applied.
     pub applied: u64,
     /// host -> rack.
-    pub hosts: BTreeMap<String, String>,
+    pub hosts: imbl::OrdMap<String, String>,
     /// relay -> rack.
     #[serde(default)]
-    pub relays: BTreeMap<String, String>,
-    pub services: BTreeMap<String, ServiceGoals>,
-    pub releases: BTreeMap<u64, RegionRelease>,
+    pub relays: imbl::OrdMap<String, String>,
+    pub services: imbl::OrdMap<String, ServiceGoals>,
+    pub releases: imbl::OrdMap<u64, RegionRelease>,
     /// The region's copy of the API tokens, from the global group's decisions.
     #[serde(default)]
     pub tokens: crate::tokens::Tokens,
@@ -738,8 +738,14 @@ impl Region {
     }
 
     fn clear_active(&mut self, seq: u64) {
-        for g in self.services.values_mut() {
-            if g.active == Some(seq) {
+        let holding: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, g)| g.active == Some(seq))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in holding {
+            if let Some(g) = self.services.get_mut(&name) {
                 g.active = None;
             }
         }

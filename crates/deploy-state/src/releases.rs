@@ -455,21 +455,21 @@ pub enum ReleaseError {
 /// The releases of the global group and the decisions regions pull.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Releases {
-    pub by_seq: BTreeMap<u64, Release>,
+    pub by_seq: imbl::OrdMap<u64, Release>,
     pub next_seq: u64,
     /// The unfinished release of each service.
-    pub active: BTreeMap<String, u64>,
+    pub active: imbl::OrdMap<String, u64>,
     /// The newest release of each service.
-    pub latest: BTreeMap<String, u64>,
-    pub decisions: BTreeMap<u64, Decision>,
+    pub latest: imbl::OrdMap<String, u64>,
+    pub decisions: imbl::OrdMap<u64, Decision>,
     /// The last decision's number (0: none yet).
     pub last_decision: u64,
     /// Request id -> the release the call made or acted on.
     #[serde(default)]
-    pub requests: BTreeMap<String, u64>,
+    pub requests: imbl::OrdMap<String, u64>,
     /// The same ids, oldest first, to forget beyond [`MAX_REQUESTS_KEPT`].
     #[serde(default)]
-    pub request_order: std::collections::VecDeque<String>,
+    pub request_order: imbl::Vector<String>,
 }
 
 pub(crate) fn clip(s: &str) -> String {
@@ -560,7 +560,7 @@ impl Releases {
         after: u64,
         limit: usize,
     ) -> Result<(Vec<Decision>, u64), u64> {
-        if let Some((&oldest, _)) = self.decisions.first_key_value() {
+        if let Some(&(oldest, _)) = self.decisions.get_min() {
             if after + 1 < oldest {
                 return Err(oldest);
             }
@@ -621,7 +621,10 @@ impl Releases {
             },
         );
         while self.decisions.len() > MAX_DECISIONS_KEPT {
-            self.decisions.pop_first();
+            let Some(&(oldest, _)) = self.decisions.get_min() else {
+                break;
+            };
+            self.decisions.remove(&oldest);
         }
     }
 

@@ -2,8 +2,6 @@
 //! decisions it pulls), so a region checks its operators' tokens while the global group is
 //! down. Only a token's SHA-256 is kept; its text is shown once, when it is made.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 /// Tokens kept at most.
@@ -97,8 +95,8 @@ pub enum TokenError {
 /// Every token, by name, and an index by hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tokens {
-    pub by_name: BTreeMap<String, Token>,
-    pub by_hash: BTreeMap<String, String>,
+    pub by_name: imbl::OrdMap<String, Token>,
+    pub by_hash: imbl::OrdMap<String, String>,
 }
 
 fn valid_name(kind: &str, n: &str) -> Result<(), TokenError> {

@@ -1,0 +1,332 @@
+//! The state machine of one group: the pure `deploy-state` logic applied in memory, persisted
+//! by snapshot files.
+//!
+//! The state's collections are persistent (copy-on-write) maps, so cloning the whole state is
+//! a handful of reference-count bumps. Building a snapshot holds the lock only for that clone;
+//! encoding and writing the file happen on a blocking thread while applying goes on. A
+//! received snapshot is decoded from its file, off the lock, and swapped in at the end.
+
+// openraft's storage traits fix the error type; its size is not ours to choose.
+#![allow(clippy::result_large_err)]
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use deploy_state::{GroupState, Response};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StoredMembership,
+};
+use rocksdb::DB;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::snapshot::{SnapshotDir, SnapshotFile};
+use crate::store::{cf, io_err, StorageResult, CF_SM};
+use crate::types::{DeployNode, NodeId, TypeConfig};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+const KEY_SNAPSHOT: &str = "snapshot";
+
+/// What the state machine holds: the pure group state plus openraft's bookkeeping.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StateMachineData {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub last_membership: StoredMembership<NodeId, DeployNode>,
+    pub state: GroupState,
+}
+
+/// The record naming the current snapshot: its meta and the file that holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, DeployNode>,
+    file: String,
+    len: u64,
+}
+
+/// A read handle on a group's applied state, shared with the API layer.
+#[derive(Debug, Clone)]
+pub struct StateReader(Arc<RwLock<StateMachineData>>);
+
+impl StateReader {
+    /// Runs `f` on the applied state. Keep `f` short: applying waits while it runs.
+    pub fn read<T>(&self, f: impl FnOnce(&StateMachineData) -> T) -> T {
+        let guard = self.0.read().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
+    }
+
+    /// The applied state as of now, as a cheap copy-on-write clone: for a long read that
+    /// must not hold up applying.
+    pub fn snapshot(&self) -> StateMachineData {
+        self.read(Clone::clone)
+    }
+}
+
+/// The state machine of one group.
+#[derive(Debug, Clone)]
+pub struct StateMachineStore {
+    pub(crate) db: Arc<DB>,
+    data: Arc<RwLock<StateMachineData>>,
+    snapshots: Arc<SnapshotDir>,
+    /// Serialises replacing the current snapshot, so a slow build never replaces a newer one.
+    saving: Arc<Mutex<()>>,
+}
+
+fn snap_err(
+    meta: Option<&SnapshotMeta<NodeId, DeployNode>>,
+    verb: ErrorVerb,
+) -> impl Fn(&dyn std::error::Error) -> StorageError<NodeId> + '_ {
+    move |e| {
+        let subject = ErrorSubject::Snapshot(meta.map(|m| m.signature()));
+        StorageError::IO {
+            source: openraft::StorageIOError::new(
+                subject,
+                verb,
+                openraft::AnyError::error(e.to_string()),
+            ),
+        }
+    }
+}
+
+impl StateMachineStore {
+    pub(crate) fn restore(db: Arc<DB>, group_dir: &std::path::Path) -> StorageResult<Self> {
+        let snapshots = SnapshotDir::open(group_dir)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
+        let store = Self {
+            db,
+            data: Arc::default(),
+            snapshots: Arc::new(snapshots),
+            saving: Arc::default(),
+        };
+        if let Some(stored) = store.read_stored()? {
+            let err = snap_err(Some(&stored.meta), ErrorVerb::Read);
+            let (file, _, len) = store
+                .snapshots
+                .open_file(&stored.file)
+                .map_err(|e| err(&e))?;
+            let data: StateMachineData =
+                codec::read_snapshot("stored snapshot", file, len).map_err(|e| err(&e))?;
+            *store.write() = data;
+        }
+        Ok(store)
+    }
+
+    pub fn reader(&self) -> StateReader {
+        StateReader(self.data.clone())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, StateMachineData> {
+        self.data.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_stored(&self) -> StorageResult<Option<StoredSnapshot>> {
+        let err = snap_err(None, ErrorVerb::Read);
+        let bytes = self
+            .db
+            .get_cf(cf(&self.db, CF_SM)?, KEY_SNAPSHOT)
+            .map_err(|e| err(&e))?;
+        bytes
+            .map(|b| codec::decode("stored snapshot record", &b).map_err(|e| err(&e)))
+            .transpose()
+    }
+
+    /// Makes the finished temporary file `temp` the current snapshot, unless the current one
+    /// is already as new. Returns whether it did.
+    fn save(
+        &self,
+        meta: &SnapshotMeta<NodeId, DeployNode>,
+        file: &std::fs::File,
+        temp: &std::path::Path,
+    ) -> StorageResult<bool> {
+        let err = snap_err(Some(meta), ErrorVerb::Write);
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = self.read_stored()? {
+            if current.meta.last_log_id >= meta.last_log_id
+                && current.meta.snapshot_id != meta.snapshot_id
+            {
+                std::fs::remove_file(temp).map_err(|e| err(&e))?;
+                return Ok(false);
+            }
+        }
+        let name = SnapshotDir::final_name(&meta.snapshot_id).map_err(|e| err(&e))?;
+        let len = file.metadata().map_err(|e| err(&e))?.len();
+        self.snapshots
+            .finish(file, temp, &name)
+            .map_err(|e| err(&e))?;
+        let record = codec::encode(
+            "snapshot record",
+            &StoredSnapshot {
+                meta: meta.clone(),
+                file: name.clone(),
+                len,
+            },
+        )
+        .map_err(|e| err(&e))?;
+        self.db
+            .put_cf(cf(&self.db, CF_SM)?, KEY_SNAPSHOT, record)
+            .map_err(|e| err(&e))?;
+        self.db.flush_wal(true).map_err(|e| err(&e))?;
+        self.snapshots.remove_all_but(&name).map_err(|e| err(&e))?;
+        Ok(true)
+    }
+
+    fn open_current(&self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let Some(stored) = self.read_stored()? else {
+            return Ok(None);
+        };
+        let opened = self.snapshots.open_file(&stored.file);
+        let (file, path, _) =
+            opened.map_err(|e| snap_err(Some(&stored.meta), ErrorVerb::Read)(&e))?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(SnapshotFile::new(file, path)),
+        }))
+    }
+}
+
+/// Runs blocking file work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        io_err(
+            ErrorSubject::StateMachine,
+            ErrorVerb::Write,
+            &std::io::Error::other(e),
+        )
+    })?
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        // The only time the lock is held: a copy-on-write clone of the state.
+        let started = Instant::now();
+        let data = self.reader().snapshot();
+        let held_us = started.elapsed().as_micros();
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let snapshot_id = match data.last_applied {
+            Some(l) => format!(
+                "{}-{}-{}-{stamp}",
+                l.leader_id.term, l.leader_id.node_id, l.index
+            ),
+            None => format!("0-0-0-{stamp}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: data.last_applied,
+            last_membership: data.last_membership.clone(),
+            snapshot_id,
+        };
+        let this = self.clone();
+        let built = meta.clone();
+        let len = blocking(move || {
+            let err = snap_err(Some(&built), ErrorVerb::Write);
+            let (file, temp) = this.snapshots.temp("building").map_err(|e| err(&e))?;
+            let mut out = std::io::BufWriter::with_capacity(1024 * 1024, file);
+            out = codec::write_snapshot("snapshot", &data, out).map_err(|e| err(&e))?;
+            let file = out.into_inner().map_err(|e| err(e.error()))?;
+            let len = file.metadata().map_err(|e| err(&e))?.len();
+            this.save(&built, &file, &temp)?;
+            Ok(len)
+        })
+        .await?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = len, lock_held_us = held_us, "built snapshot");
+        // The current one: this snapshot, or a newer one installed meanwhile.
+        self.open_current()?.ok_or_else(|| {
+            snap_err(Some(&meta), ErrorVerb::Read)(&std::io::Error::other(
+                "the built snapshot is gone",
+            ))
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, DeployNode>)> {
+        let sm = self.data.read().unwrap_or_else(|p| p.into_inner());
+        Ok((sm.last_applied, sm.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut sm = self.write();
+        let mut out = Vec::new();
+        for entry in entries {
+            sm.last_applied = Some(entry.log_id);
+            let resp = match entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(cmd) => sm.state.apply(&cmd),
+                EntryPayload::Membership(m) => {
+                    sm.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::None
+                }
+            };
+            out.push(resp);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<SnapshotFile>> {
+        let (file, path) = self
+            .snapshots
+            .temp("receiving")
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e))?;
+        Ok(Box::new(SnapshotFile::new(file, path)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, DeployNode>,
+        snapshot: Box<SnapshotFile>,
+    ) -> StorageResult<()> {
+        let (file, path) = snapshot.into_std().await;
+        let this = self.clone();
+        let meta_owned = meta.clone();
+        let new = blocking(move || {
+            let meta = &meta_owned;
+            let err = snap_err(Some(meta), ErrorVerb::Write);
+            // A received file is ours to rename; a handle on someone else's file is copied.
+            let (mut file, temp) = if this.snapshots.holds(&path) {
+                (file, path)
+            } else {
+                let mut from = file;
+                from.seek(SeekFrom::Start(0)).map_err(|e| err(&e))?;
+                let (mut to, temp) = this.snapshots.temp("receiving").map_err(|e| err(&e))?;
+                std::io::copy(&mut from, &mut to).map_err(|e| err(&e))?;
+                (to, temp)
+            };
+            let len = file.seek(SeekFrom::End(0)).map_err(|e| err(&e))?;
+            file.seek(SeekFrom::Start(0)).map_err(|e| err(&e))?;
+            let new: StateMachineData =
+                codec::read_snapshot("received snapshot", (&mut file).take(len), len)
+                    .map_err(|e| snap_err(Some(meta), ErrorVerb::Read)(&e))?;
+            // Persisted before it is switched to, so a crash never leaves a state no
+            // snapshot backs.
+            this.save(meta, &file, &temp)?;
+            Ok(new)
+        })
+        .await?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+        *self.write() = new;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        self.open_current()
+    }
+}
