@@ -9,6 +9,7 @@ use deploy_proto::v1::{
     Build as PbBuild, BuildLogsRequest, BuildTransition, CancelBuildRequest, GetBuildRequest,
     ListBuildsReply, ListBuildsRequest, LogChunk, SubmitBuildRequest,
 };
+use deploy_raft::history::HistoryRow;
 use deploy_state::builds::{
     parse_build_id, Build, BuildCommand, BuildError, BuildResponse, BuildState,
 };
@@ -116,10 +117,40 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     })
 }
 
-fn read_build(h: &GroupHandle, id: &str, regions: &[String]) -> Result<PbBuild, ApiError> {
-    h.state
+/// The UTC day of a time in milliseconds, `YYYY-MM-DD`.
+fn day(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(|t| t.date().to_string())
+        .unwrap_or_else(|_| format!("{ms} ms after the epoch"))
+}
+
+/// A build from the state, or from the history once retention collected it; past the
+/// history period, when retention removed it.
+pub fn read_build(h: &GroupHandle, id: &str, regions: &[String]) -> Result<PbBuild, ApiError> {
+    if let Some(b) = h
+        .state
         .read(|d| d.state.builds.get(id).map(|b| to_proto(b, regions)))
-        .ok_or_else(|| ApiError::NotFound(format!("build {id} does not exist")))
+    {
+        return Ok(b);
+    }
+    let seq = parse_build_id(id).unwrap_or(0);
+    let row = h
+        .state
+        .collected_build(seq)
+        .map_err(|e| ApiError::Internal(format!("reading the build history: {e}")))?;
+    match row {
+        Some(HistoryRow { build: Some(b), .. }) => Ok(to_proto(&b, regions)),
+        Some(HistoryRow {
+            removed_at_ms: Some(at),
+            collected_at_ms,
+            ..
+        }) => Err(ApiError::NotFound(format!(
+            "build {id} was removed by retention on {} (it left the live state on {})",
+            day(at),
+            day(collected_at_ms)
+        ))),
+        _ => Err(ApiError::NotFound(format!("build {id} does not exist"))),
+    }
 }
 
 pub struct BuildApi {

@@ -1,6 +1,7 @@
-//! Background work of the global leader: expiring leases and replicating artifacts.
+//! Background work of the global leader: expiring leases, replicating artifacts, and
+//! collecting finished builds under the retention policy.
 //!
-//! Both loops run on every node that hosts the global group and act only while it leads, so
+//! The loops run on every node that hosts the global group and act only while it leads, so
 //! a new leader picks the work up from the committed state: leases keep their absolute
 //! expiry times, and replication skips chunks the destination already holds.
 
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use deploy_artifact::copy::copy_artifact;
 use deploy_state::builds::{BuildCommand, BuildState};
+use deploy_state::retention::{collectable, Collect};
+use deploy_state::{Command, Response};
 use deploy_types::GroupName;
 use tracing::{info, warn};
 
@@ -28,6 +31,7 @@ pub fn spawn(node: Arc<Node>) {
         return;
     }
     tokio::spawn(reaper(node.clone()));
+    tokio::spawn(collector(node.clone()));
     tokio::spawn(replicator(node));
 }
 
@@ -64,6 +68,36 @@ async fn reaper(node: Arc<Node>) {
         match propose(h, cmd).await {
             Ok(r) => info!(result = ?r, "expired build leases"),
             Err(e) => warn!(error = %e, "cannot expire leases"),
+        }
+    }
+}
+
+/// Proposes a collect whenever the policy finds finished builds to remove: stamped with this
+/// leader's clock and the config's policy, so every replica removes the same ones.
+async fn collector(node: Arc<Node>) {
+    let every = Duration::from_secs(node.config.retention.collect_every_secs);
+    while ticks(&node, every).await {
+        let Some(h) = node.group(&GroupName::Global) else {
+            return;
+        };
+        if !h.is_leader() {
+            continue;
+        }
+        let r = &node.config.retention;
+        let c = Collect {
+            now_ms: now_ms(),
+            keep_per_service: r.keep_per_service,
+            keep_ms: r.keep_ms(),
+            artifact_keep: node.config.builds.keep_per_service,
+            history_ms: r.history_ms(),
+        };
+        if h.state.read(|d| collectable(&d.state, &c).is_empty()) {
+            continue;
+        }
+        match h.propose(Command::Collect(c)).await {
+            Ok((_, Response::Collected(b))) => info!(builds = b.len(), "collected finished builds"),
+            Ok((_, other)) => warn!(response = ?other, "unexpected answer to a collect"),
+            Err(e) => warn!(error = %e, "cannot collect finished builds"),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! cluster's processes: that is `deploy-coordinator`'s job.
 
 pub mod codec;
+pub mod history;
 pub mod network;
 pub mod snapshot;
 pub mod state_machine;

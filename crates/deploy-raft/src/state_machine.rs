@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::snapshot::{SnapshotDir, SnapshotFile};
-use crate::store::{cf, io_err, StorageResult, CF_SM};
+pub(crate) use crate::store::StorageResult;
+use crate::store::{cf, io_err, CF_SM};
 use crate::types::{DeployNode, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -47,15 +48,24 @@ struct StoredSnapshot {
     len: u64,
 }
 
-/// A read handle on a group's applied state, shared with the API layer.
+/// A read handle on a group's applied state and its history, shared with the API layer.
 #[derive(Debug, Clone)]
-pub struct StateReader(Arc<RwLock<StateMachineData>>);
+pub struct StateReader {
+    data: Arc<RwLock<StateMachineData>>,
+    db: Arc<DB>,
+}
 
 impl StateReader {
     /// Runs `f` on the applied state. Keep `f` short: applying waits while it runs.
     pub fn read<T>(&self, f: impl FnOnce(&StateMachineData) -> T) -> T {
-        let guard = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let guard = self.data.read().unwrap_or_else(|p| p.into_inner());
         f(&guard)
+    }
+
+    /// What retention did with build `seq` on this node, if it collected it: the build
+    /// (within the history period) or its tombstone.
+    pub fn collected_build(&self, seq: u64) -> StorageResult<Option<crate::history::HistoryRow>> {
+        crate::history::get(&self.db, seq)
     }
 
     /// The applied state as of now, as a cheap copy-on-write clone: for a long read that
@@ -115,7 +125,10 @@ impl StateMachineStore {
     }
 
     pub fn reader(&self) -> StateReader {
-        StateReader(self.data.clone())
+        StateReader {
+            data: self.data.clone(),
+            db: self.db.clone(),
+        }
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, StateMachineData> {
@@ -266,7 +279,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             sm.last_applied = Some(entry.log_id);
             let resp = match entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(cmd) => sm.state.apply(&cmd),
+                EntryPayload::Normal(cmd) => {
+                    let resp = sm.state.apply(&cmd);
+                    crate::history::record(&self.db, &cmd, &resp)?;
+                    resp
+                }
                 EntryPayload::Membership(m) => {
                     sm.last_membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::None

@@ -58,8 +58,8 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StorageError<No
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs =
-        [CF_META, CF_LOGS, CF_SM].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let cfs = [CF_META, CF_LOGS, CF_SM, crate::history::CF_HISTORY]
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, dir, cfs)
         .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?;
     let db = Arc::new(db);
@@ -455,7 +455,8 @@ mod tests {
             log.save_vote(&Vote::new(4, 2)).await?;
         }
         let set_format = |v: u8| -> StorageResult<()> {
-            let db = DB::open_cf(&Options::default(), dir.path(), [CF_META, CF_LOGS, CF_SM])
+            let cfs = [CF_META, CF_LOGS, CF_SM, crate::history::CF_HISTORY];
+            let db = DB::open_cf(&Options::default(), dir.path(), cfs)
                 .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
             db.put_cf(cf(&db, CF_META)?, KEY_FORMAT, [v])
                 .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))

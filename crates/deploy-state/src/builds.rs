@@ -310,6 +310,20 @@ impl Builds {
         parse_build_id(id).and_then(|s| self.by_seq.get(&s))
     }
 
+    /// Removes a finished build (and its idempotency key, if the key still names it); a
+    /// build that has not finished is never removed.
+    pub(crate) fn remove_finished(&mut self, seq: u64) -> Option<Build> {
+        if !self.by_seq.get(&seq)?.state.is_final() {
+            return None;
+        }
+        let b = self.by_seq.remove(&seq)?;
+        let k = key(&b.service, &b.repo, &b.commit);
+        if self.by_key.get(&k) == Some(&seq) {
+            self.by_key.remove(&k);
+        }
+        Some(b)
+    }
+
     fn get_mut(&mut self, id: &str) -> Result<&mut Build, BuildError> {
         parse_build_id(id)
             .and_then(|s| self.by_seq.get_mut(&s))

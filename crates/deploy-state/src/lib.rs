@@ -12,6 +12,7 @@ pub mod builds;
 mod meta;
 pub mod region;
 pub mod releases;
+pub mod retention;
 pub mod rollout;
 pub mod tokens;
 
@@ -35,6 +36,8 @@ pub enum Command {
     Region(RegionCommand),
     /// An API token made or revoked (global group; regions get a copy as a decision).
     Token(tokens::TokenCommand),
+    /// Finished builds beyond the retention policy leave the state (global group).
+    Collect(retention::Collect),
     /// Commands proposed at the same time, in one log entry so that one disk sync on each
     /// member commits them all; applied one by one, in order, each with its own response.
     Batch(Vec<Command>),
@@ -61,6 +64,8 @@ pub enum Response {
     ReleaseRejected(ReleaseError),
     /// The command was committed but refused by the state machine; the state is unchanged.
     Rejected(String),
+    /// The builds a collect removed, for the store's history.
+    Collected(Vec<Build>),
     /// The responses of a batch's commands, in order.
     Batch(Vec<Response>),
     /// The token of a token command.
@@ -135,7 +140,11 @@ impl GroupState {
                 commit,
                 ..
             }) => check_build_input(service, repo, commit)?,
-            Command::Build(_) | Command::Release(_) | Command::Region(_) | Command::Token(_) => {}
+            Command::Build(_)
+            | Command::Release(_)
+            | Command::Region(_)
+            | Command::Token(_)
+            | Command::Collect(_) => {}
             // Each command of a batch is checked when it is applied, on its own.
             Command::Batch(_) => {}
         }
@@ -209,6 +218,7 @@ impl GroupState {
                 }
                 Err(e) => Response::TokenRejected(e),
             },
+            Command::Collect(c) => Response::Collected(self.collect(c)),
             Command::Batch(_) => Response::Rejected("a batch inside a batch".into()),
         }
     }

@@ -198,6 +198,44 @@ impl Default for BuildSettings {
     }
 }
 
+/// How long finished records stay in the replicated state, and how long they stay
+/// answerable from the on-disk history after that (`[retention]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// The newest finished builds of each service always kept in the state.
+    pub keep_per_service: u32,
+    /// Finished builds younger than this are always kept in the state.
+    pub keep_days: u32,
+    /// A collected build stays answerable from the history this long; after it, the answer
+    /// is "removed by retention on DATE".
+    pub history_days: u32,
+    /// How often the global leader looks for builds to collect.
+    pub collect_every_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            keep_per_service: 100,
+            keep_days: 7,
+            history_days: 90,
+            collect_every_secs: 60,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// The policy as the state machine takes it (stamped into each collect command).
+    pub fn keep_ms(&self) -> u64 {
+        u64::from(self.keep_days) * 86_400_000
+    }
+
+    pub fn history_ms(&self) -> u64 {
+        u64::from(self.history_days) * 86_400_000
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterSection {
@@ -225,6 +263,8 @@ struct RawConfig {
     #[serde(default)]
     builds: BuildSettings,
     #[serde(default)]
+    retention: RetentionSettings,
+    #[serde(default)]
     signing: SigningConfig,
     #[serde(default)]
     racks: Vec<crate::fleet::RackConfig>,
@@ -242,6 +282,7 @@ pub struct ClusterConfig {
     regions: Vec<RegionConfig>,
     pub workers: Vec<WorkerConfig>,
     pub builds: BuildSettings,
+    pub retention: RetentionSettings,
     pub signing: SigningConfig,
     /// Transport security and API tokens (see `security`).
     pub security: crate::security::SecurityConfig,
@@ -369,6 +410,16 @@ impl ClusterConfig {
                 ));
             }
         }
+        let r = &raw.retention;
+        if r.keep_per_service == 0 {
+            problems.push("retention.keep_per_service must be above 0".into());
+        }
+        if r.history_days > 36_500 || r.keep_days > 36_500 {
+            problems.push("retention.keep_days and history_days must be at most 36500".into());
+        }
+        if r.collect_every_secs == 0 || r.collect_every_secs > 86_400 {
+            problems.push("retention.collect_every_secs must be between 1 and 86400".into());
+        }
         let b = &raw.builds;
         if b.lease_ms < 300 {
             problems.push(format!(
@@ -465,6 +516,7 @@ impl ClusterConfig {
             regions: raw.regions,
             workers: raw.workers,
             builds: raw.builds,
+            retention: raw.retention,
             signing: raw.signing,
             security: raw.security,
             base: None,

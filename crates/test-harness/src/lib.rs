@@ -100,6 +100,9 @@ pub struct Spec {
     pub replication_deadline_secs: u64,
     /// (builds.keep_per_service, builds.gc_grace_secs)
     pub retention: (u32, u64),
+    /// `[retention]` (keep_per_service, collect_every_secs) with keep_days = 0: finished
+    /// builds beyond the newest ones leave the state at once. None: the shipped defaults.
+    pub state_retention: Option<(u32, u64)>,
     pub chunk_bytes: u64,
     /// builds.max_queued
     pub max_queued: u32,
@@ -179,6 +182,7 @@ impl Spec {
             default_timing: false,
             s3: std::collections::BTreeMap::new(),
             snapshots: (5000, 1000),
+            state_retention: None,
             racks: Vec::new(),
             parents: Vec::new(),
             secure: false,
@@ -224,6 +228,13 @@ impl Spec {
 
     pub fn chunk_bytes(mut self, n: u64) -> Self {
         self.chunk_bytes = n;
+        self
+    }
+
+    /// Builds beyond the newest `keep_per_service` finished ones of a service leave the
+    /// state within `collect_every_secs` of finishing (and stay in the history a day).
+    pub fn state_retention(mut self, keep_per_service: u32, collect_every_secs: u64) -> Self {
+        self.state_retention = Some((keep_per_service, collect_every_secs));
         self
     }
 
@@ -339,6 +350,11 @@ impl Spec {
             self.max_queued,
             self.allowed_repos
         ));
+        if let Some((keep, every)) = self.state_retention {
+            s.push_str(&format!(
+                "[retention]\nkeep_per_service = {keep}\nkeep_days = 0\nhistory_days = 1\ncollect_every_secs = {every}\n\n"
+            ));
+        }
         let spares: Vec<String> = (1..=self.spares).map(|i| format!("s{i}")).collect();
         for name in self.node_names() {
             let addr = addrs.get(&name).cloned().unwrap_or_default();

@@ -1,0 +1,96 @@
+//! Retention: which finished builds leave the replicated state.
+//!
+//! The global leader proposes a [`Collect`] stamped with its clock and the cluster's policy;
+//! every replica computes the same set from the same state ([`collectable`]) and removes it,
+//! so the hot state stays bounded by the policy, not by history. What leaves is returned in
+//! the response, for the store to keep in its on-disk history.
+//!
+//! Never collected: a build that has not finished; one of the newest `keep_per_service`
+//! finished builds of its service; one finished less than `keep_ms` ago; one of the newest
+//! `artifact_keep` successful builds of its service (the artifact retention policy keeps
+//! their artifacts, so rollbacks and releases can use them); any build a release names
+//! (what runs, what a rollback returns to).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::builds::{Build, BuildState};
+use crate::GroupState;
+
+/// Builds one collect command removes at most, so one apply stays short.
+pub const MAX_COLLECT: usize = 1_000;
+
+/// A garbage collection of the state, decided by the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collect {
+    pub now_ms: u64,
+    /// Newest finished builds kept per service.
+    pub keep_per_service: u32,
+    /// Finished builds younger than this are kept.
+    pub keep_ms: u64,
+    /// Newest successful builds kept per service for their artifacts.
+    pub artifact_keep: u32,
+    /// How long the history keeps what was collected (for the store; the state ignores it).
+    pub history_ms: u64,
+}
+
+/// The sequence numbers of the builds `c` removes from `state`, oldest first, at most
+/// [`MAX_COLLECT`].
+pub fn collectable(state: &GroupState, c: &Collect) -> Vec<u64> {
+    let released: BTreeSet<&str> = state
+        .releases
+        .by_seq
+        .values()
+        .map(|r| r.build_id.as_str())
+        .collect();
+    let mut finished: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut succeeded: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut out = Vec::new();
+    for b in state.builds.by_seq.values().rev() {
+        if !b.state.is_final() {
+            continue;
+        }
+        let nth_finished = bump(&mut finished, &b.service);
+        let nth_succeeded = if b.state == BuildState::Succeeded {
+            bump(&mut succeeded, &b.service)
+        } else {
+            0
+        };
+        if keeps(b, c, nth_finished, nth_succeeded) || released.contains(b.id().as_str()) {
+            continue;
+        }
+        out.push(b.seq);
+    }
+    out.reverse();
+    out.truncate(MAX_COLLECT);
+    out
+}
+
+/// Counts one more build of `service`; returns its rank (1: the newest).
+fn bump<'a>(counts: &mut BTreeMap<&'a str, u32>, service: &'a str) -> u32 {
+    let n = counts.entry(service).or_default();
+    *n += 1;
+    *n
+}
+
+fn keeps(b: &Build, c: &Collect, nth_finished: u32, nth_succeeded: u32) -> bool {
+    let finished_at = b.finished_at_ms.unwrap_or(b.updated_at_ms);
+    nth_finished <= c.keep_per_service
+        || (nth_succeeded >= 1 && nth_succeeded <= c.artifact_keep)
+        || finished_at.saturating_add(c.keep_ms) > c.now_ms
+}
+
+impl GroupState {
+    /// Applies a collect: removes what [`collectable`] names and returns it.
+    pub(crate) fn collect(&mut self, c: &Collect) -> Vec<Build> {
+        collectable(self, c)
+            .into_iter()
+            .filter_map(|seq| self.builds.remove_finished(seq))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "retention_tests.rs"]
+mod tests;

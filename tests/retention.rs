@@ -1,0 +1,167 @@
+//! Retention of finished builds across a three-node global group over loopback gRPC, on real
+//! RocksDB stores: collected alike on every replica, answered from the history, then
+//! answered as removed by retention.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deploy_client::Client;
+use deploy_state::retention::Collect;
+use deploy_state::{Command, Response};
+use deploy_types::GroupName;
+use test_harness::{wait_until, GrpcCluster, Spec};
+
+const T: Duration = Duration::from_secs(30);
+const DAY_MS: u64 = 86_400_000;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Submits `n` builds of `web` (no worker takes them) and cancels each, so all are final.
+async fn finished_builds(client: &Client, n: usize) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let b = client
+            .submit_build("web", "/srv/git/app", &format!("{i:040x}"))
+            .await?;
+        client.cancel_build(&b.id).await?;
+        ids.push(b.id);
+    }
+    Ok(ids)
+}
+
+/// Where each node stands on build `seq`: (in its live state, in its history with the build,
+/// a tombstone).
+fn where_is(c: &GrpcCluster, node: &str, seq: u64) -> anyhow::Result<(bool, bool, bool)> {
+    let h = c
+        .node(node)?
+        .node
+        .group(&GroupName::Global)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("{node} hosts no global group"))?;
+    let live = h.state.read(|d| d.state.builds.by_seq.contains_key(&seq));
+    let row = h.state.collected_build(seq)?;
+    let kept = row.as_ref().is_some_and(|r| r.build.is_some());
+    let gone = row.as_ref().is_some_and(|r| r.removed_at_ms.is_some());
+    Ok((live, kept, gone))
+}
+
+const NODES: [&str; 3] = ["g1", "g2", "g3"];
+
+/// A collect decided by the leader removes the same builds on every replica; `build get`
+/// still answers for them from the history, and once the history period is over says when
+/// retention removed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collected_builds_leave_every_replica_and_are_answered_from_history_then_as_removed(
+) -> anyhow::Result<()> {
+    let c = GrpcCluster::start_spec(Spec::new(3)).await?;
+    let client = c.client()?;
+    let ids = finished_builds(&client, 3).await?;
+    let leader = wait_until(T, "a global leader", || async {
+        NODES.into_iter().find(|n| {
+            c.node(n)
+                .ok()
+                .and_then(|r| r.node.group(&GroupName::Global).map(|h| h.is_leader()))
+                .unwrap_or(false)
+        })
+    })
+    .await?;
+    let h = c
+        .node(leader)?
+        .node
+        .group(&GroupName::Global)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no global group"))?;
+    let now = now_ms();
+    let collect = |now_ms| Collect {
+        now_ms,
+        keep_per_service: 1,
+        keep_ms: 0,
+        artifact_keep: 0,
+        history_ms: DAY_MS,
+    };
+    match h.propose(Command::Collect(collect(now))).await?.1 {
+        Response::Collected(b) => assert_eq!(
+            b.iter().map(|b| b.id()).collect::<Vec<_>>(),
+            ids[..2],
+            "the two older builds are collected, the newest kept"
+        ),
+        other => anyhow::bail!("unexpected answer {other:?}"),
+    }
+    for n in NODES {
+        wait_until(T, "the collect applied on every replica", || async {
+            let all = [1, 2, 3].map(|s| where_is(&c, n, s).ok());
+            (all == [
+                Some((false, true, false)),
+                Some((false, true, false)),
+                Some((true, false, false)),
+            ])
+            .then_some(())
+        })
+        .await?;
+    }
+    let from_history = client.get_build(&ids[0], false).await?;
+    assert_eq!(from_history.id, ids[0]);
+    assert_eq!(from_history.state, "CANCELLED");
+
+    // Two days later the history (one day) is over: tombstones, and a dated answer.
+    h.propose(Command::Collect(collect(now + 2 * DAY_MS)))
+        .await?;
+    for n in NODES {
+        wait_until(T, "the history expired on every replica", || async {
+            let all = [1, 2].map(|s| where_is(&c, n, s).ok());
+            (all == [Some((false, false, true)), Some((false, false, true))]).then_some(())
+        })
+        .await?;
+    }
+    let err = client.get_build(&ids[0], false).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("build {} was removed by retention on 20", ids[0])),
+        "{err}"
+    );
+    // The newest build was never collected; one that never existed is still "does not exist".
+    assert_eq!(client.get_build(&ids[2], false).await?.state, "CANCELLED");
+    let none = client.get_build("b-99", false).await.unwrap_err();
+    assert!(none.to_string().contains("does not exist"), "{none}");
+    Ok(())
+}
+
+/// With `[retention]` set, the global leader collects finished builds by itself: the state
+/// keeps the newest, and the older ones are answered from the history on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_collects_finished_builds_under_the_configured_policy() -> anyhow::Result<()> {
+    let c = GrpcCluster::start_spec(Spec::new(3).state_retention(1, 1)).await?;
+    let client = c.client()?;
+    let ids = finished_builds(&client, 3).await?;
+    for n in NODES {
+        wait_until(T, "the leader's collect on every replica", || async {
+            let all = [1, 2, 3].map(|s| where_is(&c, n, s).ok());
+            (all == [
+                Some((false, true, false)),
+                Some((false, true, false)),
+                Some((true, false, false)),
+            ])
+            .then_some(())
+        })
+        .await?;
+    }
+    let listed = client
+        .list_builds(deploy_proto::v1::ListBuildsRequest::default())
+        .await?;
+    assert_eq!(
+        listed
+            .builds
+            .iter()
+            .map(|b| b.id.as_str())
+            .collect::<Vec<_>>(),
+        [ids[2].as_str()],
+        "the live list holds only what retention keeps"
+    );
+    assert_eq!(client.get_build(&ids[0], false).await?.state, "CANCELLED");
+    Ok(())
+}
