@@ -51,6 +51,27 @@ fn where_is(c: &GrpcCluster, node: &str, seq: u64) -> anyhow::Result<(bool, bool
 
 const NODES: [&str; 3] = ["g1", "g2", "g3"];
 
+const COLLECTED: (bool, bool, bool) = (false, true, false);
+const LIVE: (bool, bool, bool) = (true, false, false);
+const TOMBSTONE: (bool, bool, bool) = (false, false, true);
+
+/// Waits until every replica places each build `seq` as `want` says.
+async fn wait_everywhere(
+    c: &GrpcCluster,
+    what: &str,
+    want: &[(u64, (bool, bool, bool))],
+) -> anyhow::Result<()> {
+    for n in NODES {
+        wait_until(T, what, || async {
+            want.iter()
+                .all(|(seq, w)| where_is(c, n, *seq).ok() == Some(*w))
+                .then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// A collect decided by the leader removes the same builds on every replica; `build get`
 /// still answers for them from the history, and once the history period is over says when
 /// retention removed them.
@@ -91,18 +112,8 @@ async fn collected_builds_leave_every_replica_and_are_answered_from_history_then
         ),
         other => anyhow::bail!("unexpected answer {other:?}"),
     }
-    for n in NODES {
-        wait_until(T, "the collect applied on every replica", || async {
-            let all = [1, 2, 3].map(|s| where_is(&c, n, s).ok());
-            (all == [
-                Some((false, true, false)),
-                Some((false, true, false)),
-                Some((true, false, false)),
-            ])
-            .then_some(())
-        })
-        .await?;
-    }
+    let collected = [(1, COLLECTED), (2, COLLECTED), (3, LIVE)];
+    wait_everywhere(&c, "the collect applied on every replica", &collected).await?;
     let from_history = client.get_build(&ids[0], false).await?;
     assert_eq!(from_history.id, ids[0]);
     assert_eq!(from_history.state, "CANCELLED");
@@ -110,13 +121,8 @@ async fn collected_builds_leave_every_replica_and_are_answered_from_history_then
     // Two days later the history (one day) is over: tombstones, and a dated answer.
     h.propose(Command::Collect(collect(now + 2 * DAY_MS)))
         .await?;
-    for n in NODES {
-        wait_until(T, "the history expired on every replica", || async {
-            let all = [1, 2].map(|s| where_is(&c, n, s).ok());
-            (all == [Some((false, false, true)), Some((false, false, true))]).then_some(())
-        })
-        .await?;
-    }
+    let expired = [(1, TOMBSTONE), (2, TOMBSTONE)];
+    wait_everywhere(&c, "the history expired on every replica", &expired).await?;
     let err = client.get_build(&ids[0], false).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::NotFound), "{err}");
     assert!(
@@ -138,18 +144,8 @@ async fn the_leader_collects_finished_builds_under_the_configured_policy() -> an
     let c = GrpcCluster::start_spec(Spec::new(3).state_retention(1, 1)).await?;
     let client = c.client()?;
     let ids = finished_builds(&client, 3).await?;
-    for n in NODES {
-        wait_until(T, "the leader's collect on every replica", || async {
-            let all = [1, 2, 3].map(|s| where_is(&c, n, s).ok());
-            (all == [
-                Some((false, true, false)),
-                Some((false, true, false)),
-                Some((true, false, false)),
-            ])
-            .then_some(())
-        })
-        .await?;
-    }
+    let collected = [(1, COLLECTED), (2, COLLECTED), (3, LIVE)];
+    wait_everywhere(&c, "the leader's collect on every replica", &collected).await?;
     let listed = client
         .list_builds(deploy_proto::v1::ListBuildsRequest::default())
         .await?;

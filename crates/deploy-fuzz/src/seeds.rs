@@ -316,6 +316,13 @@ pub fn commands() -> Vec<Command> {
     ]);
     let batch = Command::Batch(out.iter().take(4).cloned().collect());
     out.push(batch);
+    out.push(Command::Collect(deploy_state::retention::Collect {
+        now_ms: 10_000_000,
+        keep_per_service: 1,
+        keep_ms: 0,
+        artifact_keep: 1,
+        history_ms: 86_400_000,
+    }));
     out
 }
 

@@ -36,11 +36,12 @@ pub enum Command {
     Region(RegionCommand),
     /// An API token made or revoked (global group; regions get a copy as a decision).
     Token(tokens::TokenCommand),
-    /// Finished builds beyond the retention policy leave the state (global group).
-    Collect(retention::Collect),
     /// Commands proposed at the same time, in one log entry so that one disk sync on each
     /// member commits them all; applied one by one, in order, each with its own response.
     Batch(Vec<Command>),
+    /// Finished builds beyond the retention policy leave the state (global group). (Last, as
+    /// every new variant: the binary format numbers variants in order.)
+    Collect(retention::Collect),
 }
 
 /// Commands one batch holds at most.
@@ -64,8 +65,6 @@ pub enum Response {
     ReleaseRejected(ReleaseError),
     /// The command was committed but refused by the state machine; the state is unchanged.
     Rejected(String),
-    /// The builds a collect removed, for the store's history.
-    Collected(Vec<Build>),
     /// The responses of a batch's commands, in order.
     Batch(Vec<Response>),
     /// The token of a token command.
@@ -74,6 +73,8 @@ pub enum Response {
     },
     /// A token command refused; the state is unchanged.
     TokenRejected(tokens::TokenError),
+    /// The builds a collect removed, for the store's history.
+    Collected(Vec<Build>),
 }
 
 /// Why a command is refused. Checked before proposing and again when applying, so a command
