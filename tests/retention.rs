@@ -44,7 +44,7 @@ fn where_is(c: &GrpcCluster, node: &str, seq: u64) -> anyhow::Result<(bool, bool
         .ok_or_else(|| anyhow::anyhow!("{node} hosts no global group"))?;
     let live = h.state.read(|d| d.state.builds.by_seq.contains_key(&seq));
     let row = h.state.collected_build(seq)?;
-    let kept = row.as_ref().is_some_and(|r| r.build.is_some());
+    let kept = row.as_ref().is_some_and(|r| r.record.is_some());
     let gone = row.as_ref().is_some_and(|r| r.removed_at_ms.is_some());
     Ok((live, kept, gone))
 }
@@ -105,8 +105,8 @@ async fn collected_builds_leave_every_replica_and_are_answered_from_history_then
         history_ms: DAY_MS,
     };
     match h.propose(Command::Collect(collect(now))).await?.1 {
-        Response::Collected(b) => assert_eq!(
-            b.iter().map(|b| b.id()).collect::<Vec<_>>(),
+        Response::Collected(removed) => assert_eq!(
+            removed.builds.iter().map(|b| b.id()).collect::<Vec<_>>(),
             ids[..2],
             "the two older builds are collected, the newest kept"
         ),
@@ -159,5 +159,84 @@ async fn the_leader_collects_finished_builds_under_the_configured_policy() -> an
         "the live list holds only what retention keeps"
     );
     assert_eq!(client.get_build(&ids[0], false).await?.state, "CANCELLED");
+    Ok(())
+}
+
+/// Superseded releases (ABORTED) leave the state under a collect, while the one a rollback
+/// acts on stays; `release get` answers for them from the history, then as removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collected_releases_are_answered_from_history_then_as_removed() -> anyhow::Result<()> {
+    let spec = Spec::new(3).region("east", 1).worker("wk", "east");
+    let c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    let builds =
+        test_harness::releases::succeeded_builds(&client, &c.dir(), "web", &["v1", "v2", "v3"])
+            .await?;
+    let mut releases = Vec::new();
+    for b in &builds {
+        let r = client
+            .create_release(deploy_proto::v1::CreateReleaseRequest {
+                service: "web".into(),
+                build_id: b.clone(),
+                regions: vec!["east".into()],
+                strategy: Some(test_harness::releases::fast(100)),
+                actor: "tester".into(),
+                request_id: String::new(),
+            })
+            .await?;
+        releases.push(r.id);
+    }
+    assert_eq!(
+        client.get_release(&releases[0], false).await?.state,
+        "ABORTED"
+    );
+    let leader = wait_until(T, "a global leader", || async {
+        NODES.into_iter().find(|n| {
+            c.node(n)
+                .ok()
+                .and_then(|r| r.node.group(&GroupName::Global).map(|h| h.is_leader()))
+                .unwrap_or(false)
+        })
+    })
+    .await?;
+    let h = c
+        .node(leader)?
+        .node
+        .group(&GroupName::Global)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no global group"))?;
+    let collect = |now_ms| {
+        Command::Collect(Collect {
+            now_ms,
+            keep_per_service: 1,
+            keep_ms: 0,
+            artifact_keep: 0,
+            history_ms: DAY_MS,
+        })
+    };
+    let now = now_ms();
+    match h.propose(collect(now)).await?.1 {
+        Response::Collected(removed) => assert_eq!(
+            removed.releases.iter().map(|r| r.id()).collect::<Vec<_>>(),
+            releases[..2],
+            "the superseded releases go; the newest, which a rollback acts on, stays"
+        ),
+        other => anyhow::bail!("unexpected answer {other:?}"),
+    }
+    let old = client.get_release(&releases[0], false).await?;
+    assert_eq!(
+        (old.id.as_str(), old.state.as_str()),
+        (releases[0].as_str(), "ABORTED")
+    );
+    assert!(client.get_release(&releases[2], false).await.is_ok());
+    h.propose(collect(now + 2 * DAY_MS)).await?;
+    let err = client.get_release(&releases[0], false).await.unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "release {} was removed by retention on 20",
+            releases[0]
+        )),
+        "{err}"
+    );
     Ok(())
 }

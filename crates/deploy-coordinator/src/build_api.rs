@@ -124,8 +124,32 @@ fn day(ms: u64) -> String {
         .unwrap_or_else(|_| format!("{ms} ms after the epoch"))
 }
 
-/// A build from the state, or from the history once retention collected it; past the
-/// history period, when retention removed it.
+/// What the history says of a record the live state no longer holds: the record (within
+/// the history period), when retention removed it (after), or that it never existed.
+pub(crate) fn from_history<T, P>(
+    what: &str,
+    id: &str,
+    row: Option<HistoryRow<T>>,
+    show: impl FnOnce(&T) -> P,
+) -> Result<P, ApiError> {
+    match row {
+        Some(HistoryRow {
+            record: Some(r), ..
+        }) => Ok(show(&r)),
+        Some(HistoryRow {
+            removed_at_ms: Some(at),
+            collected_at_ms,
+            ..
+        }) => Err(ApiError::NotFound(format!(
+            "{what} {id} was removed by retention on {} (it left the live state on {})",
+            day(at),
+            day(collected_at_ms)
+        ))),
+        _ => Err(ApiError::NotFound(format!("{what} {id} does not exist"))),
+    }
+}
+
+/// A build from the state, or from the history once retention collected it.
 pub fn read_build(h: &GroupHandle, id: &str, regions: &[String]) -> Result<PbBuild, ApiError> {
     if let Some(b) = h
         .state
@@ -138,19 +162,7 @@ pub fn read_build(h: &GroupHandle, id: &str, regions: &[String]) -> Result<PbBui
         .state
         .collected_build(seq)
         .map_err(|e| ApiError::Internal(format!("reading the build history: {e}")))?;
-    match row {
-        Some(HistoryRow { build: Some(b), .. }) => Ok(to_proto(&b, regions)),
-        Some(HistoryRow {
-            removed_at_ms: Some(at),
-            collected_at_ms,
-            ..
-        }) => Err(ApiError::NotFound(format!(
-            "build {id} was removed by retention on {} (it left the live state on {})",
-            day(at),
-            day(collected_at_ms)
-        ))),
-        _ => Err(ApiError::NotFound(format!("build {id} does not exist"))),
-    }
+    from_history("build", id, row, |b| to_proto(b, regions))
 }
 
 pub struct BuildApi {

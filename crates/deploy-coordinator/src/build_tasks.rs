@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use deploy_artifact::copy::copy_artifact;
 use deploy_state::builds::{BuildCommand, BuildState};
-use deploy_state::retention::{collectable, Collect};
+use deploy_state::retention::{collectable, collectable_releases, Collect};
 use deploy_state::{Command, Response};
 use deploy_types::GroupName;
 use tracing::{info, warn};
@@ -91,11 +91,18 @@ async fn collector(node: Arc<Node>) {
             artifact_keep: node.config.builds.keep_per_service,
             history_ms: r.history_ms(),
         };
-        if h.state.read(|d| collectable(&d.state, &c).is_empty()) {
+        let nothing = h.state.read(|d| {
+            collectable(&d.state, &c).is_empty() && collectable_releases(&d.state, &c).is_empty()
+        });
+        if nothing {
             continue;
         }
         match h.propose(Command::Collect(c)).await {
-            Ok((_, Response::Collected(b))) => info!(builds = b.len(), "collected finished builds"),
+            Ok((_, Response::Collected(r))) => info!(
+                builds = r.builds.len(),
+                releases = r.releases.len(),
+                "collected finished builds and releases"
+            ),
             Ok((_, other)) => warn!(response = ?other, "unexpected answer to a collect"),
             Err(e) => warn!(error = %e, "cannot collect finished builds"),
         }

@@ -201,10 +201,20 @@ fn request_id(r: &str) -> Result<Option<String>, ApiError> {
     Ok(Some(r.to_string()))
 }
 
+/// A release from the state, or from the history once retention collected it.
 fn read_release(h: &GroupHandle, id: &str) -> Result<pb::Release, ApiError> {
-    h.state
+    if let Some(r) = h
+        .state
         .read(|d| d.state.releases.get(id).map(release_to_proto))
-        .ok_or_else(|| ApiError::NotFound(format!("release {id} does not exist")))
+    {
+        return Ok(r);
+    }
+    let seq = deploy_state::releases::parse_release_id(id).unwrap_or(0);
+    let row = h
+        .state
+        .collected_release(seq)
+        .map_err(|e| ApiError::Internal(format!("reading the release history: {e}")))?;
+    crate::build_api::from_history("release", id, row, release_to_proto)
 }
 
 pub struct ReleaseApi {

@@ -64,8 +64,19 @@ impl StateReader {
 
     /// What retention did with build `seq` on this node, if it collected it: the build
     /// (within the history period) or its tombstone.
-    pub fn collected_build(&self, seq: u64) -> StorageResult<Option<crate::history::HistoryRow>> {
-        crate::history::get(&self.db, seq)
+    pub fn collected_build(
+        &self,
+        seq: u64,
+    ) -> StorageResult<Option<crate::history::HistoryRow<deploy_state::Build>>> {
+        crate::history::build(&self.db, seq)
+    }
+
+    /// The same for release `seq`.
+    pub fn collected_release(
+        &self,
+        seq: u64,
+    ) -> StorageResult<Option<crate::history::HistoryRow<deploy_state::releases::Release>>> {
+        crate::history::release(&self.db, seq)
     }
 
     /// The applied state as of now, as a cheap copy-on-write clone: for a long read that

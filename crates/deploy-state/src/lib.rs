@@ -73,8 +73,8 @@ pub enum Response {
     },
     /// A token command refused; the state is unchanged.
     TokenRejected(tokens::TokenError),
-    /// The builds a collect removed, for the store's history.
-    Collected(Vec<Build>),
+    /// What a collect removed, for the store's history.
+    Collected(retention::Collected),
 }
 
 /// Why a command is refused. Checked before proposing and again when applying, so a command

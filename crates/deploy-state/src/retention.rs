@@ -1,4 +1,4 @@
-//! Retention: which finished builds leave the replicated state.
+//! Retention: which finished builds and releases leave the replicated state.
 //!
 //! The global leader proposes a [`Collect`] stamped with its clock and the cluster's policy;
 //! every replica computes the same set from the same state ([`collectable`]) and removes it,
@@ -10,15 +10,30 @@
 //! `artifact_keep` successful builds of its service (the artifact retention policy keeps
 //! their artifacts, so rollbacks and releases can use them); any build a release names
 //! (what runs, what a rollback returns to).
+//!
+//! A release is never collected while unfinished, while it is its service's active or newest
+//! release (the one a rollback acts on), while it is one of the newest `keep_per_service`
+//! releases of its service, or within `keep_ms` of finishing. Both sets are computed on the
+//! state before either is removed, so a build named by a release collected in the same pass
+//! stays until a later one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::builds::{Build, BuildState};
+use crate::releases::Release;
 use crate::GroupState;
 
-/// Builds one collect command removes at most, so one apply stays short.
+/// What one collect removed, for the store's history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collected {
+    pub builds: Vec<Build>,
+    pub releases: Vec<Release>,
+}
+
+/// Builds (and, apart, releases) one collect command removes at most, so one apply stays
+/// short.
 pub const MAX_COLLECT: usize = 1_000;
 
 /// A garbage collection of the state, decided by the leader.
@@ -67,6 +82,29 @@ pub fn collectable(state: &GroupState, c: &Collect) -> Vec<u64> {
     out
 }
 
+/// The sequence numbers of the releases `c` removes from `state`, oldest first, at most
+/// [`MAX_COLLECT`].
+pub fn collectable_releases(state: &GroupState, c: &Collect) -> Vec<u64> {
+    let rs = &state.releases;
+    let mut nth: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut out = Vec::new();
+    for r in rs.by_seq.values().rev() {
+        let n = bump(&mut nth, &r.service);
+        let finished_at = r.finished_at_ms.unwrap_or(r.updated_at_ms);
+        let kept = !r.state.is_final()
+            || n <= c.keep_per_service
+            || rs.active.get(&r.service) == Some(&r.seq)
+            || rs.latest.get(&r.service) == Some(&r.seq)
+            || finished_at.saturating_add(c.keep_ms) > c.now_ms;
+        if !kept {
+            out.push(r.seq);
+        }
+    }
+    out.reverse();
+    out.truncate(MAX_COLLECT);
+    out
+}
+
 /// Counts one more build of `service`; returns its rank (1: the newest).
 fn bump<'a>(counts: &mut BTreeMap<&'a str, u32>, service: &'a str) -> u32 {
     let n = counts.entry(service).or_default();
@@ -82,12 +120,21 @@ fn keeps(b: &Build, c: &Collect, nth_finished: u32, nth_succeeded: u32) -> bool 
 }
 
 impl GroupState {
-    /// Applies a collect: removes what [`collectable`] names and returns it.
-    pub(crate) fn collect(&mut self, c: &Collect) -> Vec<Build> {
-        collectable(self, c)
-            .into_iter()
-            .filter_map(|seq| self.builds.remove_finished(seq))
-            .collect()
+    /// Applies a collect: removes what [`collectable`] and [`collectable_releases`] name (both
+    /// computed first) and returns it.
+    pub(crate) fn collect(&mut self, c: &Collect) -> Collected {
+        let builds = collectable(self, c);
+        let releases = collectable_releases(self, c);
+        Collected {
+            builds: builds
+                .into_iter()
+                .filter_map(|seq| self.builds.remove_finished(seq))
+                .collect(),
+            releases: releases
+                .into_iter()
+                .filter_map(|seq| self.releases.remove_finished(seq))
+                .collect(),
+        }
     }
 }
 

@@ -142,11 +142,13 @@ proptest! {
             other => panic!("collect: {other:?}"),
         };
         prop_assert_eq!(replica.apply(&Command::Collect(c.clone())), Response::Collected(removed.clone()));
+        // The generated histories do collect releases (superseded ones end ABORTED), so the
+        // release rules below are exercised, not vacuous.
         prop_assert!(replica == s, "replicas differ after the same collect");
 
         let released: BTreeSet<String> =
             before.releases.by_seq.values().map(|r| r.build_id.clone()).collect();
-        for b in &removed {
+        for b in &removed.builds {
             prop_assert!(b.state.is_final(), "{} collected while {:?}", b.id(), b.state);
             prop_assert!(!released.contains(&b.id()), "{} collected though released", b.id());
             let finished_at = b.finished_at_ms.unwrap_or(b.updated_at_ms);
@@ -167,8 +169,39 @@ proptest! {
             prop_assert!(s.builds.get(&b.id()).is_none());
         }
         // Whatever was not collected is still there, unchanged.
-        prop_assert_eq!(s.builds.by_seq.len() + removed.len(), before.builds.by_seq.len());
-        prop_assert_eq!(s.apply(&Command::Collect(c)), Response::Collected(Vec::new()));
+        prop_assert_eq!(s.builds.by_seq.len() + removed.builds.len(), before.builds.by_seq.len());
+
+        // Releases: never an unfinished one, nor the one a rollback acts on, nor the newest
+        // kept per service, nor a young one.
+        let rs = &before.releases;
+        for r in &removed.releases {
+            prop_assert!(r.state.is_final(), "{} collected while {:?}", r.id(), r.state);
+            prop_assert!(rs.active.get(&r.service) != Some(&r.seq), "{} is active", r.id());
+            prop_assert!(rs.latest.get(&r.service) != Some(&r.seq), "{} is the newest", r.id());
+            let newer = rs.by_seq.values().filter(|x| x.service == r.service && x.seq > r.seq).count() as u32;
+            prop_assert!(newer >= c.keep_per_service, "{} is among the newest kept", r.id());
+            let finished_at = r.finished_at_ms.unwrap_or(r.updated_at_ms);
+            prop_assert!(finished_at + c.keep_ms <= c.now_ms, "{} collected too young", r.id());
+            prop_assert!(s.releases.get(&r.id()).is_none());
+        }
+        prop_assert_eq!(s.releases.by_seq.len() + removed.releases.len(), rs.by_seq.len());
+        // A build named by a release collected in this pass stays until a later one.
+        for r in &removed.releases {
+            prop_assert!(s.builds.get(&r.build_id).is_some() || before.builds.get(&r.build_id).is_none());
+        }
+        // A second collect at the same time takes only the builds those releases named; a
+        // third, nothing.
+        let freed: BTreeSet<String> = removed.releases.iter().map(|r| r.build_id.clone()).collect();
+        match s.apply(&Command::Collect(c.clone())) {
+            Response::Collected(again) => {
+                prop_assert!(again.releases.is_empty());
+                for b in &again.builds {
+                    prop_assert!(freed.contains(&b.id()), "{} collected only on a second pass", b.id());
+                }
+            }
+            other => prop_assert!(false, "collect: {:?}", other),
+        }
+        prop_assert_eq!(s.apply(&Command::Collect(c)), Response::Collected(Collected::default()));
     }
 }
 
@@ -187,7 +220,10 @@ fn a_collected_builds_commit_can_be_submitted_again() {
     let Response::Collected(removed) = s.apply(&Command::Collect(c)) else {
         panic!("not a collect response");
     };
-    assert_eq!(removed.iter().map(|b| b.id()).collect::<Vec<_>>(), ["b-1"]);
+    assert_eq!(
+        removed.builds.iter().map(|b| b.id()).collect::<Vec<_>>(),
+        ["b-1"]
+    );
     let again = s.apply(&Command::Build(BuildCommand::Submit {
         service: "svc0".into(),
         repo: "/srv/git/app".into(),

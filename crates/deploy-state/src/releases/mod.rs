@@ -170,6 +170,17 @@ impl Releases {
         }
     }
 
+    /// Removes a finished release that is neither its service's active nor newest one.
+    pub(crate) fn remove_finished(&mut self, seq: u64) -> Option<Release> {
+        let r = self.by_seq.get(&seq)?;
+        let current =
+            self.active.get(&r.service) == Some(&seq) || self.latest.get(&r.service) == Some(&seq);
+        if !r.state.is_final() || current {
+            return None;
+        }
+        self.by_seq.remove(&seq)
+    }
+
     pub fn get(&self, id: &str) -> Option<&Release> {
         parse_release_id(id).and_then(|s| self.by_seq.get(&s))
     }
