@@ -51,6 +51,28 @@ fn where_is(c: &GrpcCluster, node: &str, seq: u64) -> anyhow::Result<(bool, bool
 
 const NODES: [&str; 3] = ["g1", "g2", "g3"];
 
+/// The global group's handle on whichever node leads it.
+async fn global_leader(c: &GrpcCluster) -> anyhow::Result<deploy_coordinator::GroupHandle> {
+    wait_until(T, "a global leader", || async {
+        NODES.into_iter().find_map(|n| {
+            let h = c.node(n).ok()?.node.group(&GroupName::Global)?.clone();
+            h.is_leader().then_some(h)
+        })
+    })
+    .await
+}
+
+/// A collect at `now_ms` keeping one finished record per service, with a day of history.
+fn collect(now_ms: u64) -> Command {
+    Command::Collect(Collect {
+        now_ms,
+        keep_per_service: 1,
+        keep_ms: 0,
+        artifact_keep: 0,
+        history_ms: DAY_MS,
+    })
+}
+
 const COLLECTED: (bool, bool, bool) = (false, true, false);
 const LIVE: (bool, bool, bool) = (true, false, false);
 const TOMBSTONE: (bool, bool, bool) = (false, false, true);
@@ -81,30 +103,9 @@ async fn collected_builds_leave_every_replica_and_are_answered_from_history_then
     let c = GrpcCluster::start_spec(Spec::new(3)).await?;
     let client = c.client()?;
     let ids = finished_builds(&client, 3).await?;
-    let leader = wait_until(T, "a global leader", || async {
-        NODES.into_iter().find(|n| {
-            c.node(n)
-                .ok()
-                .and_then(|r| r.node.group(&GroupName::Global).map(|h| h.is_leader()))
-                .unwrap_or(false)
-        })
-    })
-    .await?;
-    let h = c
-        .node(leader)?
-        .node
-        .group(&GroupName::Global)
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no global group"))?;
+    let h = global_leader(&c).await?;
     let now = now_ms();
-    let collect = |now_ms| Collect {
-        now_ms,
-        keep_per_service: 1,
-        keep_ms: 0,
-        artifact_keep: 0,
-        history_ms: DAY_MS,
-    };
-    match h.propose(Command::Collect(collect(now))).await?.1 {
+    match h.propose(collect(now)).await?.1 {
         Response::Collected(removed) => assert_eq!(
             removed.builds.iter().map(|b| b.id()).collect::<Vec<_>>(),
             ids[..2],
@@ -119,8 +120,7 @@ async fn collected_builds_leave_every_replica_and_are_answered_from_history_then
     assert_eq!(from_history.state, "CANCELLED");
 
     // Two days later the history (one day) is over: tombstones, and a dated answer.
-    h.propose(Command::Collect(collect(now + 2 * DAY_MS)))
-        .await?;
+    h.propose(collect(now + 2 * DAY_MS)).await?;
     let expired = [(1, TOMBSTONE), (2, TOMBSTONE)];
     wait_everywhere(&c, "the history expired on every replica", &expired).await?;
     let err = client.get_build(&ids[0], false).await.unwrap_err();
@@ -190,30 +190,7 @@ async fn collected_releases_are_answered_from_history_then_as_removed() -> anyho
         client.get_release(&releases[0], false).await?.state,
         "ABORTED"
     );
-    let leader = wait_until(T, "a global leader", || async {
-        NODES.into_iter().find(|n| {
-            c.node(n)
-                .ok()
-                .and_then(|r| r.node.group(&GroupName::Global).map(|h| h.is_leader()))
-                .unwrap_or(false)
-        })
-    })
-    .await?;
-    let h = c
-        .node(leader)?
-        .node
-        .group(&GroupName::Global)
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no global group"))?;
-    let collect = |now_ms| {
-        Command::Collect(Collect {
-            now_ms,
-            keep_per_service: 1,
-            keep_ms: 0,
-            artifact_keep: 0,
-            history_ms: DAY_MS,
-        })
-    };
+    let h = global_leader(&c).await?;
     let now = now_ms();
     match h.propose(collect(now)).await?.1 {
         Response::Collected(removed) => assert_eq!(
