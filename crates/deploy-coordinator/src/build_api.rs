@@ -150,7 +150,7 @@ pub(crate) fn from_history<T, P>(
 }
 
 /// A build from the state, or from the history once retention collected it.
-pub fn read_build(h: &GroupHandle, id: &str, regions: &[String]) -> Result<PbBuild, ApiError> {
+fn read_build(h: &GroupHandle, id: &str, regions: &[String]) -> Result<PbBuild, ApiError> {
     if let Some(b) = h
         .state
         .read(|d| d.state.builds.get(id).map(|b| to_proto(b, regions)))

@@ -113,7 +113,7 @@ pub fn write_snapshot<T: Serialize, W: Write>(
 }
 
 /// Checks a snapshot stream's header: the magic, then a version this build knows.
-pub fn read_snapshot_header<R: Read>(what: &'static str, input: &mut R) -> Result<(), CodecError> {
+fn read_snapshot_header<R: Read>(what: &'static str, input: &mut R) -> Result<(), CodecError> {
     let mut head = [0u8; 5];
     input
         .read_exact(&mut head)

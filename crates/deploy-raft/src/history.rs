@@ -143,18 +143,14 @@ fn record_collect(db: &DB, c: &Collect, removed: &Collected) -> StorageResult<()
 }
 
 fn get<T: DeserializeOwned>(db: &DB, kind: u8, seq: u64) -> StorageResult<Option<HistoryRow<T>>> {
-    let read_err = |e: &dyn std::fmt::Display| {
-        io_err(
-            ErrorSubject::StateMachine,
-            ErrorVerb::Read,
-            &std::io::Error::other(e.to_string()),
-        )
-    };
     let bytes = db
         .get_cf(cf(db, CF_HISTORY)?, row_key(kind, seq))
-        .map_err(|e| read_err(&e))?;
+        .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
     bytes
-        .map(|b| codec::decode("history row", &b).map_err(|e| read_err(&e)))
+        .map(|b| {
+            codec::decode("history row", &b)
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e))
+        })
         .transpose()
 }
 

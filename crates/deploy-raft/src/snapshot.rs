@@ -136,7 +136,7 @@ impl SnapshotDir {
         Ok(format!("{snapshot_id}.snap"))
     }
 
-    pub(crate) fn path_of(&self, name: &str) -> PathBuf {
+    fn path_of(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 

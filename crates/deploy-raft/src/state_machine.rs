@@ -9,7 +9,7 @@
 // openraft's storage traits fix the error type; its size is not ours to choose.
 #![allow(clippy::result_large_err)]
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,7 +45,6 @@ pub struct StateMachineData {
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, DeployNode>,
     file: String,
-    len: u64,
 }
 
 /// A read handle on a group's applied state and its history, shared with the API layer.
@@ -89,7 +88,7 @@ impl StateReader {
 /// The state machine of one group.
 #[derive(Debug, Clone)]
 pub struct StateMachineStore {
-    pub(crate) db: Arc<DB>,
+    db: Arc<DB>,
     data: Arc<RwLock<StateMachineData>>,
     snapshots: Arc<SnapshotDir>,
     /// Serialises replacing the current snapshot, so a slow build never replaces a newer one.
@@ -158,25 +157,23 @@ impl StateMachineStore {
     }
 
     /// Makes the finished temporary file `temp` the current snapshot, unless the current one
-    /// is already as new. Returns whether it did.
+    /// is already as new (then `temp` is removed).
     fn save(
         &self,
         meta: &SnapshotMeta<NodeId, DeployNode>,
         file: &std::fs::File,
         temp: &std::path::Path,
-    ) -> StorageResult<bool> {
+    ) -> StorageResult<()> {
         let err = snap_err(Some(meta), ErrorVerb::Write);
         let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(current) = self.read_stored()? {
             if current.meta.last_log_id >= meta.last_log_id
                 && current.meta.snapshot_id != meta.snapshot_id
             {
-                std::fs::remove_file(temp).map_err(|e| err(&e))?;
-                return Ok(false);
+                return std::fs::remove_file(temp).map_err(|e| err(&e));
             }
         }
         let name = SnapshotDir::final_name(&meta.snapshot_id).map_err(|e| err(&e))?;
-        let len = file.metadata().map_err(|e| err(&e))?.len();
         self.snapshots
             .finish(file, temp, &name)
             .map_err(|e| err(&e))?;
@@ -185,7 +182,6 @@ impl StateMachineStore {
             &StoredSnapshot {
                 meta: meta.clone(),
                 file: name.clone(),
-                len,
             },
         )
         .map_err(|e| err(&e))?;
@@ -193,8 +189,7 @@ impl StateMachineStore {
             .put_cf(cf(&self.db, CF_SM)?, KEY_SNAPSHOT, record)
             .map_err(|e| err(&e))?;
         self.db.flush_wal(true).map_err(|e| err(&e))?;
-        self.snapshots.remove_all_but(&name).map_err(|e| err(&e))?;
-        Ok(true)
+        self.snapshots.remove_all_but(&name).map_err(|e| err(&e))
     }
 
     fn open_current(&self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
@@ -340,9 +335,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             let len = file.seek(SeekFrom::End(0)).map_err(|e| err(&e))?;
             file.seek(SeekFrom::Start(0)).map_err(|e| err(&e))?;
-            let new: StateMachineData =
-                codec::read_snapshot("received snapshot", (&mut file).take(len), len)
-                    .map_err(|e| snap_err(Some(meta), ErrorVerb::Read)(&e))?;
+            let new: StateMachineData = codec::read_snapshot("received snapshot", &mut file, len)
+                .map_err(|e| snap_err(Some(meta), ErrorVerb::Read)(&e))?;
             // Persisted before it is switched to, so a crash never leaves a state no
             // snapshot backs.
             this.save(meta, &file, &temp)?;
