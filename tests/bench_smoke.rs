@@ -84,6 +84,34 @@ fn each_benchmark_runs_small_and_the_report_shows_its_figures() -> anyhow::Resul
             >= f["parts"]["build_command_secs"].as_f64().unwrap_or(-1.0)
     );
 
+    bench(
+        out,
+        &[
+            "soak",
+            "--builds",
+            "600",
+            "--window",
+            "200",
+            "--clients",
+            "4",
+            "--workers",
+            "4",
+            "--services",
+            "5",
+            "--keep",
+            "10",
+        ],
+    )?;
+    let f = figures(out, "soak")?;
+    let windows = f["windows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(windows.len(), 3, "{f}");
+    assert_eq!(windows[2]["builds"], 600, "{f}");
+    // Every window saw writes, and the first window's follower came back and caught up.
+    for w in &windows {
+        assert!(w["writes_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{f}");
+    }
+    assert!(windows[0]["follower_catch_up_s"].as_f64().is_some(), "{f}");
+
     let doc = out.join("benchmarks.md");
     bench(out, &["report", "--doc", doc.to_str().unwrap_or_default()])?;
     let md = std::fs::read_to_string(doc)?;
@@ -92,7 +120,8 @@ fn each_benchmark_runs_small_and_the_report_shows_its_figures() -> anyhow::Resul
         "## 3. Control-plane scale",
         "## 4. Failover",
         "## 5. End to end",
-        "## 6. A paper projection",
+        "## 6. Soak",
+        "## 7. A paper projection",
     ] {
         assert!(md.contains(section), "{section} missing:\n{md}");
     }

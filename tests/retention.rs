@@ -130,6 +130,18 @@ async fn collected_builds_leave_every_replica_and_are_answered_from_history_then
             .contains(&format!("build {} was removed by retention on 20", ids[0])),
         "{err}"
     );
+    // The list no longer shows them either.
+    let listed = client
+        .list_builds(deploy_proto::v1::ListBuildsRequest::default())
+        .await?;
+    assert_eq!(
+        listed
+            .builds
+            .iter()
+            .map(|b| b.id.as_str())
+            .collect::<Vec<_>>(),
+        [ids[2].as_str()]
+    );
     // The newest build was never collected; one that never existed is still "does not exist".
     assert_eq!(client.get_build(&ids[2], false).await?.state, "CANCELLED");
     let none = client.get_build("b-99", false).await.unwrap_err();
@@ -146,18 +158,34 @@ async fn the_leader_collects_finished_builds_under_the_configured_policy() -> an
     let ids = finished_builds(&client, 3).await?;
     let collected = [(1, COLLECTED), (2, COLLECTED), (3, LIVE)];
     wait_everywhere(&c, "the leader's collect on every replica", &collected).await?;
-    let listed = client
-        .list_builds(deploy_proto::v1::ListBuildsRequest::default())
+    // The list still shows the collected builds, from the history, newest first, page by
+    // page.
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_builds(deploy_proto::v1::ListBuildsRequest {
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await?;
+        listed.extend(page.builds.into_iter().map(|b| (b.id, b.state)));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let cancelled = |i: usize| (ids[i].clone(), "CANCELLED".to_string());
+    assert_eq!(listed, [cancelled(2), cancelled(1), cancelled(0)]);
+    // A filter applies to the history too.
+    let none = client
+        .list_builds(deploy_proto::v1::ListBuildsRequest {
+            state: "SUCCEEDED".into(),
+            ..Default::default()
+        })
         .await?;
-    assert_eq!(
-        listed
-            .builds
-            .iter()
-            .map(|b| b.id.as_str())
-            .collect::<Vec<_>>(),
-        [ids[2].as_str()],
-        "the live list holds only what retention keeps"
-    );
+    assert!(none.builds.is_empty(), "{none:?}");
     assert_eq!(client.get_build(&ids[0], false).await?.state, "CANCELLED");
     Ok(())
 }
@@ -200,6 +228,19 @@ async fn collected_releases_are_answered_from_history_then_as_removed() -> anyho
         ),
         other => anyhow::bail!("unexpected answer {other:?}"),
     }
+    let listed = client
+        .list_releases(deploy_proto::v1::ListReleasesRequest::default())
+        .await?;
+    let newest_first: Vec<String> = releases.iter().rev().cloned().collect();
+    assert_eq!(
+        listed
+            .releases
+            .iter()
+            .map(|r| r.id.clone())
+            .collect::<Vec<_>>(),
+        newest_first,
+        "collected releases are listed from the history"
+    );
     let old = client.get_release(&releases[0], false).await?;
     assert_eq!(
         (old.id.as_str(), old.state.as_str()),
@@ -214,6 +255,126 @@ async fn collected_releases_are_answered_from_history_then_as_removed() -> anyho
             releases[0]
         )),
         "{err}"
+    );
+    Ok(())
+}
+
+/// A host that stops reporting leaves the region's registry after the policy's timeout, while
+/// one that keeps reporting stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_that_stop_reporting_leave_the_registry() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .state_retention(1, 1)
+        .forget_hosts_after_secs(2);
+    let c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    let report = |hosts: &[&str]| deploy_proto::v1::ReportRackRequest {
+        region: "east".into(),
+        rack: "k1".into(),
+        relay: "k1-relay".into(),
+        hosts: hosts
+            .iter()
+            .map(|h| deploy_proto::v1::HostReport {
+                host: h.to_string(),
+                services: vec![],
+            })
+            .collect(),
+    };
+    let hosts = || async {
+        let r = client
+            .list_hosts(deploy_proto::v1::ListHostsRequest {
+                region: "east".into(),
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        Some(r.hosts.into_iter().map(|h| h.host).collect::<Vec<_>>())
+    };
+    wait_until(T, "both hosts registered", || async {
+        client.report_rack(report(&["h1", "h2"])).await.ok()?;
+        (hosts().await? == ["h1", "h2"]).then_some(())
+    })
+    .await?;
+    // Only h1 goes on reporting; h2 (and nothing else) is forgotten.
+    wait_until(T, "the quiet host forgotten", || async {
+        client.report_rack(report(&["h1"])).await.ok()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (hosts().await? == ["h1"]).then_some(())
+    })
+    .await?;
+    let h = c
+        .node("east-1")?
+        .node
+        .group(&GroupName::Region("east".into()))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no east group"))?;
+    assert!(h
+        .state
+        .read(|d| d.state.region.relays.contains_key("k1-relay")));
+    Ok(())
+}
+
+/// A region whose fleet config lists its racks registers only the hosts listed there: a
+/// report naming an invented host, or a listed host in another rack, is refused and
+/// registers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_with_a_fleet_config_takes_only_the_hosts_it_lists() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .rack("east", 2)
+        .rack("east", 1);
+    let c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    let report = |rack: &str, hosts: &[&str]| deploy_proto::v1::ReportRackRequest {
+        region: "east".into(),
+        rack: rack.into(),
+        relay: String::new(),
+        hosts: hosts
+            .iter()
+            .map(|h| deploy_proto::v1::HostReport {
+                host: h.to_string(),
+                services: vec![],
+            })
+            .collect(),
+    };
+    for (rack, hosts, why) in [
+        (
+            "rack-1",
+            &["east-1-h1", "invented"][..],
+            "host \"invented\" is not in rack rack-1",
+        ),
+        (
+            "rack-2",
+            &["east-1-h2"][..],
+            "host \"east-1-h2\" is not in rack rack-2",
+        ),
+        (
+            "rack-9",
+            &["east-1-h1"][..],
+            "rack \"rack-9\" is not in region east's fleet config",
+        ),
+    ] {
+        let err = client.report_rack(report(rack, hosts)).await.unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    client
+        .report_rack(report("rack-1", &["east-1-h1", "east-1-h2"]))
+        .await?;
+    let listed = client
+        .list_hosts(deploy_proto::v1::ListHostsRequest {
+            region: "east".into(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(
+        listed
+            .hosts
+            .iter()
+            .map(|h| h.host.as_str())
+            .collect::<Vec<_>>(),
+        ["east-1-h1", "east-1-h2"]
     );
     Ok(())
 }

@@ -14,6 +14,7 @@ mod failover;
 mod fanout;
 mod report;
 mod scale;
+mod soak;
 mod stats;
 mod writes;
 
@@ -40,6 +41,8 @@ enum Command {
     Fanout(fanout::Args),
     /// One region's control plane with simulated racks of hosts.
     Scale(scale::Args),
+    /// A million builds through the global group with retention on, per window of builds.
+    Soak(soak::Args),
     /// Kills of the global and a regional leader under a write load.
     Failover(failover::Args),
     /// A commit to every host of a dev-shaped cluster, and the parts of that time.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             Command::Writes(a) => stats::save(&out, "writes", &writes::run(a).await?),
             Command::Fanout(a) => stats::save(&out, "fanout", &fanout::run(a).await?),
             Command::Scale(a) => stats::save(&out, "scale", &scale::run(a).await?),
+            Command::Soak(a) => stats::save(&out, "soak", &soak::run(a).await?),
             Command::Failover(a) => stats::save(&out, "failover", &failover::run(a).await?),
             Command::E2e(a) => stats::save(&out, "e2e", &e2e::run(a).await?),
             Command::Report(a) => report::run(&out, a),

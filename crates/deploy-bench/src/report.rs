@@ -59,6 +59,7 @@ pub fn run(out: &Path, args: Args) -> anyhow::Result<()> {
     scale(&mut md, load(out, "scale"));
     failover(&mut md, load(out, "failover"));
     e2e(&mut md, load(out, "e2e"));
+    soak(&mut md, load(out, "soak"));
     projection(
         &mut md,
         &Measured::from(
@@ -67,6 +68,11 @@ pub fn run(out: &Path, args: Args) -> anyhow::Result<()> {
             load(out, "e2e").as_ref(),
         ),
     );
+    // A benchmark not run this time keeps the section the file had: one benchmark can be
+    // rerun without losing the others' figures.
+    if let Ok(old) = std::fs::read_to_string(&args.doc) {
+        md = keep_unmeasured(&md, &old);
+    }
     if let Some(dir) = args.doc.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -76,8 +82,111 @@ pub fn run(out: &Path, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+const NOT_MEASURED: &str = "Not measured: run `cargo xtask bench ";
+
 fn missing(md: &mut String, name: &str) {
-    let _ = writeln!(md, "Not measured: run `cargo xtask bench {name}`.\n");
+    let _ = writeln!(md, "{NOT_MEASURED}{name}`.\n");
+}
+
+/// The `## ` sections of a Markdown text: (heading line, body up to the next heading).
+fn sections(text: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let starts: Vec<usize> = text
+        .match_indices("\n## ")
+        .map(|(i, _)| i + 1)
+        .chain(text.starts_with("## ").then_some(0))
+        .collect();
+    let mut starts = starts;
+    starts.sort_unstable();
+    for (k, &at) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(text.len());
+        let block = &text[at..end];
+        let (heading, body) = block.split_once('\n').unwrap_or((block, ""));
+        out.push((heading, body));
+    }
+    out
+}
+
+/// `new` with every section that says "not measured" given the body the same heading had in
+/// `old`, where `old` had figures.
+fn keep_unmeasured(new: &str, old: &str) -> String {
+    let old_sections = sections(old);
+    let mut out = String::new();
+    let first = new.find("\n## ").map(|i| i + 1).unwrap_or(new.len());
+    out.push_str(&new[..first]);
+    for (heading, body) in sections(new) {
+        let kept = body
+            .trim_start()
+            .starts_with(NOT_MEASURED)
+            .then(|| old_sections.iter().find(|(h, _)| *h == heading))
+            .flatten()
+            .filter(|(_, b)| !b.trim_start().starts_with(NOT_MEASURED));
+        out.push_str(heading);
+        out.push('\n');
+        out.push_str(kept.map(|(_, b)| *b).unwrap_or(body));
+    }
+    out
+}
+
+fn soak(md: &mut String, doc: Option<Value>) {
+    md.push_str(
+        "## 6. Soak: a million builds with retention on
+
+",
+    );
+    let Some(doc) = doc else {
+        return missing(md, "soak");
+    };
+    header(md, &doc);
+    let f = &doc["figures"];
+    let _ = writeln!(
+        md,
+        "{} builds through a 3-node global group (the shipped Raft timing: a snapshot every \
+         5,000 entries), {} clients submitting and {} workers leasing and completing over gRPC \
+         ({} writes a build), spread over {} services; retention keeps {} finished builds per \
+         service and collects every 5 s. In each window one follower is killed at the start and \
+         restarted halfway; *catch-up* is from its restart until it applied what the leader had \
+         committed then. Latency is per write call. *Apply stall*: the longest single apply \
+         call on the leader, waiting for the state lock included. {:.0} s in all.\n",
+        f["builds"],
+        f["clients"],
+        f["workers"],
+        f["writes_per_build"],
+        f["services"],
+        f["keep_per_service"],
+        f["secs"].as_f64().unwrap_or(0.0),
+    );
+    md.push_str("| builds | writes/s | p50 / p99 / max (ms) | errors | leader RSS (MiB) | builds in state | snapshot (MiB) | leader disk (MiB) | apply stall (ms) | snapshot lock (µs) | follower catch-up (s) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for w in f["windows"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            w["builds"],
+            n(&w["writes_per_sec"], 0),
+            n(&w["p50_ms"], 1),
+            n(&w["p99_ms"], 1),
+            n(&w["max_ms"], 0),
+            w["errors"],
+            n(&w["leader_rss_mib"], 0),
+            w["state_builds"],
+            n(&w["snapshot_mib"], 1),
+            n(&w["leader_disk_mib"], 0),
+            n(&w["apply_stall_max_ms"], 1),
+            w["snapshot_lock_max_us"],
+            n(&w["follower_catch_up_s"], 1),
+        );
+    }
+    let g = &f["goals"];
+    let _ = writeln!(
+        md,
+        "\nLast window against the first (goal: each within 1.2): p99 **{}**, leader RSS **{}**, \
+         snapshot **{}**. Worst max / p99 in a window (goal: at most 10): **{}**. Errors: {}.\n",
+        n(&g["p99_last_over_first"], 2),
+        n(&g["rss_last_over_first"], 2),
+        n(&g["snapshot_last_over_first"], 2),
+        n(&g["worst_max_over_p99"], 1),
+        g["errors"],
+    );
 }
 
 fn writes(md: &mut String, doc: Option<Value>) {
@@ -471,7 +580,7 @@ pub fn project(m: &Measured, a: &Assumptions) -> Projection {
 fn projection(md: &mut String, m: &Measured) {
     let a = Assumptions::default();
     let p = project(m, &a);
-    md.push_str("## 6. A paper projection: 100,000 hosts, 10 regions, 10 GiB, 10 Gb/s\n\n");
+    md.push_str("## 7. A paper projection: 100,000 hosts, 10 regions, 10 GiB, 10 Gb/s\n\n");
     let _ = writeln!(
         md,
         "From the figures above, scaled up; nothing here was run at this size.\n\n\
@@ -548,6 +657,16 @@ fn projection(md: &mut String, m: &Measured) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_section_not_measured_keeps_its_old_figures() {
+        let old = "# B\n\nintro\n\n## 1. A\n\nold a\n\n## 2. B\n\nold b\n\n## 3. C\n\nNot measured: run `cargo xtask bench c`.\n\n";
+        let new = "# B\n\nnew intro\n\n## 1. A\n\nNot measured: run `cargo xtask bench a`.\n\n## 2. B\n\nnew b\n\n## 3. C\n\nNot measured: run `cargo xtask bench c`.\n\n## 4. D\n\nNot measured: run `cargo xtask bench d`.\n";
+        assert_eq!(
+            keep_unmeasured(new, old),
+            "# B\n\nnew intro\n\n## 1. A\n\nold a\n\n## 2. B\n\nnew b\n\n## 3. C\n\nNot measured: run `cargo xtask bench c`.\n\n## 4. D\n\nNot measured: run `cargo xtask bench d`.\n"
+        );
+    }
 
     fn measured() -> Measured {
         Measured {

@@ -233,7 +233,7 @@ pub async fn layer(
         return CALLER.scope(caller, next.run(req)).await;
     }
     let client = client_of(&caller, &req);
-    match node.limits.call(client.as_deref()) {
+    match node.limits.call(client.as_deref()).await {
         Ok(_permit) => CALLER.scope(caller, next.run(req)).await,
         Err(status) => status.into_http::<axum::body::Body>().into_response(),
     }

@@ -22,7 +22,7 @@ use tracing::instrument;
 
 use crate::error::ApiError;
 use crate::group::GroupHandle;
-use crate::paging::{list_args, page};
+use crate::paging::{list_args, merged_page, MAX_HISTORY_SCAN};
 use crate::routing::{forwarded, hops, Route, Routing};
 
 const GLOBAL: GroupName = GroupName::Global;
@@ -290,18 +290,35 @@ impl BuildService for BuildApi {
             }
         };
         let regions = self.routing.regions();
-        let reply = h.state.read(|d| {
-            let items = d
-                .state
+        let live: Vec<Build> = h.state.read(|d| {
+            d.state
                 .builds
-                .list(args.service.as_deref(), args.state, args.before);
-            let (page, next) = page(items, args.size, |b| b.seq);
-            ListBuildsReply {
-                builds: page.into_iter().map(|b| to_proto(b, &regions)).collect(),
-                next_page_token: next,
-            }
+                .list(args.service.as_deref(), args.state, args.before)
+                .take(args.size + 1)
+                .cloned()
+                .collect()
         });
-        Ok(Response::new(reply))
+        // Builds retention moved to the history follow, merged in by seq.
+        let history = |e: openraft::StorageError<deploy_raft::NodeId>| {
+            ApiError::Internal(format!("reading the build history: {e}"))
+        };
+        let older = h
+            .state
+            .collected_builds_before(args.before.unwrap_or(u64::MAX))
+            .map_err(history)?
+            .map(|row| {
+                let (seq, b) = row.map_err(history)?;
+                let b = b.filter(|b| {
+                    args.service.as_deref().is_none_or(|s| b.service == s)
+                        && args.state.is_none_or(|s| b.state == s)
+                });
+                Ok((seq, b))
+            });
+        let (page, next) = merged_page(live, older, args.size, MAX_HISTORY_SCAN, |b| b.seq)?;
+        Ok(Response::new(ListBuildsReply {
+            builds: page.iter().map(|b| to_proto(b, &regions)).collect(),
+            next_page_token: next,
+        }))
     }
 
     #[instrument(skip_all, fields(build = %request.get_ref().id))]

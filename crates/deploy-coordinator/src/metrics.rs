@@ -162,6 +162,9 @@ pub fn render(node: &Node) -> String {
     let applied: Family<GroupLabel, Gauge> = Family::default();
     let leader: Family<GroupLabel, Gauge> = Family::default();
     let committed: Family<GroupLabel, Gauge> = Family::default();
+    let snapshot_bytes: Family<GroupLabel, Gauge> = Family::default();
+    let snapshot_lock: Family<GroupLabel, Gauge> = Family::default();
+    let apply_max: Family<GroupLabel, Gauge> = Family::default();
     for g in node.groups() {
         let m = g.metrics();
         // On the leader: the highest index a majority of voters holds; elsewhere the
@@ -198,6 +201,14 @@ pub fn render(node: &Node) -> String {
             .set(m.last_applied.map(|x| x.index).unwrap_or(0) as i64);
         leader.get_or_create(&l).set(i64::from(g.is_leader()));
         committed.get_or_create(&l).set(commit as i64);
+        let stats = g.state.stats();
+        snapshot_bytes
+            .get_or_create(&l)
+            .set(stats.snapshot_bytes() as i64);
+        snapshot_lock
+            .get_or_create(&l)
+            .set(stats.snapshot_lock_max_us() as i64);
+        apply_max.get_or_create(&l).set(stats.apply_max_us() as i64);
     }
     reg.register(
         "deploy_raft_term",
@@ -223,6 +234,21 @@ pub fn render(node: &Node) -> String {
         "deploy_raft_commit_index",
         "Commit index as this node knows it (quorum-acknowledged on the leader, applied elsewhere)",
         committed,
+    );
+    reg.register(
+        "deploy_snapshot_bytes",
+        "Size of each hosted group's newest snapshot (built or received)",
+        snapshot_bytes,
+    );
+    reg.register(
+        "deploy_snapshot_lock_max_us",
+        "Longest a snapshot build held the state lock since the process started, microseconds",
+        snapshot_lock,
+    );
+    reg.register(
+        "deploy_raft_apply_max_us",
+        "Longest apply call (waiting for the state lock included) in the last 10 to 20 s, microseconds",
+        apply_max,
     );
     reg.register(
         "deploy_raft_leader_changes",
@@ -297,6 +323,14 @@ pub fn render(node: &Node) -> String {
         "deploy_api_calls_shed",
         "API calls and streams refused with ResourceExhausted by the per-node and per-client limits",
         node.limits.shed.load(std::sync::atomic::Ordering::Relaxed) as i64,
+    );
+    gauge(
+        &mut reg,
+        "deploy_api_calls_queued",
+        "API calls that waited in a per-client or per-node queue before they ran",
+        node.limits
+            .waited
+            .load(std::sync::atomic::Ordering::Relaxed) as i64,
     );
     reg.register(
         "deploy_request_seconds",

@@ -415,6 +415,7 @@ impl RegionService for RegionApi {
                 }
             }
         }
+        fleet_allows(&self.routing.node.config, &req).map_err(ApiError::FailedPrecondition)?;
         let h = match self.routing.route(&group, hops).await? {
             Route::Local(h) => h,
             Route::Remote(addr) => {
@@ -458,6 +459,12 @@ impl RegionService for RegionApi {
             .node
             .reports
             .record(&req.region, term, &req.rack, &req.hosts, Instant::now());
+        if !req.relay.is_empty() {
+            self.routing
+                .node
+                .reports
+                .record_relay(&req.region, term, &req.relay, Instant::now());
+        }
         let hosts: Vec<String> = req.hosts.iter().map(|x| x.host.clone()).collect();
         Ok(Response::new(
             h.state.read(|d| rack_goals(&d.state.region, &hosts)),
@@ -624,4 +631,47 @@ impl RegionService for RegionApi {
             other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
         }
     }
+}
+
+/// Whether the fleet config lets `req` into the region's registry. A region whose config
+/// lists racks takes only the hosts listed there, each in its own rack, and that rack's
+/// relays: a reporter cannot grow the registry with names it invents. A region listing no
+/// racks (a simulated fleet) takes any names, up to `MAX_REGION_HOSTS`.
+fn fleet_allows(
+    config: &deploy_types::ClusterConfig,
+    req: &pb::ReportRackRequest,
+) -> Result<(), String> {
+    let mut racks = config
+        .racks()
+        .iter()
+        .filter(|r| r.region == req.region)
+        .peekable();
+    if racks.peek().is_none() {
+        return Ok(());
+    }
+    let clip = |s: &str| s.chars().take(64).collect::<String>();
+    let Some(rack) = racks.find(|r| r.name == req.rack) else {
+        return Err(format!(
+            "rack {:?} is not in region {}'s fleet config",
+            clip(&req.rack),
+            req.region
+        ));
+    };
+    if let Some(h) = req.hosts.iter().find(|h| !rack.hosts.contains(&h.host)) {
+        return Err(format!(
+            "host {:?} is not in rack {} of region {}'s fleet config",
+            clip(&h.host),
+            rack.name,
+            req.region
+        ));
+    }
+    if !req.relay.is_empty() && !rack.relays.iter().any(|r| r.id == req.relay) {
+        return Err(format!(
+            "relay {:?} is not rack {}'s in region {}'s fleet config",
+            clip(&req.relay),
+            rack.name,
+            req.region
+        ));
+    }
+    Ok(())
 }

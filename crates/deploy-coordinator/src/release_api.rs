@@ -19,7 +19,7 @@ use tracing::{info, instrument};
 use crate::build_api::now_ms;
 use crate::error::ApiError;
 use crate::group::GroupHandle;
-use crate::paging::{list_args, page};
+use crate::paging::{list_args, merged_page, MAX_HISTORY_SCAN};
 use crate::routing::{forwarded, hops, Route, Routing};
 
 const GLOBAL: GroupName = GroupName::Global;
@@ -348,18 +348,35 @@ impl ReleaseService for ReleaseApi {
                     .map_err(|s| crate::routing::relay_error(&addr, s))
             }
         };
-        let reply = h.state.read(|d| {
-            let items = d
-                .state
+        let live: Vec<Release> = h.state.read(|d| {
+            d.state
                 .releases
-                .list(args.service.as_deref(), args.state, args.before);
-            let (page, next) = page(items, args.size, |r| r.seq);
-            pb::ListReleasesReply {
-                releases: page.into_iter().map(release_to_proto).collect(),
-                next_page_token: next,
-            }
+                .list(args.service.as_deref(), args.state, args.before)
+                .take(args.size + 1)
+                .cloned()
+                .collect()
         });
-        Ok(Response::new(reply))
+        // Releases retention moved to the history follow, merged in by seq.
+        let history = |e: openraft::StorageError<deploy_raft::NodeId>| {
+            ApiError::Internal(format!("reading the release history: {e}"))
+        };
+        let older = h
+            .state
+            .collected_releases_before(args.before.unwrap_or(u64::MAX))
+            .map_err(history)?
+            .map(|row| {
+                let (seq, r) = row.map_err(history)?;
+                let r = r.filter(|r| {
+                    args.service.as_deref().is_none_or(|s| r.service == s)
+                        && args.state.is_none_or(|s| r.state == s)
+                });
+                Ok((seq, r))
+            });
+        let (page, next) = merged_page(live, older, args.size, MAX_HISTORY_SCAN, |r| r.seq)?;
+        Ok(Response::new(pb::ListReleasesReply {
+            releases: page.iter().map(release_to_proto).collect(),
+            next_page_token: next,
+        }))
     }
 
     #[instrument(skip_all, fields(release = %request.get_ref().id, action = %request.get_ref().action))]

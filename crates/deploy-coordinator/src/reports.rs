@@ -51,10 +51,25 @@ pub struct HostSeen {
 }
 
 /// One region's reports, for the leadership term they were received in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Book {
     term: u64,
+    /// When this node started listening in this term.
+    since: Instant,
     hosts: HashMap<String, HostSeen>,
+    /// When each relay last reported.
+    relays: HashMap<String, Instant>,
+}
+
+impl Book {
+    fn new(term: u64) -> Self {
+        Self {
+            term,
+            since: Instant::now(),
+            hosts: HashMap::new(),
+            relays: HashMap::new(),
+        }
+    }
 }
 
 /// Every region's reports on this node.
@@ -64,22 +79,63 @@ pub struct Reports {
 }
 
 impl Reports {
+    fn with_book<R>(&self, region: &str, term: u64, f: impl FnOnce(&mut Book) -> R) -> R {
+        let mut g = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        let book = g
+            .entry(region.to_string())
+            .or_insert_with(|| Book::new(term));
+        // Reports from an earlier term may predate what the log decided since: start over.
+        if book.term != term {
+            *book = Book::new(term);
+        }
+        f(book)
+    }
+
     fn with<R>(
         &self,
         region: &str,
         term: u64,
         f: impl FnOnce(&mut HashMap<String, HostSeen>) -> R,
     ) -> R {
-        let mut g = self.regions.lock().unwrap_or_else(|p| p.into_inner());
-        let book = g.entry(region.to_string()).or_default();
-        // Reports from an earlier term may predate what the log decided since: start over.
-        if book.term != term {
-            *book = Book {
-                term,
-                hosts: HashMap::new(),
+        self.with_book(region, term, |b| f(&mut b.hosts))
+    }
+
+    /// Notes that `relay` reported at `now`.
+    pub fn record_relay(&self, region: &str, term: u64, relay: &str, now: Instant) {
+        self.with_book(region, term, |b| {
+            b.relays.insert(relay.to_string(), now);
+        })
+    }
+
+    /// Of the registered `hosts` and `relays`, those this node has heard nothing from for
+    /// `after`; none until it has listened that long in this term (a new leader has not
+    /// heard anyone yet).
+    pub fn quiet<'a>(
+        &self,
+        region: &str,
+        term: u64,
+        hosts: impl Iterator<Item = &'a String>,
+        relays: impl Iterator<Item = &'a String>,
+        after: Duration,
+        now: Instant,
+    ) -> (Vec<String>, Vec<String>) {
+        self.with_book(region, term, |b| {
+            if now.saturating_duration_since(b.since) < after {
+                return (Vec::new(), Vec::new());
+            }
+            let silent = |at: Option<Instant>| {
+                at.is_none_or(|at| now.saturating_duration_since(at) >= after)
             };
-        }
-        f(&mut book.hosts)
+            let hosts = hosts
+                .filter(|h| silent(b.hosts.get(*h).map(|s| s.at)))
+                .cloned()
+                .collect();
+            let relays = relays
+                .filter(|r| silent(b.relays.get(*r).copied()))
+                .cloned()
+                .collect();
+            (hosts, relays)
+        })
     }
 
     /// Records a rack's reports, received at `now`.

@@ -64,6 +64,8 @@ struct Driver {
     global_down_since: Option<Instant>,
     /// When this replica's current leadership began: reports older than it are not here.
     leading_since: Instant,
+    /// When the registry was last swept for hosts that went quiet.
+    swept: Instant,
 }
 
 async fn drive(node: Arc<Node>, region: String) {
@@ -76,6 +78,7 @@ async fn drive(node: Arc<Node>, region: String) {
         summarized: HashMap::new(),
         global_down_since: None,
         leading_since: Instant::now(),
+        swept: Instant::now(),
     };
     let mut term = 0;
     loop {
@@ -101,10 +104,47 @@ async fn drive(node: Arc<Node>, region: String) {
         d.judge(&h, term).await;
         d.settle(&h, term).await;
         d.report(&h).await;
+        d.forget_quiet(&h, term).await;
     }
 }
 
 impl Driver {
+    /// Every `collect_every_secs`: hosts and relays of the registry this leader has heard
+    /// nothing from for the policy's timeout leave it, in bounded batches.
+    async fn forget_quiet(&mut self, h: &GroupHandle, term: u64) {
+        let policy = &self.node.config.retention;
+        if self.swept.elapsed() < Duration::from_secs(policy.collect_every_secs) {
+            return;
+        }
+        self.swept = Instant::now();
+        let after = Duration::from_secs(policy.forget_hosts_after_secs);
+        let (hosts, relays) = h.state.read(|d| {
+            let r = &d.state.region;
+            self.node.reports.quiet(
+                &self.region,
+                term,
+                r.hosts.keys(),
+                r.relays.keys(),
+                after,
+                Instant::now(),
+            )
+        });
+        let max = deploy_state::region::MAX_HOSTS_PER_COMMAND;
+        let relays: Vec<String> = relays.into_iter().take(max).collect();
+        let hosts: Vec<String> = hosts.into_iter().take(max - relays.len()).collect();
+        if hosts.is_empty() && relays.is_empty() {
+            return;
+        }
+        let (n_hosts, n_relays) = (hosts.len(), relays.len());
+        let cmd = Command::Region(RegionCommand::Forget { hosts, relays });
+        match propose_release(h, cmd).await {
+            Ok(_) => {
+                info!(region = %self.region, hosts = n_hosts, relays = n_relays, after_secs = after.as_secs(), "forgot hosts and relays that stopped reporting")
+            }
+            Err(e) => warn!(region = %self.region, error = %e, "cannot forget quiet hosts"),
+        }
+    }
+
     /// A client of some global voter, rotating on failure.
     fn global_client(&mut self) -> Option<RegionServiceClient<tonic::transport::Channel>> {
         let voters = self.node.config.voters(&GroupName::Global)?;

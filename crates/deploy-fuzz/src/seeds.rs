@@ -323,6 +323,12 @@ pub fn commands() -> Vec<Command> {
         artifact_keep: 1,
         history_ms: 86_400_000,
     }));
+    out.push(Command::Region(
+        deploy_state::region::RegionCommand::Forget {
+            hosts: vec!["east-1-h1".into()],
+            relays: vec!["east-rack-1-relay".into()],
+        },
+    ));
     out
 }
 

@@ -163,3 +163,57 @@ pub(crate) fn build(db: &DB, seq: u64) -> StorageResult<Option<HistoryRow<Build>
 pub(crate) fn release(db: &DB, seq: u64) -> StorageResult<Option<HistoryRow<Release>>> {
     get(db, RELEASE, seq)
 }
+
+/// The collected rows of `kind` with a seq below `before`, newest first: each seq with its
+/// record, or `None` for a tombstone.
+fn rows_before<'a, T: DeserializeOwned + 'a>(
+    db: &'a DB,
+    kind: u8,
+    before: u64,
+) -> StorageResult<Box<dyn Iterator<Item = StorageResult<(u64, Option<T>)>> + 'a>> {
+    let Some(last) = before.checked_sub(1) else {
+        return Ok(Box::new(std::iter::empty()));
+    };
+    let start = row_key(kind, last);
+    let read_err = |e: &dyn std::error::Error| {
+        io_err(
+            ErrorSubject::StateMachine,
+            ErrorVerb::Read,
+            &std::io::Error::other(e.to_string()),
+        )
+    };
+    let rows = db
+        .iterator_cf(
+            cf(db, CF_HISTORY)?,
+            IteratorMode::From(&start, Direction::Reverse),
+        )
+        .map(move |item| item.map_err(|e| read_err(&e)))
+        .take_while(move |item| {
+            item.as_ref()
+                .map_or(true, |(k, _)| k.len() == 9 && k[0] == kind)
+        })
+        .map(move |item| {
+            let (key, value) = item?;
+            let seq = u64::from_be_bytes(key[1..].try_into().unwrap_or_default());
+            let row: HistoryRow<T> =
+                codec::decode("history row", &value).map_err(|e| read_err(&e))?;
+            Ok((seq, row.record))
+        });
+    Ok(Box::new(rows))
+}
+
+/// Collected builds below `before`, newest first (`None`: a tombstone).
+pub(crate) fn builds_before(
+    db: &DB,
+    before: u64,
+) -> StorageResult<Box<dyn Iterator<Item = StorageResult<(u64, Option<Build>)>> + '_>> {
+    rows_before(db, BUILD, before)
+}
+
+/// Collected releases below `before`, newest first (`None`: a tombstone).
+pub(crate) fn releases_before(
+    db: &DB,
+    before: u64,
+) -> StorageResult<Box<dyn Iterator<Item = StorageResult<(u64, Option<Release>)>> + '_>> {
+    rows_before(db, RELEASE, before)
+}

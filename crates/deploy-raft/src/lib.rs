@@ -8,6 +8,7 @@
 //!   copy-on-write memory, persisted by [`snapshot`] files that are built, sent and installed
 //!   as streams.
 //! - [`codec`]: the binary, versioned format of every record, message and snapshot.
+//! - [`stats`]: what a store measures about itself (snapshot sizes, apply stalls).
 //! - [`network`]: openraft's `RaftNetworkFactory` over tonic, naming the group in every request.
 //!
 //! This crate knows nothing of the public API, of which groups a process hosts, or of the
@@ -18,6 +19,7 @@ pub mod history;
 pub mod network;
 pub mod snapshot;
 pub mod state_machine;
+pub mod stats;
 pub mod store;
 pub mod types;
 

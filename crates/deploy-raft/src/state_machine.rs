@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::snapshot::{SnapshotDir, SnapshotFile};
+use crate::stats::StoreStats;
 pub(crate) use crate::store::StorageResult;
 use crate::store::{cf, io_err, CF_SM};
 use crate::types::{DeployNode, NodeId, TypeConfig};
@@ -52,6 +53,7 @@ struct StoredSnapshot {
 pub struct StateReader {
     data: Arc<RwLock<StateMachineData>>,
     db: Arc<DB>,
+    stats: Arc<StoreStats>,
 }
 
 impl StateReader {
@@ -78,6 +80,36 @@ impl StateReader {
         crate::history::release(&self.db, seq)
     }
 
+    /// Builds retention collected on this node with a seq below `before`, newest first, read
+    /// from disk as the caller iterates (`None`: a tombstone, its record expired).
+    #[allow(clippy::type_complexity)]
+    pub fn collected_builds_before(
+        &self,
+        before: u64,
+    ) -> StorageResult<
+        Box<dyn Iterator<Item = StorageResult<(u64, Option<deploy_state::Build>)>> + '_>,
+    > {
+        crate::history::builds_before(&self.db, before)
+    }
+
+    /// The same for releases.
+    #[allow(clippy::type_complexity)]
+    pub fn collected_releases_before(
+        &self,
+        before: u64,
+    ) -> StorageResult<
+        Box<
+            dyn Iterator<Item = StorageResult<(u64, Option<deploy_state::releases::Release>)>> + '_,
+        >,
+    > {
+        crate::history::releases_before(&self.db, before)
+    }
+
+    /// What the store measured about itself.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
     /// The applied state as of now, as a cheap copy-on-write clone: for a long read that
     /// must not hold up applying.
     pub fn snapshot(&self) -> StateMachineData {
@@ -93,6 +125,7 @@ pub struct StateMachineStore {
     snapshots: Arc<SnapshotDir>,
     /// Serialises replacing the current snapshot, so a slow build never replaces a newer one.
     saving: Arc<Mutex<()>>,
+    stats: Arc<StoreStats>,
 }
 
 fn snap_err(
@@ -120,6 +153,7 @@ impl StateMachineStore {
             data: Arc::default(),
             snapshots: Arc::new(snapshots),
             saving: Arc::default(),
+            stats: Arc::default(),
         };
         if let Some(stored) = store.read_stored()? {
             let err = snap_err(Some(&stored.meta), ErrorVerb::Read);
@@ -130,6 +164,7 @@ impl StateMachineStore {
             let data: StateMachineData =
                 codec::read_snapshot("stored snapshot", file, len).map_err(|e| err(&e))?;
             *store.write() = data;
+            store.stats.snapshot(len, std::time::Duration::ZERO);
         }
         Ok(store)
     }
@@ -138,6 +173,7 @@ impl StateMachineStore {
         StateReader {
             data: self.data.clone(),
             db: self.db.clone(),
+            stats: self.stats.clone(),
         }
     }
 
@@ -224,7 +260,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // The only time the lock is held: a copy-on-write clone of the state.
         let started = Instant::now();
         let data = self.reader().snapshot();
-        let held_us = started.elapsed().as_micros();
+        let held = started.elapsed();
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -254,7 +290,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Ok(len)
         })
         .await?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = len, lock_held_us = held_us, "built snapshot");
+        self.stats.snapshot(len, held);
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = len, lock_held_us = held.as_micros() as u64, "built snapshot");
         // The current one: this snapshot, or a newer one installed meanwhile.
         self.open_current()?.ok_or_else(|| {
             snap_err(Some(&meta), ErrorVerb::Read)(&std::io::Error::other(
@@ -279,6 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = Instant::now();
         let mut sm = self.write();
         let mut out = Vec::new();
         for entry in entries {
@@ -297,6 +335,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             out.push(resp);
         }
+        drop(sm);
+        self.stats.applied(started.elapsed());
         Ok(out)
     }
 
@@ -320,7 +360,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let (file, path) = snapshot.into_std().await;
         let this = self.clone();
         let meta_owned = meta.clone();
-        let new = blocking(move || {
+        let (new, len) = blocking(move || {
             let meta = &meta_owned;
             let err = snap_err(Some(meta), ErrorVerb::Write);
             // A received file is ours to rename; a handle on someone else's file is copied.
@@ -340,10 +380,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Persisted before it is switched to, so a crash never leaves a state no
             // snapshot backs.
             this.save(meta, &file, &temp)?;
-            Ok(new)
+            Ok((new, len))
         })
         .await?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = len, "installed snapshot");
+        self.stats.snapshot(len, std::time::Duration::ZERO);
         *self.write() = new;
         Ok(())
     }

@@ -21,6 +21,8 @@ use crate::rollout::{plan, PlanError, Wave};
 pub const MAX_HOSTS_PER_COMMAND: usize = 4096;
 /// Finished releases a region keeps.
 pub const MAX_FINISHED_KEPT: usize = 1000;
+/// Hosts (and, apart, relays) one region's registry holds at most, whatever reports.
+pub const MAX_REGION_HOSTS: usize = 1_000_000;
 
 /// What a host (or a rack) should run for one service. An empty `build_id` is an explicit
 /// "nothing": a host exception that hides its rack's goal (a host that never took a build
@@ -172,6 +174,13 @@ pub enum RegionCommand {
         keep: Vec<String>,
         now_ms: u64,
     },
+    /// Hosts and relays that stopped reporting leave the registry (the leader saw nothing of
+    /// them for the policy's timeout). A host an unfinished release's plan names stays. (Last,
+    /// as every new variant: the binary format numbers variants in order.)
+    Forget {
+        hosts: Vec<String>,
+        relays: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +195,11 @@ pub enum RegionResponse {
         id: String,
         state: ReleaseState,
         wave: u32,
+    },
+    /// What a [`RegionCommand::Forget`] removed.
+    Forgotten {
+        hosts: usize,
+        relays: usize,
     },
 }
 
@@ -302,6 +316,19 @@ impl Region {
                         })?;
                     }
                 }
+                let new = hosts
+                    .iter()
+                    .filter(|(h, _)| !self.hosts.contains_key(h))
+                    .count();
+                if self.hosts.len() + new > MAX_REGION_HOSTS {
+                    return Err(ReleaseError::Invalid {
+                        field: "hosts".into(),
+                        why: format!(
+                            "the region holds {} hosts; at most {MAX_REGION_HOSTS}",
+                            self.hosts.len()
+                        ),
+                    });
+                }
                 let mut added = 0;
                 for (h, r) in hosts {
                     if self.hosts.insert(h.clone(), r.clone()).as_ref() != Some(r) {
@@ -317,10 +344,25 @@ impl Region {
                         why: e.to_string(),
                     })?;
                 }
+                if !self.relays.contains_key(relay) && self.relays.len() >= MAX_REGION_HOSTS {
+                    return Err(ReleaseError::Invalid {
+                        field: "relay".into(),
+                        why: format!("the region holds {MAX_REGION_HOSTS} relays, the most"),
+                    });
+                }
                 let added = usize::from(
                     self.relays.insert(relay.clone(), rack.clone()).as_ref() != Some(rack),
                 );
                 Ok(RegionResponse::Registered { added })
+            }
+            RegionCommand::Forget { hosts, relays } => {
+                if hosts.len() + relays.len() > MAX_HOSTS_PER_COMMAND {
+                    return Err(ReleaseError::Invalid {
+                        field: "hosts".into(),
+                        why: format!("at most {MAX_HOSTS_PER_COMMAND} per command"),
+                    });
+                }
+                Ok(self.forget(hosts, relays))
             }
             RegionCommand::WavePassed {
                 id,
@@ -753,6 +795,45 @@ impl Region {
 
     /// Drops the oldest finished releases beyond [`MAX_FINISHED_KEPT`]; a service's newest
     /// release is always kept, as a rollback still needs its changes.
+    /// Removes `hosts` (with their goal exceptions) and `relays` from the registry, except
+    /// hosts an unfinished release's plan names.
+    fn forget(&mut self, hosts: &[String], relays: &[String]) -> RegionResponse {
+        let planned: BTreeSet<&String> = self
+            .releases
+            .values()
+            .filter(|r| !r.state.is_final())
+            .flat_map(|r| r.plan.iter().flat_map(|w| w.hosts.iter()))
+            .collect();
+        let gone: Vec<String> = hosts
+            .iter()
+            .filter(|h| self.hosts.contains_key(*h) && !planned.contains(h))
+            .cloned()
+            .collect();
+        drop(planned);
+        for h in &gone {
+            self.hosts.remove(h);
+            let with: Vec<String> = self
+                .services
+                .iter()
+                .filter(|(_, g)| g.hosts.contains_key(h))
+                .map(|(s, _)| s.clone())
+                .collect();
+            for service in with {
+                if let Some(goals) = self.services.get_mut(&service) {
+                    goals.hosts.remove(h);
+                }
+            }
+        }
+        let relays_gone = relays
+            .iter()
+            .filter(|r| self.relays.remove(*r).is_some())
+            .count();
+        RegionResponse::Forgotten {
+            hosts: gone.len(),
+            relays: relays_gone,
+        }
+    }
+
     fn trim(&mut self) {
         let finished: Vec<u64> = self
             .releases

@@ -445,3 +445,64 @@ fn settling_never_undoes_a_newer_release() {
     settle(&mut r, 1, &[]).unwrap();
     assert_eq!(count(&r, "b-2"), 2, "the rack's goal is r-2's, not r-1's");
 }
+
+#[test]
+fn forgotten_hosts_and_relays_leave_the_registry_but_not_while_a_release_plans_them() {
+    let mut r = region(2, 2);
+    r.apply(&RegionCommand::RegisterRelay {
+        relay: "k1-relay".into(),
+        rack: "k1".into(),
+    })
+    .unwrap();
+    apply(&mut r, vec![start(1, 1, "b-1", strategy())]);
+    let forget = |r: &mut Region, hosts: &[&str], relays: &[&str]| {
+        r.apply(&RegionCommand::Forget {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            relays: relays.iter().map(|h| h.to_string()).collect(),
+        })
+        .unwrap()
+    };
+    // Rolling out: its plan names every host, so none leaves; the relay does.
+    assert_eq!(
+        forget(&mut r, &["k1-h0", "nobody"], &["k1-relay", "nobody"]),
+        RegionResponse::Forgotten {
+            hosts: 0,
+            relays: 1
+        }
+    );
+    assert!(r.hosts.contains_key("k1-h0"));
+    assert!(r.relays.is_empty());
+    let mut wave = 0;
+    while !r.release("r-1").unwrap().state.is_final() {
+        passed(&mut r, 1, wave).unwrap();
+        wave += 1;
+    }
+    // Finished: the host goes, with its goal exceptions.
+    r.services
+        .get_mut("web")
+        .unwrap()
+        .hosts
+        .insert("k1-h0".into(), Goal::nothing());
+    assert_eq!(
+        forget(&mut r, &["k1-h0"], &[]),
+        RegionResponse::Forgotten {
+            hosts: 1,
+            relays: 0
+        }
+    );
+    assert!(!r.hosts.contains_key("k1-h0"));
+    assert!(r.services["web"].hosts.get("k1-h0").is_none());
+    assert!(r.goals_of("k1-h0").is_empty());
+    // Too many names in one command changes nothing.
+    let many: Vec<String> = (0..=MAX_HOSTS_PER_COMMAND)
+        .map(|i| format!("h{i}"))
+        .collect();
+    let before = r.clone();
+    assert!(r
+        .apply(&RegionCommand::Forget {
+            hosts: many,
+            relays: vec![]
+        })
+        .is_err());
+    assert_eq!(r, before);
+}

@@ -210,8 +210,12 @@ pub struct RetentionSettings {
     /// A collected build stays answerable from the history this long; after it, the answer
     /// is "removed by retention on DATE".
     pub history_days: u32,
-    /// How often the global leader looks for builds to collect.
+    /// How often the global leader looks for builds to collect (and a regional leader for
+    /// hosts that went quiet).
     pub collect_every_secs: u64,
+    /// A host or relay a regional leader has heard nothing from for this long leaves the
+    /// region's registry (decommissioned, renamed, or removed from the fleet config).
+    pub forget_hosts_after_secs: u64,
 }
 
 impl Default for RetentionSettings {
@@ -221,6 +225,7 @@ impl Default for RetentionSettings {
             keep_days: 7,
             history_days: 90,
             collect_every_secs: 60,
+            forget_hosts_after_secs: 86_400,
         }
     }
 }
@@ -419,6 +424,9 @@ impl ClusterConfig {
         }
         if r.collect_every_secs == 0 || r.collect_every_secs > 86_400 {
             problems.push("retention.collect_every_secs must be between 1 and 86400".into());
+        }
+        if r.forget_hosts_after_secs < 1 {
+            problems.push("retention.forget_hosts_after_secs must be above 0".into());
         }
         let b = &raw.builds;
         if b.lease_ms < 300 {

@@ -96,6 +96,8 @@ pub struct Spec {
     pub spares: usize,
     /// Build workers: (id, region).
     pub workers: Vec<(String, String)>,
+    /// Workers the config names but nobody starts: the caller plays them over gRPC.
+    pub external_workers: Vec<(String, String)>,
     pub lease_ms: u64,
     pub replication_deadline_secs: u64,
     /// (builds.keep_per_service, builds.gc_grace_secs)
@@ -103,6 +105,7 @@ pub struct Spec {
     /// `[retention]` (keep_per_service, collect_every_secs) with keep_days = 0: finished
     /// builds beyond the newest ones leave the state at once. None: the shipped defaults.
     pub state_retention: Option<(u32, u64)>,
+    pub forget_hosts_after_secs: Option<u64>,
     pub chunk_bytes: u64,
     /// builds.max_queued
     pub max_queued: u32,
@@ -173,6 +176,7 @@ impl Spec {
             regions: Vec::new(),
             spares: 0,
             workers: Vec::new(),
+            external_workers: Vec::new(),
             lease_ms: 2000,
             replication_deadline_secs: 600,
             retention: (10, 3600),
@@ -183,6 +187,7 @@ impl Spec {
             s3: std::collections::BTreeMap::new(),
             snapshots: (5000, 1000),
             state_retention: None,
+            forget_hosts_after_secs: None,
             racks: Vec::new(),
             parents: Vec::new(),
             secure: false,
@@ -238,6 +243,12 @@ impl Spec {
         self
     }
 
+    /// With [`Spec::state_retention`]: hosts and relays quiet this long leave the registry.
+    pub fn forget_hosts_after_secs(mut self, secs: u64) -> Self {
+        self.forget_hosts_after_secs = Some(secs);
+        self
+    }
+
     pub fn retention(mut self, keep_per_service: u32, gc_grace_secs: u64) -> Self {
         self.retention = (keep_per_service, gc_grace_secs);
         self
@@ -260,6 +271,13 @@ impl Spec {
 
     pub fn worker(mut self, id: &str, region: &str) -> Self {
         self.workers.push((id.to_string(), region.to_string()));
+        self
+    }
+
+    /// A worker in the config with no process: the caller speaks its part of the protocol.
+    pub fn external_worker(mut self, id: &str, region: &str) -> Self {
+        self.external_workers
+            .push((id.to_string(), region.to_string()));
         self
     }
 
@@ -352,8 +370,12 @@ impl Spec {
         ));
         if let Some((keep, every)) = self.state_retention {
             s.push_str(&format!(
-                "[retention]\nkeep_per_service = {keep}\nkeep_days = 0\nhistory_days = 1\ncollect_every_secs = {every}\n\n"
+                "[retention]\nkeep_per_service = {keep}\nkeep_days = 0\nhistory_days = 1\ncollect_every_secs = {every}\n"
             ));
+            if let Some(secs) = self.forget_hosts_after_secs {
+                s.push_str(&format!("forget_hosts_after_secs = {secs}\n"));
+            }
+            s.push('\n');
         }
         let spares: Vec<String> = (1..=self.spares).map(|i| format!("s{i}")).collect();
         for name in self.node_names() {
@@ -387,7 +409,7 @@ impl Spec {
                 list((1..=*n).map(|i| format!("{r}-{i}")).collect()),
             ));
         }
-        for (id, region) in &self.workers {
+        for (id, region) in self.workers.iter().chain(&self.external_workers) {
             s.push_str(&format!(
                 "\n[[workers]]\nid = \"{id}\"\nregion = \"{region}\"\n"
             ));
@@ -432,7 +454,12 @@ impl Spec {
             deploy_tls::certs::init_ca(&dir, "test")?;
         }
         let mut ids = self.node_names();
-        ids.extend(self.workers.iter().map(|(w, _)| w.clone()));
+        ids.extend(
+            self.workers
+                .iter()
+                .chain(&self.external_workers)
+                .map(|(w, _)| w.clone()),
+        );
         for r in self.racks_of() {
             ids.push(r.relay.clone());
             ids.extend(r.hosts.clone());

@@ -7,7 +7,7 @@ use anyhow::bail;
 
 use crate::{cargo, root, run_checked, setup};
 
-pub const ALL: [&str; 5] = ["writes", "fanout", "scale", "failover", "e2e"];
+pub const ALL: [&str; 6] = ["writes", "soak", "fanout", "scale", "failover", "e2e"];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let (names, extra): (Vec<&str>, &[String]) = match args.first() {
