@@ -165,10 +165,11 @@ async fn a_flooding_client_waits_its_turn_and_nobody_else_is_refused() -> anyhow
         assert!(r.is_ok(), "the other client was refused: {r:?}");
     }
     let after = shed(c.addr(&leader)?, &ca).await?;
-    assert_eq!(
-        after,
-        before + 1.0,
-        "/metrics counted {after} shed, {before} before, and one stream refused since"
+    // The refused stream counts (and so may the retries while a closed one freed its place);
+    // no call was refused, as checked above.
+    assert!(
+        after >= before + 1.0,
+        "/metrics counted {after} shed, {before} before, and at least one stream refused since"
     );
 
     // Raft kept going: the same leader in the same term, and a write commits.
