@@ -293,8 +293,8 @@ pub struct ClusterConfig {
     pub security: crate::security::SecurityConfig,
     /// The config file's directory (relative paths of `[security]` are against it).
     pub base: Option<std::path::PathBuf>,
-    /// Racks with their relays and hosts (see `fleet`).
-    pub(crate) racks: Vec<crate::fleet::RackConfig>,
+    /// Racks with their relays and hosts, indexed (see `fleet`).
+    pub(crate) fleet: crate::fleet::Fleet,
     /// Non-fatal findings (an even voter count), for the caller to log.
     pub warnings: Vec<String>,
 }
@@ -528,7 +528,7 @@ impl ClusterConfig {
             signing: raw.signing,
             security: raw.security,
             base: None,
-            racks: raw.racks,
+            fleet: crate::fleet::Fleet::new(raw.racks),
             warnings,
         })
     }

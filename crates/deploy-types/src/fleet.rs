@@ -11,7 +11,7 @@
 //! A relay serves its rack's hosts over HTTP and may name a `parent` relay (one level up)
 //! to fetch from; without one it fetches from its region's store through the region's nodes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Deserialize;
 
@@ -142,27 +142,58 @@ pub struct HostPlace<'a> {
     pub rack: &'a RackConfig,
 }
 
+/// The racks, indexed by host and by relay id: the API's peer checks look a host up on every
+/// call, and a region holds up to 100,000 of them, so a lookup is one hash probe, not a scan.
+/// Built once from the validated racks (ids are unique, so each index entry is the only one).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Fleet {
+    racks: Vec<RackConfig>,
+    /// Host id -> index into `racks`.
+    hosts: HashMap<String, usize>,
+    /// Relay id -> (rack index, relay index within the rack).
+    relays: HashMap<String, (usize, usize)>,
+}
+
+impl Fleet {
+    pub(crate) fn new(racks: Vec<RackConfig>) -> Self {
+        let mut hosts = HashMap::new();
+        let mut relays = HashMap::new();
+        for (i, rack) in racks.iter().enumerate() {
+            for h in &rack.hosts {
+                hosts.entry(h.clone()).or_insert(i);
+            }
+            for (j, relay) in rack.relays.iter().enumerate() {
+                relays.entry(relay.id.clone()).or_insert((i, j));
+            }
+        }
+        Self {
+            racks,
+            hosts,
+            relays,
+        }
+    }
+}
+
 impl ClusterConfig {
     pub fn racks(&self) -> &[RackConfig] {
-        &self.racks
+        &self.fleet.racks
     }
 
     /// A relay by id, with its rack.
     pub fn relay(&self, id: &str) -> Option<(&RackConfig, &RelayConfig)> {
-        self.racks
-            .iter()
-            .find_map(|r| r.relays.iter().find(|x| x.id == id).map(|x| (r, x)))
+        let &(i, j) = self.fleet.relays.get(id)?;
+        let rack = &self.fleet.racks[i];
+        Some((rack, &rack.relays[j]))
     }
 
     /// A host's region and rack.
     pub fn host(&self, id: &str) -> Option<HostPlace<'_>> {
-        self.racks
-            .iter()
-            .find(|r| r.hosts.iter().any(|h| h == id))
-            .map(|rack| HostPlace {
-                region: &rack.region,
-                rack,
-            })
+        let &i = self.fleet.hosts.get(id)?;
+        let rack = &self.fleet.racks[i];
+        Some(HostPlace {
+            region: &rack.region,
+            rack,
+        })
     }
 
     /// The addresses of a region's group members (where its store is served over HTTP).
@@ -180,11 +211,11 @@ impl ClusterConfig {
     pub fn generate_racks(&mut self, racks: u32, hosts: u32, first_port: u16) {
         let regions: Vec<String> = self.regions().map(str::to_string).collect();
         let mut port = first_port;
-        self.racks.clear();
+        let mut generated = Vec::new();
         for region in regions {
             for k in 1..=racks {
                 let name = format!("rack-{k}");
-                self.racks.push(RackConfig {
+                generated.push(RackConfig {
                     region: region.clone(),
                     relays: vec![RelayConfig {
                         id: format!("{region}-{name}-relay"),
@@ -198,5 +229,59 @@ impl ClusterConfig {
                 port = port.wrapping_add(1);
             }
         }
+        self.fleet = Fleet::new(generated);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the index must agree with: a scan of every rack.
+    fn scanned<'a>(config: &'a ClusterConfig, host: &str) -> Option<&'a RackConfig> {
+        config
+            .racks()
+            .iter()
+            .find(|r| r.hosts.iter().any(|h| h == host))
+    }
+
+    #[test]
+    fn the_host_and_relay_index_agrees_with_the_racks() {
+        let config = ClusterConfig::local();
+        let mut seen = 0;
+        for rack in config.racks() {
+            for h in &rack.hosts {
+                let place = config.host(h).expect("a listed host is found");
+                assert_eq!(place.rack, scanned(&config, h).expect("scan finds it"));
+                assert_eq!(place.region, rack.region);
+                seen += 1;
+            }
+            for relay in &rack.relays {
+                let (r, x) = config.relay(&relay.id).expect("a listed relay is found");
+                assert_eq!((r, x), (rack, relay));
+            }
+        }
+        assert!(seen > 0, "local.toml lists hosts");
+        assert!(config.host("no-such-host").is_none());
+        assert!(config.relay("no-such-relay").is_none());
+    }
+
+    #[test]
+    fn generated_racks_replace_the_index() {
+        let mut config = ClusterConfig::local();
+        assert!(config.host("us-east-2-h4").is_some());
+        config.generate_racks(1, 1, 20_000);
+        assert!(config.host("us-east-2-h4").is_none(), "the old racks' hosts are gone");
+        assert!(config.relay("us-east-rack-2-relay").is_none());
+        config.generate_racks(3, 5, 20_000);
+        let region = config.racks()[0].region.clone();
+        let place = config.host(&format!("{region}-3-h5")).expect("a generated host");
+        assert_eq!(place.rack.name, "rack-3");
+        assert_eq!(
+            config.relay(&format!("{region}-rack-2-relay")).map(|(r, _)| r.name.as_str()),
+            Some("rack-2")
+        );
+        let hosts: usize = config.racks().iter().map(|r| r.hosts.len()).sum();
+        assert_eq!(hosts, 15 * config.regions().count());
     }
 }
