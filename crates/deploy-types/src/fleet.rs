@@ -271,14 +271,21 @@ mod tests {
         let mut config = ClusterConfig::local();
         assert!(config.host("us-east-2-h4").is_some());
         config.generate_racks(1, 1, 20_000);
-        assert!(config.host("us-east-2-h4").is_none(), "the old racks' hosts are gone");
+        assert!(
+            config.host("us-east-2-h4").is_none(),
+            "the old racks' hosts are gone"
+        );
         assert!(config.relay("us-east-rack-2-relay").is_none());
         config.generate_racks(3, 5, 20_000);
         let region = config.racks()[0].region.clone();
-        let place = config.host(&format!("{region}-3-h5")).expect("a generated host");
+        let place = config
+            .host(&format!("{region}-3-h5"))
+            .expect("a generated host");
         assert_eq!(place.rack.name, "rack-3");
         assert_eq!(
-            config.relay(&format!("{region}-rack-2-relay")).map(|(r, _)| r.name.as_str()),
+            config
+                .relay(&format!("{region}-rack-2-relay"))
+                .map(|(r, _)| r.name.as_str()),
             Some("rack-2")
         );
         let hosts: usize = config.racks().iter().map(|r| r.hosts.len()).sum();
