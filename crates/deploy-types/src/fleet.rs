@@ -145,6 +145,8 @@ pub struct HostPlace<'a> {
 /// The racks, indexed by host and by relay id: the API's peer checks look a host up on every
 /// call, and a region holds up to 100,000 of them, so a lookup is one hash probe, not a scan.
 /// Built once from the validated racks (ids are unique, so each index entry is the only one).
+/// Bounded by the config: one entry per host and relay it lists, and a config file is at
+/// most `MAX_CONFIG_BYTES`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Fleet {
     racks: Vec<RackConfig>,
