@@ -175,7 +175,7 @@ async fn add_node_grows_a_group_and_remove_node_shrinks_it() -> anyhow::Result<(
     assert_eq!(reply.members.iter().filter(|m| m.voter).count(), 4);
 
     // The new voter has the whole state.
-    let spare = c.node("s1")?.node.group(&GroupName::Global).cloned();
+    let spare = c.node("s1")?.node.global().cloned();
     let spare = spare.ok_or_else(|| anyhow::anyhow!("s1 does not host global"))?;
     let last = reply.log_index;
     spare
@@ -183,7 +183,7 @@ async fn add_node_grows_a_group_and_remove_node_shrinks_it() -> anyhow::Result<(
         .wait(Some(T))
         .applied_index_at_least(Some(last), "s1 applied the membership")
         .await?;
-    assert!(spare.state.read(|d| d.state.get_meta("k4").is_some()));
+    assert!(spare.get_meta("k4").0.is_some());
 
     // Adding it again is refused; removing a voter shrinks the group back to three.
     let again = client.add_node("global", "s1", &s1).await;

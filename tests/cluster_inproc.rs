@@ -227,7 +227,7 @@ async fn write_many(
             if n >= total {
                 return anyhow::Ok(last);
             }
-            let cmd = deploy_state::Command::SetMeta {
+            let cmd = deploy_state::GlobalCommand::SetMeta {
                 key: format!("k{}", n % keys),
                 value: Some(format!("{n:0>pad$}")),
             };

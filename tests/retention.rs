@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deploy_client::Client;
 use deploy_state::retention::Collect;
-use deploy_state::{Command, Response};
+use deploy_state::{GlobalCommand as Command, Response};
 use deploy_types::GroupName;
 use test_harness::{wait_until, GrpcCluster, Spec};
 
@@ -39,7 +39,7 @@ fn where_is(c: &GrpcCluster, node: &str, seq: u64) -> anyhow::Result<(bool, bool
     let h = c
         .node(node)?
         .node
-        .group(&GroupName::Global)
+        .global()
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("{node} hosts no global group"))?;
     let live = h.state.read(|d| d.state.builds.by_seq.contains_key(&seq));
@@ -52,10 +52,12 @@ fn where_is(c: &GrpcCluster, node: &str, seq: u64) -> anyhow::Result<(bool, bool
 const NODES: [&str; 3] = ["g1", "g2", "g3"];
 
 /// The global group's handle on whichever node leads it.
-async fn global_leader(c: &GrpcCluster) -> anyhow::Result<deploy_coordinator::GroupHandle> {
+async fn global_leader(
+    c: &GrpcCluster,
+) -> anyhow::Result<deploy_coordinator::GroupHandle<deploy_raft::GlobalTypes>> {
     wait_until(T, "a global leader", || async {
         NODES.into_iter().find_map(|n| {
-            let h = c.node(n).ok()?.node.group(&GroupName::Global)?.clone();
+            let h = c.node(n).ok()?.node.global()?.clone();
             h.is_leader().then_some(h)
         })
     })
@@ -316,7 +318,7 @@ async fn hosts_that_stop_reporting_leave_the_registry() -> anyhow::Result<()> {
     let h = c
         .node("east-1")?
         .node
-        .group(&GroupName::Region("east".into()))
+        .region(&GroupName::Region("east".into()))
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no east group"))?;
     assert!(h

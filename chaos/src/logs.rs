@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use deploy_raft::store;
+use deploy_raft::{store, GlobalTypes, GroupTypes, RegionTypes};
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 
 /// What one member's log holds.
@@ -21,7 +21,16 @@ pub struct MemberLog {
 /// Reads the log of `group` (`global`, `region/<r>`) from a stopped node's data directory.
 pub async fn read(node: &str, data_dir: &Path, group: &str) -> anyhow::Result<MemberLog> {
     let dir = data_dir.join(group.replace('/', "-"));
-    let (mut log, _sm) = store::open(&dir)
+    if group == "global" {
+        read_as::<GlobalTypes>(node, &dir).await
+    } else {
+        read_as::<RegionTypes>(node, &dir).await
+    }
+}
+
+/// Reads a log whose entries are of group kind `C`.
+async fn read_as<C: GroupTypes>(node: &str, dir: &Path) -> anyhow::Result<MemberLog> {
+    let (mut log, _sm) = store::open::<C>(dir)
         .map_err(|e| anyhow::anyhow!("{node}: cannot open {}: {e}", dir.display()))?;
     let state = log
         .get_log_state()

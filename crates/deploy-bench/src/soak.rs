@@ -367,11 +367,12 @@ async fn watch(cluster: &mut ProcessCluster, any: &Client, load: &Load) -> anyho
             }
         }
         if load.done() {
-            let mut w = load.windows.lock().unwrap_or_else(|p| p.into_inner());
-            for w in w.iter_mut().filter(|w| w.ended.is_none()) {
-                w.ended = Some(now);
+            {
+                let mut w = load.windows.lock().unwrap_or_else(|p| p.into_inner());
+                for w in w.iter_mut().filter(|w| w.ended.is_none()) {
+                    w.ended = Some(now);
+                }
             }
-            drop(w);
             return finish(cluster, load, restart).await;
         }
         // A killed follower may be the node asked: then ask again next time.

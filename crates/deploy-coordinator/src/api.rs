@@ -16,7 +16,7 @@ use deploy_proto::v1::{
     Member, MemberStatus, MembershipReply, RemoveNodeRequest, SetMetaReply, SetMetaRequest,
 };
 use deploy_raft::DeployNode;
-use deploy_state::{Command, Response as SmResponse};
+use deploy_state::Response as SmResponse;
 use deploy_types::{check_addr, GroupName, NodeName};
 use openraft::ChangeMembers;
 use tonic::transport::Channel;
@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use crate::error::ApiError;
-use crate::group::{GroupHandle, LeaderIs};
+use crate::group::{AnyGroup, LeaderIs};
 use crate::node::Node;
 use crate::routing::{forwarded, hops, parse_group, Route, Routing};
 
@@ -120,19 +120,11 @@ impl ClusterApi {
 
     async fn set_meta_local(
         &self,
-        group: &GroupHandle,
+        group: AnyGroup<'_>,
         req: SetMetaRequest,
         hops: u32,
     ) -> Result<SetMetaReply, Status> {
-        let cmd = Command::SetMeta {
-            key: req.key.clone(),
-            value: req.value.clone(),
-        };
-        group
-            .state
-            .read(|d| d.state.check(&cmd))
-            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        match group.write(cmd).await {
+        match group.set_meta(req.key.clone(), req.value.clone()).await {
             Ok((log_index, SmResponse::MetaSet { previous })) => Ok(SetMetaReply {
                 log_index,
                 previous,
@@ -142,7 +134,7 @@ impl ClusterApi {
                 Err(ApiError::Internal(format!("unexpected response {other:?}")).into())
             }
             Err(Ok(LeaderIs::At { addr, .. })) => {
-                self.routing.remote(addr.clone(), hops)?;
+                self.routing.may_forward(hops)?;
                 let r = self
                     .forward_client(&addr)?
                     .set_meta(forwarded(req, hops))
@@ -160,18 +152,17 @@ impl ClusterApi {
     /// Applies a membership change on the leader and reports the result.
     async fn change_membership(
         &self,
-        group: &GroupHandle,
+        group: AnyGroup<'_>,
         change: ChangeMembers<u64, DeployNode>,
     ) -> Result<MembershipReply, ApiError> {
-        let resp = group
-            .raft
-            .change_membership(change, false)
+        let log_index = group
+            .change_membership(change)
             .await
-            .map_err(|e| ApiError::FailedPrecondition(format!("group {}: {e}", group.name)))?;
+            .map_err(|e| ApiError::FailedPrecondition(format!("group {}: {e}", group.name())))?;
         Ok(MembershipReply {
-            group: group.name.to_string(),
+            group: group.name().to_string(),
             members: group.members(),
-            log_index: resp.log_id.index,
+            log_index,
         })
     }
 }
@@ -202,7 +193,7 @@ impl ClusterService for ClusterApi {
             let shown: String = req.addr.chars().take(100).collect();
             ApiError::InvalidArgument(format!("addr {shown:?} {e}"))
         })?;
-        let handle = match self.routing.route(&group, hops).await? {
+        let handle = match self.routing.route_any(&group, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .forward_client(&addr)?
@@ -240,7 +231,7 @@ impl ClusterService for ClusterApi {
             addr: req.addr.clone(),
         };
         info!(%group, node = %node, "adding learner");
-        match tokio::time::timeout(CATCH_UP_TIMEOUT, handle.raft.add_learner(id, node, true)).await {
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, handle.add_learner(id, node)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(ApiError::FailedPrecondition(format!("group {group}: {e}")).into()),
             Err(_) => {
@@ -268,7 +259,7 @@ impl ClusterService for ClusterApi {
         let group = parse_group(&req.group)?;
         let name = NodeName::new(req.node_id.clone())
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let handle = match self.routing.route(&group, hops).await? {
+        let handle = match self.routing.route_any(&group, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .forward_client(&addr)?
@@ -312,7 +303,7 @@ impl ClusterService for ClusterApi {
         let hops = hops(&request);
         let req = request.into_inner();
         let group = parse_group(&req.group)?;
-        match self.routing.route(&group, hops).await? {
+        match self.routing.route_any(&group, hops).await? {
             Route::Local(h) => Ok(Response::new(self.set_meta_local(h, req, hops).await?)),
             Route::Remote(addr) => self
                 .forward_client(&addr)?
@@ -330,17 +321,18 @@ impl ClusterService for ClusterApi {
         let hops = hops(&request);
         let req = request.into_inner();
         let group = parse_group(&req.group)?;
-        let read = |h: &GroupHandle| {
-            h.state.read(|d| GetMetaReply {
-                value: d.state.get_meta(&req.key).map(str::to_string),
-                applied_index: d.last_applied.map(|l| l.index).unwrap_or(0),
-            })
+        let read = |h: AnyGroup<'_>| {
+            let (value, applied_index) = h.get_meta(&req.key);
+            GetMetaReply {
+                value,
+                applied_index,
+            }
         };
         if req.stale {
-            return match self.routing.any_replica(&group)? {
+            return match self.routing.any_replica_any(&group)? {
                 Route::Local(h) => Ok(Response::new(read(h))),
                 Route::Remote(addr) => {
-                    self.routing.remote(addr.clone(), hops)?;
+                    self.routing.may_forward(hops)?;
                     self.forward_client(&addr)?
                         .get_meta(forwarded(req, hops))
                         .await
@@ -348,11 +340,11 @@ impl ClusterService for ClusterApi {
                 }
             };
         }
-        let addr = match self.routing.route(&group, hops).await? {
+        let addr = match self.routing.route_any(&group, hops).await? {
             Route::Local(h) => match h.linearizable().await {
                 Ok(()) => return Ok(Response::new(read(h))),
                 Err(Ok(LeaderIs::At { addr, .. })) => {
-                    self.routing.remote(addr.clone(), hops)?;
+                    self.routing.may_forward(hops)?;
                     addr
                 }
                 Err(Ok(LeaderIs::Here)) => {

@@ -5,6 +5,7 @@ use deploy_artifact::gc::{kept_artifacts, plan, BuildRef};
 use deploy_proto::v1::artifact_service_client::ArtifactServiceClient;
 use deploy_proto::v1::artifact_service_server::ArtifactService;
 use deploy_proto::v1::{CollectGarbageReply, CollectGarbageRequest, StoreGc};
+use deploy_raft::GlobalTypes;
 use deploy_state::builds::BuildState;
 use deploy_types::GroupName;
 use tonic::{Request, Response, Status};
@@ -35,7 +36,11 @@ impl ArtifactService for ArtifactApi {
     ) -> Result<Response<CollectGarbageReply>, Status> {
         let hops = hops(&request);
         let req = request.into_inner();
-        let h = match self.routing.route(&GroupName::Global, hops).await? {
+        let h = match self
+            .routing
+            .route::<GlobalTypes>(&GroupName::Global, hops)
+            .await?
+        {
             Route::Remote(addr) => {
                 let ch = self.routing.channel(&addr)?;
                 return ArtifactServiceClient::new(ch)

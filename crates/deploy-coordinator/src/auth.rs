@@ -144,19 +144,17 @@ fn lookup(node: &Node, hash: &str) -> Option<(String, Role, Vec<String>)> {
     if node.config.security.admin_token_sha256.as_deref() == Some(hash) {
         return Some((BOOTSTRAP_ADMIN.into(), Role::Admin, Vec::new()));
     }
-    for g in node.groups() {
-        let found = g.state.read(|d| {
-            d.state
-                .tokens
-                .by_sha256(hash)
-                .or_else(|| d.state.region.tokens.by_sha256(hash))
-                .map(|t| (t.name.clone(), t.role, t.services.clone()))
-        });
-        if found.is_some() {
-            return found;
-        }
+    let found = |t: &deploy_state::tokens::Token| (t.name.clone(), t.role, t.services.clone());
+    if let Some(hit) = node
+        .global()
+        .and_then(|g| g.state.read(|d| d.state.tokens.by_sha256(hash).map(found)))
+    {
+        return Some(hit);
     }
-    None
+    node.regions().find_map(|g| {
+        g.state
+            .read(|d| d.state.region.tokens.by_sha256(hash).map(found))
+    })
 }
 
 /// Who calls `path` with `headers`, or why they may not.

@@ -1,5 +1,6 @@
 //! The public build API: submit, get, list, cancel, and the build log stream.
 
+use deploy_raft::GlobalTypes;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,7 @@ use deploy_raft::history::HistoryRow;
 use deploy_state::builds::{
     parse_build_id, Build, BuildCommand, BuildError, BuildResponse, BuildState,
 };
-use deploy_state::{Command, Response as SmResponse};
+use deploy_state::{GlobalCommand, Response as SmResponse};
 use deploy_types::GroupName;
 use futures::Stream;
 use tonic::transport::Channel;
@@ -100,8 +101,11 @@ pub fn build_error(e: BuildError) -> ApiError {
 }
 
 /// Proposes a build command on the local leader.
-pub async fn propose(h: &GroupHandle, cmd: BuildCommand) -> Result<BuildResponse, ApiError> {
-    match h.propose(Command::Build(cmd)).await?.1 {
+pub async fn propose(
+    h: &GroupHandle<GlobalTypes>,
+    cmd: BuildCommand,
+) -> Result<BuildResponse, ApiError> {
+    match h.propose(GlobalCommand::Build(cmd)).await?.1 {
         SmResponse::Build(r) => Ok(r),
         SmResponse::BuildRejected(e) => Err(build_error(e)),
         other => Err(ApiError::Internal(format!("unexpected response {other:?}"))),
@@ -150,7 +154,11 @@ pub(crate) fn from_history<T, P>(
 }
 
 /// A build from the state, or from the history once retention collected it.
-fn read_build(h: &GroupHandle, id: &str, regions: &[String]) -> Result<PbBuild, ApiError> {
+fn read_build(
+    h: &GroupHandle<GlobalTypes>,
+    id: &str,
+    regions: &[String],
+) -> Result<PbBuild, ApiError> {
     if let Some(b) = h
         .state
         .read(|d| d.state.builds.get(id).map(|b| to_proto(b, regions)))
@@ -180,8 +188,14 @@ impl BuildApi {
         Ok(BuildServiceClient::new(self.routing.channel(addr)?))
     }
 
-    async fn reader(&self, stale: bool, hops: u32) -> Result<Route<'_>, ApiError> {
-        self.routing.reader(&GLOBAL, stale, hops).await
+    async fn reader(
+        &self,
+        stale: bool,
+        hops: u32,
+    ) -> Result<Route<&GroupHandle<GlobalTypes>>, ApiError> {
+        self.routing
+            .reader::<GlobalTypes>(&GLOBAL, stale, hops)
+            .await
     }
 }
 
@@ -210,7 +224,7 @@ impl BuildService for BuildApi {
             .check(&req.repo)
             .map_err(ApiError::InvalidArgument)?;
         crate::auth::may_touch(&req.service)?;
-        let h = match self.routing.route(&GLOBAL, hops).await? {
+        let h = match self.routing.route::<GlobalTypes>(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .client(&addr)?
@@ -329,7 +343,7 @@ impl BuildService for BuildApi {
         let hops = hops(&request);
         let req = request.into_inner();
         check_id(&req.id)?;
-        let h = match self.routing.route(&GLOBAL, hops).await? {
+        let h = match self.routing.route::<GlobalTypes>(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .client(&addr)?
@@ -406,7 +420,7 @@ impl BuildService for BuildApi {
 /// leaves RUNNING (a new attempt restarts the stream with a marker line).
 async fn stream_logs(
     node: &crate::node::Node,
-    h: &GroupHandle,
+    h: &GroupHandle<GlobalTypes>,
     id: &str,
     follow: bool,
     tx: &tokio::sync::mpsc::Sender<Result<LogChunk, Status>>,

@@ -5,6 +5,7 @@
 //! a new leader picks the work up from the committed state: leases keep their absolute
 //! expiry times, and replication skips chunks the destination already holds.
 
+use deploy_raft::GlobalTypes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +13,7 @@ use std::time::{Duration, Instant};
 use deploy_artifact::copy::copy_artifact;
 use deploy_state::builds::{BuildCommand, BuildState};
 use deploy_state::retention::{collectable, collectable_releases, Collect};
-use deploy_state::{Command, Response};
-use deploy_types::GroupName;
+use deploy_state::{GlobalCommand, Response};
 use tracing::{info, warn};
 
 use crate::build_api::{now_ms, propose};
@@ -27,7 +27,7 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Starts the loops if this node hosts the global group; they end when the node stops.
 pub fn spawn(node: Arc<Node>) {
-    if node.group(&GroupName::Global).is_none() {
+    if node.global().is_none() {
         return;
     }
     tokio::spawn(reaper(node.clone()));
@@ -44,7 +44,7 @@ async fn ticks(node: &Node, every: Duration) -> bool {
 
 async fn reaper(node: Arc<Node>) {
     while ticks(&node, REAP_EVERY).await {
-        let Some(h) = node.group(&GroupName::Global) else {
+        let Some(h) = node.global() else {
             return;
         };
         if !h.is_leader() {
@@ -77,7 +77,7 @@ async fn reaper(node: Arc<Node>) {
 async fn collector(node: Arc<Node>) {
     let every = Duration::from_secs(node.config.retention.collect_every_secs);
     while ticks(&node, every).await {
-        let Some(h) = node.group(&GroupName::Global) else {
+        let Some(h) = node.global() else {
             return;
         };
         if !h.is_leader() {
@@ -97,7 +97,7 @@ async fn collector(node: Arc<Node>) {
         if nothing {
             continue;
         }
-        match h.propose(Command::Collect(c)).await {
+        match h.propose(GlobalCommand::Collect(c)).await {
             Ok((_, Response::Collected(r))) => info!(
                 builds = r.builds.len(),
                 releases = r.releases.len(),
@@ -115,7 +115,7 @@ type Backoff = BTreeMap<(String, String), (Instant, Duration)>;
 async fn replicator(node: Arc<Node>) {
     let mut backoff: Backoff = BTreeMap::new();
     while ticks(&node, REPLICATE_EVERY).await {
-        let Some(h) = node.group(&GroupName::Global) else {
+        let Some(h) = node.global() else {
             return;
         };
         if !h.is_leader() {
@@ -195,7 +195,7 @@ async fn replicator(node: Arc<Node>) {
 
 async fn replicate_one(
     node: &Node,
-    h: &GroupHandle,
+    h: &GroupHandle<GlobalTypes>,
     id: &str,
     digest: &str,
     source: &str,

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use deploy_proto::v1::{Member, NodeStatusReply};
 use deploy_raft::store::StateReader;
-use deploy_raft::{DeployNode, NodeId, Raft};
-use deploy_state::{Command, Response};
+use deploy_raft::{DeployNode, GlobalTypes, GroupTypes, NodeId, Raft, RegionTypes};
+use deploy_state::{Response, StateMachine};
 use deploy_types::{GroupName, NodeName};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
@@ -60,27 +60,41 @@ pub enum LeaderIs {
 /// is (`Err(Ok)`), or why it failed.
 pub type WriteResult = Result<(u64, Response), Result<LeaderIs, ApiError>>;
 
-type PendingWrite = (Command, tokio::sync::oneshot::Sender<WriteResult>);
+type PendingWrite<C> = (Cmd<C>, tokio::sync::oneshot::Sender<WriteResult>);
+
+pub use deploy_raft::types::Cmd;
 
 /// Batches proposed by one group at once, at most: while they commit, more writes queue up
 /// and go together in the next batch.
 const BATCHES_IN_FLIGHT: usize = 4;
 
-/// A group hosted by this process.
-#[derive(Clone)]
-pub struct GroupHandle {
+/// A group hosted by this process, of kind `C` (global or regional): it takes only that
+/// kind's commands.
+pub struct GroupHandle<C: GroupTypes> {
     pub name: GroupName,
     pub me: NodeName,
-    pub raft: Raft,
-    pub state: StateReader,
-    writes: tokio::sync::mpsc::Sender<PendingWrite>,
+    pub raft: Raft<C>,
+    pub state: StateReader<C::State>,
+    writes: tokio::sync::mpsc::Sender<PendingWrite<C>>,
 }
 
-impl GroupHandle {
+impl<C: GroupTypes> Clone for GroupHandle<C> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            me: self.me.clone(),
+            raft: self.raft.clone(),
+            state: self.state.clone(),
+            writes: self.writes.clone(),
+        }
+    }
+}
+
+impl<C: GroupTypes> GroupHandle<C> {
     /// A handle on a started group; spawns its write batcher (it ends with the last handle).
-    pub fn new(name: GroupName, me: NodeName, raft: Raft, state: StateReader) -> Self {
+    pub fn new(name: GroupName, me: NodeName, raft: Raft<C>, state: StateReader<C::State>) -> Self {
         let (writes, rx) = tokio::sync::mpsc::channel(4 * deploy_state::MAX_BATCH);
-        tokio::spawn(batch_writes(raft.clone(), name.clone(), rx));
+        tokio::spawn(batch_writes::<C>(raft.clone(), name.clone(), rx));
         Self {
             name,
             me,
@@ -179,7 +193,7 @@ impl GroupHandle {
     ///
     /// Writes proposed at the same time share one log entry (see [`batch_writes`]); each
     /// still gets its own response.
-    pub async fn write(&self, cmd: Command) -> WriteResult {
+    pub async fn write(&self, cmd: Cmd<C>) -> WriteResult {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let gone = || {
             Err(Err(ApiError::Unavailable(format!(
@@ -210,7 +224,7 @@ impl GroupHandle {
 
     /// Proposes a command on this replica, which must lead the group. A leadership change in
     /// between is `Unavailable`: the command was not appended, and a retry finds the new leader.
-    pub async fn propose(&self, cmd: Command) -> Result<(u64, Response), ApiError> {
+    pub async fn propose(&self, cmd: Cmd<C>) -> Result<(u64, Response), ApiError> {
         match self.write(cmd).await {
             Ok(r) => Ok(r),
             Err(Ok(LeaderIs::At { name, .. })) => Err(ApiError::Unavailable(format!(
@@ -248,6 +262,25 @@ impl GroupHandle {
         }
     }
 
+    /// Sets or deletes a metadata key, checked against the state before it is proposed.
+    pub async fn set_meta(&self, key: String, value: Option<String>) -> WriteResult {
+        let cmd = C::State::set_meta(key, value);
+        self.state
+            .read(|d| d.state.check(&cmd))
+            .map_err(|e| Err(ApiError::InvalidArgument(e.to_string())))?;
+        self.write(cmd).await
+    }
+
+    /// A metadata key's value and the index it was read at.
+    pub fn get_meta(&self, key: &str) -> (Option<String>, u64) {
+        self.state.read(|d| {
+            (
+                d.state.get_meta(key).map(str::to_string),
+                d.last_applied.map(|l| l.index).unwrap_or(0),
+            )
+        })
+    }
+
     /// Voters and learners by id, for membership changes.
     pub fn membership_nodes(&self) -> BTreeMap<NodeId, DeployNode> {
         let m = self.metrics();
@@ -262,7 +295,7 @@ impl GroupHandle {
 }
 
 /// Proposes one command, as openraft answers it.
-async fn write_one(raft: &Raft, group: &GroupName, cmd: Command) -> WriteResult {
+async fn write_one<C: GroupTypes>(raft: &Raft<C>, group: &GroupName, cmd: Cmd<C>) -> WriteResult {
     match raft.client_write(cmd).await {
         Ok(resp) => Ok((resp.log_id.index, resp.data)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
@@ -279,13 +312,13 @@ async fn write_one(raft: &Raft, group: &GroupName, cmd: Command) -> WriteResult 
 }
 
 /// Group commit above Raft: takes the writes waiting, proposes them as one
-/// [`Command::Batch`] entry (a lone write goes as itself), and hands each its own response.
+/// batch entry ([`StateMachine::batch`]) (a lone write goes as itself), and hands each its own response.
 /// At most [`BATCHES_IN_FLIGHT`] batches commit at once; under load the queue grows while
 /// they do, so each disk sync on each member commits many client writes instead of one.
-async fn batch_writes(
-    raft: Raft,
+async fn batch_writes<C: GroupTypes>(
+    raft: Raft<C>,
     group: GroupName,
-    mut rx: tokio::sync::mpsc::Receiver<PendingWrite>,
+    mut rx: tokio::sync::mpsc::Receiver<PendingWrite<C>>,
 ) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
@@ -310,9 +343,9 @@ async fn batch_writes(
                 let _ = tx.send(write_one(&raft, &group, cmd).await);
                 return;
             }
-            let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let (cmds, waiters): (Vec<Cmd<C>>, Vec<_>) = batch.into_iter().unzip();
             let n = cmds.len();
-            match write_one(&raft, &group, Command::Batch(cmds)).await {
+            match write_one(&raft, &group, C::State::batch(cmds)).await {
                 Ok((index, Response::Batch(responses))) if responses.len() == n => {
                     for (tx, r) in waiters.into_iter().zip(responses) {
                         let _ = tx.send(Ok((index, r)));
@@ -333,5 +366,113 @@ async fn batch_writes(
                 }
             }
         });
+    }
+}
+
+/// A hosted group of either kind, for what every group answers alike: status, membership,
+/// metadata and the Raft RPCs. What only one kind does goes through its typed handle.
+#[derive(Clone, Copy)]
+pub enum AnyGroup<'a> {
+    Global(&'a GroupHandle<GlobalTypes>),
+    Region(&'a GroupHandle<RegionTypes>),
+}
+
+/// `$e` with `$h` bound to the typed handle of `$g` (an [`AnyGroup`]), for either kind.
+macro_rules! each {
+    ($g:expr, $h:ident => $e:expr) => {
+        match $g {
+            $crate::group::AnyGroup::Global($h) => $e,
+            $crate::group::AnyGroup::Region($h) => $e,
+        }
+    };
+}
+pub(crate) use each;
+
+impl<'a> From<&'a GroupHandle<GlobalTypes>> for AnyGroup<'a> {
+    fn from(h: &'a GroupHandle<GlobalTypes>) -> Self {
+        AnyGroup::Global(h)
+    }
+}
+
+impl<'a> From<&'a GroupHandle<RegionTypes>> for AnyGroup<'a> {
+    fn from(h: &'a GroupHandle<RegionTypes>) -> Self {
+        AnyGroup::Region(h)
+    }
+}
+
+impl<'a> AnyGroup<'a> {
+    pub fn name(&self) -> &'a GroupName {
+        each!(*self, h => &h.name)
+    }
+
+    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, DeployNode> {
+        each!(self, h => h.metrics())
+    }
+
+    /// The group's metrics as they change.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, DeployNode>> {
+        each!(self, h => h.raft.metrics())
+    }
+
+    pub fn members(&self) -> Vec<Member> {
+        each!(self, h => h.members())
+    }
+
+    /// What the group's store measures about itself.
+    pub fn stats(&self) -> &'a deploy_raft::stats::StoreStats {
+        each!(*self, h => h.state.stats())
+    }
+
+    pub fn status(&self) -> NodeStatusReply {
+        each!(self, h => h.status())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        each!(self, h => h.is_leader())
+    }
+
+    pub fn membership_nodes(&self) -> BTreeMap<NodeId, DeployNode> {
+        each!(self, h => h.membership_nodes())
+    }
+
+    pub async fn leader(&self, patience: Duration) -> Result<LeaderIs, ApiError> {
+        each!(self, h => h.leader(patience).await)
+    }
+
+    pub async fn linearizable(&self) -> Result<(), Result<LeaderIs, ApiError>> {
+        each!(self, h => h.linearizable().await)
+    }
+
+    /// Adds `node` as a learner and waits until it has caught up.
+    pub async fn add_learner(&self, id: NodeId, node: DeployNode) -> Result<(), String> {
+        each!(self, h => h.raft.add_learner(id, node, true).await.map(|_| ()).map_err(|e| e.to_string()))
+    }
+
+    /// Changes the membership and answers the log index of the change.
+    pub async fn change_membership(
+        &self,
+        change: openraft::ChangeMembers<NodeId, DeployNode>,
+    ) -> Result<u64, String> {
+        each!(self, h => h
+            .raft
+            .change_membership(change, false)
+            .await
+            .map(|r| r.log_id.index)
+            .map_err(|e| e.to_string()))
+    }
+
+    /// Sets or deletes a metadata key, checked against the state before it is proposed.
+    pub async fn set_meta(&self, key: String, value: Option<String>) -> WriteResult {
+        each!(self, h => h.set_meta(key, value).await)
+    }
+
+    /// A metadata key's value and the index it was read at.
+    pub fn get_meta(&self, key: &str) -> (Option<String>, u64) {
+        each!(self, h => h.get_meta(key))
+    }
+
+    /// Stops the group's `Raft`.
+    pub async fn shutdown(&self) -> Result<(), String> {
+        each!(self, h => h.raft.shutdown().await.map_err(|e| e.to_string()))
     }
 }

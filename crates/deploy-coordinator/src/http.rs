@@ -41,7 +41,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     let waiting: Vec<String> = node
         .groups()
         .filter(|g| g.metrics().current_leader.is_none())
-        .map(|g| g.name.to_string())
+        .map(|g| g.name().to_string())
         .collect();
     if waiting.is_empty() {
         return text(StatusCode::OK, "ready");
@@ -76,7 +76,7 @@ fn refusal(status: StatusCode, msg: impl Into<String>) -> Refusal {
 
 /// The store this node serves: that of the (first) region whose group it hosts.
 fn serving_store(node: &Node) -> Result<&Store, Refusal> {
-    node.groups()
+    node.regions()
         .find_map(|g| match &g.name {
             GroupName::Region(r) => node.store(r),
             GroupName::Global => None,

@@ -64,9 +64,9 @@ impl Default for NodeMetrics {
 /// Counts every change of each hosted group's leader.
 pub fn spawn_leader_watch(node: Arc<Node>) {
     for g in node.groups() {
-        let mut rx = g.raft.metrics();
+        let mut rx = g.watch();
         let label = GroupLabel {
-            group: g.name.to_string(),
+            group: g.name().to_string(),
         };
         let node = node.clone();
         tokio::spawn(async move {
@@ -190,7 +190,7 @@ pub fn render(node: &Node) -> String {
             None => m.last_applied.map(|x| x.index).unwrap_or(0),
         };
         let l = GroupLabel {
-            group: g.name.to_string(),
+            group: g.name().to_string(),
         };
         term.get_or_create(&l).set(m.current_term as i64);
         last_log
@@ -201,7 +201,7 @@ pub fn render(node: &Node) -> String {
             .set(m.last_applied.map(|x| x.index).unwrap_or(0) as i64);
         leader.get_or_create(&l).set(i64::from(g.is_leader()));
         committed.get_or_create(&l).set(commit as i64);
-        let stats = g.state.stats();
+        let stats = g.stats();
         snapshot_bytes
             .get_or_create(&l)
             .set(stats.snapshot_bytes() as i64);
@@ -255,7 +255,7 @@ pub fn render(node: &Node) -> String {
         "Leader changes seen by this node, per group",
         node.metrics.leader_changes.clone(),
     );
-    if let Some(h) = node.group(&GroupName::Global) {
+    if let Some(h) = node.global() {
         let (queued, by_state) = h.state.read(|d| {
             let b = &d.state.builds;
             let mut by: std::collections::BTreeMap<&'static str, i64> = Default::default();
@@ -278,7 +278,7 @@ pub fn render(node: &Node) -> String {
     }
     let hosts: Family<RegionStateLabel, Gauge> = Family::default();
     let registered: Family<GroupLabel, Gauge> = Family::default();
-    for g in node.groups() {
+    for g in node.regions() {
         let GroupName::Region(region) = &g.name else {
             continue;
         };

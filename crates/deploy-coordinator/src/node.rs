@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use deploy_raft::network::ChannelPool;
-use deploy_raft::{raft_config, store, DeployNode, NodeId, Raft, TypeConfig};
+use deploy_raft::{
+    raft_config, store, DeployNode, GlobalTypes, GroupTypes, NodeId, Raft, RegionTypes,
+};
 use deploy_types::{ClusterConfig, GroupName, NodeName};
 use openraft::error::{InitializeError, RaftError};
 use openraft::RaftNetworkFactory;
@@ -13,7 +15,7 @@ use tracing::{info, instrument, warn};
 
 use deploy_artifact::{Store, TrustedKeys};
 
-use crate::group::GroupHandle;
+use crate::group::{AnyGroup, GroupHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -63,7 +65,10 @@ pub struct NodeOptions {
 pub struct Node {
     pub me: NodeName,
     pub config: Arc<ClusterConfig>,
-    groups: BTreeMap<GroupName, GroupHandle>,
+    /// The global group, when this node is one of its members.
+    global: Option<GroupHandle<GlobalTypes>>,
+    /// The regional groups this node is a member of.
+    regions: BTreeMap<GroupName, GroupHandle<RegionTypes>>,
     /// Channels to other nodes, for forwarding requests and asking their status.
     pub pool: ChannelPool,
     /// Every region's artifact store, by region name.
@@ -99,7 +104,7 @@ impl Node {
         network: impl Fn(&GroupName) -> N,
     ) -> Result<Arc<Node>, NodeError>
     where
-        N: RaftNetworkFactory<TypeConfig>,
+        N: RaftNetworkFactory<GlobalTypes> + RaftNetworkFactory<RegionTypes>,
     {
         if config.node(&me).is_none() {
             return Err(NodeError::UnknownNode(me.to_string()));
@@ -121,16 +126,21 @@ impl Node {
         if options.seams.any() {
             tracing::warn!(node = %me, seams = ?options.seams, "this node runs with injected faults: a test binary, never for real use");
         }
-        let mut groups = BTreeMap::new();
+        let (mut global, mut regions) = (None, BTreeMap::new());
         for group in hosted {
-            let handle =
-                start_group(&config, &me, &options.data_dir, &group, network(&group)).await?;
-            groups.insert(group, handle);
+            let (dir, net) = (&options.data_dir, network(&group));
+            if group == GroupName::Global {
+                global = Some(start_group(&config, &me, dir, &group, net).await?);
+            } else {
+                let handle = start_group(&config, &me, dir, &group, net).await?;
+                regions.insert(group, handle);
+            }
         }
         Ok(Arc::new(Node {
             me,
             config,
-            groups,
+            global,
+            regions,
             pool,
             stores,
             trusted,
@@ -145,12 +155,33 @@ impl Node {
         }))
     }
 
-    pub fn group(&self, name: &GroupName) -> Option<&GroupHandle> {
-        self.groups.get(name)
+    /// A hosted group of either kind, by name.
+    pub fn group(&self, name: &GroupName) -> Option<AnyGroup<'_>> {
+        match name {
+            GroupName::Global => self.global.as_ref().map(AnyGroup::Global),
+            GroupName::Region(_) => self.regions.get(name).map(AnyGroup::Region),
+        }
     }
 
-    pub fn groups(&self) -> impl Iterator<Item = &GroupHandle> {
-        self.groups.values()
+    /// Every hosted group, the global one first.
+    pub fn groups(&self) -> impl Iterator<Item = AnyGroup<'_>> {
+        let global = self.global.iter().map(AnyGroup::Global);
+        global.chain(self.regions.values().map(AnyGroup::Region))
+    }
+
+    /// The global group, when this node hosts it.
+    pub fn global(&self) -> Option<&GroupHandle<GlobalTypes>> {
+        self.global.as_ref()
+    }
+
+    /// A hosted regional group, by its group name.
+    pub fn region(&self, name: &GroupName) -> Option<&GroupHandle<RegionTypes>> {
+        self.regions.get(name)
+    }
+
+    /// Every hosted regional group.
+    pub fn regions(&self) -> impl Iterator<Item = &GroupHandle<RegionTypes>> {
+        self.regions.values()
     }
 
     /// Resolves once [`Node::shutdown`] has begun; background loops select on it.
@@ -168,9 +199,9 @@ impl Node {
     /// process restarts and reopens its store, so `deployd node` exits on it and lets its
     /// supervisor restart it: crash-only, recovering from what is on disk.
     pub async fn failed(&self) -> (GroupName, String) {
-        let waits = self.groups.values().map(|g| {
-            let mut rx = g.raft.metrics();
-            let name = g.name.clone();
+        let waits = self.groups().map(|g| {
+            let mut rx = g.watch();
+            let name = g.name().clone();
             Box::pin(async move {
                 loop {
                     if let Err(fatal) = &rx.borrow_and_update().running_state {
@@ -189,7 +220,7 @@ impl Node {
                 }
             })
         });
-        if self.groups.is_empty() {
+        if self.groups().next().is_none() {
             return std::future::pending().await;
         }
         let stopping = self.stopped();
@@ -202,30 +233,30 @@ impl Node {
     /// Stops every group's `Raft`. Data is already durable; this only ends the tasks.
     pub async fn shutdown(&self) {
         self.stopping.send_replace(true);
-        for g in self.groups.values() {
-            if let Err(e) = g.raft.shutdown().await {
-                warn!(group = %g.name, error = %e, "raft shutdown failed");
+        for g in self.groups() {
+            if let Err(e) = g.shutdown().await {
+                warn!(group = %g.name(), error = %e, "raft shutdown failed");
             }
         }
     }
 }
 
-async fn start_group<N>(
+async fn start_group<C: GroupTypes, N>(
     config: &ClusterConfig,
     me: &NodeName,
     data_dir: &Path,
     group: &GroupName,
     network: N,
-) -> Result<GroupHandle, NodeError>
+) -> Result<GroupHandle<C>, NodeError>
 where
-    N: RaftNetworkFactory<TypeConfig>,
+    N: RaftNetworkFactory<C>,
 {
     let dir = data_dir.join(group.dir_name());
     std::fs::create_dir_all(&dir).map_err(|source| NodeError::DataDir {
         path: dir.display().to_string(),
         source,
     })?;
-    let (log, sm) = store::open(&dir).map_err(|source| NodeError::Store {
+    let (log, sm) = store::open::<C>(&dir).map_err(|source| NodeError::Store {
         group: group.clone(),
         path: dir.display().to_string(),
         source: Box::new(source),
@@ -249,11 +280,11 @@ where
 /// Initializes a group on its very first start. Only the group's designated bootstrapper (its
 /// first configured voter) does it, and only while its own store is empty: nodes that start
 /// all at once cannot form two clusters, and a restart never re-initializes.
-async fn bootstrap(
+async fn bootstrap<C: GroupTypes>(
     config: &ClusterConfig,
     me: &NodeName,
     group: &GroupName,
-    raft: &Raft,
+    raft: &Raft<C>,
 ) -> Result<(), NodeError> {
     if config.bootstrapper(group) != Some(me) {
         return Ok(());
@@ -291,5 +322,38 @@ async fn bootstrap(
             group: group.clone(),
             message: e.to_string(),
         }),
+    }
+}
+
+/// A kind of group as this node hosts it: how to find a hosted group of the kind by name.
+/// Routing is generic over it, so a handler asking for the global group gets a handle that
+/// takes only global commands.
+pub trait Hosted: GroupTypes {
+    fn hosted<'a>(node: &'a Node, group: &GroupName) -> Option<&'a GroupHandle<Self>>;
+
+    /// The handle as a group of either kind.
+    fn any(h: &GroupHandle<Self>) -> AnyGroup<'_>;
+}
+
+impl Hosted for GlobalTypes {
+    fn hosted<'a>(node: &'a Node, group: &GroupName) -> Option<&'a GroupHandle<Self>> {
+        match group {
+            GroupName::Global => node.global(),
+            GroupName::Region(_) => None,
+        }
+    }
+
+    fn any(h: &GroupHandle<Self>) -> AnyGroup<'_> {
+        AnyGroup::Global(h)
+    }
+}
+
+impl Hosted for RegionTypes {
+    fn hosted<'a>(node: &'a Node, group: &GroupName) -> Option<&'a GroupHandle<Self>> {
+        node.region(group)
+    }
+
+    fn any(h: &GroupHandle<Self>) -> AnyGroup<'_> {
+        AnyGroup::Region(h)
     }
 }

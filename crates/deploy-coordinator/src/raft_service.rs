@@ -9,7 +9,7 @@ use deploy_types::GroupName;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::group::GroupHandle;
+use crate::group::{each, AnyGroup};
 use crate::node::Node;
 
 pub struct RaftServer {
@@ -21,7 +21,7 @@ impl RaftServer {
         Self { node }
     }
 
-    fn group(&self, name: &str) -> Result<&GroupHandle, Status> {
+    fn group(&self, name: &str) -> Result<AnyGroup<'_>, Status> {
         let group: GroupName = name
             .parse()
             .map_err(|e: deploy_types::IdError| Status::invalid_argument(e.to_string()))?;
@@ -50,16 +50,20 @@ impl RaftService for RaftServer {
         crate::peers::require(&self.node, &request, &[crate::peers::PeerKind::Node])?;
         let req = request.into_inner();
         let group = self.group(&req.group)?;
-        let rpc = decode("append entries request", &req.payload)?;
-        reply(&group.raft.append_entries(rpc).await)
+        each!(group, h => {
+            let rpc = decode("append entries request", &req.payload)?;
+            reply(&h.raft.append_entries(rpc).await)
+        })
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         crate::peers::require(&self.node, &request, &[crate::peers::PeerKind::Node])?;
         let req = request.into_inner();
         let group = self.group(&req.group)?;
-        let rpc = decode("vote request", &req.payload)?;
-        reply(&group.raft.vote(rpc).await)
+        each!(group, h => {
+            let rpc = decode("vote request", &req.payload)?;
+            reply(&h.raft.vote(rpc).await)
+        })
     }
 
     async fn install_snapshot(
@@ -69,8 +73,10 @@ impl RaftService for RaftServer {
         crate::peers::require(&self.node, &request, &[crate::peers::PeerKind::Node])?;
         let req = request.into_inner();
         let group = self.group(&req.group)?;
-        let rpc = decode("install snapshot request", &req.payload)?;
-        reply(&group.raft.install_snapshot(rpc).await)
+        each!(group, h => {
+            let rpc = decode("install snapshot request", &req.payload)?;
+            reply(&h.raft.install_snapshot(rpc).await)
+        })
     }
 
     async fn node_status(

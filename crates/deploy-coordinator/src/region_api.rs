@@ -2,6 +2,7 @@
 //! works while the global group is down), and the two internal calls between a regional
 //! leader and the global group.
 
+use deploy_raft::{GlobalTypes, RegionTypes};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use deploy_state::region::{Region, RegionCommand, RegionRelease};
 use deploy_state::releases::{
     Counts, RegionProgress, ReleaseCommand, ReleaseResponse, ReleaseState,
 };
-use deploy_state::{Command, Response as SmResponse};
+use deploy_state::{GlobalCommand, RegionalCommand, Response as SmResponse};
 use deploy_types::GroupName;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -183,7 +184,11 @@ impl RegionApi {
     }
 
     /// The host reports this replica holds: only a leader has them.
-    fn reports(&self, h: &GroupHandle, region: &str) -> Option<HashMap<String, HostSeen>> {
+    fn reports(
+        &self,
+        h: &GroupHandle<RegionTypes>,
+        region: &str,
+    ) -> Option<HashMap<String, HostSeen>> {
         if !h.is_leader() {
             return None;
         }
@@ -201,7 +206,11 @@ impl RegionService for RegionApi {
         let hops = hops(&request);
         let req = request.into_inner();
         let group = region_group(&self.routing, &req.region)?;
-        let h = match self.routing.reader(&group, req.stale, hops).await? {
+        let h = match self
+            .routing
+            .reader::<RegionTypes>(&group, req.stale, hops)
+            .await?
+        {
             Route::Local(h) => h,
             Route::Remote(addr) => {
                 return self
@@ -297,7 +306,11 @@ impl RegionService for RegionApi {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         } as usize;
-        let h = match self.routing.reader(&group, req.stale, hops).await? {
+        let h = match self
+            .routing
+            .reader::<RegionTypes>(&group, req.stale, hops)
+            .await?
+        {
             Route::Local(h) => h,
             Route::Remote(addr) => {
                 return self
@@ -344,7 +357,11 @@ impl RegionService for RegionApi {
         let req = request.into_inner();
         let group = region_group(&self.routing, &req.region)?;
         deploy_types::check_name("host", &req.host).map_err(invalid)?;
-        let h = match self.routing.reader(&group, req.stale, hops).await? {
+        let h = match self
+            .routing
+            .reader::<RegionTypes>(&group, req.stale, hops)
+            .await?
+        {
             Route::Local(h) => h,
             Route::Remote(addr) => {
                 return self
@@ -416,7 +433,7 @@ impl RegionService for RegionApi {
             }
         }
         fleet_allows(&self.routing.node.config, &req).map_err(ApiError::FailedPrecondition)?;
-        let h = match self.routing.route(&group, hops).await? {
+        let h = match self.routing.route::<RegionTypes>(&group, hops).await? {
             Route::Local(h) => h,
             Route::Remote(addr) => {
                 return self
@@ -437,7 +454,7 @@ impl RegionService for RegionApi {
         if !new.is_empty() {
             propose_release(
                 h,
-                Command::Region(RegionCommand::RegisterHosts { hosts: new }),
+                RegionalCommand::Region(RegionCommand::RegisterHosts { hosts: new }),
             )
             .await?;
         }
@@ -451,7 +468,7 @@ impl RegionService for RegionApi {
                     relay: req.relay.clone(),
                     rack: req.rack.clone(),
                 };
-                propose_release(h, Command::Region(cmd)).await?;
+                propose_release(h, RegionalCommand::Region(cmd)).await?;
             }
         }
         let term = h.metrics().current_term;
@@ -490,7 +507,7 @@ impl RegionService for RegionApi {
         for host in &req.hosts {
             deploy_types::check_name("host", host).map_err(invalid)?;
         }
-        let h = match self.routing.route(&group, hops).await? {
+        let h = match self.routing.route::<RegionTypes>(&group, hops).await? {
             Route::Local(h) => h.clone(),
             Route::Remote(addr) => {
                 let remote = self
@@ -549,7 +566,11 @@ impl RegionService for RegionApi {
         )?;
         let req = request.into_inner();
         region_group(&self.routing, &req.region)?;
-        let h = match self.routing.route(&GroupName::Global, hops).await? {
+        let h = match self
+            .routing
+            .route::<GlobalTypes>(&GroupName::Global, hops)
+            .await?
+        {
             Route::Local(h) => h,
             Route::Remote(addr) => {
                 return self
@@ -595,7 +616,11 @@ impl RegionService for RegionApi {
         if req.reason.len() > 4096 {
             return Err(invalid("reason: at most 4096 bytes").into());
         }
-        let h = match self.routing.route(&GroupName::Global, hops).await? {
+        let h = match self
+            .routing
+            .route::<GlobalTypes>(&GroupName::Global, hops)
+            .await?
+        {
             Route::Local(h) => h,
             Route::Remote(addr) => {
                 return self
@@ -605,7 +630,7 @@ impl RegionService for RegionApi {
                     .map_err(|s| crate::routing::relay_error(&addr, s))
             }
         };
-        let cmd = Command::Release(ReleaseCommand::Report {
+        let cmd = GlobalCommand::Release(ReleaseCommand::Report {
             id: req.release_id.clone(),
             region: req.region.clone(),
             progress: RegionProgress {

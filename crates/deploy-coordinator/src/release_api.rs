@@ -4,13 +4,14 @@
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::release_service_client::ReleaseServiceClient;
 use deploy_proto::v1::release_service_server::ReleaseService;
+use deploy_raft::{GlobalTypes, GroupTypes};
 use deploy_state::releases::MAX_RELEASE_REGIONS;
 use deploy_state::releases::{
     parse_release_id, Action, Release, ReleaseCommand, ReleaseError, ReleaseResponse, ReleaseState,
     Strategy,
 };
 use deploy_state::rollout::Canary;
-use deploy_state::{Command, Response as SmResponse};
+use deploy_state::{GlobalCommand, Response as SmResponse};
 use deploy_types::GroupName;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -18,7 +19,7 @@ use tracing::{info, instrument};
 
 use crate::build_api::now_ms;
 use crate::error::ApiError;
-use crate::group::GroupHandle;
+use crate::group::{Cmd, GroupHandle};
 use crate::paging::{list_args, merged_page, MAX_HISTORY_SCAN};
 use crate::routing::{forwarded, hops, Route, Routing};
 
@@ -37,7 +38,10 @@ pub fn release_error(e: ReleaseError) -> ApiError {
 }
 
 /// Proposes a release or region command on the local leader.
-pub async fn propose_release(h: &GroupHandle, cmd: Command) -> Result<SmResponse, ApiError> {
+pub async fn propose_release<C: GroupTypes>(
+    h: &GroupHandle<C>,
+    cmd: Cmd<C>,
+) -> Result<SmResponse, ApiError> {
     match h.propose(cmd).await?.1 {
         SmResponse::ReleaseRejected(e) => Err(release_error(e)),
         SmResponse::Rejected(e) => Err(ApiError::InvalidArgument(e)),
@@ -202,7 +206,7 @@ fn request_id(r: &str) -> Result<Option<String>, ApiError> {
 }
 
 /// A release from the state, or from the history once retention collected it.
-fn read_release(h: &GroupHandle, id: &str) -> Result<pb::Release, ApiError> {
+fn read_release(h: &GroupHandle<GlobalTypes>, id: &str) -> Result<pb::Release, ApiError> {
     if let Some(r) = h
         .state
         .read(|d| d.state.releases.get(id).map(release_to_proto))
@@ -230,12 +234,18 @@ impl ReleaseApi {
         Ok(ReleaseServiceClient::new(self.routing.channel(addr)?))
     }
 
-    async fn leader(&self, hops: u32) -> Result<Route<'_>, ApiError> {
-        self.routing.route(&GLOBAL, hops).await
+    async fn leader(&self, hops: u32) -> Result<Route<&GroupHandle<GlobalTypes>>, ApiError> {
+        self.routing.route::<GlobalTypes>(&GLOBAL, hops).await
     }
 
-    async fn reader(&self, stale: bool, hops: u32) -> Result<Route<'_>, ApiError> {
-        self.routing.reader(&GLOBAL, stale, hops).await
+    async fn reader(
+        &self,
+        stale: bool,
+        hops: u32,
+    ) -> Result<Route<&GroupHandle<GlobalTypes>>, ApiError> {
+        self.routing
+            .reader::<GlobalTypes>(&GLOBAL, stale, hops)
+            .await
     }
 }
 
@@ -288,7 +298,7 @@ impl ReleaseService for ReleaseApi {
         } else {
             req.regions.clone()
         };
-        let cmd = Command::Release(ReleaseCommand::Create {
+        let cmd = GlobalCommand::Release(ReleaseCommand::Create {
             service: req.service,
             build_id: req.build_id,
             regions,
@@ -415,7 +425,7 @@ impl ReleaseService for ReleaseApi {
         {
             crate::auth::may_touch(&service)?;
         }
-        let cmd = Command::Release(ReleaseCommand::Act {
+        let cmd = GlobalCommand::Release(ReleaseCommand::Act {
             id: req.id.clone(),
             action,
             by: by.clone(),

@@ -15,7 +15,7 @@ use deploy_proto::v1 as pb;
 use deploy_proto::v1::region_service_client::RegionServiceClient;
 use deploy_state::region::RegionCommand;
 use deploy_state::releases::{Counts, Decision, ReleaseState};
-use deploy_state::Command;
+use deploy_state::RegionalCommand;
 use deploy_types::GroupName;
 use tracing::{debug, info, warn};
 
@@ -25,6 +25,7 @@ use crate::node::Node;
 use crate::region_api::MAX_PULL;
 use crate::release_api::propose_release;
 use crate::reports::{Verdict, REPORT_TTL};
+use deploy_raft::RegionTypes;
 
 const TICK: Duration = Duration::from_millis(250);
 /// How often unchanged-but-moving counts are committed as a summary.
@@ -36,7 +37,7 @@ const MAX_PULL_BYTES: usize = 16 * 1024 * 1024;
 /// Starts a driver for every regional group this node hosts.
 pub fn spawn(node: Arc<Node>) {
     let regions: Vec<String> = node
-        .groups()
+        .regions()
         .filter_map(|g| match &g.name {
             GroupName::Region(r) => Some(r.clone()),
             GroupName::Global => None,
@@ -86,7 +87,7 @@ async fn drive(node: Arc<Node>, region: String) {
             _ = d.node.stopped() => return,
             _ = tokio::time::sleep(TICK) => {}
         }
-        let Some(h) = d.node.group(&d.group).cloned() else {
+        let Some(h) = d.node.region(&d.group).cloned() else {
             return;
         };
         if !h.is_leader() {
@@ -111,7 +112,7 @@ async fn drive(node: Arc<Node>, region: String) {
 impl Driver {
     /// Every `collect_every_secs`: hosts and relays of the registry this leader has heard
     /// nothing from for the policy's timeout leave it, in bounded batches.
-    async fn forget_quiet(&mut self, h: &GroupHandle, term: u64) {
+    async fn forget_quiet(&mut self, h: &GroupHandle<RegionTypes>, term: u64) {
         let policy = &self.node.config.retention;
         if self.swept.elapsed() < Duration::from_secs(policy.collect_every_secs) {
             return;
@@ -136,7 +137,7 @@ impl Driver {
             return;
         }
         let (n_hosts, n_relays) = (hosts.len(), relays.len());
-        let cmd = Command::Region(RegionCommand::Forget { hosts, relays });
+        let cmd = RegionalCommand::Region(RegionCommand::Forget { hosts, relays });
         match propose_release(h, cmd).await {
             Ok(_) => {
                 info!(region = %self.region, hosts = n_hosts, relays = n_relays, after_secs = after.as_secs(), "forgot hosts and relays that stopped reporting")
@@ -174,7 +175,7 @@ impl Driver {
     }
 
     /// Pulls decisions after the last applied and proposes them, until caught up.
-    async fn pull(&mut self, h: &GroupHandle) {
+    async fn pull(&mut self, h: &GroupHandle<RegionTypes>) {
         for _ in 0..16 {
             let after = h.state.read(|s| s.state.region.applied);
             let Some(mut client) = self.global_client() else {
@@ -213,7 +214,7 @@ impl Driver {
             }
             let full = decisions.len() >= MAX_PULL as usize;
             let n = decisions.len();
-            let cmd = Command::Region(RegionCommand::Apply {
+            let cmd = RegionalCommand::Region(RegionCommand::Apply {
                 decisions,
                 upto: reply.upto,
                 now_ms: now_ms(),
@@ -235,7 +236,7 @@ impl Driver {
     }
 
     /// Judges every rolling release's current wave and commits what follows.
-    async fn judge(&mut self, h: &GroupHandle, term: u64) {
+    async fn judge(&mut self, h: &GroupHandle<RegionTypes>, term: u64) {
         let now = Instant::now();
         let now_ms = now_ms();
         let releases = h
@@ -283,7 +284,7 @@ impl Driver {
             let Some(cmd) = cmd else {
                 continue;
             };
-            match propose_release(h, Command::Region(cmd)).await {
+            match propose_release(h, RegionalCommand::Region(cmd)).await {
                 Ok(deploy_state::Response::Region(deploy_state::RegionResponse::State {
                     state,
                     wave,
@@ -306,7 +307,7 @@ impl Driver {
     /// such host has a fresh report, or until reports had [`REPORT_TTL`] to arrive under this
     /// leader and since the release ended, so a new leader's empty book reverts no host that
     /// did move.
-    async fn settle(&mut self, h: &GroupHandle, term: u64) {
+    async fn settle(&mut self, h: &GroupHandle<RegionTypes>, term: u64) {
         let unsettled: Vec<(String, String, String, Vec<String>, u64)> = h.state.read(|s| {
             s.state
                 .region
@@ -333,7 +334,7 @@ impl Driver {
             if fresh < hosts.len() && !waited {
                 continue;
             }
-            let cmd = Command::Region(RegionCommand::Settle {
+            let cmd = RegionalCommand::Region(RegionCommand::Settle {
                 id: id.clone(),
                 keep: keep.clone(),
                 now_ms: now_ms(),
@@ -350,7 +351,7 @@ impl Driver {
     }
 
     /// Reports each release whose progress changed since the global group last acknowledged.
-    async fn report(&mut self, h: &GroupHandle) {
+    async fn report(&mut self, h: &GroupHandle<RegionTypes>) {
         // Only the progress of releases not yet acknowledged as they are now: no plans are
         // copied out of the state on this 250 ms path.
         let pending: Vec<(u64, Progress, pb::ReportRegionRequest)> = h.state.read(|s| {

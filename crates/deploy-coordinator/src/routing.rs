@@ -10,8 +10,8 @@ use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::error::ApiError;
-use crate::group::{GroupHandle, LeaderIs};
-use crate::node::Node;
+use crate::group::{AnyGroup, GroupHandle, LeaderIs};
+use crate::node::{Hosted, Node};
 
 /// Request metadata counting how many times a request was forwarded.
 pub const HOPS_HEADER: &str = "x-deploy-hops";
@@ -21,9 +21,10 @@ pub const LEADER_PATIENCE: Duration = Duration::from_secs(3);
 /// How long to wait for one peer's status.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Where a leader-only request must run.
-pub enum Route<'a> {
-    Local(&'a GroupHandle),
+/// Where a request must run: on this node's replica `L` (a typed handle, or an
+/// [`AnyGroup`]), or at another node's address.
+pub enum Route<L> {
+    Local(L),
     Remote(String),
 }
 
@@ -131,10 +132,36 @@ impl Routing {
             .collect()
     }
 
-    /// Where a leader-only request for `group` must run.
-    pub async fn route(&self, group: &GroupName, hops: u32) -> Result<Route<'_>, ApiError> {
-        if let Some(handle) = self.node.group(group) {
-            return match handle.leader(LEADER_PATIENCE).await? {
+    /// Where a leader-only request for `group` must run: a typed handle of kind `C` when this
+    /// node leads it.
+    pub async fn route<C: Hosted>(
+        &self,
+        group: &GroupName,
+        hops: u32,
+    ) -> Result<Route<&GroupHandle<C>>, ApiError> {
+        self.route_to(group, C::hosted(&self.node, group), C::any, hops)
+            .await
+    }
+
+    /// [`Routing::route`] for a group of either kind, for what every group answers alike.
+    pub async fn route_any(
+        &self,
+        group: &GroupName,
+        hops: u32,
+    ) -> Result<Route<AnyGroup<'_>>, ApiError> {
+        self.route_to(group, self.node.group(group), |g| g, hops)
+            .await
+    }
+
+    async fn route_to<'a, L: Copy>(
+        &'a self,
+        group: &GroupName,
+        local: Option<L>,
+        as_any: impl Fn(L) -> AnyGroup<'a>,
+        hops: u32,
+    ) -> Result<Route<L>, ApiError> {
+        if let Some(handle) = local {
+            return match as_any(handle).leader(LEADER_PATIENCE).await? {
                 LeaderIs::Here => Ok(Route::Local(handle)),
                 LeaderIs::At { addr, .. } => self.remote(addr, hops),
             };
@@ -163,16 +190,16 @@ impl Routing {
 
     /// The replica to read `group` from: the leader after a linearizable check, or (with
     /// `stale`) any replica, this node's first.
-    pub async fn reader(
+    pub async fn reader<C: Hosted>(
         &self,
         group: &GroupName,
         stale: bool,
         hops: u32,
-    ) -> Result<Route<'_>, ApiError> {
+    ) -> Result<Route<&GroupHandle<C>>, ApiError> {
         if stale {
             return self.any_replica(group);
         }
-        match self.route(group, hops).await? {
+        match self.route::<C>(group, hops).await? {
             Route::Local(h) => {
                 h.linearizable().await.map_err(|e| match e {
                     Ok(_) => ApiError::Unavailable("leadership moved during a read; retry".into()),
@@ -185,18 +212,36 @@ impl Routing {
     }
 
     /// A remote route to `addr`, unless the request has been forwarded too often.
-    pub fn remote(&self, addr: String, hops: u32) -> Result<Route<'_>, ApiError> {
+    pub fn remote<L>(&self, addr: String, hops: u32) -> Result<Route<L>, ApiError> {
+        self.may_forward(hops)?;
+        Ok(Route::Remote(addr))
+    }
+
+    /// Refuses to forward a request that has been forwarded too often already.
+    pub fn may_forward(&self, hops: u32) -> Result<(), ApiError> {
         if hops >= MAX_HOPS {
             return Err(ApiError::Unavailable(format!(
                 "request forwarded {hops} times without reaching a leader; the group is changing leaders, retry"
             )));
         }
-        Ok(Route::Remote(addr))
+        Ok(())
     }
 
     /// Some node that hosts `group`: this one if it does, else a configured voter.
-    pub fn any_replica(&self, group: &GroupName) -> Result<Route<'_>, ApiError> {
-        if let Some(h) = self.node.group(group) {
+    pub fn any_replica<C: Hosted>(
+        &self,
+        group: &GroupName,
+    ) -> Result<Route<&GroupHandle<C>>, ApiError> {
+        self.replica_of(group, C::hosted(&self.node, group))
+    }
+
+    /// [`Routing::any_replica`] for a group of either kind.
+    pub fn any_replica_any(&self, group: &GroupName) -> Result<Route<AnyGroup<'_>>, ApiError> {
+        self.replica_of(group, self.node.group(group))
+    }
+
+    fn replica_of<L>(&self, group: &GroupName, local: Option<L>) -> Result<Route<L>, ApiError> {
+        if let Some(h) = local {
             return Ok(Route::Local(h));
         }
         self.configured_addrs(group)

@@ -10,6 +10,7 @@ use deploy_proto::v1::Build as PbBuild;
 use deploy_state::builds::BuildCommand;
 
 use crate::group::GroupHandle;
+use deploy_raft::GlobalTypes;
 
 /// What a seam may do with a build submission on the global leader, before it is proposed.
 pub trait SubmitSeam: Send + Sync + 'static {
@@ -17,7 +18,7 @@ pub trait SubmitSeam: Send + Sync + 'static {
     /// as a correct node does. `regions` are the cluster's regions, for the answer.
     fn before_propose(
         &self,
-        group: &GroupHandle,
+        group: &GroupHandle<GlobalTypes>,
         cmd: &BuildCommand,
         regions: &[String],
     ) -> Option<PbBuild>;

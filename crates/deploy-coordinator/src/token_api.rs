@@ -5,8 +5,9 @@
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::token_service_client::TokenServiceClient;
 use deploy_proto::v1::token_service_server::TokenService;
+use deploy_raft::GlobalTypes;
 use deploy_state::tokens::{Role, Token, TokenCommand, TokenError};
-use deploy_state::{Command, Response as SmResponse};
+use deploy_state::{GlobalCommand, Response as SmResponse};
 use deploy_types::GroupName;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -50,8 +51,8 @@ fn secret() -> Result<String, ApiError> {
     ))
 }
 
-async fn propose(h: &GroupHandle, cmd: TokenCommand) -> Result<String, ApiError> {
-    match h.propose(Command::Token(cmd)).await?.1 {
+async fn propose(h: &GroupHandle<GlobalTypes>, cmd: TokenCommand) -> Result<String, ApiError> {
+    match h.propose(GlobalCommand::Token(cmd)).await?.1 {
         SmResponse::Token { name } => Ok(name),
         SmResponse::TokenRejected(e) => Err(token_error(e)),
         other => Err(ApiError::Internal(format!("unexpected response {other:?}"))),
@@ -87,7 +88,7 @@ impl TokenService for TokenApi {
                 req.role.chars().take(40).collect::<String>()
             ))
         })?;
-        let h = match self.routing.route(&GLOBAL, hops).await? {
+        let h = match self.routing.route::<GlobalTypes>(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .client(&addr)?
@@ -130,7 +131,11 @@ impl TokenService for TokenApi {
     ) -> Result<Response<pb::ListTokensReply>, Status> {
         let hops = hops(&request);
         let req = request.into_inner();
-        let h = match self.routing.reader(&GLOBAL, false, hops).await? {
+        let h = match self
+            .routing
+            .reader::<GlobalTypes>(&GLOBAL, false, hops)
+            .await?
+        {
             Route::Local(h) => h,
             Route::Remote(addr) => {
                 return self
@@ -153,7 +158,7 @@ impl TokenService for TokenApi {
     ) -> Result<Response<pb::TokenInfo>, Status> {
         let hops = hops(&request);
         let req = request.into_inner();
-        let h = match self.routing.route(&GLOBAL, hops).await? {
+        let h = match self.routing.route::<GlobalTypes>(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .client(&addr)?

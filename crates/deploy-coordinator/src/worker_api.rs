@@ -1,6 +1,7 @@
 //! The worker service: registration, long-poll assignment, lease renewal and completion.
 //! Every call runs on the global leader (forwarded there by whichever node receives it).
 
+use deploy_raft::GlobalTypes;
 use std::time::Duration;
 
 use deploy_proto::v1::worker_service_client::WorkerServiceClient;
@@ -87,7 +88,7 @@ impl WorkerService for WorkerApi {
             ))
             .into());
         }
-        let h = match self.routing.route(&GLOBAL, hops).await? {
+        let h = match self.routing.route::<GlobalTypes>(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .client(&addr)?
@@ -125,7 +126,7 @@ impl WorkerService for WorkerApi {
         let req = request.into_inner();
         crate::peers::acting_as(&self.routing.node, &peer, &req.worker)?;
         self.check_worker(&req.worker)?;
-        let h = match self.routing.route(&GLOBAL, hops).await? {
+        let h = match self.routing.route::<GlobalTypes>(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .client(&addr)?
@@ -187,7 +188,7 @@ impl WorkerService for WorkerApi {
         )?;
         let req = request.into_inner();
         crate::peers::acting_as(&self.routing.node, &peer, &req.worker)?;
-        let h = match self.routing.route(&GLOBAL, hops).await? {
+        let h = match self.routing.route::<GlobalTypes>(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .client(&addr)?
@@ -266,7 +267,7 @@ impl WorkerService for WorkerApi {
         )?;
         let req = request.into_inner();
         crate::peers::acting_as(&self.routing.node, &peer, &req.worker)?;
-        let h = match self.routing.route(&GLOBAL, hops).await? {
+        let h = match self.routing.route::<GlobalTypes>(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self
                     .client(&addr)?

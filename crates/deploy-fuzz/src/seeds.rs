@@ -4,9 +4,10 @@
 
 use deploy_artifact::{ChunkRef, KeyPair, Manifest};
 use deploy_state::builds::{BuildCommand, Outcome};
+use deploy_state::region::RegionCommand;
 use deploy_state::releases::{Action, ReleaseCommand, Strategy};
 use deploy_state::tokens::{Role, Token, TokenCommand};
-use deploy_state::Command;
+use deploy_state::{GlobalCommand as Command, RegionalCommand};
 
 /// The key the corpus's manifests are signed with: fixed, public, for fuzzing only.
 pub fn corpus_key() -> KeyPair {
@@ -202,7 +203,7 @@ pub fn unpack() -> Files {
     ]
 }
 
-/// Commands that give the state the fuzzed commands act on something to act on: builds
+/// Commands that give the global state the fuzzed commands act on something to act on: builds
 /// queued, leased and succeeded, a release, a token, a metadata key.
 pub fn state_commands() -> Vec<Command> {
     let commit = |c: char| c.to_string().repeat(40);
@@ -323,33 +324,80 @@ pub fn commands() -> Vec<Command> {
         artifact_keep: 1,
         history_ms: 86_400_000,
     }));
-    out.push(Command::Region(
-        deploy_state::region::RegionCommand::Forget {
-            hosts: vec!["east-1-h1".into()],
-            relays: vec!["east-rack-1-relay".into()],
-        },
-    ));
     out
 }
 
-pub fn command() -> Files {
-    let mut out: Files = commands()
+/// A region's commands as the fuzzer starts from: hosts and a relay registered, a wave
+/// judged, hosts forgotten, and a batch.
+pub fn region_state_commands() -> Vec<RegionalCommand> {
+    vec![
+        RegionalCommand::SetMeta {
+            key: "owner".into(),
+            value: Some("ops".into()),
+        },
+        RegionalCommand::Region(RegionCommand::RegisterHosts {
+            hosts: vec![
+                ("east-1-h1".into(), "rack-1".into()),
+                ("east-1-h2".into(), "rack-1".into()),
+            ],
+        }),
+        RegionalCommand::Region(RegionCommand::RegisterRelay {
+            relay: "east-rack-1-relay".into(),
+            rack: "rack-1".into(),
+        }),
+    ]
+}
+
+pub fn region_commands() -> Vec<RegionalCommand> {
+    let mut out = region_state_commands();
+    out.extend([
+        RegionalCommand::Region(RegionCommand::Settle {
+            id: "r-1".into(),
+            keep: vec!["east-1-h1".into()],
+            now_ms: 2_000,
+        }),
+        RegionalCommand::Region(RegionCommand::Forget {
+            hosts: vec!["east-1-h1".into()],
+            relays: vec!["east-rack-1-relay".into()],
+        }),
+    ]);
+    let batch = RegionalCommand::Batch(out.iter().take(3).cloned().collect());
+    out.push(batch);
+    out
+}
+
+/// Commands encoded as the log stores them, and one inside its log entry.
+fn encoded<C: deploy_raft::GroupTypes>(
+    prefix: &str,
+    cmds: Vec<deploy_raft::types::Cmd<C>>,
+) -> Files {
+    let second = cmds.get(1).cloned();
+    let mut out: Files = cmds
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let bytes = deploy_raft::codec::encode("command", c).unwrap_or_default();
-            (format!("command-{i:02}.bin"), bytes)
+            (format!("{prefix}-{i:02}.bin"), bytes)
         })
         .collect();
-    // As the log stores it: an entry around a command.
-    let entry: openraft::Entry<deploy_raft::TypeConfig> = openraft::Entry {
-        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 42),
-        payload: openraft::EntryPayload::Normal(commands().remove(1)),
-    };
-    if let Ok(bytes) = deploy_raft::codec::encode("entry", &entry) {
-        out.push(("entry.bin".into(), bytes));
+    if let Some(cmd) = second {
+        let entry: openraft::Entry<C> = openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 42),
+            payload: openraft::EntryPayload::Normal(cmd),
+        };
+        if let Ok(bytes) = deploy_raft::codec::encode("entry", &entry) {
+            out.push(("entry.bin".into(), bytes));
+        }
     }
     out
+}
+
+pub fn command() -> Files {
+    encoded::<deploy_raft::GlobalTypes>("command", commands())
+}
+
+pub fn region_command() -> Files {
+    encoded::<deploy_raft::RegionTypes>("region-command", region_commands())
 }
 
 /// Every target's seeds, by target name.
@@ -360,5 +408,6 @@ pub fn all() -> Vec<(&'static str, Files)> {
         ("manifest", manifest()),
         ("unpack", unpack()),
         ("command", command()),
+        ("region-command", region_command()),
     ]
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 use deploy_artifact::recipe::{is_contained, parse_run_toml};
 use deploy_artifact::{Manifest, Recipe, TrustedKeys};
 use deploy_raft::codec;
-use deploy_state::{Command, GroupState, Response};
+use deploy_raft::types::Cmd;
+use deploy_raft::{GlobalTypes, GroupTypes, RegionTypes};
+use deploy_state::{GlobalState, RegionalState, Response, StateMachine};
 use sha2::Digest;
 
 /// A fuzz target.
@@ -41,8 +43,13 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "command",
-        what: "the state machine's command decoder (commands and log entries) and apply",
+        what: "the global state machine's command decoder (commands and log entries) and apply",
         check: command,
+    },
+    Target {
+        name: "region-command",
+        what: "a regional state machine's command decoder (commands and log entries) and apply",
+        check: region_command,
     },
 ];
 
@@ -252,9 +259,9 @@ fn refused(r: &Response) -> bool {
     )
 }
 
-/// The state commands act on: see [`crate::seeds::state_commands`].
-fn seeded_state() -> GroupState {
-    let mut s = GroupState::default();
+/// The state global commands act on: see [`crate::seeds::state_commands`].
+fn seeded_state() -> GlobalState {
+    let mut s = GlobalState::default();
     for c in crate::seeds::state_commands() {
         s.apply(&c);
     }
@@ -262,27 +269,38 @@ fn seeded_state() -> GroupState {
 }
 
 fn command(data: &[u8]) -> Result<(), String> {
-    let cmd = match codec::decode::<Command>("fuzzed command", data) {
+    applies_alike::<GlobalTypes>(data, seeded_state())
+}
+
+fn region_command(data: &[u8]) -> Result<(), String> {
+    let mut base = RegionalState::default();
+    for c in crate::seeds::region_state_commands() {
+        base.apply(&c);
+    }
+    applies_alike::<RegionTypes>(data, base)
+}
+
+/// A command of kind `C` (bare, or inside a log entry): a refusal changes nothing, a batch
+/// answers once per command, two replicas end alike, and its encoding round-trips.
+fn applies_alike<C: GroupTypes>(data: &[u8], base: C::State) -> Result<(), String> {
+    let cmd = match codec::decode::<Cmd<C>>("fuzzed command", data) {
         Ok(c) => c,
-        Err(_) => {
-            match codec::decode::<openraft::Entry<deploy_raft::TypeConfig>>("fuzzed entry", data) {
-                Ok(openraft::Entry {
-                    payload: openraft::EntryPayload::Normal(c),
-                    ..
-                }) => c,
-                _ => return Ok(()),
-            }
-        }
+        Err(_) => match codec::decode::<openraft::Entry<C>>("fuzzed entry", data) {
+            Ok(openraft::Entry {
+                payload: openraft::EntryPayload::Normal(c),
+                ..
+            }) => c,
+            _ => return Ok(()),
+        },
     };
-    let base = seeded_state();
     let mut state = base.clone();
     let response = state.apply(&cmd);
     if refused(&response) && state != base {
         return Err(format!("a refused command changed the state: {response:?}"));
     }
     if let Response::Batch(responses) = &response {
-        if let Command::Batch(cmds) = &cmd {
-            if responses.len() != cmds.len() {
+        if let Some(n) = C::State::batch_len(&cmd) {
+            if responses.len() != n {
                 return Err("a batch answered for another number of commands".into());
             }
         }
@@ -294,7 +312,7 @@ fn command(data: &[u8]) -> Result<(), String> {
         return Err("applying the same command to the same state differed".into());
     }
     let bytes = codec::encode("command", &cmd).map_err(|e| format!("cannot encode: {e}"))?;
-    let back: Command = codec::decode("command", &bytes)
+    let back: Cmd<C> = codec::decode("command", &bytes)
         .map_err(|e| format!("its own encoding is refused: {e}"))?;
     if back != cmd {
         return Err("the command changed through its own encoding".into());

@@ -4,6 +4,7 @@
 
 use deploy_fuzz::runner::{self, Budget};
 use deploy_fuzz::{corpus_dir, seeds, TARGETS};
+use deploy_state::StateMachine;
 
 #[test]
 fn every_corpus_input_keeps_every_promise() {
@@ -74,13 +75,20 @@ fn the_seeds_are_accepted_where_they_should_be() {
         assert_eq!(r.is_ok(), file == "good.tar", "{file}: {r:?}");
     }
     // The state the command target starts from took every seeding command.
-    let mut state = deploy_state::GroupState::default();
+    let mut state = deploy_state::GlobalState::default();
     for c in seeds::state_commands() {
         let r = state.apply(&c);
         let text = format!("{r:?}");
         assert!(!text.contains("Rejected"), "{c:?} was refused: {text}");
     }
     assert_eq!(state.builds.by_seq.len(), 3);
+    let mut region = deploy_state::RegionalState::default();
+    for c in seeds::region_state_commands() {
+        let r = region.apply(&c);
+        let text = format!("{r:?}");
+        assert!(!text.contains("Rejected"), "{c:?} was refused: {text}");
+    }
+    assert_eq!(region.region.hosts.len(), 2);
 }
 
 #[test]

@@ -23,7 +23,7 @@
 use deploy_state::builds::Build;
 use deploy_state::releases::Release;
 use deploy_state::retention::{Collect, Collected};
-use deploy_state::{Command, Response};
+use deploy_state::{Response, StateMachine};
 use openraft::{ErrorSubject, ErrorVerb};
 use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
@@ -79,15 +79,14 @@ fn write_err(e: &(impl std::error::Error + 'static)) -> openraft::StorageError<c
 
 /// Writes what applying `cmd` (answered `resp`) collected, and expires old rows. Called with
 /// every applied command; only collects (alone or in a batch) write anything.
-pub(crate) fn record(db: &DB, cmd: &Command, resp: &Response) -> StorageResult<()> {
-    match (cmd, resp) {
-        (Command::Collect(c), Response::Collected(removed)) => record_collect(db, c, removed),
-        (Command::Batch(cmds), Response::Batch(resps)) => cmds
-            .iter()
-            .zip(resps)
-            .try_for_each(|(c, r)| record(db, c, r)),
-        _ => Ok(()),
-    }
+pub(crate) fn record<S: StateMachine>(
+    db: &DB,
+    cmd: &S::Command,
+    resp: &Response,
+) -> StorageResult<()> {
+    S::collects(cmd, resp)
+        .into_iter()
+        .try_for_each(|(c, removed)| record_collect(db, c, removed))
 }
 
 fn put_row<T: Serialize>(
@@ -164,13 +163,16 @@ pub(crate) fn release(db: &DB, seq: u64) -> StorageResult<Option<HistoryRow<Rele
     get(db, RELEASE, seq)
 }
 
+/// History rows, newest first: each seq with its record, or `None` for a tombstone.
+pub(crate) type Rows<'a, T> = Box<dyn Iterator<Item = StorageResult<(u64, Option<T>)>> + 'a>;
+
 /// The collected rows of `kind` with a seq below `before`, newest first: each seq with its
 /// record, or `None` for a tombstone.
 fn rows_before<'a, T: DeserializeOwned + 'a>(
     db: &'a DB,
     kind: u8,
     before: u64,
-) -> StorageResult<Box<dyn Iterator<Item = StorageResult<(u64, Option<T>)>> + 'a>> {
+) -> StorageResult<Rows<'a, T>> {
     let Some(last) = before.checked_sub(1) else {
         return Ok(Box::new(std::iter::empty()));
     };
@@ -206,7 +208,7 @@ fn rows_before<'a, T: DeserializeOwned + 'a>(
 pub(crate) fn builds_before(
     db: &DB,
     before: u64,
-) -> StorageResult<Box<dyn Iterator<Item = StorageResult<(u64, Option<Build>)>> + '_>> {
+) -> StorageResult<Rows<'_, Build>> {
     rows_before(db, BUILD, before)
 }
 
@@ -214,6 +216,6 @@ pub(crate) fn builds_before(
 pub(crate) fn releases_before(
     db: &DB,
     before: u64,
-) -> StorageResult<Box<dyn Iterator<Item = StorageResult<(u64, Option<Release>)>> + '_>> {
+) -> StorageResult<Rows<'_, Release>> {
     rows_before(db, RELEASE, before)
 }

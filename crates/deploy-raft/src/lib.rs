@@ -1,7 +1,8 @@
 //! Raft plumbing shared by every group: the openraft type config, the RocksDB store, and the
 //! gRPC network client.
 //!
-//! - [`types`]: `declare_raft_types!` in one place, and the node type carried in memberships.
+//! - [`types`]: one `declare_raft_types!` per kind of group (global, regional), the
+//!   [`GroupTypes`] trait the rest is generic over, and the node type carried in memberships.
 //! - [`store`]: the log on RocksDB, following openraft's `rocksstore-v2` (the WAL is flushed
 //!   before an append is acknowledged and before a vote returns).
 //! - [`state_machine`]: the pure `deploy-state` logic applied to committed entries, in
@@ -23,4 +24,7 @@ pub mod stats;
 pub mod store;
 pub mod types;
 
-pub use types::{raft_config, DeployNode, NodeId, Raft, TypeConfig};
+pub use types::{
+    raft_config, DeployNode, GlobalRaft, GlobalTypes, GroupTypes, NodeId, Raft, RegionRaft,
+    RegionTypes,
+};

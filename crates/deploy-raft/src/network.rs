@@ -24,7 +24,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::codec::{self, MAX_RECORD_BYTES};
-use crate::types::{DeployNode, NodeId, TypeConfig};
+use crate::types::{DeployNode, GroupTypes, NodeId};
 
 /// Makes a gRPC channel to `addr` (`host:port`). Must not block: channels connect lazily.
 pub type ChannelFactory =
@@ -117,7 +117,7 @@ impl GrpcNetwork {
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+impl<C: GroupTypes> RaftNetworkFactory<C> for GrpcNetwork {
     type Network = GrpcConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &DeployNode) -> Self::Network {
@@ -200,10 +200,10 @@ impl GrpcConnection {
     }
 }
 
-impl RaftNetwork<TypeConfig> for GrpcConnection {
+impl<C: GroupTypes> RaftNetwork<C> for GrpcConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, DeployNode, RaftError<NodeId>>>
     {
@@ -212,7 +212,7 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,

@@ -13,7 +13,7 @@ use std::io::{Seek, SeekFrom};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use deploy_state::{GroupState, Response};
+use deploy_state::{Response, StateMachine};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
@@ -27,18 +27,16 @@ use crate::snapshot::{SnapshotDir, SnapshotFile};
 use crate::stats::StoreStats;
 pub(crate) use crate::store::StorageResult;
 use crate::store::{cf, io_err, CF_SM};
-use crate::types::{DeployNode, NodeId, TypeConfig};
-
-type Entry = openraft::Entry<TypeConfig>;
+use crate::types::{DeployNode, GroupTypes, NodeId};
 
 const KEY_SNAPSHOT: &str = "snapshot";
 
 /// What the state machine holds: the pure group state plus openraft's bookkeeping.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StateMachineData {
+pub struct StateMachineData<S> {
     pub last_applied: Option<LogId<NodeId>>,
     pub last_membership: StoredMembership<NodeId, DeployNode>,
-    pub state: GroupState,
+    pub state: S,
 }
 
 /// The record naming the current snapshot: its meta and the file that holds it.
@@ -50,15 +48,15 @@ struct StoredSnapshot {
 
 /// A read handle on a group's applied state and its history, shared with the API layer.
 #[derive(Debug, Clone)]
-pub struct StateReader {
-    data: Arc<RwLock<StateMachineData>>,
+pub struct StateReader<S> {
+    data: Arc<RwLock<StateMachineData<S>>>,
     db: Arc<DB>,
     stats: Arc<StoreStats>,
 }
 
-impl StateReader {
+impl<S: StateMachine> StateReader<S> {
     /// Runs `f` on the applied state. Keep `f` short: applying waits while it runs.
-    pub fn read<T>(&self, f: impl FnOnce(&StateMachineData) -> T) -> T {
+    pub fn read<T>(&self, f: impl FnOnce(&StateMachineData<S>) -> T) -> T {
         let guard = self.data.read().unwrap_or_else(|p| p.into_inner());
         f(&guard)
     }
@@ -112,16 +110,16 @@ impl StateReader {
 
     /// The applied state as of now, as a cheap copy-on-write clone: for a long read that
     /// must not hold up applying.
-    pub fn snapshot(&self) -> StateMachineData {
+    pub fn snapshot(&self) -> StateMachineData<S> {
         self.read(Clone::clone)
     }
 }
 
 /// The state machine of one group.
 #[derive(Debug, Clone)]
-pub struct StateMachineStore {
+pub struct StateMachineStore<C: GroupTypes> {
     db: Arc<DB>,
-    data: Arc<RwLock<StateMachineData>>,
+    data: Arc<RwLock<StateMachineData<C::State>>>,
     snapshots: Arc<SnapshotDir>,
     /// Serialises replacing the current snapshot, so a slow build never replaces a newer one.
     saving: Arc<Mutex<()>>,
@@ -144,7 +142,7 @@ fn snap_err(
     }
 }
 
-impl StateMachineStore {
+impl<C: GroupTypes> StateMachineStore<C> {
     pub(crate) fn restore(db: Arc<DB>, group_dir: &std::path::Path) -> StorageResult<Self> {
         let snapshots = SnapshotDir::open(group_dir)
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
@@ -161,7 +159,7 @@ impl StateMachineStore {
                 .snapshots
                 .open_file(&stored.file)
                 .map_err(|e| err(&e))?;
-            let data: StateMachineData =
+            let data: StateMachineData<C::State> =
                 codec::read_snapshot("stored snapshot", file, len).map_err(|e| err(&e))?;
             *store.write() = data;
             store.stats.snapshot(len, std::time::Duration::ZERO);
@@ -169,7 +167,7 @@ impl StateMachineStore {
         Ok(store)
     }
 
-    pub fn reader(&self) -> StateReader {
+    pub fn reader(&self) -> StateReader<C::State> {
         StateReader {
             data: self.data.clone(),
             db: self.db.clone(),
@@ -177,7 +175,7 @@ impl StateMachineStore {
         }
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, StateMachineData> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, StateMachineData<C::State>> {
         self.data.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -228,7 +226,7 @@ impl StateMachineStore {
         self.snapshots.remove_all_but(&name).map_err(|e| err(&e))
     }
 
-    fn open_current(&self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+    fn open_current(&self) -> StorageResult<Option<Snapshot<C>>> {
         let Some(stored) = self.read_stored()? else {
             return Ok(None);
         };
@@ -255,8 +253,8 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+impl<C: GroupTypes> RaftSnapshotBuilder<C> for StateMachineStore<C> {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<C>> {
         // The only time the lock is held: a copy-on-write clone of the state.
         let started = Instant::now();
         let data = self.reader().snapshot();
@@ -301,7 +299,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
+impl<C: GroupTypes> RaftStateMachine<C> for StateMachineStore<C> {
     type SnapshotBuilder = Self;
 
     async fn applied_state(
@@ -313,7 +311,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = openraft::Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let started = Instant::now();
@@ -325,7 +323,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(cmd) => {
                     let resp = sm.state.apply(&cmd);
-                    crate::history::record(&self.db, &cmd, &resp)?;
+                    crate::history::record::<C::State>(&self.db, &cmd, &resp)?;
                     resp
                 }
                 EntryPayload::Membership(m) => {
@@ -375,8 +373,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             let len = file.seek(SeekFrom::End(0)).map_err(|e| err(&e))?;
             file.seek(SeekFrom::Start(0)).map_err(|e| err(&e))?;
-            let new: StateMachineData = codec::read_snapshot("received snapshot", &mut file, len)
-                .map_err(|e| snap_err(Some(meta), ErrorVerb::Read)(&e))?;
+            let new: StateMachineData<C::State> =
+                codec::read_snapshot("received snapshot", &mut file, len)
+                    .map_err(|e| snap_err(Some(meta), ErrorVerb::Read)(&e))?;
             // Persisted before it is switched to, so a crash never leaves a state no
             // snapshot backs.
             this.save(meta, &file, &temp)?;
@@ -389,7 +388,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<C>>> {
         self.open_current()
     }
 }

@@ -55,7 +55,7 @@ impl Default for StoreStats {
 
 impl StoreStats {
     fn period(&self, at: Instant) -> u64 {
-        (at.saturating_duration_since(self.started).as_secs() / APPLY_PERIOD.as_secs()) as u64
+        at.saturating_duration_since(self.started).as_secs() / APPLY_PERIOD.as_secs()
     }
 
     /// A snapshot of `bytes` is now the newest (built here, after holding the lock `held`,

@@ -38,9 +38,7 @@ use serde::Serialize;
 
 use crate::codec;
 pub use crate::state_machine::{StateMachineData, StateMachineStore, StateReader};
-use crate::types::{NodeId, TypeConfig};
-
-type Entry = openraft::Entry<TypeConfig>;
+use crate::types::{GroupTypes, NodeId};
 pub(crate) type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
 const CF_META: &str = "meta";
@@ -54,7 +52,9 @@ const KEY_FORMAT: &str = "format";
 
 /// Opens (or creates) the store of one group in `dir`: RocksDB in `dir`, snapshot files in
 /// `dir/snapshots`.
-pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StorageError<NodeId>> {
+pub fn open<C: GroupTypes>(
+    dir: &Path,
+) -> Result<(LogStore<C>, StateMachineStore<C>), StorageError<NodeId>> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -69,14 +69,14 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StorageError<No
     Ok((LogStore { db, sync }, sm))
 }
 
-type Acks = std::sync::mpsc::Sender<LogFlushed<TypeConfig>>;
+type Acks<C> = std::sync::mpsc::Sender<LogFlushed<C>>;
 
 /// The group-commit thread: waits for an acknowledgement to give, takes every other one queued
 /// behind it, syncs the WAL once (which covers every entry written before), then gives them
 /// all. It holds the database weakly so that dropping the store closes it, and ends when the
 /// last `LogStore` clone is gone.
-fn start_syncer(db: &Arc<DB>) -> std::io::Result<Acks> {
-    let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+fn start_syncer<C: GroupTypes>(db: &Arc<DB>) -> std::io::Result<Acks<C>> {
+    let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<C>>();
     let db = Arc::downgrade(db);
     std::thread::Builder::new()
         .name("raft-log-sync".into())
@@ -161,14 +161,24 @@ fn key_index(key: &[u8]) -> StorageResult<u64> {
 }
 
 /// The log and vote of one group.
-#[derive(Debug, Clone)]
-pub struct LogStore {
+#[derive(Debug)]
+pub struct LogStore<C: GroupTypes> {
     db: Arc<DB>,
     /// Appends waiting for the WAL sync that acknowledges them.
-    sync: Acks,
+    sync: Acks<C>,
 }
 
-impl LogStore {
+// By hand: a derived `Clone` would ask `C: Clone` of the sender's type parameter too.
+impl<C: GroupTypes> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            sync: self.sync.clone(),
+        }
+    }
+}
+
+impl<C: GroupTypes> LogStore<C> {
     fn get_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
@@ -215,11 +225,11 @@ fn key_what(key: &str) -> &'static str {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: GroupTypes> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> StorageResult<Vec<Entry>> {
+    ) -> StorageResult<Vec<openraft::Entry<C>>> {
         let start = match range.start_bound() {
             std::ops::Bound::Included(x) => *x,
             std::ops::Bound::Excluded(x) => x.saturating_add(1),
@@ -243,7 +253,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&index) {
                 break;
             }
-            let entry: Entry =
+            let entry: openraft::Entry<C> =
                 codec::decode("stored log entry", &value).map_err(|e| read_err(&e))?;
             if entry.log_id.index != index {
                 return Err(read_err(&format!(
@@ -257,10 +267,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
+impl<C: GroupTypes> RaftLogStorage<C> for LogStore<C> {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+    async fn get_log_state(&mut self) -> StorageResult<LogState<C>> {
         let last = match self
             .db
             .iterator_cf(cf(&self.db, CF_LOGS)?, IteratorMode::End)
@@ -270,7 +280,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(item) => {
                 let (_, value) =
                     item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
-                let entry: Entry = codec::decode("stored log entry", &value)
+                let entry: openraft::Entry<C> = codec::decode("stored log entry", &value)
                     .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
                 Some(entry.log_id)
             }
@@ -308,9 +318,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> StorageResult<()>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = openraft::Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let logs = cf(&self.db, CF_LOGS)?;
@@ -373,33 +383,36 @@ mod tests {
 
     use super::*;
 
+    use crate::types::{GlobalTypes, RegionTypes};
+
     struct Builder;
 
-    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
-        async fn build(&self) -> StorageResult<(TempDir, LogStore, StateMachineStore)> {
+    impl<C: GroupTypes> StoreBuilder<C, LogStore<C>, StateMachineStore<C>, TempDir> for Builder {
+        async fn build(&self) -> StorageResult<(TempDir, LogStore<C>, StateMachineStore<C>)> {
             let dir =
                 TempDir::new().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
-            let (log, sm) = open(dir.path())?;
+            let (log, sm) = open::<C>(dir.path())?;
             Ok((dir, log, sm))
         }
     }
 
-    /// openraft's storage conformance suite on our RocksDB store.
+    /// openraft's storage conformance suite on our RocksDB store, for both kinds of group.
     #[test]
     fn openraft_storage_suite() -> StorageResult<()> {
-        Suite::test_all(Builder)
+        Suite::<GlobalTypes, _, _, _, _>::test_all(Builder)?;
+        Suite::<RegionTypes, _, _, _, _>::test_all(Builder)
     }
 
     /// A snapshot of 40,000 builds (more than one record may hold, were it one record) is
     /// written as a file and restored from it after a restart.
     #[tokio::test]
     async fn a_large_snapshot_is_restored_from_its_file() -> StorageResult<()> {
-        use deploy_state::{BuildCommand, Command};
+        use deploy_state::{BuildCommand, GlobalCommand as Command};
         let dir = TempDir::new().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         let leader = openraft::CommittedLeaderId::new(1, 7);
         let builds = 40_000u64;
         let before = {
-            let (_log, mut sm) = open(dir.path())?;
+            let (_log, mut sm) = open::<GlobalTypes>(dir.path())?;
             // Each build submitted, then cancelled: the queue stays under its bound while
             // the state (every build, with its history) grows.
             let entries = (1..=builds).flat_map(|i| {
@@ -417,7 +430,7 @@ mod tests {
                     by: None,
                 });
                 [(2 * i - 1, submit), (2 * i, cancel)].map(|(index, cmd)| openraft::Entry::<
-                    TypeConfig,
+                    GlobalTypes,
                 > {
                     log_id: LogId::new(leader, index),
                     payload: EntryPayload::Normal(cmd),
@@ -431,7 +444,7 @@ mod tests {
             assert!(len > 1_000_000, "snapshot file of {len} bytes");
             sm.reader().read(|d| d.state.clone())
         };
-        let (_log, mut sm) = open(dir.path())?;
+        let (_log, mut sm) = open::<GlobalTypes>(dir.path())?;
         let (applied, _) = sm.applied_state().await?;
         assert_eq!(applied.map(|l| l.index), Some(2 * builds));
         assert_eq!(
@@ -451,7 +464,7 @@ mod tests {
     async fn a_store_of_an_unknown_format_is_refused_and_kept() -> StorageResult<()> {
         let dir = TempDir::new().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         {
-            let (mut log, _sm) = open(dir.path())?;
+            let (mut log, _sm) = open::<GlobalTypes>(dir.path())?;
             log.save_vote(&Vote::new(4, 2)).await?;
         }
         let set_format = |v: u8| -> StorageResult<()> {
@@ -462,28 +475,31 @@ mod tests {
                 .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))
         };
         set_format(codec::FORMAT_VERSION + 1)?;
-        let err = open(dir.path())
+        let err = open::<GlobalTypes>(dir.path())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(
-            err.contains("format version 2 is not one this build knows"),
+            err.contains(&format!(
+                "format version {} is not one this build knows",
+                codec::FORMAT_VERSION + 1
+            )),
             "error was: {err}"
         );
         // Refused twice over: the refusal itself changed nothing.
-        assert!(open(dir.path()).is_err());
+        assert!(open::<GlobalTypes>(dir.path()).is_err());
         set_format(codec::FORMAT_VERSION)?;
-        let (mut log, _sm) = open(dir.path())?;
+        let (mut log, _sm) = open::<GlobalTypes>(dir.path())?;
         assert_eq!(log.read_vote().await?, Some(Vote::new(4, 2)));
         Ok(())
     }
 
     #[tokio::test]
     async fn state_and_vote_survive_reopen() -> StorageResult<()> {
-        use deploy_state::Command;
+        use deploy_state::{RegionalCommand as Command, StateMachine};
         let dir = TempDir::new().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         let leader = openraft::CommittedLeaderId::new(1, 7);
-        let entry = |index, key: &str| openraft::Entry::<TypeConfig> {
+        let entry = |index, key: &str| openraft::Entry::<RegionTypes> {
             log_id: LogId::new(leader, index),
             payload: EntryPayload::Normal(Command::SetMeta {
                 key: key.into(),
@@ -491,13 +507,13 @@ mod tests {
             }),
         };
         {
-            let (mut log, mut sm) = open(dir.path())?;
+            let (mut log, mut sm) = open::<RegionTypes>(dir.path())?;
             log.save_vote(&Vote::new(3, 7)).await?;
             sm.apply([entry(1, "a"), entry(2, "b")]).await?;
             sm.get_snapshot_builder().await.build_snapshot().await?;
             sm.apply([entry(3, "c")]).await?;
         }
-        let (mut log, mut sm) = open(dir.path())?;
+        let (mut log, mut sm) = open::<RegionTypes>(dir.path())?;
         assert_eq!(log.read_vote().await?, Some(Vote::new(3, 7)));
         // The snapshot is what persists the state machine; entry 3 is re-applied from the log.
         let (applied, _) = sm.applied_state().await?;

@@ -1,26 +1,70 @@
-//! The openraft type configuration, declared once for every group.
+//! The openraft type configurations: one per kind of group, each tied to its state machine.
 
 use std::fmt;
 use std::sync::Arc;
 
+use deploy_state::StateMachine;
 use deploy_types::RaftTiming;
 use serde::{Deserialize, Serialize};
 
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// Types shared by the global group and every regional group.
-    pub TypeConfig:
-        D = deploy_state::Command,
+    /// The global group's types: its log holds [`deploy_state::GlobalCommand`]s.
+    pub GlobalTypes:
+        D = deploy_state::GlobalCommand,
         R = deploy_state::Response,
         NodeId = NodeId,
         Node = DeployNode,
-        Entry = openraft::Entry<TypeConfig>,
+        Entry = openraft::Entry<GlobalTypes>,
         SnapshotData = crate::snapshot::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-pub type Raft = openraft::Raft<TypeConfig>;
+openraft::declare_raft_types!(
+    /// A regional group's types: its log holds [`deploy_state::RegionalCommand`]s.
+    pub RegionTypes:
+        D = deploy_state::RegionalCommand,
+        R = deploy_state::Response,
+        NodeId = NodeId,
+        Node = DeployNode,
+        Entry = openraft::Entry<RegionTypes>,
+        SnapshotData = crate::snapshot::SnapshotFile,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// One kind of group: its openraft types, tied to the state machine its entries apply to.
+/// The store, the network and the coordinator's group handle are generic over it, so a
+/// global entry can never be appended to a region's log, nor the other way round.
+pub trait GroupTypes:
+    openraft::RaftTypeConfig<
+    D = <Self::State as StateMachine>::Command,
+    R = deploy_state::Response,
+    NodeId = NodeId,
+    Node = DeployNode,
+    Entry = openraft::Entry<Self>,
+    SnapshotData = crate::snapshot::SnapshotFile,
+    AsyncRuntime = openraft::TokioRuntime,
+    Responder = openraft::impls::OneshotResponder<Self>,
+>
+{
+    type State: StateMachine;
+}
+
+impl GroupTypes for GlobalTypes {
+    type State = deploy_state::GlobalState;
+}
+
+impl GroupTypes for RegionTypes {
+    type State = deploy_state::RegionalState;
+}
+
+/// The command type of group kind `C`.
+pub type Cmd<C> = <<C as GroupTypes>::State as StateMachine>::Command;
+
+pub type Raft<C> = openraft::Raft<C>;
+pub type GlobalRaft = openraft::Raft<GlobalTypes>;
+pub type RegionRaft = openraft::Raft<RegionTypes>;
 
 /// A member as stored in a group's membership: the operator's name for it and its address.
 ///

@@ -1,6 +1,7 @@
 //! The pure logic of the replicated state machines.
 //!
-//! Every Raft group applies committed [`Command`]s to a [`GroupState`]. Applying is a pure,
+//! The global group applies committed [`GlobalCommand`]s to a [`GlobalState`]; a regional
+//! group applies [`RegionalCommand`]s to a [`RegionalState`] (both [`StateMachine`]s). Applying is a pure,
 //! deterministic function: no clock, no randomness, no I/O, so every replica that applies the
 //! same log reaches the same state, and the logic is unit- and property-tested without Raft or
 //! a disk. Anything time-dependent arrives inside the command, stamped by the proposer.
@@ -9,8 +10,10 @@
 //! `deploy-raft` wraps it, never the other way round.
 
 pub mod builds;
+mod global;
 mod meta;
 pub mod region;
+mod regional;
 pub mod releases;
 pub mod retention;
 pub mod rollout;
@@ -19,30 +22,11 @@ pub mod tokens;
 use serde::{Deserialize, Serialize};
 
 pub use builds::{Build, BuildCommand, BuildError, BuildResponse, BuildState, Builds, Outcome};
+pub use global::{GlobalCommand, GlobalState};
 pub use meta::{MetaError, MAX_META_KEYS, MAX_META_KEY_BYTES, MAX_META_VALUE_BYTES};
 pub use region::{Region, RegionCommand, RegionResponse};
+pub use regional::{RegionalCommand, RegionalState};
 pub use releases::{ReleaseCommand, ReleaseError, ReleaseResponse, ReleaseState, Releases};
-
-/// A decision proposed to a group's log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
-    /// Sets (`Some`) or deletes (`None`) a cluster metadata key.
-    SetMeta { key: String, value: Option<String> },
-    /// A build queue transition (global group).
-    Build(BuildCommand),
-    /// A release decision or a region's report (global group).
-    Release(ReleaseCommand),
-    /// A regional group's decisions, hosts and wave transitions.
-    Region(RegionCommand),
-    /// An API token made or revoked (global group; regions get a copy as a decision).
-    Token(tokens::TokenCommand),
-    /// Commands proposed at the same time, in one log entry so that one disk sync on each
-    /// member commits them all; applied one by one, in order, each with its own response.
-    Batch(Vec<Command>),
-    /// Finished builds beyond the retention policy leave the state (global group). (Last, as
-    /// every new variant: the binary format numbers variants in order.)
-    Collect(retention::Collect),
-}
 
 /// Commands one batch holds at most.
 pub const MAX_BATCH: usize = 256;
@@ -111,152 +95,141 @@ pub fn check_build_input(service: &str, repo: &str, commit: &str) -> Result<(), 
     Ok(())
 }
 
-/// The replicated state of one group.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupState {
-    /// Operator-set key/value pairs.
-    pub meta: imbl::OrdMap<String, String>,
-    /// The build queue (global group).
-    #[serde(default)]
-    pub builds: Builds,
-    /// Releases and the decisions regions pull (global group).
-    #[serde(default)]
-    pub releases: Releases,
-    /// A regional group's state.
-    #[serde(default)]
-    pub region: Region,
-    /// API tokens (global group; a region keeps its copy in `region.tokens`).
-    #[serde(default)]
-    pub tokens: tokens::Tokens,
-}
+/// The state machine of one kind of group: what its log holds and how it is applied.
+///
+/// The global group and a regional group are two types, each with its own command enum, so a
+/// command of the wrong kind (a build command in a region's log, say) cannot be written down,
+/// let alone proposed: the Raft layer is generic over this trait and each group's log carries
+/// only its own kind's commands.
+///
+/// ```
+/// use deploy_state::{RegionalCommand, RegionalState, StateMachine};
+/// let mut region = RegionalState::default();
+/// region.apply(&RegionalCommand::SetMeta { key: "k".into(), value: None });
+/// ```
+///
+/// The same with a global command does not compile:
+///
+/// ```compile_fail
+/// use deploy_state::{GlobalCommand, RegionalState, StateMachine};
+/// let mut region = RegionalState::default();
+/// region.apply(&GlobalCommand::SetMeta { key: "k".into(), value: None });
+/// ```
+pub trait StateMachine:
+    std::fmt::Debug
+    + Clone
+    + Default
+    + PartialEq
+    + Serialize
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// What this kind of group's log entries hold.
+    type Command: std::fmt::Debug
+        + Clone
+        + PartialEq
+        + Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
 
-impl GroupState {
     /// Checks a command against the current state without applying it.
-    pub fn check(&self, cmd: &Command) -> Result<(), CommandError> {
-        match cmd {
-            Command::SetMeta { key, value } => meta::check(&self.meta, key, value.as_deref())?,
-            Command::Build(BuildCommand::Submit {
-                service,
-                repo,
-                commit,
-                ..
-            }) => check_build_input(service, repo, commit)?,
-            Command::Build(_)
-            | Command::Release(_)
-            | Command::Region(_)
-            | Command::Token(_)
-            | Command::Collect(_) => {}
-            // Each command of a batch is checked when it is applied, on its own.
-            Command::Batch(_) => {}
-        }
-        Ok(())
-    }
+    fn check(&self, cmd: &Self::Command) -> Result<(), CommandError>;
 
     /// Applies one committed command. Never panics, whatever the command holds.
-    pub fn apply(&mut self, cmd: &Command) -> Response {
-        if let Command::Batch(cmds) = cmd {
-            if cmds.len() > MAX_BATCH {
-                return Response::Rejected(format!(
-                    "a batch of {} commands is over the limit of {MAX_BATCH}",
-                    cmds.len()
-                ));
-            }
-            return Response::Batch(
-                cmds.iter()
-                    .map(|c| match c {
-                        Command::Batch(_) => Response::Rejected("a batch inside a batch".into()),
-                        c => self.apply(c),
-                    })
-                    .collect(),
-            );
-        }
-        if let Err(e) = self.check(cmd) {
-            return Response::Rejected(e.to_string());
-        }
-        match cmd {
-            Command::SetMeta { key, value } => {
-                let previous = match value {
-                    Some(v) => self.meta.insert(key.clone(), v.clone()),
-                    None => self.meta.remove(key),
-                };
-                Response::MetaSet { previous }
-            }
-            Command::Build(b) => match self.builds.apply(b) {
-                Ok(r) => Response::Build(r),
-                Err(e) => Response::BuildRejected(e),
-            },
-            // Both check everything before they change anything: a refusal changes nothing.
-            Command::Release(c) => match self.releases.apply(&self.builds, c) {
-                Ok(r) => Response::Release(r),
-                Err(e) => Response::ReleaseRejected(e),
-            },
-            Command::Region(c) => match self.region.apply(c) {
-                Ok(r) => Response::Region(r),
-                Err(e) => Response::ReleaseRejected(e),
-            },
-            Command::Token(c) => match self.tokens.decide(c) {
-                Ok(change) => {
-                    self.tokens.change(&change);
-                    let (regions, by, now_ms) = match c {
-                        tokens::TokenCommand::Create { token, regions } => {
-                            (regions, token.created_by.as_str(), token.created_at_ms)
-                        }
-                        tokens::TokenCommand::Revoke {
-                            by,
-                            now_ms,
-                            regions,
-                            ..
-                        } => (regions, by.as_str(), *now_ms),
-                    };
-                    for region in regions {
-                        self.releases.decide_token(region, &change, by, now_ms);
-                    }
-                    let name = match &change {
-                        tokens::TokenChange::Set(t) => t.name.clone(),
-                        tokens::TokenChange::Revoke { name } => name.clone(),
-                    };
-                    Response::Token { name }
-                }
-                Err(e) => Response::TokenRejected(e),
-            },
-            Command::Collect(c) => Response::Collected(self.collect(c)),
-            Command::Batch(_) => Response::Rejected("a batch inside a batch".into()),
-        }
+    fn apply(&mut self, cmd: &Self::Command) -> Response;
+
+    /// Commands proposed at the same time, as one entry (see [`MAX_BATCH`]).
+    fn batch(cmds: Vec<Self::Command>) -> Self::Command;
+
+    /// How many commands `cmd` holds when it is a batch.
+    fn batch_len(cmd: &Self::Command) -> Option<usize>;
+
+    /// The command that sets (`Some`) or deletes (`None`) a metadata key: every group has one.
+    fn set_meta(key: String, value: Option<String>) -> Self::Command;
+
+    /// Operator-set key/value pairs.
+    fn meta(&self) -> &imbl::OrdMap<String, String>;
+
+    fn get_meta(&self, key: &str) -> Option<&str> {
+        self.meta().get(key).map(String::as_str)
     }
 
-    pub fn get_meta(&self, key: &str) -> Option<&str> {
-        self.meta.get(key).map(String::as_str)
+    /// The collects in `cmd` (itself, or inside its batch) with what each removed, as `resp`
+    /// answers them: what the store writes to its on-disk history. None by default.
+    fn collects<'a>(
+        _cmd: &'a Self::Command,
+        _resp: &'a Response,
+    ) -> Vec<(&'a retention::Collect, &'a retention::Collected)> {
+        Vec::new()
     }
 }
 
+/// Applies a batch's commands one by one, in order, each with its own response; a batch
+/// inside a batch is refused, as is one over [`MAX_BATCH`].
+pub(crate) fn apply_batch<S: StateMachine>(
+    state: &mut S,
+    cmds: &[S::Command],
+    is_batch: impl Fn(&S::Command) -> bool,
+) -> Response {
+    if cmds.len() > MAX_BATCH {
+        return Response::Rejected(format!(
+            "a batch of {} commands is over the limit of {MAX_BATCH}",
+            cmds.len()
+        ));
+    }
+    Response::Batch(
+        cmds.iter()
+            .map(|c| {
+                if is_batch(c) {
+                    Response::Rejected("a batch inside a batch".into())
+                } else {
+                    state.apply(c)
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Sets or deletes a metadata key (checked by the caller) and answers the value before.
+pub(crate) fn apply_meta(
+    meta: &mut imbl::OrdMap<String, String>,
+    key: &str,
+    value: &Option<String>,
+) -> Response {
+    let previous = match value {
+        Some(v) => meta.insert(key.to_string(), v.clone()),
+        None => meta.remove(key),
+    };
+    Response::MetaSet { previous }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn set(k: &str, v: Option<&str>) -> Command {
-        Command::SetMeta {
-            key: k.into(),
-            value: v.map(Into::into),
-        }
+    fn set<S: StateMachine>(k: &str, v: Option<&str>) -> S::Command {
+        S::set_meta(k.into(), v.map(Into::into))
     }
 
-    #[test]
-    fn set_and_delete_report_previous() {
-        let mut s = GroupState::default();
+    fn set_and_delete_report_previous<S: StateMachine>() {
+        let mut s = S::default();
         assert_eq!(
-            s.apply(&set("a", Some("1"))),
+            s.apply(&set::<S>("a", Some("1"))),
             Response::MetaSet { previous: None }
         );
         assert_eq!(
-            s.apply(&set("a", Some("2"))),
+            s.apply(&set::<S>("a", Some("2"))),
             Response::MetaSet {
                 previous: Some("1".into())
             }
         );
         assert_eq!(s.get_meta("a"), Some("2"));
         assert_eq!(
-            s.apply(&set("a", None)),
+            s.apply(&set::<S>("a", None)),
             Response::MetaSet {
                 previous: Some("2".into())
             }
@@ -265,89 +238,126 @@ mod tests {
     }
 
     #[test]
-    fn invalid_command_is_rejected_and_changes_nothing() {
-        let mut s = GroupState::default();
-        s.apply(&set("a", Some("1")));
+    fn set_and_delete_report_previous_in_both_kinds() {
+        set_and_delete_report_previous::<GlobalState>();
+        set_and_delete_report_previous::<RegionalState>();
+    }
+
+    fn invalid_command_is_rejected_and_changes_nothing<S: StateMachine>() {
+        let mut s = S::default();
+        s.apply(&set::<S>("a", Some("1")));
         let before = s.clone();
         let big = "x".repeat(MAX_META_VALUE_BYTES + 1);
-        assert!(matches!(
-            s.apply(&set("a", Some(&big))),
-            Response::Rejected(_)
-        ));
-        assert!(matches!(
-            s.apply(&set("", Some("1"))),
-            Response::Rejected(_)
-        ));
-        assert!(matches!(
-            s.apply(&set("bad\nkey", Some("1"))),
-            Response::Rejected(_)
-        ));
+        for bad in [
+            set::<S>("a", Some(&big)),
+            set::<S>("", Some("1")),
+            set::<S>("bad\nkey", Some("1")),
+        ] {
+            assert!(matches!(s.apply(&bad), Response::Rejected(_)));
+        }
         assert_eq!(s, before);
     }
 
     #[test]
-    fn nested_and_oversized_batches_change_nothing() {
-        let mut s = GroupState::default();
-        let nested = Command::Batch(vec![Command::Batch(vec![set("a", Some("1"))])]);
+    fn invalid_commands_are_rejected_and_change_nothing_in_both_kinds() {
+        invalid_command_is_rejected_and_changes_nothing::<GlobalState>();
+        invalid_command_is_rejected_and_changes_nothing::<RegionalState>();
+    }
+
+    fn nested_and_oversized_batches_change_nothing<S: StateMachine>() {
+        let mut s = S::default();
+        let nested = S::batch(vec![S::batch(vec![set::<S>("a", Some("1"))])]);
         assert_eq!(
             s.apply(&nested),
             Response::Batch(vec![Response::Rejected("a batch inside a batch".into())])
         );
-        let big = Command::Batch(vec![set("a", Some("1")); MAX_BATCH + 1]);
+        let big = S::batch(vec![set::<S>("a", Some("1")); MAX_BATCH + 1]);
         assert!(matches!(s.apply(&big), Response::Rejected(_)));
-        assert_eq!(s, GroupState::default());
+        assert_eq!(s, S::default());
     }
 
-    fn arb_command() -> impl Strategy<Value = Command> {
+    #[test]
+    fn nested_and_oversized_batches_change_nothing_in_both_kinds() {
+        nested_and_oversized_batches_change_nothing::<GlobalState>();
+        nested_and_oversized_batches_change_nothing::<RegionalState>();
+    }
+
+    fn arb_meta() -> impl Strategy<Value = (String, Option<String>)> {
         (
             prop_oneof![Just("".to_string()), "[a-c]{1,2}", ".{0,300}"],
             proptest::option::of(".{0,40}"),
         )
-            .prop_map(|(key, value)| Command::SetMeta { key, value })
+    }
+
+    fn commands<S: StateMachine>(meta: &[(String, Option<String>)]) -> Vec<S::Command> {
+        meta.iter()
+            .map(|(k, v)| S::set_meta(k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Replicas applying the same log agree, including after a snapshot round trip, which
+    /// is what a lagging node does when it installs a snapshot and applies the rest.
+    fn replay_is_deterministic<S: StateMachine>(
+        cmds: &[S::Command],
+        cut: usize,
+    ) -> Result<(), TestCaseError> {
+        let mut a = S::default();
+        let ra: Vec<Response> = cmds.iter().map(|c| a.apply(c)).collect();
+        let cut = cut.min(cmds.len());
+        let mut b = S::default();
+        let mut rb: Vec<Response> = cmds[..cut].iter().map(|c| b.apply(c)).collect();
+        let snap = serde_json::to_vec(&b).unwrap();
+        let mut b: S = serde_json::from_slice(&snap).unwrap();
+        rb.extend(cmds[cut..].iter().map(|c| b.apply(c)));
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(ra, rb);
+        Ok(())
+    }
+
+    /// A batch does exactly what its commands do one by one, in order, and answers each.
+    fn a_batch_is_its_commands_in_order<S: StateMachine>(
+        cmds: Vec<S::Command>,
+    ) -> Result<(), TestCaseError> {
+        let mut one = S::default();
+        let each: Vec<Response> = cmds.iter().map(|c| one.apply(c)).collect();
+        let mut batched = S::default();
+        let r = batched.apply(&S::batch(cmds));
+        prop_assert_eq!(r, Response::Batch(each));
+        prop_assert_eq!(one, batched);
+        Ok(())
+    }
+
+    /// Whatever is applied, every stored key and value is within the limits.
+    fn limits_always_hold<S: StateMachine>(cmds: &[S::Command]) -> Result<(), TestCaseError> {
+        let mut s = S::default();
+        for c in cmds {
+            s.apply(c);
+        }
+        prop_assert!(s.meta().len() <= MAX_META_KEYS);
+        for (k, v) in s.meta() {
+            prop_assert!(!k.is_empty() && k.len() <= MAX_META_KEY_BYTES);
+            prop_assert!(v.len() <= MAX_META_VALUE_BYTES);
+        }
+        Ok(())
     }
 
     proptest! {
-        /// Replicas applying the same log agree, including after a snapshot round trip, which
-        /// is what a lagging node does when it installs a snapshot and applies the rest.
         #[test]
-        fn replay_is_deterministic(cmds in proptest::collection::vec(arb_command(), 0..60), cut in 0usize..60) {
-            let mut a = GroupState::default();
-            let ra: Vec<Response> = cmds.iter().map(|c| a.apply(c)).collect();
-
-            let cut = cut.min(cmds.len());
-            let mut b = GroupState::default();
-            let mut rb: Vec<Response> = cmds[..cut].iter().map(|c| b.apply(c)).collect();
-            let snap = serde_json::to_vec(&b).unwrap();
-            let mut b: GroupState = serde_json::from_slice(&snap).unwrap();
-            rb.extend(cmds[cut..].iter().map(|c| b.apply(c)));
-
-            prop_assert_eq!(&a, &b);
-            prop_assert_eq!(ra, rb);
+        fn replay_is_deterministic_in_both_kinds(meta in proptest::collection::vec(arb_meta(), 0..60), cut in 0usize..60) {
+            replay_is_deterministic::<GlobalState>(&commands::<GlobalState>(&meta), cut)?;
+            replay_is_deterministic::<RegionalState>(&commands::<RegionalState>(&meta), cut)?;
         }
 
-        /// A batch does exactly what its commands do one by one, in order, and answers each.
         #[test]
-        fn a_batch_is_its_commands_in_order(cmds in proptest::collection::vec(arb_command(), 0..40)) {
-            let mut one = GroupState::default();
-            let each: Vec<Response> = cmds.iter().map(|c| one.apply(c)).collect();
-            let mut batched = GroupState::default();
-            let r = batched.apply(&Command::Batch(cmds.clone()));
-            prop_assert_eq!(r, Response::Batch(each));
-            prop_assert_eq!(one, batched);
+        fn a_batch_is_its_commands_in_order_in_both_kinds(meta in proptest::collection::vec(arb_meta(), 0..40)) {
+            a_batch_is_its_commands_in_order::<GlobalState>(commands::<GlobalState>(&meta))?;
+            a_batch_is_its_commands_in_order::<RegionalState>(commands::<RegionalState>(&meta))?;
         }
 
-        /// Whatever is applied, every stored key and value is within the limits.
         #[test]
-        fn limits_always_hold(cmds in proptest::collection::vec(arb_command(), 0..60)) {
-            let mut s = GroupState::default();
-            for c in &cmds {
-                s.apply(c);
-            }
-            prop_assert!(s.meta.len() <= MAX_META_KEYS);
-            for (k, v) in &s.meta {
-                prop_assert!(!k.is_empty() && k.len() <= MAX_META_KEY_BYTES);
-                prop_assert!(v.len() <= MAX_META_VALUE_BYTES);
-            }
+        fn limits_always_hold_in_both_kinds(meta in proptest::collection::vec(arb_meta(), 0..60)) {
+            limits_always_hold::<GlobalState>(&commands::<GlobalState>(&meta))?;
+            limits_always_hold::<RegionalState>(&commands::<RegionalState>(&meta))?;
         }
     }
 }

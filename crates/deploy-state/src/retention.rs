@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::builds::{Build, BuildState};
 use crate::releases::Release;
-use crate::GroupState;
+use crate::GlobalState;
 
 /// What one collect removed, for the store's history.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +52,7 @@ pub struct Collect {
 
 /// The sequence numbers of the builds `c` removes from `state`, oldest first, at most
 /// [`MAX_COLLECT`].
-pub fn collectable(state: &GroupState, c: &Collect) -> Vec<u64> {
+pub fn collectable(state: &GlobalState, c: &Collect) -> Vec<u64> {
     let released: BTreeSet<&str> = state
         .releases
         .by_seq
@@ -84,7 +84,7 @@ pub fn collectable(state: &GroupState, c: &Collect) -> Vec<u64> {
 
 /// The sequence numbers of the releases `c` removes from `state`, oldest first, at most
 /// [`MAX_COLLECT`].
-pub fn collectable_releases(state: &GroupState, c: &Collect) -> Vec<u64> {
+pub fn collectable_releases(state: &GlobalState, c: &Collect) -> Vec<u64> {
     let rs = &state.releases;
     let mut nth: BTreeMap<&str, u32> = BTreeMap::new();
     let mut out = Vec::new();
@@ -119,7 +119,7 @@ fn keeps(b: &Build, c: &Collect, nth_finished: u32, nth_succeeded: u32) -> bool 
         || finished_at.saturating_add(c.keep_ms) > c.now_ms
 }
 
-impl GroupState {
+impl GlobalState {
     /// Applies a collect: removes what [`collectable`] and [`collectable_releases`] name (both
     /// computed first) and returns it.
     pub(crate) fn collect(&mut self, c: &Collect) -> Collected {

@@ -3,7 +3,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::builds::{BuildCommand, BuildResponse, Outcome};
 use crate::releases::{ReleaseCommand, Strategy as ReleaseStrategy};
-use crate::{Command, Response};
+use crate::{GlobalCommand as Command, GlobalState as GroupState, Response, StateMachine};
 
 /// What becomes of one build in a generated history.
 #[derive(Debug, Clone, Copy)]

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use deploy_coordinator::seams::{Seams, SubmitSeam};
 use deploy_coordinator::GroupHandle;
 use deploy_proto::v1::Build as PbBuild;
+use deploy_raft::GlobalTypes;
 use deploy_state::builds::BuildCommand;
-use deploy_state::{BuildResponse, Command, Response};
+use deploy_state::{BuildResponse, GlobalCommand, Response, StateMachine};
 
 /// Answers a submission before it commits; the real write goes on in the background.
 struct AckBeforeCommit;
@@ -24,11 +25,11 @@ struct AckBeforeCommit;
 impl SubmitSeam for AckBeforeCommit {
     fn before_propose(
         &self,
-        group: &GroupHandle,
+        group: &GroupHandle<GlobalTypes>,
         cmd: &BuildCommand,
         regions: &[String],
     ) -> Option<PbBuild> {
-        let command = Command::Build(cmd.clone());
+        let command = GlobalCommand::Build(cmd.clone());
         let (response, scratch) = group.state.read(|d| {
             let mut scratch = d.state.clone();
             (scratch.apply(&command), scratch)

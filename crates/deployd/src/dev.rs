@@ -323,13 +323,8 @@ async fn wait_for_leaders(nodes: &[RunningNode], within: Duration) {
     for n in nodes {
         for g in n.node.groups() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let waited = g
-                .raft
-                .wait(Some(left))
-                .metrics(|m| m.current_leader.is_some(), "leader known")
-                .await;
-            if waited.is_err() {
-                tracing::warn!(node = %n.node.me, group = %g.name, "no leader yet");
+            if g.leader(left).await.is_err() {
+                tracing::warn!(node = %n.node.me, group = %g.name(), "no leader yet");
             }
         }
     }

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use deploy_coordinator::group::AnyGroup;
 use deploy_coordinator::group::LeaderIs;
+use deploy_coordinator::node::Hosted;
 use deploy_coordinator::{GroupHandle, Node, NodeOptions};
 use deploy_raft::network::ChannelPool;
-use deploy_state::{Command, Response};
+use deploy_raft::GlobalTypes;
+use deploy_state::{GlobalCommand, Response};
 use deploy_types::{ClusterConfig, GroupName, NodeName};
 use tempfile::TempDir;
 
@@ -106,7 +109,10 @@ impl InProcCluster {
         )
         .await?;
         for g in node.groups() {
-            self.routers[&g.name].add(id, g.raft.clone());
+            match g {
+                AnyGroup::Global(h) => self.routers[&h.name].add(id, h.raft.clone()),
+                AnyGroup::Region(h) => self.routers[&h.name].add(id, h.raft.clone()),
+            }
         }
         self.nodes.insert(me, Some(node));
         Ok(())
@@ -128,7 +134,9 @@ impl InProcCluster {
         Ok(())
     }
 
-    pub fn group(&self, name: &str, group: &GroupName) -> anyhow::Result<GroupHandle> {
+    /// A node's handle on `group`, which must be the global group: the only one this cluster
+    /// runs.
+    pub fn group(&self, name: &str, group: &GroupName) -> anyhow::Result<GroupHandle<GlobalTypes>> {
         let me = Self::name(name)?;
         let node = self
             .nodes
@@ -136,7 +144,9 @@ impl InProcCluster {
             .context("unknown node")?
             .as_ref()
             .context("node is down")?;
-        node.group(group).cloned().context("group not hosted")
+        GlobalTypes::hosted(node, group)
+            .cloned()
+            .context("group not hosted (an in-process cluster runs only the global group)")
     }
 
     fn running(&self) -> impl Iterator<Item = (&NodeName, &Arc<Node>)> {
@@ -183,7 +193,7 @@ impl InProcCluster {
         value: &str,
     ) -> anyhow::Result<u64> {
         let handle = self.group(name, group)?;
-        let cmd = Command::SetMeta {
+        let cmd = GlobalCommand::SetMeta {
             key: key.into(),
             value: Some(value.into()),
         };
@@ -204,7 +214,7 @@ impl InProcCluster {
         key: &str,
     ) -> anyhow::Result<Option<String>> {
         let h = self.group(name, group)?;
-        Ok(h.state.read(|d| d.state.get_meta(key).map(str::to_string)))
+        Ok(h.get_meta(key).0)
     }
 
     /// Waits until `name` has applied at least `index`.

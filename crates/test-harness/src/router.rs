@@ -5,7 +5,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deploy_raft::{DeployNode, NodeId, Raft, TypeConfig};
+use std::any::Any;
+
+use deploy_raft::{DeployNode, GroupTypes, NodeId, Raft};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -17,7 +19,9 @@ use openraft::raft::{
 
 #[derive(Default)]
 struct State {
-    nodes: HashMap<NodeId, Raft>,
+    /// Each node's `Raft<C>`, of the group's kind `C` (the router itself is kind-blind, so one
+    /// closure can make the network of every group a node hosts).
+    nodes: HashMap<NodeId, Arc<dyn Any + Send + Sync>>,
     /// Each node's side; nodes on different sides cannot talk. Absent means side 0.
     sides: HashMap<NodeId, u32>,
     /// Per mille of messages dropped.
@@ -46,8 +50,8 @@ impl Router {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn add(&self, id: NodeId, raft: Raft) {
-        self.lock().nodes.insert(id, raft);
+    pub fn add<C: GroupTypes>(&self, id: NodeId, raft: Raft<C>) {
+        self.lock().nodes.insert(id, Arc::new(raft));
     }
 
     /// Removes a node: messages to it fail as if its process were gone.
@@ -80,7 +84,11 @@ impl Router {
         self.lock().delay = delay;
     }
 
-    fn target(&self, from: NodeId, to: NodeId) -> Result<(Raft, Duration), Unreachable> {
+    fn target<C: GroupTypes>(
+        &self,
+        from: NodeId,
+        to: NodeId,
+    ) -> Result<(Raft<C>, Duration), Unreachable> {
         let mut s = self.lock();
         let side = |id| s.sides.get(&id).copied().unwrap_or(0);
         if side(from) != side(to) {
@@ -95,7 +103,7 @@ impl Router {
         {
             return Err(Unreachable::new(&Cut(format!("dropped: {from} -> {to}"))));
         }
-        match s.nodes.get(&to) {
+        match s.nodes.get(&to).and_then(|r| r.downcast_ref::<Raft<C>>()) {
             Some(r) => Ok((r.clone(), s.delay)),
             None => Err(Unreachable::new(&Cut(format!("node {to} is down")))),
         }
@@ -115,7 +123,7 @@ pub struct RouterNetwork {
     router: Router,
 }
 
-impl RaftNetworkFactory<TypeConfig> for RouterNetwork {
+impl<C: GroupTypes> RaftNetworkFactory<C> for RouterNetwork {
     type Network = RouterConnection;
     async fn new_client(&mut self, target: NodeId, _node: &DeployNode) -> Self::Network {
         RouterConnection {
@@ -133,9 +141,9 @@ pub struct RouterConnection {
 }
 
 impl RouterConnection {
-    async fn target<E: std::error::Error>(
+    async fn target<C: GroupTypes, E: std::error::Error>(
         &self,
-    ) -> Result<Raft, RPCError<NodeId, DeployNode, RaftError<NodeId, E>>> {
+    ) -> Result<Raft<C>, RPCError<NodeId, DeployNode, RaftError<NodeId, E>>> {
         let (raft, delay) = self
             .router
             .target(self.from, self.to)
@@ -157,26 +165,26 @@ impl RouterConnection {
     }
 }
 
-impl RaftNetwork<TypeConfig> for RouterConnection {
+impl<C: GroupTypes> RaftNetwork<C> for RouterConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, DeployNode, RaftError<NodeId>>>
     {
-        let raft = self.target().await?;
+        let raft = self.target::<C, _>().await?;
         raft.append_entries(rpc).await.map_err(|e| self.remote(e))
     }
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<C>,
         _option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, DeployNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let raft = self.target().await?;
+        let raft = self.target::<C, _>().await?;
         raft.install_snapshot(rpc).await.map_err(|e| self.remote(e))
     }
 
@@ -185,7 +193,7 @@ impl RaftNetwork<TypeConfig> for RouterConnection {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, DeployNode, RaftError<NodeId>>> {
-        let raft = self.target().await?;
+        let raft = self.target::<C, _>().await?;
         raft.vote(rpc).await.map_err(|e| self.remote(e))
     }
 }

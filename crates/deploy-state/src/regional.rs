@@ -1,0 +1,75 @@
+//! A regional group's state machine: the region's copy of the decisions it applied, its
+//! hosts and relays, its rollouts' waves, and its metadata.
+
+use serde::{Deserialize, Serialize};
+
+use crate::region::{Region, RegionCommand};
+use crate::{meta, CommandError, Response, StateMachine};
+
+/// A decision proposed to a regional group's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionalCommand {
+    /// Sets (`Some`) or deletes (`None`) a metadata key of the region's group.
+    SetMeta { key: String, value: Option<String> },
+    /// The region's decisions, hosts and wave transitions.
+    Region(RegionCommand),
+    /// Commands proposed at the same time, in one log entry (see [`crate::GlobalCommand`]).
+    Batch(Vec<RegionalCommand>),
+}
+
+/// The replicated state of one regional group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionalState {
+    /// Operator-set key/value pairs.
+    pub meta: imbl::OrdMap<String, String>,
+    /// The region itself.
+    pub region: Region,
+}
+
+impl StateMachine for RegionalState {
+    type Command = RegionalCommand;
+
+    fn check(&self, cmd: &RegionalCommand) -> Result<(), CommandError> {
+        if let RegionalCommand::SetMeta { key, value } = cmd {
+            meta::check(&self.meta, key, value.as_deref())?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, cmd: &RegionalCommand) -> Response {
+        if let Err(e) = self.check(cmd) {
+            return Response::Rejected(e.to_string());
+        }
+        match cmd {
+            RegionalCommand::SetMeta { key, value } => {
+                crate::apply_meta(&mut self.meta, key, value)
+            }
+            RegionalCommand::Region(c) => match self.region.apply(c) {
+                Ok(r) => Response::Region(r),
+                Err(e) => Response::ReleaseRejected(e),
+            },
+            RegionalCommand::Batch(cmds) => {
+                crate::apply_batch(self, cmds, |c| matches!(c, RegionalCommand::Batch(_)))
+            }
+        }
+    }
+
+    fn batch(cmds: Vec<RegionalCommand>) -> RegionalCommand {
+        RegionalCommand::Batch(cmds)
+    }
+
+    fn batch_len(cmd: &RegionalCommand) -> Option<usize> {
+        match cmd {
+            RegionalCommand::Batch(cmds) => Some(cmds.len()),
+            _ => None,
+        }
+    }
+
+    fn set_meta(key: String, value: Option<String>) -> RegionalCommand {
+        RegionalCommand::SetMeta { key, value }
+    }
+
+    fn meta(&self) -> &imbl::OrdMap<String, String> {
+        &self.meta
+    }
+}
