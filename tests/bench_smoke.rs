@@ -106,11 +106,17 @@ fn each_benchmark_runs_small_and_the_report_shows_its_figures() -> anyhow::Resul
     let windows = f["windows"].as_array().cloned().unwrap_or_default();
     assert_eq!(windows.len(), 3, "{f}");
     assert_eq!(windows[2]["builds"], 600, "{f}");
-    // Every window saw writes, and the first window's follower came back and caught up.
+    // Every window saw writes, and a killed follower came back and was timed catching up
+    // (which window it lands in depends on how fast the tiny windows pass the watcher).
     for w in &windows {
         assert!(w["writes_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{f}");
     }
-    assert!(windows[0]["follower_catch_up_s"].as_f64().is_some(), "{f}");
+    assert!(
+        windows
+            .iter()
+            .any(|w| w["follower_catch_up_s"].as_f64().is_some()),
+        "{f}"
+    );
 
     let doc = out.join("benchmarks.md");
     bench(out, &["report", "--doc", doc.to_str().unwrap_or_default()])?;

@@ -100,6 +100,25 @@ impl Load {
         });
     }
 
+    /// Counts a completed build; the one that completes a window ends it and starts the
+    /// next, at that instant (not at the watcher's next look, which may be windows later
+    /// when windows are small).
+    fn complete_one(&self) {
+        let done = self.completed.fetch_add(1, Ordering::Relaxed) + 1;
+        if done % self.window != 0 {
+            return;
+        }
+        let now = Instant::now();
+        let i = (done / self.window - 1) as usize;
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(this) = w.get_mut(i) {
+            this.ended = Some(now);
+        }
+        if let Some(next) = w.get_mut(i + 1) {
+            next.started = Some(now);
+        }
+    }
+
     fn done(&self) -> bool {
         self.completed.load(Ordering::Relaxed) >= self.total
     }
@@ -275,7 +294,7 @@ async fn worker_loop(load: Arc<Load>, mut client: WorkerServiceClient<Channel>, 
                 }
             }
         }
-        load.completed.fetch_add(1, Ordering::Relaxed);
+        load.complete_one();
         load.room.add_permits(1);
     }
 }
@@ -355,16 +374,6 @@ async fn watch(cluster: &mut ProcessCluster, any: &Client, load: &Load) -> anyho
         } else if now - last_progress.1 > Duration::from_secs(120) {
             let first = load.with(|w| w.first_error.clone());
             anyhow::bail!("no build completed for 120 s at {completed}; first error: {first:?}");
-        }
-        if index != last_index && last_index != usize::MAX {
-            // Every window passed since the last look ends now; the current one starts.
-            let mut w = load.windows.lock().unwrap_or_else(|p| p.into_inner());
-            for i in last_index..index.min(w.len()) {
-                w[i].ended = Some(now);
-                if let Some(next) = w.get_mut(i + 1) {
-                    next.started = Some(now);
-                }
-            }
         }
         if load.done() {
             {

@@ -205,17 +205,11 @@ fn rows_before<'a, T: DeserializeOwned + 'a>(
 }
 
 /// Collected builds below `before`, newest first (`None`: a tombstone).
-pub(crate) fn builds_before(
-    db: &DB,
-    before: u64,
-) -> StorageResult<Rows<'_, Build>> {
+pub(crate) fn builds_before(db: &DB, before: u64) -> StorageResult<Rows<'_, Build>> {
     rows_before(db, BUILD, before)
 }
 
 /// Collected releases below `before`, newest first (`None`: a tombstone).
-pub(crate) fn releases_before(
-    db: &DB,
-    before: u64,
-) -> StorageResult<Rows<'_, Release>> {
+pub(crate) fn releases_before(db: &DB, before: u64) -> StorageResult<Rows<'_, Release>> {
     rows_before(db, RELEASE, before)
 }
