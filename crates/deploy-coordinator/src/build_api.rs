@@ -187,16 +187,6 @@ impl BuildApi {
     fn client(&self, addr: &str) -> Result<BuildServiceClient<Channel>, ApiError> {
         Ok(BuildServiceClient::new(self.routing.channel(addr)?))
     }
-
-    async fn reader(
-        &self,
-        stale: bool,
-        hops: u32,
-    ) -> Result<Route<&GroupHandle<GlobalTypes>>, ApiError> {
-        self.routing
-            .reader::<GlobalTypes>(&GLOBAL, stale, hops)
-            .await
-    }
 }
 
 /// The token the call came with, for the build's history (none on an insecure cluster).
@@ -265,7 +255,7 @@ impl BuildService for BuildApi {
         let hops = hops(&request);
         let req = request.into_inner();
         check_id(&req.id)?;
-        match self.reader(req.stale, hops).await? {
+        match self.routing.global_reader(req.stale, hops).await? {
             Route::Local(h) => Ok(Response::new(read_build(
                 h,
                 &req.id,
@@ -293,7 +283,7 @@ impl BuildService for BuildApi {
             &req.page_token,
             req.page_size,
         )?;
-        let h = match self.reader(req.stale, hops).await? {
+        let h = match self.routing.global_reader(req.stale, hops).await? {
             Route::Local(h) => h,
             Route::Remote(addr) => {
                 return self
@@ -387,7 +377,7 @@ impl BuildService for BuildApi {
         let req = request.into_inner();
         check_id(&req.id)?;
         // Served by the leader, which knows every build submitted so far.
-        let h = match self.reader(false, hops).await? {
+        let h = match self.routing.global_reader(false, hops).await? {
             Route::Local(h) => h.clone(),
             Route::Remote(addr) => {
                 let remote = self

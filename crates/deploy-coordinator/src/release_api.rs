@@ -12,7 +12,6 @@ use deploy_state::releases::{
 };
 use deploy_state::rollout::Canary;
 use deploy_state::{GlobalCommand, Response as SmResponse};
-use deploy_types::GroupName;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
@@ -23,7 +22,6 @@ use crate::group::{Cmd, GroupHandle};
 use crate::paging::{list_args, merged_page, MAX_HISTORY_SCAN};
 use crate::routing::{forwarded, hops, Route, Routing};
 
-const GLOBAL: GroupName = GroupName::Global;
 const MAX_ACTOR_BYTES: usize = 64;
 
 /// A refused release command as an API error.
@@ -233,20 +231,6 @@ impl ReleaseApi {
     fn client(&self, addr: &str) -> Result<ReleaseServiceClient<Channel>, ApiError> {
         Ok(ReleaseServiceClient::new(self.routing.channel(addr)?))
     }
-
-    async fn leader(&self, hops: u32) -> Result<Route<&GroupHandle<GlobalTypes>>, ApiError> {
-        self.routing.route::<GlobalTypes>(&GLOBAL, hops).await
-    }
-
-    async fn reader(
-        &self,
-        stale: bool,
-        hops: u32,
-    ) -> Result<Route<&GroupHandle<GlobalTypes>>, ApiError> {
-        self.routing
-            .reader::<GlobalTypes>(&GLOBAL, stale, hops)
-            .await
-    }
 }
 
 #[tonic::async_trait]
@@ -282,7 +266,7 @@ impl ReleaseService for ReleaseApi {
         crate::auth::may_touch(&req.service)?;
         let by = actor(&req.actor)?;
         let request_id = request_id(&req.request_id)?;
-        let h = match self.leader(hops).await? {
+        let h = match self.routing.global(hops).await? {
             Route::Remote(addr) => {
                 return self
                     .client(&addr)?
@@ -324,7 +308,7 @@ impl ReleaseService for ReleaseApi {
         let hops = hops(&request);
         let req = request.into_inner();
         check_id(&req.id)?;
-        match self.reader(req.stale, hops).await? {
+        match self.routing.global_reader(req.stale, hops).await? {
             Route::Local(h) => Ok(Response::new(read_release(h, &req.id)?)),
             Route::Remote(addr) => self
                 .client(&addr)?
@@ -348,7 +332,7 @@ impl ReleaseService for ReleaseApi {
             &req.page_token,
             req.page_size,
         )?;
-        let h = match self.reader(req.stale, hops).await? {
+        let h = match self.routing.global_reader(req.stale, hops).await? {
             Route::Local(h) => h,
             Route::Remote(addr) => {
                 return self
@@ -408,7 +392,7 @@ impl ReleaseService for ReleaseApi {
         if req.reason.len() > 1024 {
             return Err(ApiError::InvalidArgument("reason: at most 1024 bytes".into()).into());
         }
-        let h = match self.leader(hops).await? {
+        let h = match self.routing.global(hops).await? {
             Route::Remote(addr) => {
                 return self
                     .client(&addr)?

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use deploy_proto::v1::raft_service_client::RaftServiceClient;
 use deploy_proto::v1::{NodeStatusReply, NodeStatusRequest};
+use deploy_raft::GlobalTypes;
 use deploy_types::GroupName;
 use tonic::transport::Channel;
 use tonic::Request;
@@ -209,6 +210,21 @@ impl Routing {
             }
             remote => Ok(remote),
         }
+    }
+
+    /// [`Routing::route`] for the global group.
+    pub async fn global(&self, hops: u32) -> Result<Route<&GroupHandle<GlobalTypes>>, ApiError> {
+        self.route::<GlobalTypes>(&GroupName::Global, hops).await
+    }
+
+    /// [`Routing::reader`] for the global group.
+    pub async fn global_reader(
+        &self,
+        stale: bool,
+        hops: u32,
+    ) -> Result<Route<&GroupHandle<GlobalTypes>>, ApiError> {
+        self.reader::<GlobalTypes>(&GroupName::Global, stale, hops)
+            .await
     }
 
     /// A remote route to `addr`, unless the request has been forwarded too often.
