@@ -105,7 +105,7 @@ impl Load {
     /// when windows are small).
     fn complete_one(&self) {
         let done = self.completed.fetch_add(1, Ordering::Relaxed) + 1;
-        if done % self.window != 0 {
+        if !done.is_multiple_of(self.window) {
             return;
         }
         let now = Instant::now();
