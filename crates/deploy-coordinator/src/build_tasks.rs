@@ -5,12 +5,12 @@
 //! a new leader picks the work up from the committed state: leases keep their absolute
 //! expiry times, and replication skips chunks the destination already holds.
 
-use deploy_raft::GlobalTypes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploy_artifact::copy::copy_artifact;
+use deploy_raft::GlobalTypes;
 use deploy_state::builds::{BuildCommand, BuildState};
 use deploy_state::retention::{collectable, collectable_releases, Collect};
 use deploy_state::{GlobalCommand, Response};

@@ -388,18 +388,6 @@ macro_rules! each {
 }
 pub(crate) use each;
 
-impl<'a> From<&'a GroupHandle<GlobalTypes>> for AnyGroup<'a> {
-    fn from(h: &'a GroupHandle<GlobalTypes>) -> Self {
-        AnyGroup::Global(h)
-    }
-}
-
-impl<'a> From<&'a GroupHandle<RegionTypes>> for AnyGroup<'a> {
-    fn from(h: &'a GroupHandle<RegionTypes>) -> Self {
-        AnyGroup::Region(h)
-    }
-}
-
 impl<'a> AnyGroup<'a> {
     pub fn name(&self) -> &'a GroupName {
         each!(*self, h => &h.name)
