@@ -72,6 +72,7 @@ fn collect(now_ms: u64) -> Command {
         keep_ms: 0,
         artifact_keep: 0,
         history_ms: DAY_MS,
+        decisions_upto: 0,
     })
 }
 
@@ -377,5 +378,76 @@ async fn a_region_with_a_fleet_config_takes_only_the_hosts_it_lists() -> anyhow:
             .collect::<Vec<_>>(),
         ["east-1-h1", "east-1-h2"]
     );
+    Ok(())
+}
+
+/// With `[retention]` set, the global decisions every region applied leave the global state,
+/// and a region's finished release records beyond the policy leave the region's, its newest
+/// (which a rollback undoes) staying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_decisions_and_old_region_release_records_leave_the_state() -> anyhow::Result<()>
+{
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .state_retention(1, 1);
+    let c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    let builds =
+        test_harness::releases::succeeded_builds(&client, &c.dir(), "web", &["v1", "v2", "v3"])
+            .await?;
+    let mut releases = Vec::new();
+    for b in &builds {
+        let r = client
+            .create_release(deploy_proto::v1::CreateReleaseRequest {
+                service: "web".into(),
+                build_id: b.clone(),
+                regions: vec!["east".into()],
+                strategy: Some(test_harness::releases::fast(100)),
+                actor: "tester".into(),
+                request_id: format!("req-{b}"),
+            })
+            .await?;
+        releases.push(r.id);
+    }
+    let newest = deploy_state::releases::parse_release_id(&releases[2])
+        .ok_or_else(|| anyhow::anyhow!("bad release id {}", releases[2]))?;
+    let east = c
+        .node("east-1")?
+        .node
+        .region(&GroupName::Region("east".into()))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no east group"))?;
+    wait_until(T, "east's older release records collected", || async {
+        let left = east.state.read(|d| {
+            let r = &d.state.region;
+            (r.releases.keys().copied().collect::<Vec<_>>(), r.applied)
+        });
+        (left.0 == [newest]).then_some(left.1)
+    })
+    .await?;
+    let g = global_leader(&c).await?;
+    let made = g.state.read(|d| d.state.releases.last_decision);
+    assert!(made >= 3, "three starts at least, and the aborts: {made}");
+    wait_until(T, "the decisions east applied dropped", || async {
+        let (kept, applied) = (
+            g.state.read(|d| d.state.releases.decisions.len()),
+            east.state.read(|d| d.state.region.applied),
+        );
+        (kept == 0 && applied == made).then_some(())
+    })
+    .await?;
+    // The global release records are untouched by the region's collect; the request ids,
+    // younger than a keep_days of 0 only by clock, are gone with it.
+    assert_eq!(
+        client.get_release(&releases[2], false).await?.state,
+        "SUCCEEDED"
+    );
+    wait_until(T, "old request ids forgotten", || async {
+        g.state
+            .read(|d| d.state.releases.requests.is_empty())
+            .then_some(())
+    })
+    .await?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use deploy_artifact::copy::copy_artifact;
 use deploy_raft::GlobalTypes;
 use deploy_state::builds::{BuildCommand, BuildState};
-use deploy_state::retention::{collectable, collectable_releases, Collect};
+use deploy_state::retention::Collect;
 use deploy_state::{GlobalCommand, Response};
 use tracing::{info, warn};
 
@@ -104,11 +104,9 @@ async fn collect_once(node: &Node, h: &GroupHandle<GlobalTypes>) -> bool {
         keep_ms: r.keep_ms(),
         artifact_keep: node.config.builds.keep_per_service,
         history_ms: r.history_ms(),
+        decisions_upto: node.pulls.applied_by_all(node.config.regions()),
     };
-    let nothing = h.state.read(|d| {
-        collectable(&d.state, &c).is_empty() && collectable_releases(&d.state, &c).is_empty()
-    });
-    if nothing {
+    if !h.state.read(|d| deploy_state::retention::anything(&d.state, &c)) {
         return false;
     }
     match h.propose(GlobalCommand::Collect(c)).await {
@@ -116,10 +114,11 @@ async fn collect_once(node: &Node, h: &GroupHandle<GlobalTypes>) -> bool {
             info!(
                 builds = r.builds.len(),
                 releases = r.releases.len(),
-                "collected finished builds and releases"
+                decisions = r.decisions,
+                request_ids = r.requests,
+                "collected finished builds, releases, applied decisions and old request ids"
             );
-            let full = deploy_state::retention::MAX_COLLECT;
-            r.builds.len() >= full || r.releases.len() >= full
+            r.full()
         }
         Ok((_, other)) => {
             warn!(response = ?other, "unexpected answer to a collect");

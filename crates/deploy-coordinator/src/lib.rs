@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod node;
 pub mod paging;
 pub mod peers;
+pub mod pulls;
 pub mod raft_service;
 pub mod region_api;
 pub mod release_api;

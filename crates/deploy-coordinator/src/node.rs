@@ -77,6 +77,8 @@ pub struct Node {
     pub trusted: TrustedKeys,
     /// Host reports held while this node leads a region (soft state, never persisted).
     pub reports: crate::reports::Reports,
+    /// How far each region applied the global decisions, seen from its pulls (soft state).
+    pub pulls: crate::pulls::Pulls,
     /// Chunks this node served from its region's store over HTTP.
     pub chunk_reads: std::sync::atomic::AtomicU64,
     /// Event counts for `/metrics`.
@@ -145,6 +147,7 @@ impl Node {
             stores,
             trusted,
             reports: Default::default(),
+            pulls: Default::default(),
             chunk_reads: Default::default(),
             metrics: Default::default(),
             transport: options.transport.clone(),

@@ -583,7 +583,12 @@ impl RegionService for RegionApi {
         let limit = req.limit.clamp(1, MAX_PULL) as usize;
         let (decisions, upto) = h
             .state
-            .read(|d| d.state.releases.decisions_for(&req.region, req.after, limit))
+            .read(|d| {
+                // What the region says it applied, never past what was decided.
+                let applied = req.after.min(d.state.releases.last_decision);
+                self.routing.node.pulls.saw(&req.region, applied);
+                d.state.releases.decisions_for(&req.region, req.after, limit)
+            })
             .map_err(|oldest| {
                 ApiError::FailedPrecondition(format!(
                     "region {} applied decisions up to {}, but the oldest kept is {oldest}: it must be rebuilt from a snapshot of another region replica",

@@ -105,19 +105,25 @@ async fn drive(node: Arc<Node>, region: String) {
         d.judge(&h, term).await;
         d.settle(&h, term).await;
         d.report(&h).await;
-        d.forget_quiet(&h, term).await;
+        d.sweep(&h, term).await;
     }
 }
 
+/// Collects of release records proposed back to back in one sweep at most.
+const COLLECTS_PER_SWEEP: usize = 10;
+
 impl Driver {
-    /// Every `collect_every_secs`: hosts and relays of the registry this leader has heard
-    /// nothing from for the policy's timeout leave it, in bounded batches.
-    async fn forget_quiet(&mut self, h: &GroupHandle<RegionTypes>, term: u64) {
+    /// Every `collect_every_secs`: finished release records beyond the retention policy
+    /// leave the region's state (see [`Self::collect_releases`]); then hosts and relays of
+    /// the registry this leader has heard nothing from for the policy's timeout leave it, in
+    /// bounded batches.
+    async fn sweep(&mut self, h: &GroupHandle<RegionTypes>, term: u64) {
         let policy = &self.node.config.retention;
         if self.swept.elapsed() < Duration::from_secs(policy.collect_every_secs) {
             return;
         }
         self.swept = Instant::now();
+        self.collect_releases(h).await;
         let after = Duration::from_secs(policy.forget_hosts_after_secs);
         let (hosts, relays) = h.state.read(|d| {
             let r = &d.state.region;
@@ -143,6 +149,40 @@ impl Driver {
                 info!(region = %self.region, hosts = n_hosts, relays = n_relays, after_secs = after.as_secs(), "forgot hosts and relays that stopped reporting")
             }
             Err(e) => warn!(region = %self.region, error = %e, "cannot forget quiet hosts"),
+        }
+    }
+
+    /// Finished release records beyond the retention policy leave the region's state, in
+    /// batches of at most `MAX_COLLECT`, while a batch comes back full.
+    async fn collect_releases(&self, h: &GroupHandle<RegionTypes>) {
+        let policy = &self.node.config.retention;
+        for _ in 0..COLLECTS_PER_SWEEP {
+            let (now_ms, keep_per_service, keep_ms) =
+                (now_ms(), policy.keep_per_service, policy.keep_ms());
+            let n = h.state.read(|d| {
+                d.state
+                    .region
+                    .collectable(now_ms, keep_per_service, keep_ms)
+                    .len()
+            });
+            if n == 0 {
+                return;
+            }
+            let cmd = RegionalCommand::Region(RegionCommand::Collect {
+                now_ms,
+                keep_per_service,
+                keep_ms,
+            });
+            match propose_release(h, cmd).await {
+                Ok(_) => info!(region = %self.region, releases = n, "collected finished release records"),
+                Err(e) => {
+                    warn!(region = %self.region, error = %e, "cannot collect finished release records");
+                    return;
+                }
+            }
+            if n < deploy_state::retention::MAX_COLLECT {
+                return;
+            }
         }
     }
 

@@ -323,6 +323,7 @@ pub fn commands() -> Vec<Command> {
         keep_ms: 0,
         artifact_keep: 1,
         history_ms: 86_400_000,
+        decisions_upto: 1,
     }));
     out
 }
@@ -359,6 +360,11 @@ pub fn region_commands() -> Vec<RegionalCommand> {
         RegionalCommand::Region(RegionCommand::Forget {
             hosts: vec!["east-1-h1".into()],
             relays: vec!["east-rack-1-relay".into()],
+        }),
+        RegionalCommand::Region(RegionCommand::Collect {
+            now_ms: 3_000,
+            keep_per_service: 1,
+            keep_ms: 0,
         }),
     ]);
     let batch = RegionalCommand::Batch(out.iter().take(3).cloned().collect());

@@ -19,7 +19,8 @@ use crate::rollout::{plan, PlanError, Wave};
 
 /// Hosts one registration command may carry.
 pub const MAX_HOSTS_PER_COMMAND: usize = 4096;
-/// Finished releases a region keeps.
+/// Finished releases a region keeps at most. They leave sooner by the retention policy
+/// ([`RegionCommand::Collect`]); this bound holds whatever the policy says.
 pub const MAX_FINISHED_KEPT: usize = 1000;
 /// Hosts (and, apart, relays) one region's registry holds at most, whatever reports.
 pub const MAX_REGION_HOSTS: usize = 1_000_000;
@@ -181,6 +182,15 @@ pub enum RegionCommand {
         hosts: Vec<String>,
         relays: Vec<String>,
     },
+    /// Finished release records beyond the retention policy leave the state, at most
+    /// [`crate::retention::MAX_COLLECT`]: never an unfinished one, a service's newest (a
+    /// rollback undoes its changes), one of the newest `keep_per_service` of its service,
+    /// nor one finished less than `keep_ms` before `now_ms`. Stamped by the leader.
+    Collect {
+        now_ms: u64,
+        keep_per_service: u32,
+        keep_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +211,8 @@ pub enum RegionResponse {
         hosts: usize,
         relays: usize,
     },
+    /// How many release records a [`RegionCommand::Collect`] removed.
+    Collected { releases: usize },
 }
 
 /// The replicated state of a regional group.
@@ -363,6 +375,19 @@ impl Region {
                     });
                 }
                 Ok(self.forget(hosts, relays))
+            }
+            RegionCommand::Collect {
+                now_ms,
+                keep_per_service,
+                keep_ms,
+            } => {
+                let gone = self.collectable(*now_ms, *keep_per_service, *keep_ms);
+                for seq in &gone {
+                    self.releases.remove(seq);
+                }
+                Ok(RegionResponse::Collected {
+                    releases: gone.len(),
+                })
             }
             RegionCommand::WavePassed {
                 id,
@@ -793,8 +818,31 @@ impl Region {
         }
     }
 
-    /// Drops the oldest finished releases beyond [`MAX_FINISHED_KEPT`]; a service's newest
-    /// release is always kept, as a rollback still needs its changes.
+    /// The finished release records a [`RegionCommand::Collect`] with this policy removes,
+    /// oldest first, at most [`crate::retention::MAX_COLLECT`].
+    pub fn collectable(&self, now_ms: u64, keep_per_service: u32, keep_ms: u64) -> Vec<u64> {
+        let newest: BTreeSet<u64> = self.services.values().filter_map(|g| g.latest).collect();
+        let mut nth: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut out = Vec::new();
+        for r in self.releases.values().rev() {
+            let n = nth.entry(r.service.as_str()).or_default();
+            *n += 1;
+            let kept = !r.state.is_final()
+                || newest.contains(&r.seq)
+                || *n <= keep_per_service
+                || r.finished_at_ms
+                    .unwrap_or(r.started_at_ms)
+                    .saturating_add(keep_ms)
+                    > now_ms;
+            if !kept {
+                out.push(r.seq);
+            }
+        }
+        out.reverse();
+        out.truncate(crate::retention::MAX_COLLECT);
+        out
+    }
+
     /// Removes `hosts` (with their goal exceptions) and `relays` from the registry, except
     /// hosts an unfinished release's plan names.
     fn forget(&mut self, hosts: &[String], relays: &[String]) -> RegionResponse {
@@ -834,6 +882,8 @@ impl Region {
         }
     }
 
+    /// Drops the oldest finished releases beyond [`MAX_FINISHED_KEPT`]; a service's newest
+    /// release is always kept, as a rollback still needs its changes.
     fn trim(&mut self) {
         let finished: Vec<u64> = self
             .releases

@@ -506,3 +506,38 @@ fn forgotten_hosts_and_relays_leave_the_registry_but_not_while_a_release_plans_t
         .is_err());
     assert_eq!(r, before);
 }
+
+#[test]
+fn finished_release_records_beyond_the_policy_are_collected_but_never_the_newest() {
+    let mut r = Region::default();
+    for seq in 1..=3 {
+        apply(&mut r, vec![start(seq, seq, &format!("b-{seq}"), strategy())]);
+        assert_eq!(r.releases[&seq].state, ReleaseState::Succeeded);
+    }
+    let collect = |r: &mut Region, now_ms, keep_per_service, keep_ms| {
+        r.apply(&RegionCommand::Collect {
+            now_ms,
+            keep_per_service,
+            keep_ms,
+        })
+        .unwrap()
+    };
+    let left = |r: &Region| r.releases.keys().copied().collect::<Vec<_>>();
+    // Finished at 100: too young for a policy of 1,000 ms at 500.
+    assert_eq!(
+        collect(&mut r, 500, 0, 1_000),
+        RegionResponse::Collected { releases: 0 }
+    );
+    assert_eq!(
+        collect(&mut r, 5_000, 2, 1_000),
+        RegionResponse::Collected { releases: 1 }
+    );
+    assert_eq!(left(&r), [2, 3]);
+    // Keeping none per service still keeps the newest, which a rollback undoes.
+    assert_eq!(
+        collect(&mut r, 5_000, 0, 0),
+        RegionResponse::Collected { releases: 1 }
+    );
+    assert_eq!(left(&r), [3]);
+    assert_eq!(r.services["web"].latest, Some(3));
+}

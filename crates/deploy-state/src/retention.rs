@@ -11,6 +11,10 @@
 //! their artifacts, so rollbacks and releases can use them); any build a release names
 //! (what runs, what a rollback returns to).
 //!
+//! Decisions leave once every region has applied them: the leader stamps in the collect the
+//! number every region's pull had reached ([`Collect::decisions_upto`]). Request ids leave
+//! once older than `keep_ms`.
+//!
 //! A release is never collected while unfinished, while it is its service's active or newest
 //! release (the one a rollback acts on), while it is one of the newest `keep_per_service`
 //! releases of its service, or within `keep_ms` of finishing. Both sets are computed on the
@@ -30,6 +34,21 @@ use crate::GlobalState;
 pub struct Collected {
     pub builds: Vec<Build>,
     pub releases: Vec<Release>,
+    /// Decisions dropped (every region had applied them).
+    pub decisions: u64,
+    /// Request ids forgotten.
+    pub requests: u64,
+}
+
+impl Collected {
+    /// Whether one kind of record came back at [`MAX_COLLECT`], so more may be waiting.
+    pub fn full(&self) -> bool {
+        let full = MAX_COLLECT;
+        self.builds.len() >= full
+            || self.releases.len() >= full
+            || self.decisions >= full as u64
+            || self.requests >= full as u64
+    }
 }
 
 /// Builds (and, apart, releases) one collect command removes at most, so one apply stays
@@ -48,6 +67,28 @@ pub struct Collect {
     pub artifact_keep: u32,
     /// How long the history keeps what was collected (for the store; the state ignores it).
     pub history_ms: u64,
+    /// Every region has applied the global decisions up to this number (the leader saw each
+    /// region's pull say so); 0 when some region's is not known.
+    pub decisions_upto: u64,
+}
+
+/// Whether `c` would remove anything from `state` (the leader's check before proposing).
+pub fn anything(state: &GlobalState, c: &Collect) -> bool {
+    !collectable(state, c).is_empty()
+        || !collectable_releases(state, c).is_empty()
+        || state
+            .releases
+            .decisions_collectable(c.decisions_upto, MAX_COLLECT)
+            > 0
+        || state
+            .releases
+            .requests_collectable(requests_before(c), MAX_COLLECT)
+            > 0
+}
+
+/// Request ids first seen before this leave.
+fn requests_before(c: &Collect) -> u64 {
+    c.now_ms.saturating_sub(c.keep_ms)
 }
 
 /// The sequence numbers of the builds `c` removes from `state`, oldest first, at most
@@ -134,6 +175,12 @@ impl GlobalState {
                 .into_iter()
                 .filter_map(|seq| self.releases.remove_finished(seq))
                 .collect(),
+            decisions: self
+                .releases
+                .collect_decisions(c.decisions_upto, MAX_COLLECT) as u64,
+            requests: self
+                .releases
+                .collect_requests(requests_before(c), MAX_COLLECT) as u64,
         }
     }
 }

@@ -114,13 +114,14 @@ fn history(builds: &[(u8, Fate)]) -> GroupState {
 }
 
 fn policy() -> impl Strategy<Value = Collect> {
-    (0u32..4, 0u64..200, 0u32..3, 0u64..2_000).prop_map(
-        |(keep_per_service, keep_ms, artifact_keep, now_ms)| Collect {
+    (0u32..4, 0u64..200, 0u32..3, 0u64..2_000, 0u64..8).prop_map(
+        |(keep_per_service, keep_ms, artifact_keep, now_ms, decisions_upto)| Collect {
             now_ms,
             keep_per_service,
             keep_ms,
             artifact_keep,
             history_ms: 1_000,
+            decisions_upto,
         },
     )
 }
@@ -185,6 +186,13 @@ proptest! {
             prop_assert!(s.releases.get(&r.id()).is_none());
         }
         prop_assert_eq!(s.releases.by_seq.len() + removed.releases.len(), rs.by_seq.len());
+        // Decisions: exactly those every region applied leave; the rest stay for their pull.
+        prop_assert!(s.releases.decisions.keys().all(|&seq| seq > c.decisions_upto));
+        prop_assert_eq!(
+            removed.decisions as usize,
+            rs.decisions.range(..=c.decisions_upto).count()
+        );
+        prop_assert_eq!(s.releases.last_decision, rs.last_decision);
         // A build named by a release collected in this pass stays until a later one.
         for r in &removed.releases {
             prop_assert!(s.builds.get(&r.build_id).is_some() || before.builds.get(&r.build_id).is_none());
@@ -216,6 +224,7 @@ fn a_collected_builds_commit_can_be_submitted_again() {
         keep_ms: 0,
         artifact_keep: 0,
         history_ms: 0,
+        decisions_upto: 0,
     };
     let Response::Collected(removed) = s.apply(&Command::Collect(c)) else {
         panic!("not a collect response");

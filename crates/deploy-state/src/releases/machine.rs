@@ -155,7 +155,7 @@ impl Releases {
         self.active.insert(service.to_string(), seq);
         self.latest.insert(service.to_string(), seq);
         self.start_due(seq, now_ms);
-        self.remember(request_id, seq);
+        self.remember(request_id, seq, now_ms);
         Ok(ReleaseResponse::Created {
             id,
             superseded: superseded.map(release_id),
@@ -243,7 +243,7 @@ impl Releases {
         if action == Action::Resume {
             self.start_due(seq, now_ms);
         }
-        self.remember(request_id, seq);
+        self.remember(request_id, seq, now_ms);
         Ok(ReleaseResponse::State {
             id: id.to_string(),
             state,

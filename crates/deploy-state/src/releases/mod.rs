@@ -32,10 +32,13 @@ pub use strategy::{
     Strategy, MAX_CANARY_HOSTS, MAX_RELEASE_REGIONS, MAX_UNAVAILABLE_PER_RACK, MAX_WAVES,
 };
 
-/// How many decisions the global group keeps for regions to pull.
+/// How many decisions the global group keeps for regions to pull, at most. A decision leaves
+/// sooner, by retention, once every region has applied it ([`Releases::collect_decisions`]);
+/// this bound is for a region that stopped pulling, which past it must be rebuilt.
 pub const MAX_DECISIONS_KEPT: usize = 100_000;
 /// Request ids remembered, so that a create or an action repeated by a client (its answer
-/// was lost) happens once.
+/// was lost) happens once. They leave sooner, by retention, once older than the policy's
+/// `keep_days` ([`Releases::collect_requests`]); this bound is for a burst.
 pub const MAX_REQUESTS_KEPT: usize = 10_000;
 const MAX_REQUEST_ID_BYTES: usize = 64;
 /// History entries kept per release.
@@ -121,9 +124,10 @@ pub struct Releases {
     /// Request id -> the release the call made or acted on.
     #[serde(default)]
     pub requests: imbl::OrdMap<String, u64>,
-    /// The same ids, oldest first, to forget beyond [`MAX_REQUESTS_KEPT`].
+    /// The same ids with when they were first seen, oldest first, to forget beyond
+    /// [`MAX_REQUESTS_KEPT`] or the retention policy.
     #[serde(default)]
-    pub request_order: imbl::Vector<String>,
+    pub request_order: imbl::Vector<(String, u64)>,
 }
 
 pub(crate) fn clip(s: &str) -> String {
@@ -157,17 +161,63 @@ pub(super) fn check_actor(by: &str) -> Result<(), ReleaseError> {
 }
 
 impl Releases {
-    /// Remembers that call `request_id` made or acted on release `seq`.
-    fn remember(&mut self, request_id: &Option<String>, seq: u64) {
+    /// Remembers that call `request_id` made or acted on release `seq` at `now_ms`.
+    fn remember(&mut self, request_id: &Option<String>, seq: u64, now_ms: u64) {
         let Some(r) = request_id else { return };
         if self.requests.insert(r.clone(), seq).is_none() {
-            self.request_order.push_back(r.clone());
+            self.request_order.push_back((r.clone(), now_ms));
         }
         while self.request_order.len() > MAX_REQUESTS_KEPT {
-            if let Some(old) = self.request_order.pop_front() {
+            if let Some((old, _)) = self.request_order.pop_front() {
                 self.requests.remove(&old);
             }
         }
+    }
+
+    /// Forgets up to `max` request ids first seen before `before_ms`, oldest first; how many.
+    pub(crate) fn collect_requests(&mut self, before_ms: u64, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.request_order.front() {
+                Some((_, at)) if *at < before_ms => {}
+                _ => break,
+            }
+            if let Some((old, _)) = self.request_order.pop_front() {
+                self.requests.remove(&old);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// How many request ids [`Self::collect_requests`] would forget (up to `max`).
+    pub fn requests_collectable(&self, before_ms: u64, max: usize) -> usize {
+        self.request_order
+            .iter()
+            .take(max)
+            .take_while(|(_, at)| *at < before_ms)
+            .count()
+    }
+
+    /// Drops up to `max` decisions numbered `upto` or lower, oldest first: every region has
+    /// applied them, so none will be pulled again. How many.
+    pub(crate) fn collect_decisions(&mut self, upto: u64, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.decisions.get_min() {
+                Some(&(seq, _)) if seq <= upto => {
+                    self.decisions.remove(&seq);
+                    n += 1;
+                }
+                _ => break,
+            }
+        }
+        n
+    }
+
+    /// How many decisions [`Self::collect_decisions`] would drop (up to `max`).
+    pub fn decisions_collectable(&self, upto: u64, max: usize) -> usize {
+        self.decisions.range(..=upto).take(max).count()
     }
 
     /// Removes a finished release that is neither its service's active nor newest one.

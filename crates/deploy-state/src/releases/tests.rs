@@ -465,10 +465,26 @@ fn a_repeated_call_makes_one_release_and_acts_once() {
 }
 
 #[test]
+fn request_ids_older_than_the_policy_are_collected_oldest_first() {
+    let mut q = Releases::default();
+    for (i, at) in [10u64, 20, 30].into_iter().enumerate() {
+        q.remember(&Some(format!("id-{i}")), i as u64, at);
+    }
+    assert_eq!(q.requests_collectable(25, 10), 2);
+    assert_eq!(q.requests_collectable(25, 1), 1);
+    assert_eq!(q.collect_requests(25, 1), 1);
+    assert!(!q.requests.contains_key("id-0"));
+    assert_eq!(q.collect_requests(25, 10), 1);
+    assert_eq!(q.collect_requests(25, 10), 0);
+    assert_eq!(q.requests.keys().collect::<Vec<_>>(), ["id-2"]);
+    assert_eq!(q.request_order.len(), 1);
+}
+
+#[test]
 fn request_ids_are_forgotten_oldest_first_beyond_the_bound() {
     let mut q = Releases::default();
     for i in 0..(MAX_REQUESTS_KEPT + 5) as u64 {
-        q.remember(&Some(format!("id-{i}")), i);
+        q.remember(&Some(format!("id-{i}")), i, i);
     }
     assert_eq!(q.requests.len(), MAX_REQUESTS_KEPT);
     assert_eq!(q.request_order.len(), MAX_REQUESTS_KEPT);
