@@ -55,11 +55,11 @@ const KEY_FORMAT: &str = "format";
 pub fn open<C: GroupTypes>(
     dir: &Path,
 ) -> Result<(LogStore<C>, StateMachineStore<C>), StorageError<NodeId>> {
-    let mut opts = Options::default();
+    let mut opts = db_options();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     let cfs = [CF_META, CF_LOGS, CF_SM, crate::history::CF_HISTORY]
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        .map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
     let db = DB::open_cf_descriptors(&opts, dir, cfs)
         .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, &e))?;
     let db = Arc::new(db);
@@ -67,6 +67,32 @@ pub fn open<C: GroupTypes>(
     let sm = StateMachineStore::restore(db.clone(), dir)?;
     let sync = start_syncer(&db).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
     Ok((LogStore { db, sync }, sm))
+}
+
+/// The block cache of one group's database. Index and filter blocks are charged to it too, so
+/// what RocksDB keeps in memory to read its files does not grow with the history on disk.
+pub const BLOCK_CACHE_BYTES: usize = 16 << 20;
+/// One memtable of one column family: it is flushed to a file when it reaches this.
+pub const WRITE_BUFFER_BYTES: usize = 8 << 20;
+/// All memtables of one group's database together: past this the largest is flushed.
+pub const DB_WRITE_BUFFERS_BYTES: usize = 32 << 20;
+
+/// RocksDB's memory for one group, bounded: at most [`BLOCK_CACHE_BYTES`] of cached blocks
+/// (indexes and filters among them) and [`DB_WRITE_BUFFERS_BYTES`] of memtables. RocksDB's
+/// defaults give every column family its own 32 MiB cache and 64 MiB memtables, and keep
+/// every file's index in memory outside any cache, so a node's memory grew with the history
+/// it keeps on disk.
+fn db_options() -> Options {
+    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    opts.set_db_write_buffer_size(DB_WRITE_BUFFERS_BYTES);
+    opts
 }
 
 type Acks<C> = std::sync::mpsc::Sender<LogFlushed<C>>;
