@@ -385,8 +385,7 @@ async fn a_region_with_a_fleet_config_takes_only_the_hosts_it_lists() -> anyhow:
 /// and a region's finished release records beyond the policy leave the region's, its newest
 /// (which a rollback undoes) staying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn applied_decisions_and_old_region_release_records_leave_the_state() -> anyhow::Result<()>
-{
+async fn applied_decisions_and_old_region_release_records_leave_the_state() -> anyhow::Result<()> {
     let spec = Spec::new(1)
         .region("east", 1)
         .worker("wk", "east")

@@ -106,7 +106,10 @@ async fn collect_once(node: &Node, h: &GroupHandle<GlobalTypes>) -> bool {
         history_ms: r.history_ms(),
         decisions_upto: node.pulls.applied_by_all(node.config.regions()),
     };
-    if !h.state.read(|d| deploy_state::retention::anything(&d.state, &c)) {
+    if !h
+        .state
+        .read(|d| deploy_state::retention::anything(&d.state, &c))
+    {
         return false;
     }
     match h.propose(GlobalCommand::Collect(c)).await {

@@ -75,6 +75,8 @@ pub struct GroupHandle<C: GroupTypes> {
     pub me: NodeName,
     pub raft: Raft<C>,
     pub state: StateReader<C::State>,
+    /// What failover knows beside openraft's metrics (see [`crate::failover`]).
+    pub failover: std::sync::Arc<crate::failover::Failover>,
     writes: tokio::sync::mpsc::Sender<PendingWrite<C>>,
 }
 
@@ -85,6 +87,7 @@ impl<C: GroupTypes> Clone for GroupHandle<C> {
             me: self.me.clone(),
             raft: self.raft.clone(),
             state: self.state.clone(),
+            failover: self.failover.clone(),
             writes: self.writes.clone(),
         }
     }
@@ -100,6 +103,7 @@ impl<C: GroupTypes> GroupHandle<C> {
             me,
             raft,
             state,
+            failover: Default::default(),
             writes,
         }
     }
@@ -194,6 +198,12 @@ impl<C: GroupTypes> GroupHandle<C> {
     /// Writes proposed at the same time share one log entry (see [`batch_writes`]); each
     /// still gets its own response.
     pub async fn write(&self, cmd: Cmd<C>) -> WriteResult {
+        if self.failover.handing_over() {
+            return Err(Err(ApiError::Unavailable(format!(
+                "group {}: this leader is stopping and hands its leadership over; retry",
+                self.name
+            ))));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let gone = || {
             Err(Err(ApiError::Unavailable(format!(

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod build_api;
 pub mod build_tasks;
 pub mod error;
+pub mod failover;
 pub mod group;
 pub mod http;
 pub mod limits;

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use deploy_proto::v1::raft_service_server::RaftService;
-use deploy_proto::v1::{NodeStatusReply, NodeStatusRequest, RaftReply, RaftRequest};
+use deploy_proto::v1::{
+    NodeStatusReply, NodeStatusRequest, RaftReply, RaftRequest, TimeoutNowReply, TimeoutNowRequest,
+};
 use deploy_raft::codec;
 use deploy_types::GroupName;
 use serde::Serialize;
@@ -51,6 +53,7 @@ impl RaftService for RaftServer {
         let req = request.into_inner();
         let group = self.group(&req.group)?;
         each!(group, h => {
+            h.failover.heard();
             let rpc = decode("append entries request", &req.payload)?;
             reply(&h.raft.append_entries(rpc).await)
         })
@@ -86,5 +89,16 @@ impl RaftService for RaftServer {
         crate::peers::require(&self.node, &request, &[crate::peers::PeerKind::Node])?;
         let group = self.group(&request.get_ref().group)?;
         Ok(Response::new(group.status()))
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<TimeoutNowRequest>,
+    ) -> Result<Response<TimeoutNowReply>, Status> {
+        crate::peers::require(&self.node, &request, &[crate::peers::PeerKind::Node])?;
+        let req = request.into_inner();
+        let group = self.group(&req.group)?;
+        crate::failover::timeout_now(group, req.term).await?;
+        Ok(Response::new(TimeoutNowReply {}))
     }
 }

@@ -174,7 +174,9 @@ impl Driver {
                 keep_ms,
             });
             match propose_release(h, cmd).await {
-                Ok(_) => info!(region = %self.region, releases = n, "collected finished release records"),
+                Ok(_) => {
+                    info!(region = %self.region, releases = n, "collected finished release records")
+                }
                 Err(e) => {
                     warn!(region = %self.region, error = %e, "cannot collect finished release records");
                     return;

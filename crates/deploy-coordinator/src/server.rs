@@ -179,6 +179,7 @@ pub async fn launch(
     crate::build_tasks::spawn(node.clone());
     crate::rollout_tasks::spawn(node.clone());
     crate::metrics::spawn_leader_watch(node.clone());
+    crate::failover::spawn_leader_watch(node.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(node.clone(), listener, async {
         let _ = stopped.await;
@@ -192,6 +193,13 @@ pub async fn launch(
 }
 
 impl RunningNode {
+    /// Stops on purpose: hands the leadership of every group this node leads to an
+    /// up-to-date voter ([`crate::failover::hand_over`]), then stops.
+    pub async fn stop_gracefully(self) {
+        crate::failover::hand_over(&self.node).await;
+        self.stop().await;
+    }
+
     /// Stops serving and shuts every group down.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -212,7 +212,9 @@ pub enum RegionResponse {
         relays: usize,
     },
     /// How many release records a [`RegionCommand::Collect`] removed.
-    Collected { releases: usize },
+    Collected {
+        releases: usize,
+    },
 }
 
 /// The replicated state of a regional group.

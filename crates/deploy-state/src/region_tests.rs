@@ -511,7 +511,10 @@ fn forgotten_hosts_and_relays_leave_the_registry_but_not_while_a_release_plans_t
 fn finished_release_records_beyond_the_policy_are_collected_but_never_the_newest() {
     let mut r = Region::default();
     for seq in 1..=3 {
-        apply(&mut r, vec![start(seq, seq, &format!("b-{seq}"), strategy())]);
+        apply(
+            &mut r,
+            vec![start(seq, seq, &format!("b-{seq}"), strategy())],
+        );
         assert_eq!(r.releases[&seq].state, ReleaseState::Succeeded);
     }
     let collect = |r: &mut Region, now_ms, keep_per_service, keep_ms| {

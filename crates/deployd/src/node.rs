@@ -54,7 +54,11 @@ pub async fn run(
         }
     };
     info!(node = %me, "stopping");
-    running.stop().await;
+    if ended.is_none() {
+        running.stop_gracefully().await;
+    } else {
+        running.stop().await;
+    }
     match ended {
         None => Ok(()),
         Some(why) => anyhow::bail!("node {me}: {why}"),

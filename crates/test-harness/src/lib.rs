@@ -113,6 +113,8 @@ pub struct Spec {
     pub allowed_repos: Vec<String>,
     /// Use the shipped Raft timing defaults instead of the tests' slower, steadier one.
     pub default_timing: bool,
+    /// (heartbeat, election timeout min, max) in ms, instead of either.
+    pub raft_timing: Option<(u64, u64, u64)>,
     /// Regions whose store is an S3 bucket: region -> (endpoint, bucket).
     pub s3: std::collections::BTreeMap<String, (String, String)>,
     /// (raft.snapshot_every_logs, raft.keep_logs_after_snapshot)
@@ -184,6 +186,7 @@ impl Spec {
             max_queued: 10_000,
             allowed_repos: vec!["/**".into()],
             default_timing: false,
+            raft_timing: None,
             s3: std::collections::BTreeMap::new(),
             snapshots: (5000, 1000),
             state_retention: None,
@@ -218,6 +221,12 @@ impl Spec {
     /// Uses the shipped Raft timing defaults (what `deployd` runs with).
     pub fn default_timing(mut self) -> Self {
         self.default_timing = true;
+        self
+    }
+
+    /// Raft timing of its own: heartbeat and election timeout (min, max), in ms.
+    pub fn raft_timing(mut self, heartbeat_ms: u64, min_ms: u64, max_ms: u64) -> Self {
+        self.raft_timing = Some((heartbeat_ms, min_ms, max_ms));
         self
     }
 
@@ -351,7 +360,13 @@ impl Spec {
         let public = deploy_artifact::KeyPair::load(&key_path)?.public_hex();
         let mut s = format!(
             "[cluster]\nname = \"test\"\n\n[raft]\n{}\n",
-            if self.default_timing {
+            if let Some((hb, min, max)) = self.raft_timing {
+                format!(
+                    "heartbeat_ms = {hb}\nelection_timeout_min_ms = {min}\nelection_timeout_max_ms = {max}\n\
+                     snapshot_every_logs = {}\nkeep_logs_after_snapshot = {}\n",
+                    self.snapshots.0, self.snapshots.1
+                )
+            } else if self.default_timing {
                 String::new()
             } else {
                 test_timing(self.snapshots.0, self.snapshots.1)

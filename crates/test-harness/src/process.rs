@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use deploy_client::Client;
@@ -251,6 +252,33 @@ impl ProcessCluster {
         child.kill()?; // SIGKILL on Unix
         child.wait()?;
         Ok(())
+    }
+
+    /// Stops the node's process as an operator would (SIGTERM) and waits up to `patience`
+    /// for it to exit; past that it is killed (SIGKILL) and this is an error.
+    pub fn terminate(&mut self, name: &str, patience: Duration) -> anyhow::Result<()> {
+        let p = self.nodes.get_mut(name).context("unknown node")?;
+        let mut child = p.child.take().context("node is not running")?;
+        let pid = i32::try_from(child.id()).context("pid out of range")?;
+        // SAFETY: `pid` is our own child, not yet reaped, so it cannot name another process.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!("cannot signal {name}: {}", std::io::Error::last_os_error());
+        }
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!("{name} exited with {status} after SIGTERM");
+                }
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                bail!("{name} did not exit within {patience:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The OS process id of a running node, worker, relay or agent.
