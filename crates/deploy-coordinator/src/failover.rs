@@ -83,8 +83,10 @@ fn clock() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// How long a stopping leader waits for a voter to catch up, and then for it to lead.
+/// How long a stopping leader tries to hand over in all.
 const HAND_OVER_PATIENCE: Duration = Duration::from_secs(2);
+/// How long one `TimeoutNow` has to make its voter the leader before the leader asks again.
+const ATTEMPT_PATIENCE: Duration = Duration::from_millis(300);
 /// A probe of the leader's port that takes longer than this counts as no answer.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Past the lease, so that the other voters' leases (refreshed by the same last heartbeat,
@@ -127,43 +129,93 @@ async fn hand_over_group<C: deploy_raft::GroupTypes>(
     failover.handing_over.store(true, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + HAND_OVER_PATIENCE;
     let mut rx = raft.metrics();
-    // The voter with every entry this leader has (no new write comes in now), the lowest id
-    // on a tie so the choice is predictable.
-    let chosen = tokio::time::timeout_at(
-        deadline,
-        rx.wait_for(|m| caught_up_voter(m, node).is_some()),
-    )
-    .await
-    .map_err(|_| "no voter caught up with the log".to_string())?
-    .map_err(|_| "the group stopped".to_string())
-    .map(|m| caught_up_voter(&m, node))?
-    .ok_or("no voter caught up with the log")?;
-    let (id, target) = chosen;
-    let term = raft.metrics().borrow().current_term;
+    let me = rx.borrow().id;
+    let mut why = String::from("no voter caught up with the log");
+    while tokio::time::Instant::now() < deadline {
+        // The voter with every entry this leader has (no new write comes in now), the lowest
+        // name on a tie so the choice is predictable.
+        let Ok(Ok(m)) = tokio::time::timeout_at(
+            deadline,
+            rx.wait_for(|m| m.state != ServerState::Leader || caught_up_voter(m, node).is_some()),
+        )
+        .await
+        .map(|r| r.map(|m| m.clone())) else {
+            break;
+        };
+        if m.state != ServerState::Leader {
+            // Stepped down (a campaign with a higher term reached it): whoever wins.
+            return match tokio::time::timeout_at(
+                deadline,
+                rx.wait_for(|m| m.state != ServerState::Leader && successor(m, me).is_some()),
+            )
+            .await
+            {
+                Ok(Ok(m)) => successor(&m, me).ok_or_else(|| "no leader".into()),
+                _ => Err("stepped down, and no other leader appeared in time".into()),
+            };
+        }
+        let Some((_, target)) = caught_up_voter(&m, node) else {
+            continue;
+        };
+        match ask_to_stand(node, g, &target, m.current_term).await {
+            Ok(()) => {}
+            Err(e) => {
+                why = e;
+                continue;
+            }
+        }
+        // Won within one campaign's time, or ask again (a voter that refused its vote had
+        // heard from this leader a moment later; an entry that slipped in lost it the vote).
+        let attempt = (tokio::time::Instant::now() + ATTEMPT_PATIENCE).min(deadline);
+        match tokio::time::timeout_at(
+            attempt,
+            rx.wait_for(|m| m.state != ServerState::Leader && successor(m, me).is_some()),
+        )
+        .await
+        {
+            Ok(Ok(m)) => return successor(&m, me).ok_or_else(|| "no leader".into()),
+            Ok(Err(_)) => return Err("the group stopped".into()),
+            Err(_) => {
+                let m = raft.metrics().borrow().clone();
+                why = format!(
+                    "{} did not take over (here: {:?}, term {}, leader {:?})",
+                    target.name, m.state, m.current_term, m.current_leader
+                );
+                debug!(group = %g.name(), %why, "asking again");
+            }
+        }
+    }
+    Err(why)
+}
+
+/// The name of the leader other than `me` that `m` knows of.
+fn successor(
+    m: &openraft::RaftMetrics<NodeId, deploy_raft::types::DeployNode>,
+    me: NodeId,
+) -> Option<String> {
+    let leader = m.current_leader.filter(|l| *l != me)?;
+    let membership = m.membership_config.membership();
+    membership.get_node(&leader).map(|n| n.name.clone())
+}
+
+/// Sends `target` a `TimeoutNow` for `g` at `term`.
+async fn ask_to_stand(
+    node: &Node,
+    g: AnyGroup<'_>,
+    target: &deploy_raft::types::DeployNode,
+    term: u64,
+) -> Result<(), String> {
     let channel = node.pool.get(&target.addr).map_err(|e| e.to_string())?;
     let mut req = tonic::Request::new(pb::TimeoutNowRequest {
         group: g.name().to_string(),
         term,
     });
-    req.set_timeout(HAND_OVER_PATIENCE);
+    req.set_timeout(ATTEMPT_PATIENCE);
     RaftServiceClient::new(channel)
         .timeout_now(req)
         .await
-        .map_err(|e| format!("{} refused TimeoutNow: {}", target.name, e.message()))?;
-    tokio::time::timeout_at(
-        deadline,
-        rx.wait_for(|m| m.current_leader == Some(id) && m.state != ServerState::Leader),
-    )
-    .await
-    .map_err(|_| {
-        let m = raft.metrics().borrow().clone();
-        format!(
-            "{} did not take over in time (here: {:?}, term {}, leader {:?})",
-            target.name, m.state, m.current_term, m.current_leader
-        )
-    })?
-    .map_err(|_| "the group stopped".to_string())?;
-    Ok(target.name.to_string())
+        .map(|_| ())
+        .map_err(|e| format!("{} refused TimeoutNow: {}", target.name, e.message()))
 }
 
 /// The voter other than this leader whose matched log reaches this leader's last entry.
@@ -279,9 +331,34 @@ async fn watch_leader(node: Arc<Node>, name: deploy_types::GroupName) {
             continue;
         }
         info!(group = %name, gone = leader, quiet_ms = failover.quiet().as_millis() as u64, "the leader's port does not answer: standing for election");
+        stand(g, leader).await;
+    }
+}
+
+/// Campaigns a replica's own lease margin may have cost it, at most.
+const CAMPAIGNS: usize = 3;
+/// How long one campaign waits for its votes before the next.
+const CAMPAIGN_PATIENCE: Duration = Duration::from_millis(60);
+
+/// Stands for election; if the campaign has not won within [`CAMPAIGN_PATIENCE`] (a voter
+/// whose lease was refreshed a little after this one's refused it) and no other leader
+/// appeared, stands again, up to [`CAMPAIGNS`] times, rather than wait out openraft's random
+/// timeout.
+async fn stand(g: AnyGroup<'_>, gone: NodeId) {
+    let mut rx = g.watch();
+    for _ in 0..CAMPAIGNS {
         if let Err(e) = each!(g, h => h.raft.trigger().elect().await) {
-            warn!(group = %name, error = %e, "cannot stand for election");
+            warn!(group = %g.name(), error = %e, "cannot stand for election");
+            return;
         }
+        let settled = |m: &openraft::RaftMetrics<NodeId, deploy_raft::types::DeployNode>| {
+            m.state == ServerState::Leader
+                || (m.state == ServerState::Follower && m.current_leader.is_some_and(|l| l != gone))
+        };
+        if let Ok(Ok(_)) = tokio::time::timeout(CAMPAIGN_PATIENCE, rx.wait_for(settled)).await {
+            return;
+        }
+        debug!(group = %g.name(), "campaign not won yet: standing again");
     }
 }
 

@@ -97,13 +97,19 @@ impl<C: GroupTypes> GroupHandle<C> {
     /// A handle on a started group; spawns its write batcher (it ends with the last handle).
     pub fn new(name: GroupName, me: NodeName, raft: Raft<C>, state: StateReader<C::State>) -> Self {
         let (writes, rx) = tokio::sync::mpsc::channel(4 * deploy_state::MAX_BATCH);
-        tokio::spawn(batch_writes::<C>(raft.clone(), name.clone(), rx));
+        let failover = std::sync::Arc::new(crate::failover::Failover::default());
+        tokio::spawn(batch_writes::<C>(
+            raft.clone(),
+            name.clone(),
+            rx,
+            failover.clone(),
+        ));
         Self {
             name,
             me,
             raft,
             state,
-            failover: Default::default(),
+            failover,
             writes,
         }
     }
@@ -329,6 +335,7 @@ async fn batch_writes<C: GroupTypes>(
     raft: Raft<C>,
     group: GroupName,
     mut rx: tokio::sync::mpsc::Receiver<PendingWrite<C>>,
+    failover: std::sync::Arc<crate::failover::Failover>,
 ) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
@@ -344,6 +351,17 @@ async fn batch_writes<C: GroupTypes>(
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }
+        }
+        // Writes queued before a handover began are refused too: the log must stop growing
+        // once the successor is chosen, or it would lack an entry and lose the vote.
+        if failover.handing_over() {
+            let e = ApiError::Unavailable(format!(
+                "group {group}: this leader is stopping and hands its leadership over; retry"
+            ));
+            for (_, tx) in batch {
+                let _ = tx.send(Err(Err(e.clone())));
+            }
+            continue;
         }
         let (raft, group) = (raft.clone(), group.clone());
         tokio::spawn(async move {
