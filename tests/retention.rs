@@ -193,16 +193,15 @@ async fn the_leader_collects_finished_builds_under_the_configured_policy() -> an
     Ok(())
 }
 
-/// Superseded releases (ABORTED) leave the state under a collect, while the one a rollback
-/// acts on stays; `release get` answers for them from the history, then as removed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn collected_releases_are_answered_from_history_then_as_removed() -> anyhow::Result<()> {
-    let spec = Spec::new(3).region("east", 1).worker("wk", "east");
-    let c = GrpcCluster::start_spec(spec).await?;
-    let client = c.client()?;
+/// Three successful builds of `web` (v1, v2, v3), each released to east in turn, so the
+/// first two end superseded (ABORTED); with `request_ids`, each create carries one.
+async fn three_releases(
+    client: &Client,
+    dir: &std::path::Path,
+    request_ids: bool,
+) -> anyhow::Result<Vec<String>> {
     let builds =
-        test_harness::releases::succeeded_builds(&client, &c.dir(), "web", &["v1", "v2", "v3"])
-            .await?;
+        test_harness::releases::succeeded_builds(client, dir, "web", &["v1", "v2", "v3"]).await?;
     let mut releases = Vec::new();
     for b in &builds {
         let r = client
@@ -212,11 +211,26 @@ async fn collected_releases_are_answered_from_history_then_as_removed() -> anyho
                 regions: vec!["east".into()],
                 strategy: Some(test_harness::releases::fast(100)),
                 actor: "tester".into(),
-                request_id: String::new(),
+                request_id: if request_ids {
+                    format!("req-{b}")
+                } else {
+                    String::new()
+                },
             })
             .await?;
         releases.push(r.id);
     }
+    Ok(releases)
+}
+
+/// Superseded releases (ABORTED) leave the state under a collect, while the one a rollback
+/// acts on stays; `release get` answers for them from the history, then as removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collected_releases_are_answered_from_history_then_as_removed() -> anyhow::Result<()> {
+    let spec = Spec::new(3).region("east", 1).worker("wk", "east");
+    let c = GrpcCluster::start_spec(spec).await?;
+    let client = c.client()?;
+    let releases = three_releases(&client, &c.dir(), false).await?;
     assert_eq!(
         client.get_release(&releases[0], false).await?.state,
         "ABORTED"
@@ -392,23 +406,7 @@ async fn applied_decisions_and_old_region_release_records_leave_the_state() -> a
         .state_retention(1, 1);
     let c = GrpcCluster::start_spec(spec).await?;
     let client = c.client()?;
-    let builds =
-        test_harness::releases::succeeded_builds(&client, &c.dir(), "web", &["v1", "v2", "v3"])
-            .await?;
-    let mut releases = Vec::new();
-    for b in &builds {
-        let r = client
-            .create_release(deploy_proto::v1::CreateReleaseRequest {
-                service: "web".into(),
-                build_id: b.clone(),
-                regions: vec!["east".into()],
-                strategy: Some(test_harness::releases::fast(100)),
-                actor: "tester".into(),
-                request_id: format!("req-{b}"),
-            })
-            .await?;
-        releases.push(r.id);
-    }
+    let releases = three_releases(&client, &c.dir(), true).await?;
     let newest = deploy_state::releases::parse_release_id(&releases[2])
         .ok_or_else(|| anyhow::anyhow!("bad release id {}", releases[2]))?;
     let east = c
