@@ -24,12 +24,19 @@ async fn wait_final(client: &Client, id: &str) -> anyhow::Result<Build> {
     test_harness::releases::wait_build(client, id, T).await
 }
 
+/// The artifact a build made.
+fn artifact(b: &Build) -> anyhow::Result<deploy_types::Digest> {
+    Ok(deploy_types::Digest::parse(&b.artifact_digest)?)
+}
+
 /// The files of an artifact, read back from a store through its manifest and chunks.
 async fn artifact_files(
     store: &deploy_artifact::Store,
     digest: &str,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let m = store.get_manifest(digest).await?;
+    let m = store
+        .get_manifest(&deploy_types::Digest::parse(digest)?)
+        .await?;
     let mut tar = Vec::new();
     for c in &m.chunks {
         tar.extend_from_slice(&store.get_chunk(&c.digest, m.chunk_size).await?);
@@ -455,6 +462,17 @@ async fn artifacts_are_served_over_http_by_each_regions_nodes() -> anyhow::Resul
         http_get(east, "/v1/manifests/sha256:1234", None).await?.0,
         400
     );
+    // One spelling per digest: upper case names no object.
+    let upper = b
+        .artifact_digest
+        .to_uppercase()
+        .replace("SHA256:", "sha256:");
+    assert_eq!(
+        http_get(east, &format!("/v1/manifests/{upper}"), None)
+            .await?
+            .0,
+        400
+    );
     assert_eq!(
         http_get(east, &format!("/v1/chunks/sha256:{}", "0".repeat(64)), None)
             .await?
@@ -549,7 +567,7 @@ async fn gc_deletes_what_the_policy_drops_and_keeps_the_rest_whole() -> anyhow::
     for region in ["east", "west"] {
         for b in &builds {
             c.store(region)?
-                .get_trusted_manifest(&b.artifact_digest, &keys)
+                .get_trusted_manifest(&artifact(b)?, &keys)
                 .await?;
         }
     }
@@ -561,13 +579,15 @@ async fn gc_deletes_what_the_policy_drops_and_keeps_the_rest_whole() -> anyhow::
         for d in older.keys() {
             assert!(
                 matches!(
-                    store.get_manifest(d).await,
+                    store.get_manifest(&deploy_types::Digest::parse(d)?).await,
                     Err(deploy_artifact::StoreError::Missing { .. })
                 ),
                 "{region} {d}"
             );
         }
-        let m = store.get_trusted_manifest(&newest, &keys).await?;
+        let m = store
+            .get_trusted_manifest(&deploy_types::Digest::parse(&newest)?, &keys)
+            .await?;
         for ch in &m.chunks {
             store.get_chunk(&ch.digest, m.chunk_size).await?;
         }
@@ -651,9 +671,7 @@ async fn a_region_can_keep_its_artifacts_in_an_s3_bucket() -> anyhow::Result<()>
         east.name()
     );
     for store in [east, c.store("west")?] {
-        let m = store
-            .get_trusted_manifest(&b.artifact_digest, &keys)
-            .await?;
+        let m = store.get_trusted_manifest(&artifact(&b)?, &keys).await?;
         assert!(m.chunks.len() >= 4, "{} chunks", m.chunks.len());
         for ch in &m.chunks {
             store.get_chunk(&ch.digest, m.chunk_size).await?;

@@ -22,7 +22,7 @@ async fn manifest_chunks(
     build: &Client,
     id: &str,
 ) -> anyhow::Result<usize> {
-    let digest = build.get_build(id, false).await?.artifact_digest;
+    let digest = deploy_types::Digest::parse(&build.get_build(id, false).await?.artifact_digest)?;
     Ok(c.store(region)?.get_manifest(&digest).await?.chunks.len())
 }
 
@@ -384,11 +384,15 @@ async fn a_relay_serving_corrupt_chunks_is_detected_and_never_installed() -> any
         "the corrupt relay was asked"
     );
     // What is installed is byte for byte the stored artifact.
-    let digest = client.get_build(&ids[0], false).await?.artifact_digest;
+    let digest =
+        deploy_types::Digest::parse(&client.get_build(&ids[0], false).await?.artifact_digest)?;
     let m = c.store("east")?.get_manifest(&digest).await?;
     for ch in &m.chunks {
-        let hex = ch.digest.trim_start_matches("sha256:");
-        let on_host = std::fs::read(c.host_root("east-1-h1").join("chunks").join(hex))?;
+        let on_host = std::fs::read(
+            c.host_root("east-1-h1")
+                .join("chunks")
+                .join(ch.digest.hex()),
+        )?;
         assert_eq!(deploy_artifact::digest_of(&on_host), ch.digest);
     }
     assert_eq!(current(&c, "east-1-h1").map(|x| x.0), Some(ids[0].clone()));
@@ -461,7 +465,8 @@ async fn with_every_link_limited_the_artifact_reaches_all_hosts_within_twice_siz
     };
     c.start_fleet(&limits, true).await?;
     let ids = builds(&client, &c.dir(), 64 * 1024 * 1024, &[("v1", true)]).await?;
-    let digest = client.get_build(&ids[0], false).await?.artifact_digest;
+    let digest =
+        deploy_types::Digest::parse(&client.get_build(&ids[0], false).await?.artifact_digest)?;
     let size = c.store("east")?.get_manifest(&digest).await?.size;
     let bound = Duration::from_secs_f64(size as f64 / RATE as f64);
     let start = Instant::now();

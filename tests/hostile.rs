@@ -488,7 +488,7 @@ async fn hostile_recipes_forged_manifests_and_stale_leases_are_refused() -> anyh
 
     // A forged manifest: the build's own, with a field changed after signing, and one
     // signed by a key the cluster does not trust. Neither is served nor accepted.
-    let digest = done.artifact_digest.clone();
+    let digest = deploy_types::Digest::parse(&done.artifact_digest)?;
     let real = c.store("east")?.get_manifest(&digest).await?;
     let east = c.addr("east-1")?.to_string();
     let http = deploy_fanout::fetch::client(&transport(&c, "east-1-h1")?);
@@ -501,11 +501,10 @@ async fn hostile_recipes_forged_manifests_and_stale_leases_are_refused() -> anyh
     let mut foreign = real.clone();
     deploy_artifact::KeyPair::generate()?.sign(&mut foreign);
     // The store's own file, overwritten (the store writes a manifest only once).
-    let hex = digest.trim_start_matches("sha256:");
     let file = c
         .dir()
         .join("stores/east/manifests")
-        .join(format!("{hex}.json"));
+        .join(format!("{}.json", digest.hex()));
     let original = std::fs::read(&file)?;
     for (what, m) in [("tampered", tampered), ("signed by a stranger", foreign)] {
         std::fs::write(&file, serde_json::to_vec(&m)?)?;

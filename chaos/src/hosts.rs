@@ -70,12 +70,14 @@ pub async fn unpack_artifact(
     dest: &Path,
 ) -> anyhow::Result<()> {
     let store = Store::local(store_dir)?;
-    let m = store.get_trusted_manifest(digest, trusted).await?;
+    let m = store
+        .get_trusted_manifest(&deploy_types::Digest::parse(digest)?, trusted)
+        .await?;
     let mut data = Vec::with_capacity(m.size as usize);
     for c in &m.chunks {
         data.extend_from_slice(&store.get_chunk(&c.digest, max_chunk).await?);
     }
-    let (dest, digest, size) = (dest.to_path_buf(), m.artifact_digest.clone(), m.size);
+    let (dest, digest, size) = (dest.to_path_buf(), m.artifact_digest, m.size);
     let _ = std::fs::remove_dir_all(&dest);
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;

@@ -20,7 +20,7 @@ pub struct CopyStats {
 pub async fn copy_artifact(
     from: &Store,
     to: &Store,
-    artifact_digest: &str,
+    artifact_digest: &crate::Digest,
     keys: &TrustedKeys,
 ) -> Result<CopyStats, StoreError> {
     let manifest = from.get_trusted_manifest(artifact_digest, keys).await?;
@@ -127,8 +127,11 @@ mod tests {
             .unwrap();
         assert_eq!(stats.bytes_copied, 0);
         // A corrupted destination chunk is detected and copied again.
-        let hex = crate::digest_hex(&m.chunks[3].digest).unwrap();
-        std::fs::write(b.path().join("chunks").join(hex), b"garbage").unwrap();
+        std::fs::write(
+            b.path().join("chunks").join(m.chunks[3].digest.hex()),
+            b"garbage",
+        )
+        .unwrap();
         let stats = copy_artifact(&from, &to, &m.artifact_digest, &keys)
             .await
             .unwrap();
@@ -152,10 +155,10 @@ mod tests {
         let (a2, from2, m2) = artifact(&key, 2, 100).await;
         let mut tampered = m2.clone();
         tampered.chunks.swap(0, 1);
-        let path = a2.path().join("manifests").join(format!(
-            "{}.json",
-            crate::digest_hex(&m2.artifact_digest).unwrap()
-        ));
+        let path = a2
+            .path()
+            .join("manifests")
+            .join(format!("{}.json", m2.artifact_digest.hex()));
         std::fs::write(&path, serde_json::to_vec(&tampered).unwrap()).unwrap();
         let err = copy_artifact(&from2, &to, &m2.artifact_digest, &keys)
             .await

@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::Digest;
+
 /// What the retention policy looks at for each build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildRef {
@@ -15,7 +17,7 @@ pub struct BuildRef {
     pub succeeded: bool,
     /// Still in flight (running or replicating): its artifact is always kept.
     pub in_flight: bool,
-    pub artifact_digest: Option<String>,
+    pub artifact_digest: Option<Digest>,
 }
 
 /// The artifacts to keep: the newest `keep_per_service` successful builds of each service,
@@ -23,13 +25,13 @@ pub struct BuildRef {
 pub fn kept_artifacts(
     builds: &[BuildRef],
     keep_per_service: usize,
-    referenced: &BTreeSet<String>,
-) -> BTreeSet<String> {
-    let mut kept: BTreeSet<String> = referenced.clone();
+    referenced: &BTreeSet<Digest>,
+) -> BTreeSet<Digest> {
+    let mut kept: BTreeSet<Digest> = referenced.clone();
     let mut by_service: BTreeMap<&str, Vec<&BuildRef>> = BTreeMap::new();
     for b in builds {
         if b.in_flight {
-            kept.extend(b.artifact_digest.clone());
+            kept.extend(b.artifact_digest);
         }
         if b.succeeded && b.artifact_digest.is_some() {
             by_service.entry(&b.service).or_default().push(b);
@@ -40,7 +42,7 @@ pub fn kept_artifacts(
         kept.extend(
             list.iter()
                 .take(keep_per_service)
-                .filter_map(|b| b.artifact_digest.clone()),
+                .filter_map(|b| b.artifact_digest),
         );
     }
     kept
@@ -49,7 +51,7 @@ pub fn kept_artifacts(
 /// An object of a store: its digest and whether it is younger than the grace period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredObject {
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
     pub recent: bool,
 }
@@ -59,24 +61,24 @@ pub struct StoredObject {
 pub struct StoreContents {
     pub manifests: Vec<StoredObject>,
     /// The chunk digests each readable manifest names.
-    pub manifest_chunks: BTreeMap<String, Vec<String>>,
+    pub manifest_chunks: BTreeMap<Digest, Vec<Digest>>,
     pub chunks: Vec<StoredObject>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcPlan {
-    pub delete_manifests: Vec<String>,
-    pub delete_chunks: Vec<String>,
+    pub delete_manifests: Vec<Digest>,
+    pub delete_chunks: Vec<Digest>,
     pub bytes_freed: u64,
     pub kept_manifests: usize,
     pub kept_chunks: usize,
 }
 
 /// Plans a collection of one store.
-pub fn plan(kept: &BTreeSet<String>, store: &StoreContents) -> GcPlan {
+pub fn plan(kept: &BTreeSet<Digest>, store: &StoreContents) -> GcPlan {
     // Chunks named by any manifest that stays: kept ones, recent ones, and unreadable ones
     // (never judge what cannot be read).
-    let staying: BTreeSet<&String> = store
+    let staying: BTreeSet<&Digest> = store
         .manifests
         .iter()
         .filter(|m| {
@@ -84,7 +86,7 @@ pub fn plan(kept: &BTreeSet<String>, store: &StoreContents) -> GcPlan {
         })
         .map(|m| &m.digest)
         .collect();
-    let protected: BTreeSet<&String> = staying
+    let protected: BTreeSet<&Digest> = staying
         .iter()
         .filter_map(|d| store.manifest_chunks.get(*d))
         .flatten()
@@ -94,7 +96,7 @@ pub fn plan(kept: &BTreeSet<String>, store: &StoreContents) -> GcPlan {
         if staying.contains(&m.digest) {
             p.kept_manifests += 1;
         } else {
-            p.delete_manifests.push(m.digest.clone());
+            p.delete_manifests.push(m.digest);
             p.bytes_freed += m.size;
         }
     }
@@ -102,7 +104,7 @@ pub fn plan(kept: &BTreeSet<String>, store: &StoreContents) -> GcPlan {
         if protected.contains(&c.digest) || c.recent {
             p.kept_chunks += 1;
         } else {
-            p.delete_chunks.push(c.digest.clone());
+            p.delete_chunks.push(c.digest);
             p.bytes_freed += c.size;
         }
     }
@@ -115,9 +117,14 @@ mod tests {
 
     use super::*;
 
-    fn obj(d: &str, recent: bool) -> StoredObject {
+    /// A test's short name for an object, as a digest.
+    fn d(name: &str) -> Digest {
+        Digest::of(name.as_bytes())
+    }
+
+    fn obj(name: &str, recent: bool) -> StoredObject {
         StoredObject {
-            digest: d.into(),
+            digest: d(name),
             size: 10,
             recent,
         }
@@ -125,12 +132,12 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_successes_per_service_and_in_flight_builds() {
-        let b = |service: &str, seq, succeeded, in_flight, d: &str| BuildRef {
+        let b = |service: &str, seq, succeeded, in_flight, name: &str| BuildRef {
             service: service.into(),
             seq,
             succeeded,
             in_flight,
-            artifact_digest: Some(d.into()),
+            artifact_digest: Some(d(name)),
         };
         let builds = [
             b("a", 1, true, false, "a1"),
@@ -140,11 +147,8 @@ mod tests {
             b("b", 5, true, false, "b5"),
             b("b", 6, false, false, "b6"),
         ];
-        let kept = kept_artifacts(&builds, 2, &BTreeSet::from(["old".to_string()]));
-        let want: BTreeSet<String> = ["a2", "a3", "a4", "b5", "old"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let kept = kept_artifacts(&builds, 2, &BTreeSet::from([d("old")]));
+        let want: BTreeSet<Digest> = ["a2", "a3", "a4", "b5", "old"].map(d).into();
         assert_eq!(kept, want);
     }
 
@@ -153,9 +157,9 @@ mod tests {
         let store = StoreContents {
             manifests: vec![obj("m1", false), obj("m2", false), obj("m3", true)],
             manifest_chunks: BTreeMap::from([
-                ("m1".into(), vec!["c1".into(), "shared".into()]),
-                ("m2".into(), vec!["c2".into(), "shared".into()]),
-                ("m3".into(), vec!["c3".into()]),
+                (d("m1"), vec![d("c1"), d("shared")]),
+                (d("m2"), vec![d("c2"), d("shared")]),
+                (d("m3"), vec![d("c3")]),
             ]),
             chunks: vec![
                 obj("c1", false),
@@ -166,9 +170,9 @@ mod tests {
                 obj("new", true),
             ],
         };
-        let p = plan(&BTreeSet::from(["m1".to_string()]), &store);
-        assert_eq!(p.delete_manifests, ["m2"]);
-        assert_eq!(p.delete_chunks, ["c2", "stray"]);
+        let p = plan(&BTreeSet::from([d("m1")]), &store);
+        assert_eq!(p.delete_manifests, [d("m2")]);
+        assert_eq!(p.delete_chunks, [d("c2"), d("stray")]);
         assert_eq!(p.bytes_freed, 30);
     }
 
@@ -190,7 +194,7 @@ mod tests {
                     seq: i as u64 + 1,
                     succeeded: *outcome == 0,
                     in_flight: *outcome == 2,
-                    artifact_digest: (*outcome != 3).then(|| format!("a{i}")),
+                    artifact_digest: (*outcome != 3).then(|| d(&format!("a{i}"))),
                 })
                 .collect();
             let kept = kept_artifacts(&builds, keep, &BTreeSet::new());
@@ -199,7 +203,7 @@ mod tests {
                 let mut wins: Vec<&BuildRef> = builds.iter().filter(|b| b.service == service && b.succeeded).collect();
                 wins.sort_by_key(|b| std::cmp::Reverse(b.seq));
                 for (rank, b) in wins.iter().enumerate() {
-                    let digest = b.artifact_digest.clone().unwrap_or_default();
+                    let digest = b.artifact_digest.unwrap_or(d("none"));
                     prop_assert_eq!(kept.contains(&digest), rank < keep, "{} rank {}", digest, rank);
                 }
             }
@@ -208,12 +212,12 @@ mod tests {
             }
             // The store those builds left (failed builds' artifacts too), nothing recent.
             let store = StoreContents {
-                manifests: builds.iter().filter_map(|b| b.artifact_digest.as_ref()).map(|d| obj(d, false)).collect(),
+                manifests: builds.iter().filter_map(|b| b.artifact_digest).map(|digest| StoredObject { digest, size: 10, recent: false }).collect(),
                 manifest_chunks: history
                     .iter()
                     .enumerate()
                     .filter(|(_, (_, o, _))| *o != 3)
-                    .map(|(i, (_, _, cs))| (format!("a{i}"), cs.iter().map(|c| format!("c{c}")).collect()))
+                    .map(|(i, (_, _, cs))| (d(&format!("a{i}")), cs.iter().map(|c| d(&format!("c{c}"))).collect()))
                     .collect(),
                 chunks: (0..10).map(|c| obj(&format!("c{c}"), false)).collect(),
             };
@@ -239,12 +243,12 @@ mod tests {
         ) {
             let store = StoreContents {
                 manifests: manifests.iter().map(|(m, (_, recent))| obj(&format!("m{m}"), *recent)).collect(),
-                manifest_chunks: manifests.iter().map(|(m, (cs, _))| (format!("m{m}"), cs.iter().map(|c| format!("c{c}")).collect())).collect(),
+                manifest_chunks: manifests.iter().map(|(m, (cs, _))| (d(&format!("m{m}")), cs.iter().map(|c| d(&format!("c{c}"))).collect())).collect(),
                 chunks: chunks.iter().map(|(c, recent)| obj(&format!("c{c}"), *recent)).collect(),
             };
-            let kept: BTreeSet<String> = kept.iter().map(|m| format!("m{m}")).collect();
+            let kept: BTreeSet<Digest> = kept.iter().map(|m| d(&format!("m{m}"))).collect();
             let p = plan(&kept, &store);
-            let deleted: BTreeSet<&String> = p.delete_chunks.iter().collect();
+            let deleted: BTreeSet<&Digest> = p.delete_chunks.iter().collect();
             for m in &store.manifests {
                 if kept.contains(&m.digest) || m.recent {
                     prop_assert!(!p.delete_manifests.contains(&m.digest));

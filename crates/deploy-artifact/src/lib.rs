@@ -27,20 +27,11 @@ pub use recipe::Recipe;
 pub use signing::{KeyPair, SignError, TrustedKeys};
 pub use store::{Store, StoreError};
 
-/// `sha256:<hex>` of some bytes.
-pub fn digest_of(data: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
+pub use deploy_types::Digest;
 
-/// The hex part of a `sha256:<hex>` digest, if it is one.
-pub fn digest_hex(digest: &str) -> Option<&str> {
-    let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-    .then_some(hex)
+/// The digest of some bytes.
+pub fn digest_of(data: &[u8]) -> Digest {
+    Digest::of(data)
 }
 
 /// A single `bytes=` range of a body of `len` bytes, as a half-open interval.

@@ -43,7 +43,7 @@ struct ChunkWriter {
     whole: Sha256,
     total: u64,
     chunks: Vec<ChunkRef>,
-    tx: mpsc::Sender<(String, Bytes)>,
+    tx: mpsc::Sender<(crate::Digest, Bytes)>,
 }
 
 impl ChunkWriter {
@@ -57,7 +57,7 @@ impl ChunkWriter {
         ));
         let digest = crate::digest_of(&data);
         self.chunks.push(ChunkRef {
-            digest: digest.clone(),
+            digest,
             size: data.len() as u64,
         });
         self.tx
@@ -139,7 +139,7 @@ pub async fn pack(
     info: PackInfo<'_>,
     store: &Store,
 ) -> Result<Manifest, PackError> {
-    let (tx, mut rx) = mpsc::channel::<(String, Bytes)>(2);
+    let (tx, mut rx) = mpsc::channel::<(crate::Digest, Bytes)>(2);
     let chunk_size = info.chunk_size.max(1) as usize;
     let root = root.to_path_buf();
     let recipe = recipe.clone();
@@ -154,7 +154,7 @@ pub async fn pack(
         };
         write_tar(&root, &recipe, &mut w)?;
         w.emit()?;
-        let digest = format!("sha256:{}", hex::encode(w.whole.finalize_reset()));
+        let digest = crate::Digest::from_bytes(w.whole.finalize_reset().into());
         Ok::<_, PackError>((digest, w.total, w.chunks))
     });
     let mut upload_error = None;
@@ -272,8 +272,7 @@ mod tests {
         let data = Bytes::from_static(b"hello chunk");
         let d = crate::digest_of(&data);
         store.put_chunk(&d, data.clone()).await.unwrap();
-        let hex = crate::digest_hex(&d).unwrap();
-        std::fs::write(dir.path().join("chunks").join(hex), b"tampered").unwrap();
+        std::fs::write(dir.path().join("chunks").join(d.hex()), b"tampered").unwrap();
         assert!(matches!(
             store.get_chunk(&d, 1024).await,
             Err(StoreError::Corrupt { .. })

@@ -19,11 +19,11 @@ pub enum SignError {
     #[error("cannot make a key: {0}")]
     Random(String),
     #[error("manifest {0} is not signed")]
-    Unsigned(String),
+    Unsigned(crate::Digest),
     #[error("manifest {digest} is signed by key {key}, which this cluster does not trust")]
-    UnknownKey { digest: String, key: String },
+    UnknownKey { digest: crate::Digest, key: String },
     #[error("manifest {0} has an invalid signature")]
-    BadSignature(String),
+    BadSignature(crate::Digest),
 }
 
 fn key_bytes(hex_text: &str) -> Result<[u8; 32], SignError> {
@@ -114,30 +114,27 @@ impl TrustedKeys {
 
     /// Checks that `m` is signed by a trusted key and unchanged since.
     pub fn verify(&self, m: &Manifest) -> Result<(), SignError> {
-        let digest = m.artifact_digest.clone();
-        let sig = m
-            .signature
-            .as_ref()
-            .ok_or_else(|| SignError::Unsigned(digest.clone()))?;
+        let digest = m.artifact_digest;
+        let sig = m.signature.as_ref().ok_or(SignError::Unsigned(digest))?;
         // One spelling per signature, as signers write it: lowercase hex. Another spelling
         // of the same bytes would make two different manifests carry one valid signature.
         let lower_hex = |t: &str| t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if !lower_hex(&sig.key) || !lower_hex(&sig.sig) {
             return Err(SignError::BadSignature(digest));
         }
-        let key_bytes = key_bytes(&sig.key).map_err(|_| SignError::BadSignature(digest.clone()))?;
+        let key_bytes = key_bytes(&sig.key).map_err(|_| SignError::BadSignature(digest))?;
         let key = self
             .0
             .iter()
             .find(|k| k.to_bytes() == key_bytes)
             .ok_or_else(|| SignError::UnknownKey {
-                digest: digest.clone(),
+                digest,
                 key: sig.key.chars().take(64).collect(),
             })?;
         let raw: [u8; 64] = hex::decode(&sig.sig)
             .ok()
             .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| SignError::BadSignature(digest.clone()))?;
+            .ok_or(SignError::BadSignature(digest))?;
         let signature = ed25519_dalek::Signature::from_bytes(&raw);
         let mut unsigned = m.clone();
         unsigned.signature = None;

@@ -15,7 +15,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
-use crate::{digest_hex, digest_of, TrustedKeys};
+use crate::{digest_of, Digest, TrustedKeys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,8 +34,6 @@ pub enum StoreError {
         #[source]
         source: object_store::Error,
     },
-    #[error("{0:?} is not a sha256:<hex> digest")]
-    BadDigest(String),
     #[error("cannot open store {path}: {why}")]
     Open { path: String, why: String },
 }
@@ -49,12 +47,12 @@ pub struct Store {
     local_dir: Option<std::path::PathBuf>,
 }
 
-fn chunk_path(hex: &str) -> Path {
-    Path::from(format!("chunks/{hex}"))
+fn chunk_path(digest: &Digest) -> Path {
+    Path::from(format!("chunks/{}", digest.hex()))
 }
 
-fn manifest_path(hex: &str) -> Path {
-    Path::from(format!("manifests/{hex}.json"))
+fn manifest_path(digest: &Digest) -> Path {
+    Path::from(format!("manifests/{}.json", digest.hex()))
 }
 
 fn log_prefix(build: &str, attempt: u32) -> Path {
@@ -152,24 +150,22 @@ impl Store {
     }
 
     /// Stores a chunk under its digest, after checking the bytes match it.
-    pub async fn put_chunk(&self, digest: &str, data: Bytes) -> Result<(), StoreError> {
-        let hex = digest_hex(digest).ok_or_else(|| StoreError::BadDigest(digest.to_string()))?;
+    pub async fn put_chunk(&self, digest: &Digest, data: Bytes) -> Result<(), StoreError> {
         let actual = digest_of(&data);
-        if actual != digest {
+        if actual != *digest {
             return Err(StoreError::Corrupt {
                 store: self.name.clone(),
                 what: format!("chunk {digest}"),
                 why: format!("the bytes to write hash to {actual}"),
             });
         }
-        self.put_once(&chunk_path(hex), data, &format!("chunk {digest}"))
+        self.put_once(&chunk_path(digest), data, &format!("chunk {digest}"))
             .await
     }
 
     /// Replaces a chunk whose stored bytes are corrupt (replication repair).
-    pub async fn overwrite_chunk(&self, digest: &str, data: Bytes) -> Result<(), StoreError> {
-        let hex = digest_hex(digest).ok_or_else(|| StoreError::BadDigest(digest.to_string()))?;
-        if digest_of(&data) != digest {
+    pub async fn overwrite_chunk(&self, digest: &Digest, data: Bytes) -> Result<(), StoreError> {
+        if digest_of(&data) != *digest {
             return Err(StoreError::Corrupt {
                 store: self.name.clone(),
                 what: format!("chunk {digest}"),
@@ -177,19 +173,18 @@ impl Store {
             });
         }
         self.inner
-            .put(&chunk_path(hex), PutPayload::from_bytes(data))
+            .put(&chunk_path(digest), PutPayload::from_bytes(data))
             .await
             .map(|_| ())
             .map_err(self.io(format!("chunk {digest}")))
     }
 
     /// Reads a chunk and verifies it against its digest.
-    pub async fn get_chunk(&self, digest: &str, max: u64) -> Result<Bytes, StoreError> {
-        let hex = digest_hex(digest).ok_or_else(|| StoreError::BadDigest(digest.to_string()))?;
+    pub async fn get_chunk(&self, digest: &Digest, max: u64) -> Result<Bytes, StoreError> {
         let what = format!("chunk {digest}");
-        let data = self.read(&chunk_path(hex), &what, max as usize).await?;
+        let data = self.read(&chunk_path(digest), &what, max as usize).await?;
         let actual = digest_of(&data);
-        if actual != digest {
+        if actual != *digest {
             return Err(StoreError::Corrupt {
                 store: self.name.clone(),
                 what,
@@ -200,24 +195,24 @@ impl Store {
     }
 
     pub async fn put_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
-        let hex = digest_hex(&m.artifact_digest)
-            .ok_or_else(|| StoreError::BadDigest(m.artifact_digest.clone()))?;
         let data = serde_json::to_vec_pretty(m).map_err(|e| StoreError::Corrupt {
             store: self.name.clone(),
             what: "manifest".into(),
             why: e.to_string(),
         })?;
-        self.put_once(&manifest_path(hex), Bytes::from(data), "manifest")
-            .await
+        self.put_once(
+            &manifest_path(&m.artifact_digest),
+            Bytes::from(data),
+            "manifest",
+        )
+        .await
     }
 
     /// Reads a manifest, checks it is coherent and that it names the digest it is stored under.
-    pub async fn get_manifest(&self, artifact_digest: &str) -> Result<Manifest, StoreError> {
-        let hex = digest_hex(artifact_digest)
-            .ok_or_else(|| StoreError::BadDigest(artifact_digest.to_string()))?;
+    pub async fn get_manifest(&self, artifact_digest: &Digest) -> Result<Manifest, StoreError> {
         let what = format!("manifest {artifact_digest}");
         let data = self
-            .read(&manifest_path(hex), &what, MAX_MANIFEST_BYTES)
+            .read(&manifest_path(artifact_digest), &what, MAX_MANIFEST_BYTES)
             .await?;
         let corrupt = |why: String| StoreError::Corrupt {
             store: self.name.clone(),
@@ -225,7 +220,7 @@ impl Store {
             why,
         };
         let m = Manifest::decode(&data).map_err(|e| corrupt(e.to_string()))?;
-        if m.artifact_digest != artifact_digest {
+        if m.artifact_digest != *artifact_digest {
             return Err(corrupt(format!("it names {}", m.artifact_digest)));
         }
         Ok(m)
@@ -235,7 +230,7 @@ impl Store {
     /// artifact must use.
     pub async fn get_trusted_manifest(
         &self,
-        artifact_digest: &str,
+        artifact_digest: &Digest,
         keys: &TrustedKeys,
     ) -> Result<Manifest, StoreError> {
         let m = self.get_manifest(artifact_digest).await?;
@@ -270,13 +265,12 @@ impl Store {
             let Some(hex) = m.location.filename().and_then(|f| f.strip_suffix(".json")) else {
                 continue;
             };
-            let digest = format!("sha256:{hex}");
-            if digest_hex(&digest).is_none() {
+            let Ok(digest) = Digest::from_hex(hex) else {
                 continue;
-            }
+            };
             if let Ok(manifest) = self.get_manifest(&digest).await {
                 out.manifest_chunks.insert(
-                    digest.clone(),
+                    digest,
                     manifest.chunks.into_iter().map(|c| c.digest).collect(),
                 );
             }
@@ -290,8 +284,7 @@ impl Store {
             let Some(hex) = m.location.filename() else {
                 continue;
             };
-            let digest = format!("sha256:{hex}");
-            if digest_hex(&digest).is_some() {
+            if let Ok(digest) = Digest::from_hex(hex) {
                 out.chunks.push(StoredObject {
                     digest,
                     size: m.size,
@@ -305,12 +298,10 @@ impl Store {
     /// Deletes what a plan says: manifests first, so no manifest ever names a missing chunk.
     pub async fn apply_gc(&self, plan: &crate::gc::GcPlan) -> Result<(), StoreError> {
         for d in &plan.delete_manifests {
-            let hex = digest_hex(d).ok_or_else(|| StoreError::BadDigest(d.clone()))?;
-            self.delete_quietly(&manifest_path(hex), "manifest").await?;
+            self.delete_quietly(&manifest_path(d), "manifest").await?;
         }
         for d in &plan.delete_chunks {
-            let hex = digest_hex(d).ok_or_else(|| StoreError::BadDigest(d.clone()))?;
-            self.delete_quietly(&chunk_path(hex), "chunk").await?;
+            self.delete_quietly(&chunk_path(d), "chunk").await?;
         }
         Ok(())
     }

@@ -106,7 +106,8 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
     c.start_fleet(&limits, true).await?;
     println!("building a {} MiB artifact", args.size_mib);
     let ids = web_builds(&client, &c.dir(), args.size_mib << 20, &[("v1", true)]).await?;
-    let digest = client.get_build(&ids[0], false).await?.artifact_digest;
+    let digest =
+        deploy_types::Digest::parse(&client.get_build(&ids[0], false).await?.artifact_digest)?;
     let manifest = c.store("east")?.get_manifest(&digest).await?;
     let (size, chunks) = (manifest.size, manifest.chunks.len() as u64);
     let bound = size as f64 / rate as f64;

@@ -65,7 +65,7 @@ impl ArtifactService for ArtifactApi {
                     seq: b.seq,
                     succeeded: b.state == BuildState::Succeeded,
                     in_flight: matches!(b.state, BuildState::Running | BuildState::Replicating),
-                    artifact_digest: b.artifact_digest.clone(),
+                    artifact_digest: b.artifact_digest,
                 })
                 .collect()
         });
@@ -100,7 +100,7 @@ impl ArtifactService for ArtifactApi {
             }
             stores.push(StoreGc {
                 region: region.clone(),
-                delete_manifests: p.delete_manifests,
+                delete_manifests: p.delete_manifests.iter().map(ToString::to_string).collect(),
                 delete_chunks: p.delete_chunks.len() as u32,
                 bytes_freed: p.bytes_freed + staging.iter().map(|(_, n)| n).sum::<u64>(),
                 staging_files: staging.len() as u32,
@@ -110,7 +110,7 @@ impl ArtifactService for ArtifactApi {
         }
         Ok(Response::new(CollectGarbageReply {
             stores,
-            kept_artifacts: kept.into_iter().collect(),
+            kept_artifacts: kept.iter().map(ToString::to_string).collect(),
             dry_run: req.dry_run,
         }))
     }

@@ -47,7 +47,7 @@ pub fn to_proto(b: &Build, regions: &[String]) -> PbBuild {
         state: b.state.as_str().to_string(),
         attempts: b.attempts,
         worker: b.worker.clone(),
-        artifact_digest: b.artifact_digest.clone().unwrap_or_default(),
+        artifact_digest: b.artifact_digest.map(|d| d.to_string()).unwrap_or_default(),
         artifact_size: b.artifact_size,
         error: b.error.clone().unwrap_or_default(),
         created_at_ms: b.created_at_ms,

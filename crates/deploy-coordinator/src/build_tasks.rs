@@ -150,31 +150,31 @@ async fn replicator(node: Arc<Node>) {
             continue;
         }
         let regions: Vec<String> = node.config.regions().map(str::to_string).collect();
-        let work: Vec<(String, String, String, Vec<String>, u64)> = h.state.read(|d| {
-            d.state
-                .builds
-                .by_seq
-                .values()
-                .filter(|b| b.state == BuildState::Replicating)
-                .filter_map(|b| {
-                    let missing: Vec<String> = regions
-                        .iter()
-                        .filter(|r| !b.regions_done.contains(*r))
-                        .cloned()
-                        .collect();
-                    let since = b
-                        .history
-                        .iter()
-                        .rev()
-                        .find(|t| t.state == BuildState::Replicating)
-                        .map(|t| t.at_ms)
-                        .unwrap_or(b.updated_at_ms);
-                    b.artifact_digest
-                        .clone()
-                        .map(|d| (b.id(), d, b.worker_region.clone(), missing, since))
-                })
-                .collect()
-        });
+        let work: Vec<(String, deploy_types::Digest, String, Vec<String>, u64)> =
+            h.state.read(|d| {
+                d.state
+                    .builds
+                    .by_seq
+                    .values()
+                    .filter(|b| b.state == BuildState::Replicating)
+                    .filter_map(|b| {
+                        let missing: Vec<String> = regions
+                            .iter()
+                            .filter(|r| !b.regions_done.contains(*r))
+                            .cloned()
+                            .collect();
+                        let since = b
+                            .history
+                            .iter()
+                            .rev()
+                            .find(|t| t.state == BuildState::Replicating)
+                            .map(|t| t.at_ms)
+                            .unwrap_or(b.updated_at_ms);
+                        b.artifact_digest
+                            .map(|d| (b.id(), d, b.worker_region.clone(), missing, since))
+                    })
+                    .collect()
+            });
         let deadline_ms = node
             .config
             .builds
@@ -225,7 +225,7 @@ async fn replicate_one(
     node: &Node,
     h: &GroupHandle<GlobalTypes>,
     id: &str,
-    digest: &str,
+    digest: &deploy_types::Digest,
     source: &str,
     region: &str,
     regions: &[String],

@@ -2,8 +2,9 @@
 //! are the root of the fan-out tree: `/v1/manifests/{digest}` and `/v1/chunks/{digest}`
 //! (with `Range`), served from the store of the region this node belongs to.
 //!
-//! A digest is `sha256:<hex>` or bare `<hex>`; anything else is a 400 before any store is
-//! touched, so a path can never name something outside the store. Chunks are verified
+//! A digest is `sha256:<hex>` or bare `<hex>` (lowercase, parsed as a `Digest`); anything
+//! else is a 400 before any store is touched, so a path can never name something outside
+//! the store. Chunks are verified
 //! against their digest and manifests against the trusted keys before a byte is sent.
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use deploy_artifact::{Store, StoreError};
-use deploy_types::GroupName;
+use deploy_types::{Digest, GroupName};
 
 use crate::node::Node;
 
@@ -89,30 +90,16 @@ fn serving_store(node: &Node) -> Result<&Store, Refusal> {
         })
 }
 
-fn parse_digest(raw: &str) -> Result<String, Refusal> {
-    let full = if raw.starts_with("sha256:") {
-        raw.to_string()
-    } else {
-        format!("sha256:{raw}")
-    };
-    match deploy_artifact::digest_hex(&full) {
-        Some(_) => Ok(full),
-        None => Err(refusal(
-            StatusCode::BAD_REQUEST,
-            "expected a digest: sha256:<64 hex> or <64 hex>",
-        )),
-    }
-}
-
 /// The digest a request names and the store that serves it.
-fn target<'a>(node: &'a Node, raw: &str) -> Result<(String, &'a Store), Refusal> {
-    Ok((parse_digest(raw)?, serving_store(node)?))
+fn target<'a>(node: &'a Node, raw: &str) -> Result<(Digest, &'a Store), Refusal> {
+    let digest =
+        Digest::parse_either(raw).map_err(|e| refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok((digest, serving_store(node)?))
 }
 
 fn store_error(e: StoreError) -> Response {
     match e {
         StoreError::Missing { .. } => text(StatusCode::NOT_FOUND, e.to_string()),
-        StoreError::BadDigest(_) => text(StatusCode::BAD_REQUEST, e.to_string()),
         // Corrupt or unverifiable bytes are never served.
         StoreError::Corrupt { .. } => text(StatusCode::BAD_GATEWAY, e.to_string()),
         _ => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

@@ -150,7 +150,11 @@ fn rack_goals(r: &Region, hosts: &[String]) -> pb::ReportRackReply {
                             .unwrap_or(1),
                         service,
                         build_id: g.build_id,
-                        artifact_digest: g.artifact_digest,
+                        // `goals_of` leaves out "nothing" goals: every one names a digest.
+                        artifact_digest: g
+                            .artifact_digest
+                            .map(|d| d.to_string())
+                            .unwrap_or_default(),
                         release: g.release,
                     })
                     .collect(),

@@ -118,7 +118,7 @@ pub fn release_to_proto(r: &Release) -> pb::Release {
         id: r.id(),
         service: r.service.clone(),
         build_id: r.build_id.clone(),
-        artifact_digest: r.artifact_digest.clone(),
+        artifact_digest: r.artifact_digest.to_string(),
         state: r.state.as_str().into(),
         reason: r.reason.clone(),
         hosts_total: c.hosts_total,

@@ -345,7 +345,7 @@ mod tests {
             seq: 1,
             service: "web".into(),
             build_id: "b-2".into(),
-            artifact_digest: "sha256:x".into(),
+            artifact_digest: deploy_types::Digest::of(b"x"),
             strategy: Strategy {
                 failure_threshold_pct: threshold,
                 min_healthy_ms: 1000,

@@ -278,15 +278,10 @@ impl WorkerService for WorkerApi {
             Route::Local(h) => h,
         };
         let outcome = if req.error.is_empty() {
-            if deploy_artifact::digest_hex(&req.artifact_digest).is_none() {
-                return Err(ApiError::InvalidArgument(format!(
-                    "artifact_digest {:?} is not sha256:<hex>",
-                    req.artifact_digest.chars().take(80).collect::<String>()
-                ))
-                .into());
-            }
+            let artifact_digest = deploy_types::Digest::parse(&req.artifact_digest)
+                .map_err(|e| ApiError::InvalidArgument(format!("artifact_digest: {e}")))?;
             Outcome::Built {
-                artifact_digest: req.artifact_digest.clone(),
+                artifact_digest,
                 artifact_size: req.artifact_size,
             }
         } else {

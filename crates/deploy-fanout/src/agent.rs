@@ -1,7 +1,8 @@
 //! The host agent: follows its goal, installs releases safely, runs and health-checks them.
 //!
 //! Layout under the root:
-//! - `chunks/<hex>`: verified chunks (written to a temp name, then renamed);
+//! - `chunks/<hex>`: verified chunks (written to a temp name, fsynced, then renamed; hashed
+//!   again before a later install uses them);
 //! - `services/<s>/releases/<build>/`: unpacked releases; `.partial-<build>` while unpacking;
 //! - `services/<s>/current`: a symlink to the running release, replaced by rename;
 //! - `services/<s>/pid`: the service's process group, `<pid> <start time> <build>`;
@@ -20,11 +21,13 @@ use std::time::{Duration, Instant};
 
 use deploy_artifact::recipe::{parse_run_toml, RunSection};
 use deploy_artifact::{Manifest, TrustedKeys};
+use deploy_types::Digest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::bucket::Bucket;
+use crate::cache::write_durably;
 use crate::fetch;
 use crate::relay::{AgentReport, GoalReply, HostGoal, ServiceState};
 use crate::service;
@@ -292,13 +295,8 @@ impl Agent {
         let known = mine.iter().any(|h| h.registered);
         let goals: Vec<HostGoal> = mine
             .into_iter()
-            .flat_map(|h| h.goals)
-            .map(|g| HostGoal {
-                service: g.service,
-                build_id: g.build_id,
-                artifact_digest: g.artifact_digest,
-                release: g.release,
-            })
+            .flat_map(|h| HostGoal::all_from_proto(h.goals))
+            .map(|g| g.goal)
             .collect();
         Ok(GoalReply {
             version: 0,
@@ -375,7 +373,7 @@ impl Agent {
         }
     }
 
-    async fn fetch_manifest(&self, digest: &str) -> Result<Manifest, String> {
+    async fn fetch_manifest(&self, digest: &Digest) -> Result<Manifest, String> {
         let started = Instant::now();
         loop {
             match fetch::manifest(&self.http, &self.sources(), digest, &self.opts.trusted).await {
@@ -389,7 +387,8 @@ impl Agent {
         }
     }
 
-    /// Every chunk of `m` in `chunks/`, verified.
+    /// Every chunk of `m` in `chunks/`, verified: one left by an earlier run is hashed
+    /// again, and fetched anew if it no longer matches (a crash or a bad disk).
     async fn fetch_chunks(&self, m: &Manifest) -> Result<Vec<PathBuf>, String> {
         let dir = self.opts.root.join("chunks");
         tokio::fs::create_dir_all(&dir)
@@ -397,15 +396,14 @@ impl Agent {
             .map_err(|e| e.to_string())?;
         let mut paths = Vec::new();
         for c in &m.chunks {
-            let hex = fetch::hex_of(&c.digest).to_string();
-            let path = dir.join(&hex);
-            if !path.exists() {
+            let path = dir.join(c.digest.hex());
+            if !holds(&path, &c.digest).await {
                 let started = Instant::now();
                 let data = loop {
                     match fetch::chunk(
                         &self.http,
                         &self.sources(),
-                        &hex,
+                        &c.digest,
                         self.opts.max_chunk_bytes,
                         &self.down,
                     )
@@ -419,12 +417,10 @@ impl Agent {
                         Err(e) => return Err(e.to_string()),
                     }
                 };
-                let tmp = dir.join(format!(".{hex}.tmp"));
-                tokio::fs::write(&tmp, &data)
+                let to = path.clone();
+                tokio::task::spawn_blocking(move || write_durably(&to, &data))
                     .await
-                    .map_err(|e| e.to_string())?;
-                tokio::fs::rename(&tmp, &path)
-                    .await
+                    .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
             }
             paths.push(path);
@@ -466,7 +462,7 @@ impl Agent {
             std::fs::create_dir_all(&releases).map_err(|e| e.to_string())?;
             let partial = releases.join(format!(".partial-{}", goal.build_id));
             let _ = std::fs::remove_dir_all(&partial);
-            let (digest, size) = (m.artifact_digest.clone(), m.size);
+            let (digest, size) = (m.artifact_digest, m.size);
             let target = partial.clone();
             tokio::task::spawn_blocking(move || {
                 let readers: Vec<std::fs::File> = chunks
@@ -706,6 +702,19 @@ impl Agent {
                 }
             }
         });
+    }
+}
+
+/// Whether `path` holds the bytes of `digest` (a missing or unreadable file does not).
+async fn holds(path: &Path, digest: &Digest) -> bool {
+    match tokio::fs::read(path).await {
+        Ok(data) => {
+            let want = *digest;
+            tokio::task::spawn_blocking(move || Digest::of(&data) == want)
+                .await
+                .unwrap_or(false)
+        }
+        Err(_) => false,
     }
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use deploy_artifact::{Manifest, TrustedKeys};
+use deploy_types::Digest;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::bucket::Bucket;
@@ -49,19 +49,11 @@ pub fn base(addr: &str) -> String {
     }
 }
 
-pub fn hex_of(digest: &str) -> &str {
-    digest.strip_prefix("sha256:").unwrap_or(digest)
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 /// Checks a manifest's coherence, its signature, and that it is the one asked for.
-pub fn verify_manifest(m: &Manifest, digest: &str, trusted: &TrustedKeys) -> Result<(), String> {
+pub fn verify_manifest(m: &Manifest, digest: &Digest, trusted: &TrustedKeys) -> Result<(), String> {
     m.check().map_err(|e| e.to_string())?;
     trusted.verify(m).map_err(|e| e.to_string())?;
-    if m.artifact_digest != digest {
+    if m.artifact_digest != *digest {
         return Err(format!("it describes {}, not {digest}", m.artifact_digest));
     }
     Ok(())
@@ -71,12 +63,12 @@ pub fn verify_manifest(m: &Manifest, digest: &str, trusted: &TrustedKeys) -> Res
 pub async fn manifest(
     http: &reqwest::Client,
     sources: &[String],
-    digest: &str,
+    digest: &Digest,
     trusted: &TrustedKeys,
 ) -> Result<Manifest, FetchError> {
     let mut tried = Vec::new();
     for src in sources {
-        let url = format!("{src}/v1/manifests/{}", hex_of(digest));
+        let url = format!("{src}/v1/manifests/{}", digest.hex());
         let result: Result<Manifest, String> = async {
             let body = get_bounded(http, &url, MAX_MANIFEST_BYTES, None).await?;
             let m = Manifest::decode(&body).map_err(|e| e.to_string())?;
@@ -98,21 +90,21 @@ pub async fn manifest(
     })
 }
 
-/// The chunk `hex` (at most `max` bytes) from the first source whose bytes match it.
+/// The chunk `digest` (at most `max` bytes) from the first source whose bytes match it.
 pub async fn chunk(
     http: &reqwest::Client,
     sources: &[String],
-    hex: &str,
+    digest: &Digest,
     max: usize,
     limit: &Bucket,
 ) -> Result<Bytes, FetchError> {
     let mut tried = Vec::new();
     for src in sources {
-        let url = format!("{src}/v1/chunks/{hex}");
+        let url = format!("{src}/v1/chunks/{}", digest.hex());
         let result = async {
             let body = get_bounded(http, &url, max, Some(limit)).await?;
-            let got = sha256_hex(&body);
-            if got != hex {
+            let got = Digest::of(&body);
+            if got != *digest {
                 return Err(format!("served bytes with digest {got}"));
             }
             Ok(body)
@@ -121,13 +113,13 @@ pub async fn chunk(
         match result {
             Ok(b) => return Ok(b),
             Err(e) => {
-                warn!(source = %src, chunk = %hex, error = %e, "chunk source skipped");
+                warn!(source = %src, chunk = %digest, error = %e, "chunk source skipped");
                 tried.push(format!("{src}: {e}"));
             }
         }
     }
     Err(FetchError::Exhausted {
-        what: format!("chunk {hex}"),
+        what: format!("chunk {digest}"),
         tried: tried.join("; "),
     })
 }

@@ -16,9 +16,10 @@ use bytes::{Bytes, BytesMut};
 use deploy_artifact::{Manifest, TrustedKeys};
 use deploy_client::Client;
 use deploy_proto::v1 as pb;
+use deploy_types::Digest;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -64,8 +65,48 @@ pub struct RelayOptions {
 pub struct HostGoal {
     pub service: String,
     pub build_id: String,
-    pub artifact_digest: String,
+    pub artifact_digest: Digest,
     pub release: String,
+}
+
+impl HostGoal {
+    /// The goal a region's reply names, parsed once; a malformed digest is refused.
+    pub fn from_proto(g: pb::ServiceGoal) -> Result<Self, deploy_types::DigestError> {
+        Ok(Self {
+            artifact_digest: Digest::parse(&g.artifact_digest)?,
+            service: g.service,
+            build_id: g.build_id,
+            release: g.release,
+        })
+    }
+
+    /// The goals of a reply, without (and warning of) any that does not parse.
+    pub fn all_from_proto(goals: Vec<pb::ServiceGoal>) -> Vec<RackGoal> {
+        goals
+            .into_iter()
+            .filter_map(|g| {
+                let max_unavailable_per_rack = g.max_unavailable_per_rack;
+                match Self::from_proto(g) {
+                    Ok(goal) => Some(RackGoal {
+                        goal,
+                        max_unavailable_per_rack,
+                    }),
+                    Err(e) => {
+                        warn!(error = %e, "a goal from the region is malformed; ignored");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// A goal as a relay holds it: what the host is told, and how many of the rack may take it
+/// at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RackGoal {
+    pub goal: HostGoal,
+    pub max_unavailable_per_rack: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -148,17 +189,19 @@ struct Inner {
     cache: Cache,
     up: Bucket,
     /// Goals per host, from the regional leader.
-    goals: Mutex<BTreeMap<String, Vec<pb::ServiceGoal>>>,
+    goals: Mutex<BTreeMap<String, Vec<RackGoal>>>,
     /// The rack's hosts the region has registered (their goals are complete).
     registered: Mutex<BTreeSet<String>>,
     reports: Mutex<BTreeMap<String, AgentReport>>,
-    /// The build each (host, service) was last handed, for max-unavailable gating.
+    /// The build each (host, service) was last handed, for max-unavailable gating: only
+    /// pairs the rack's goals name (pruned with each new set of goals).
     handed: Mutex<HashMap<(String, String), String>>,
     version: watch::Sender<u64>,
-    inflight: Mutex<HashMap<String, Arc<Inflight>>>,
-    manifests: Mutex<HashMap<String, Manifest>>,
-    /// Per service: the artifact digests of its live and previous goals.
-    pins: Mutex<BTreeMap<String, Vec<String>>>,
+    inflight: Mutex<HashMap<Digest, Arc<Inflight>>>,
+    /// The manifests of pinned artifacts only (at most two per service of the rack's goals).
+    manifests: Mutex<HashMap<Digest, Manifest>>,
+    /// Per service of the rack's goals: the artifact digests of its live and previous goals.
+    pins: Mutex<BTreeMap<String, Vec<Digest>>>,
     stats: Stats,
     /// Whether the rack's goals have been heard from the region at least once.
     heard: std::sync::atomic::AtomicBool,
@@ -290,7 +333,8 @@ impl Inner {
             .collect()
     }
 
-    /// Replaces the rack's goals; pins the chunks of live and previous builds.
+    /// Replaces the rack's goals; pins the chunks of live and previous builds, and forgets
+    /// what no goal names any more (handed builds, pins and manifests of other services).
     fn set_goals(self: &Arc<Self>, reply: &pb::ReportRackReply) {
         self.heard.store(true, Ordering::Relaxed);
         *lock(&self.registered) = reply
@@ -299,11 +343,11 @@ impl Inner {
             .filter(|h| h.registered && self.opts.hosts.contains(&h.host))
             .map(|h| h.host.clone())
             .collect();
-        let new: BTreeMap<String, Vec<pb::ServiceGoal>> = reply
+        let new: BTreeMap<String, Vec<RackGoal>> = reply
             .hosts
             .iter()
             .filter(|h| self.opts.hosts.contains(&h.host))
-            .map(|h| (h.host.clone(), h.goals.clone()))
+            .map(|h| (h.host.clone(), HostGoal::all_from_proto(h.goals.clone())))
             .collect();
         let changed = {
             let mut g = lock(&self.goals);
@@ -315,19 +359,30 @@ impl Inner {
             return;
         }
         self.bump();
+        lock(&self.handed).retain(|(host, service), _| {
+            new.get(host)
+                .is_some_and(|gs| gs.iter().any(|g| g.goal.service == *service))
+        });
         let mut newly = Vec::new();
         {
             let mut pins = lock(&self.pins);
-            for goal in new.values().flatten() {
+            let services: BTreeSet<&str> = new
+                .values()
+                .flatten()
+                .map(|g| g.goal.service.as_str())
+                .collect();
+            pins.retain(|s, _| services.contains(s.as_str()));
+            for RackGoal { goal, .. } in new.values().flatten() {
                 let list = pins.entry(goal.service.clone()).or_default();
                 if list.first() != Some(&goal.artifact_digest) {
                     list.retain(|d| *d != goal.artifact_digest);
-                    list.insert(0, goal.artifact_digest.clone());
+                    list.insert(0, goal.artifact_digest);
                     list.truncate(2);
-                    newly.push(goal.artifact_digest.clone());
+                    newly.push(goal.artifact_digest);
                 }
             }
         }
+        self.repin();
         // Learn the new manifests now, so their chunks are pinned before hosts ask.
         for digest in newly {
             let me = self.clone();
@@ -338,29 +393,34 @@ impl Inner {
         }
     }
 
+    fn pinned(&self) -> BTreeSet<Digest> {
+        lock(&self.pins).values().flatten().copied().collect()
+    }
+
+    /// Pins the chunks of the pinned artifacts, and drops every other manifest.
     fn repin(&self) {
-        let digests: Vec<String> = lock(&self.pins).values().flatten().cloned().collect();
-        let manifests = lock(&self.manifests);
-        let chunks: BTreeSet<String> = digests
-            .iter()
-            .filter_map(|d| manifests.get(d))
-            .flat_map(|m| {
-                m.chunks
-                    .iter()
-                    .map(|c| fetch::hex_of(&c.digest).to_string())
-            })
+        let pinned = self.pinned();
+        let mut manifests = lock(&self.manifests);
+        manifests.retain(|d, _| pinned.contains(d));
+        let chunks: BTreeSet<Digest> = manifests
+            .values()
+            .flat_map(|m| m.chunks.iter().map(|c| c.digest))
             .collect();
         self.cache.pin(chunks);
     }
 
-    async fn manifest(&self, digest: &str) -> Result<Manifest, String> {
+    /// A verified manifest: from memory if it is pinned, else from upstream (kept only if
+    /// pinned, so what a host asks for cannot grow the map).
+    async fn manifest(&self, digest: &Digest) -> Result<Manifest, String> {
         if let Some(m) = lock(&self.manifests).get(digest) {
             return Ok(m.clone());
         }
         let m = fetch::manifest(&self.http, &self.upstreams(), digest, &self.opts.trusted)
             .await
             .map_err(|e| e.to_string())?;
-        lock(&self.manifests).insert(digest.to_string(), m.clone());
+        if self.pinned().contains(digest) {
+            lock(&self.manifests).insert(*digest, m.clone());
+        }
         Ok(m)
     }
 
@@ -377,7 +437,11 @@ impl Inner {
                 .cloned()
         };
         let mut out = Vec::new();
-        for g in goals {
+        for RackGoal {
+            goal: g,
+            max_unavailable_per_rack,
+        } in goals
+        {
             let mine = running(host, &g.service);
             let allowed = mine.as_ref().is_some_and(|m| m.build_id == g.build_id)
                 || handed.get(&(host.to_string(), g.service.clone())) == Some(&g.build_id)
@@ -394,16 +458,11 @@ impl Inner {
                                 })
                         })
                         .count();
-                    busy < g.max_unavailable_per_rack.max(1) as usize
+                    busy < max_unavailable_per_rack.max(1) as usize
                 };
             if allowed {
                 handed.insert((host.to_string(), g.service.clone()), g.build_id.clone());
-                out.push(HostGoal {
-                    service: g.service,
-                    build_id: g.build_id,
-                    artifact_digest: g.artifact_digest,
-                    release: g.release,
-                });
+                out.push(g);
             }
         }
         out
@@ -411,38 +470,38 @@ impl Inner {
 
     /// The in-flight fetch of a chunk, started if none is; `None` if the chunk is cached
     /// (checked under the same lock the fetch leaves by, after caching: no second fetch).
-    fn fetching(self: &Arc<Self>, hex: &str) -> Option<Arc<Inflight>> {
+    fn fetching(self: &Arc<Self>, digest: &Digest) -> Option<Arc<Inflight>> {
         let mut map = lock(&self.inflight);
-        if let Some(f) = map.get(hex) {
+        if let Some(f) = map.get(digest) {
             return Some(f.clone());
         }
-        if self.cache.contains(hex) {
+        if self.cache.contains(digest) {
             return None;
         }
         let f = Arc::new(Inflight {
             data: Mutex::new(BytesMut::new()),
             progress: watch::channel(Progress::Receiving(0)).0,
         });
-        map.insert(hex.to_string(), f.clone());
+        map.insert(*digest, f.clone());
         let me = self.clone();
-        let hex = hex.to_string();
+        let digest = *digest;
         let job = f.clone();
         tokio::spawn(async move {
             me.stats.upstream_fetches.fetch_add(1, Ordering::Relaxed);
-            let outcome = me.fetch_into(&hex, &job).await;
+            let outcome = me.fetch_into(&digest, &job).await;
             match outcome {
                 Ok(bytes) => {
-                    if let Err(e) = me.cache.insert(&hex, &bytes).await {
-                        warn!(chunk = %hex, error = %e, "cannot cache a chunk");
+                    if let Err(e) = me.cache.insert(&digest, &bytes).await {
+                        warn!(chunk = %digest, error = %e, "cannot cache a chunk");
                     }
                     job.progress.send_replace(Progress::Done(bytes.len()));
                 }
                 Err(e) => {
-                    warn!(chunk = %hex, error = %e, "chunk fetch failed");
+                    warn!(chunk = %digest, error = %e, "chunk fetch failed");
                     job.progress.send_replace(Progress::Failed);
                 }
             }
-            lock(&me.inflight).remove(&hex);
+            lock(&me.inflight).remove(&digest);
         });
         Some(f)
     }
@@ -450,9 +509,10 @@ impl Inner {
     /// Fetches a chunk from the first upstream that has it, appending to `job` as bytes
     /// arrive. A source that breaks off is resumed at the same offset from the next (the
     /// bytes are content-addressed, so any source's are the same). Verified at the end.
-    async fn fetch_into(&self, hex: &str, job: &Inflight) -> Result<Bytes, String> {
+    async fn fetch_into(&self, digest: &Digest, job: &Inflight) -> Result<Bytes, String> {
         let mut hasher = Sha256::new();
         let mut errors = Vec::new();
+        let hex = digest.hex();
         for src in self.upstreams() {
             let offset = lock(&job.data).len();
             let mut req = self.http.get(format!("{src}/v1/chunks/{hex}"));
@@ -505,16 +565,16 @@ impl Inner {
             match broke {
                 Some(e) => errors.push(format!("{src}: broke off: {e}")),
                 None => {
-                    let got = hex::encode(hasher.finalize());
-                    if got != hex {
-                        return Err(format!("upstream bytes have digest {got}, not {hex}"));
+                    let got = Digest::from_bytes(hasher.finalize().into());
+                    if got != *digest {
+                        return Err(format!("upstream bytes have digest {got}, not {digest}"));
                     }
                     return Ok(lock(&job.data).clone().freeze());
                 }
             }
         }
         Err(format!(
-            "no upstream served chunk {hex}: {}",
+            "no upstream served chunk {digest}: {}",
             errors.join("; ")
         ))
     }
@@ -615,13 +675,6 @@ async fn metrics(State(me): State<Arc<Inner>>) -> Response {
         .into_response()
 }
 
-/// The digest's hex, as stores name objects: 64 lowercase hex digits, nothing else.
-fn parse_hex(raw: &str) -> Option<String> {
-    let hex = fetch::hex_of(raw);
-    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .then(|| hex.to_string())
-}
-
 #[derive(Deserialize)]
 struct GoalQuery {
     host: String,
@@ -673,7 +726,7 @@ async fn goal(
     let known = me.heard.load(Ordering::Relaxed) && lock(&me.registered).contains(&q.host);
     let services = lock(&me.goals)
         .get(&q.host)
-        .map(|g| g.iter().map(|x| x.service.clone()).collect())
+        .map(|g| g.iter().map(|x| x.goal.service.clone()).collect())
         .unwrap_or_default();
     Json(GoalReply {
         version,
@@ -724,13 +777,11 @@ async fn report(
 }
 
 async fn manifest(State(me): State<Arc<Inner>>, Path(raw): Path<String>) -> Response {
-    let Some(hex) = parse_hex(&raw) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "expected a digest: sha256:<64 hex> or <64 hex>",
-        );
+    let digest = match Digest::parse_either(&raw) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match me.manifest(&format!("sha256:{hex}")).await {
+    match me.manifest(&digest).await {
         Ok(m) => Json(m).into_response(),
         Err(e) => text(StatusCode::BAD_GATEWAY, e),
     }
@@ -741,51 +792,59 @@ async fn chunk(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(hex) = parse_hex(&raw) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "expected a digest: sha256:<64 hex> or <64 hex>",
-        );
+    let digest = match Digest::parse_either(&raw) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
     me.stats.chunk_requests.fetch_add(1, Ordering::Relaxed);
-    match me.fetching(&hex) {
-        Some(job) => {
-            if headers.get(header::RANGE).is_none() {
-                // Bytes are passed on as they arrive, but not before the first: a chunk no
-                // source has is a clear 502, not a 200 whose body breaks off.
-                let mut rx = job.progress.subscribe();
-                let _ = rx.wait_for(|p| !matches!(p, Progress::Receiving(0))).await;
-                let failed = matches!(*rx.borrow(), Progress::Failed);
-                if failed {
-                    return text(
-                        StatusCode::BAD_GATEWAY,
-                        format!("chunk {hex} could not be fetched from any source"),
-                    );
+    let ranged = headers.get(header::RANGE).is_some();
+    let mut cached = None;
+    // Twice at most: a cached file found not to match its digest is removed, and fetched
+    // once more.
+    for _ in 0..2 {
+        match me.fetching(&digest) {
+            Some(job) => {
+                if !ranged {
+                    // Bytes are passed on as they arrive, but not before the first: a chunk
+                    // no source has is a clear 502, not a 200 whose body breaks off.
+                    let mut rx = job.progress.subscribe();
+                    let _ = rx.wait_for(|p| !matches!(p, Progress::Receiving(0))).await;
+                    let failed = matches!(*rx.borrow(), Progress::Failed);
+                    if failed {
+                        return text(
+                            StatusCode::BAD_GATEWAY,
+                            format!("chunk {digest} could not be fetched from any source"),
+                        );
+                    }
+                    return Body::from_stream(forward(me.clone(), job)).into_response();
                 }
-                return Body::from_stream(forward(me.clone(), job)).into_response();
+                // A range of a chunk still arriving is served once it is whole.
+                let mut rx = job.progress.subscribe();
+                let _ = rx.wait_for(|p| !matches!(p, Progress::Receiving(_))).await;
             }
-            // A range of a chunk still arriving is served once it is whole.
-            let mut rx = job.progress.subscribe();
-            let _ = rx.wait_for(|p| !matches!(p, Progress::Receiving(_))).await;
+            None => {
+                me.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        None => {
-            me.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        match me.cache.read(&digest).await {
+            Ok(Some(d)) => {
+                cached = Some(d);
+                break;
+            }
+            Ok(None) => continue,
+            Err(e) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cache read failed: {e}"),
+                )
+            }
         }
     }
-    let Some(path) = me.cache.path(&hex) else {
+    let Some(data) = cached else {
         return text(
             StatusCode::BAD_GATEWAY,
-            format!("chunk {hex} could not be fetched"),
+            format!("chunk {digest} could not be fetched"),
         );
-    };
-    let data = match tokio::fs::read(&path).await {
-        Ok(d) => Bytes::from(d),
-        Err(e) => {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cache read failed: {e}"),
-            )
-        }
     };
     let len = data.len() as u64;
     let (status, body, range) = match headers.get(header::RANGE) {
@@ -973,3 +1032,7 @@ async fn send_reports(me: Arc<Inner>, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;

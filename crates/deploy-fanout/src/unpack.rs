@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use deploy_types::Digest;
+use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -133,8 +134,13 @@ fn resolve(links: &HashMap<PathBuf, PathBuf>, link: &Path) -> Result<PathBuf, St
 }
 
 /// Unpacks `stream` (the artifact's tar) into `dest`, which must not exist yet, checking the
-/// stream's sha256 against `digest` (`sha256:<hex>`) and its length against `size`.
-pub fn unpack(stream: impl Read, dest: &Path, digest: &str, size: u64) -> Result<(), UnpackError> {
+/// stream's sha256 against `digest` and its length against `size`.
+pub fn unpack(
+    stream: impl Read,
+    dest: &Path,
+    digest: &Digest,
+    size: u64,
+) -> Result<(), UnpackError> {
     let result = unpack_inner(stream, dest, digest, size);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dest);
@@ -145,7 +151,7 @@ pub fn unpack(stream: impl Read, dest: &Path, digest: &str, size: u64) -> Result
 fn unpack_inner(
     stream: impl Read,
     dest: &Path,
-    digest: &str,
+    digest: &Digest,
     size: u64,
 ) -> Result<(), UnpackError> {
     std::fs::create_dir(dest)?;
@@ -226,8 +232,8 @@ fn unpack_inner(
     }
     // The tar reader may stop before the padding at the end: the digest covers every byte.
     std::io::copy(&mut hashing, &mut std::io::sink())?;
-    let got = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
-    if got != digest || hashing.count != size {
+    let got = Digest::from_bytes(hashing.hasher.finalize().into());
+    if got != *digest || hashing.count != size {
         return Err(UnpackError::Mismatch(format!(
             "{} bytes with digest {got}, expected {size} bytes with {digest}",
             hashing.count
@@ -265,8 +271,8 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn digest(data: &[u8]) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    fn digest(data: &[u8]) -> Digest {
+        Digest::of(data)
     }
 
     #[test]

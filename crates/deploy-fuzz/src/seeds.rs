@@ -77,8 +77,9 @@ pub fn recipe() -> Files {
     ])
 }
 
-fn digest(fill: char) -> String {
-    format!("sha256:{}", fill.to_string().repeat(64))
+/// A digest of one repeated hex digit (the same bytes the corpus was written with).
+fn digest(fill: char) -> deploy_types::Digest {
+    deploy_types::Digest::from_hex(&fill.to_string().repeat(64)).expect("a hex digit")
 }
 
 /// Manifests as workers make them: two signed with [`corpus_key`], one unsigned.

@@ -10,7 +10,6 @@ use deploy_raft::codec;
 use deploy_raft::types::Cmd;
 use deploy_raft::{GlobalTypes, GroupTypes, RegionTypes};
 use deploy_state::{GlobalState, RegionalState, Response, StateMachine};
-use sha2::Digest;
 
 /// A fuzz target.
 pub struct Target {
@@ -182,7 +181,7 @@ fn unpack_as_is(data: &[u8]) -> Result<(), String> {
     let outer = top.path().join("a/b/c");
     std::fs::create_dir_all(&outer).map_err(io)?;
     let dest = outer.join("dest");
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
+    let digest = deploy_types::Digest::of(data);
     let result = deploy_fanout::unpack::unpack(data, &dest, &digest, data.len() as u64);
     for (level, only) in [
         (top.path().to_path_buf(), "a"),
@@ -239,7 +238,7 @@ fn unpack_as_is(data: &[u8]) -> Result<(), String> {
     }
     // The same bytes under another digest: refused, and nothing left.
     let other = outer.join("other");
-    let wrong = format!("sha256:{}", "0".repeat(64));
+    let wrong = deploy_types::Digest::from_bytes([0; 32]);
     if deploy_fanout::unpack::unpack(data, &other, &wrong, data.len() as u64).is_ok() {
         return Err("unpacked under a digest that is not its own".into());
     }

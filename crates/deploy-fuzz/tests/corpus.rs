@@ -62,10 +62,7 @@ fn the_seeds_are_accepted_where_they_should_be() {
     // Only the good tar unpacks; each other one is refused for its own reason.
     for (file, tar) in seeds::unpack() {
         let dir = tempfile::tempdir().unwrap();
-        let digest = format!(
-            "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tar))
-        );
+        let digest = deploy_types::Digest::of(&tar);
         let r = deploy_fanout::unpack::unpack(
             &tar[..],
             &dir.path().join("d"),

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use deploy_types::Digest;
 use serde::{Deserialize, Serialize};
 
 /// Transitions remembered per build; older ones are dropped.
@@ -90,7 +91,7 @@ pub struct Build {
     /// The worker of the latest attempt, and its region (where the artifact first lands).
     pub worker: String,
     pub worker_region: String,
-    pub artifact_digest: Option<String>,
+    pub artifact_digest: Option<Digest>,
     pub artifact_size: u64,
     pub error: Option<String>,
     /// Regions whose store holds the whole artifact.
@@ -158,7 +159,7 @@ pub struct WorkerInfo {
 pub enum Outcome {
     /// The artifact is stored in the worker's region.
     Built {
-        artifact_digest: String,
+        artifact_digest: Digest,
         artifact_size: u64,
     },
     /// The build failed; `retry` re-queues it while attempts remain (an infrastructure error),
@@ -590,7 +591,7 @@ impl Builds {
                         artifact_digest,
                         artifact_size,
                     } => {
-                        b.artifact_digest = Some(artifact_digest.clone());
+                        b.artifact_digest = Some(*artifact_digest);
                         b.artifact_size = *artifact_size;
                         b.regions_done.insert(b.worker_region.clone());
                         b.bytes_copied

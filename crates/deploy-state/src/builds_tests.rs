@@ -56,9 +56,14 @@ fn complete(
     })
 }
 
-fn built(d: &str) -> Outcome {
+/// A test's short name for an artifact, as its digest.
+fn digest(name: &str) -> Digest {
+    Digest::of(name.as_bytes())
+}
+
+fn built(name: &str) -> Outcome {
     Outcome::Built {
-        artifact_digest: d.into(),
+        artifact_digest: digest(name),
         artifact_size: 1,
     }
 }
@@ -200,7 +205,7 @@ fn lease_fencing_refuses_stale_attempts() {
         }
     );
     let b = q.get(&id).unwrap();
-    assert_eq!(b.artifact_digest.as_deref(), Some("sha256:new"));
+    assert_eq!(b.artifact_digest, Some(digest("sha256:new")));
     // The second region completes it.
     q.apply(&BuildCommand::Replicated {
         id: id.clone(),
@@ -461,7 +466,7 @@ proptest! {
             register(&mut q, w);
         }
         let mut now = 0u64;
-        let mut finals: BTreeMap<u64, (BuildState, Option<String>)> = BTreeMap::new();
+        let mut finals: BTreeMap<u64, (BuildState, Option<Digest>)> = BTreeMap::new();
         for op in ops {
             let before = q.clone();
             let result = match &op {
@@ -499,12 +504,12 @@ proptest! {
                 prop_assert_eq!(b.lease.is_some(), b.state == BuildState::Running, "{:?}", b);
                 prop_assert_eq!(q.queued.contains(seq), b.state == BuildState::Queued);
                 prop_assert_eq!(q.running.contains(seq), b.state == BuildState::Running);
-                if let Some((state, digest)) = finals.get(seq) {
+                if let Some((state, d)) = finals.get(seq) {
                     prop_assert_eq!(*state, b.state, "a final state changed");
-                    prop_assert_eq!(digest, &b.artifact_digest);
+                    prop_assert_eq!(d, &b.artifact_digest);
                 }
                 if b.state.is_final() {
-                    finals.insert(*seq, (b.state, b.artifact_digest.clone()));
+                    finals.insert(*seq, (b.state, b.artifact_digest));
                 }
             }
         }

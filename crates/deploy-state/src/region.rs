@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use deploy_types::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::releases::{
@@ -31,7 +32,9 @@ pub const MAX_REGION_HOSTS: usize = 1_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Goal {
     pub build_id: String,
-    pub artifact_digest: String,
+    /// `None` only in the explicit "nothing" goal.
+    #[serde(with = "deploy_types::digest::or_empty")]
+    pub artifact_digest: Option<Digest>,
     pub release: String,
 }
 
@@ -40,7 +43,7 @@ impl Goal {
     pub fn nothing() -> Self {
         Self {
             build_id: String::new(),
-            artifact_digest: String::new(),
+            artifact_digest: None,
             release: String::new(),
         }
     }
@@ -79,7 +82,7 @@ pub struct RegionRelease {
     pub seq: u64,
     pub service: String,
     pub build_id: String,
-    pub artifact_digest: String,
+    pub artifact_digest: Digest,
     pub strategy: Strategy,
     pub plan: Vec<Wave>,
     /// The wave in progress, or the last one once final.
@@ -612,7 +615,7 @@ impl Region {
         d: &Decision,
         service: &str,
         build_id: &str,
-        artifact_digest: &str,
+        artifact_digest: &Digest,
         strategy: &Strategy,
         now_ms: u64,
     ) {
@@ -639,7 +642,7 @@ impl Region {
             seq,
             service: service.to_string(),
             build_id: build_id.to_string(),
-            artifact_digest: artifact_digest.to_string(),
+            artifact_digest: *artifact_digest,
             strategy: strategy.clone(),
             plan: Vec::new(),
             wave: 0,
@@ -702,7 +705,7 @@ impl Region {
         let covered: BTreeSet<&String> = r.moved_hosts().collect();
         let goal = Goal {
             build_id: r.build_id.clone(),
-            artifact_digest: r.artifact_digest.clone(),
+            artifact_digest: Some(r.artifact_digest),
             release: r.id(),
         };
         // Racks and the wave's hosts grouped once: per rack scans of every host cost

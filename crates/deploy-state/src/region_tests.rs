@@ -1,3 +1,4 @@
+use deploy_types::Digest;
 use proptest::prelude::*;
 use proptest::strategy::Strategy as Gen;
 
@@ -23,7 +24,7 @@ fn start(seq: u64, dseq: u64, build: &str, strategy: Strategy) -> Decision {
         kind: DecisionKind::Start {
             service: "web".into(),
             build_id: build.into(),
-            artifact_digest: format!("sha256:{build}"),
+            artifact_digest: Digest::of(build.as_bytes()),
             strategy,
         },
         by: "global".into(),

@@ -1,3 +1,4 @@
+use deploy_types::Digest;
 use proptest::prelude::*;
 
 use super::*;
@@ -86,7 +87,7 @@ fn history(builds: &[(u8, Fate)]) -> GroupState {
                             attempt: 1,
                             now_ms: now,
                             outcome: Outcome::Built {
-                                artifact_digest: format!("sha256:{i:064x}"),
+                                artifact_digest: Digest::of(&i.to_le_bytes()),
                                 artifact_size: 1,
                             },
                             regions: vec!["r1".into()],

@@ -6,6 +6,7 @@
 //! that clients, tools and tests can use it without pulling in a server.
 
 pub mod config;
+pub mod digest;
 pub mod fleet;
 pub mod ids;
 pub mod repo;
@@ -16,6 +17,7 @@ pub use config::{
     check_addr, BuildSettings, ClusterConfig, ConfigError, NodeConfig, RaftTiming, RegionConfig,
     SigningConfig, StoreLocation, WorkerConfig,
 };
+pub use digest::{Digest, DigestError};
 pub use ids::{check_name, node_id_of, GroupName, IdError, NodeName};
 pub use repo::{RepoPolicy, RepoUrl};
 pub use validate::{check_commit, check_repo, check_service, InputError};

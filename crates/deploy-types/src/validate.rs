@@ -12,7 +12,8 @@ pub enum InputError {
     Service(String),
 }
 
-fn shown(s: &str) -> String {
+/// What an error shows of an input: its first 100 characters.
+pub(crate) fn shown(s: &str) -> String {
     s.chars().take(100).collect()
 }
 

@@ -58,7 +58,7 @@ pub struct WorkerStats {
 /// How an attempt ended, from the worker's side.
 enum Attempt {
     Built {
-        digest: String,
+        digest: deploy_artifact::Digest,
         size: u64,
     },
     Failed {
@@ -264,7 +264,7 @@ impl Worker {
         let _ = keeper.await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
         let (artifact_digest, artifact_size, error, retry) = match result {
-            Attempt::Built { digest, size } => (digest, size, String::new(), false),
+            Attempt::Built { digest, size } => (digest.to_string(), size, String::new(), false),
             Attempt::Failed { error, retry } => (String::new(), 0, error, retry),
             Attempt::Stopped(what) => {
                 let reason = why.lock().unwrap_or_else(|p| p.into_inner()).clone();

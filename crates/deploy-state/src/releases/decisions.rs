@@ -11,7 +11,7 @@ pub enum DecisionKind {
     Start {
         service: String,
         build_id: String,
-        artifact_digest: String,
+        artifact_digest: deploy_types::Digest,
         strategy: Strategy,
     },
     Act(Action),

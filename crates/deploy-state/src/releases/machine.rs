@@ -102,7 +102,7 @@ impl Releases {
                 });
             }
         }
-        let Some(digest) = build.artifact_digest.clone() else {
+        let Some(digest) = build.artifact_digest else {
             return Err(ReleaseError::Refused(format!(
                 "build {build_id} has no artifact"
             )));
@@ -361,7 +361,7 @@ impl Releases {
         let kind = DecisionKind::Start {
             service: r.service.clone(),
             build_id: r.build_id.clone(),
-            artifact_digest: r.artifact_digest.clone(),
+            artifact_digest: r.artifact_digest,
             strategy: r.strategy.clone(),
         };
         let id = r.id();

@@ -253,13 +253,13 @@ impl Releases {
     /// Artifacts hosts may run or roll back to, which retention must keep: those of every
     /// unfinished release and of each service's newest `per_service` releases (what runs,
     /// what a rollback returns to, what an abort left on part of the hosts).
-    pub fn referenced_artifacts(&self, per_service: usize) -> BTreeSet<String> {
+    pub fn referenced_artifacts(&self, per_service: usize) -> BTreeSet<deploy_types::Digest> {
         let mut kept = BTreeSet::new();
         let mut taken: BTreeMap<&str, usize> = BTreeMap::new();
         for r in self.by_seq.values().rev() {
             let n = taken.entry(&r.service).or_default();
             if !r.state.is_final() || *n < per_service {
-                kept.insert(r.artifact_digest.clone());
+                kept.insert(r.artifact_digest);
             }
             *n += 1;
         }

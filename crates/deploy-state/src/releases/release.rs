@@ -108,7 +108,7 @@ pub struct Release {
     pub seq: u64,
     pub service: String,
     pub build_id: String,
-    pub artifact_digest: String,
+    pub artifact_digest: deploy_types::Digest,
     /// In rollout order.
     pub regions: Vec<String>,
     pub strategy: Strategy,
