@@ -350,7 +350,7 @@ async fn call(ch: &Channel, name: &str, ctx: &Ctx, tok: Option<&str>) -> Result<
                 pb::ReportRegionRequest {
                     release_id: ctx.web_release.clone(),
                     region: east(),
-                    state: "FAILED".into(),
+                    state: pb::ReleaseState::Failed as i32,
                     ..Default::default()
                 },
                 tok,
@@ -479,7 +479,7 @@ async fn every_call_admits_exactly_the_roles_it_should() -> anyhow::Result<()> {
     }
     let ids = web_builds(&admin, c.dir(), 1024, &[("v1", true)]).await?;
     let done = release(&admin, &ids[0], "east", all_at_once(2)).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     let web = admin.get_build(&ids[0], false).await?;
     admin.set_meta("global", "owner", Some("ops")).await?;
     let ctx = Ctx {

@@ -45,7 +45,7 @@ async fn a_worker_killed_mid_build_loses_its_lease_and_another_worker_completes_
     let b = client.submit_build("svc", &repo.url(), &sha).await?;
     let first = wait_until(T, "the first attempt to start", || async {
         let b = client.get_build(&b.id, false).await.ok()?;
-        (b.state == "RUNNING" && marker.exists()).then_some(b)
+        (b.state().name() == "RUNNING" && marker.exists()).then_some(b)
     })
     .await?;
     assert_eq!(first.attempts, 1);
@@ -53,7 +53,7 @@ async fn a_worker_killed_mid_build_loses_its_lease_and_another_worker_completes_
     c.kill9(&victim)?;
 
     let done = wait_final(&client, &b.id).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:?}");
     assert_eq!(done.attempts, 2, "{done:?}");
     assert_ne!(
         done.worker, victim,
@@ -101,7 +101,7 @@ async fn builds_survive_kill9_of_the_global_leader() -> anyhow::Result<()> {
     // Kill the leader once some builds are under way.
     wait_until(T, "builds to be running", || async {
         let b = client.get_build(&ids[0], false).await.ok()?;
-        (b.state != "QUEUED").then_some(())
+        (b.state().name() != "QUEUED").then_some(())
     })
     .await?;
     c.kill9(&leader)?;
@@ -110,7 +110,7 @@ async fn builds_survive_kill9_of_the_global_leader() -> anyhow::Result<()> {
     let client = Client::new(survivors.iter().map(|n| c.addr(n).unwrap_or_default()))?;
     for id in &ids {
         let b = wait_final(&client, id).await?;
-        assert_eq!(b.state, "SUCCEEDED", "{b:?}");
+        assert_eq!(b.state().name(), "SUCCEEDED", "{b:?}");
         // Leases live in the replicated state with absolute expiry times: the new leader
         // honours them, so no build was re-queued by the failover.
         assert_eq!(b.attempts, 1, "{b:?}");
@@ -185,7 +185,7 @@ async fn a_writer_killed_mid_chunk_leaves_nothing_visible_and_the_retry_succeeds
 
     // The lease expires and the other worker's attempt stores a whole artifact.
     let done = wait_final(&client, &b.id).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:?}");
     assert_eq!(done.attempts, 2);
     assert_ne!(done.worker, running.worker);
     let key = deploy_artifact::KeyPair::load(&c.dir().join("keys").join("build.key"))?;
@@ -264,13 +264,13 @@ async fn replication_resumes_after_kill9_of_the_global_leader_without_recopying(
     let survivors: Vec<String> = c.names().into_iter().filter(|n| *n != leader).collect();
     let client = Client::new(survivors.iter().map(|n| c.addr(n).unwrap_or_default()))?;
     let done = wait_final(&client, &b.id).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:?}");
     let west_copy = done
         .replication
         .iter()
         .find(|r| r.region == "west")
         .ok_or_else(|| anyhow::anyhow!("no west replication in {done:?}"))?;
-    assert_eq!(west_copy.state, "DONE");
+    assert_eq!(west_copy.state().name(), "DONE");
     // The new leader copied only what the old one had not verified into place.
     let chunk = 8 * 1024 * 1024;
     assert!(

@@ -249,7 +249,7 @@ async fn a_followed_log_ends_when_its_reader_goes_away() -> anyhow::Result<()> {
     assert!(status.success(), "{status}");
     let b = client.get_build(&build.id, false).await?;
     assert!(
-        matches!(b.state.as_str(), "RUNNING" | "QUEUED"),
+        matches!(b.state().name(), "RUNNING" | "QUEUED"),
         "the build ended meanwhile ({}): nothing was proved",
         b.state
     );

@@ -90,7 +90,9 @@ async fn any_node_forwards_writes_and_linearizable_reads_to_the_leader() -> anyh
     }
     // A stale read from a follower eventually shows the write too.
     let s = deploy_client::ClusterStatusView(any.cluster_status().await?);
-    let follower = s.member_with_role("global", "FOLLOWER").unwrap_or_default();
+    let follower = s
+        .member_with_role("global", deploy_proto::v1::Role::Follower)
+        .unwrap_or_default();
     let fc = c.client_of(&follower)?;
     wait_until(T, "the follower to apply", || async {
         let r = fc.get_meta("global", "from-g1", true).await.ok()?;

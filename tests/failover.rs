@@ -22,7 +22,8 @@ async fn settled_leader(c: &ProcessCluster) -> anyhow::Result<String> {
         let m = s.members("global");
         let applied: Vec<u64> = m.iter().map(|m| m.last_applied).collect();
         let settled = m.len() == 3
-            && m.iter().all(|m| m.role == "LEADER" || m.role == "FOLLOWER")
+            && m.iter()
+                .all(|m| m.role().name() == "LEADER" || m.role().name() == "FOLLOWER")
             && applied.windows(2).all(|w| w[0] == w[1]);
         settled.then_some(leader)
     })
@@ -30,7 +31,7 @@ async fn settled_leader(c: &ProcessCluster) -> anyhow::Result<String> {
 }
 
 /// What node `name` itself says of the global group: (role, term).
-async fn own_view(c: &ProcessCluster, name: &str) -> Option<(String, u64)> {
+async fn own_view(c: &ProcessCluster, name: &str) -> Option<(pb::Role, u64)> {
     let ch = tonic::transport::Channel::from_shared(format!("http://{}", c.addr(name).ok()?))
         .ok()?
         .connect()
@@ -43,7 +44,7 @@ async fn own_view(c: &ProcessCluster, name: &str) -> Option<(String, u64)> {
         .await
         .ok()?
         .into_inner();
-    Some((r.role, r.term))
+    Some((r.role(), r.term))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +71,7 @@ async fn a_leader_stopped_with_sigterm_hands_over_to_the_voter_it_chose() -> any
         for n in &survivors {
             if own_view(&c, n)
                 .await
-                .is_some_and(|(role, _)| role == "LEADER")
+                .is_some_and(|(role, _)| role == pb::Role::Leader)
             {
                 return Some(n.to_string());
             }
@@ -141,7 +142,10 @@ async fn a_follower_that_finds_the_leader_refused_stands_once_the_lease_runs_out
     );
     wait_until(T, "a new leader", || async {
         for n in &survivors {
-            if own_view(&c, n).await.is_some_and(|(r, _)| r == "LEADER") {
+            if own_view(&c, n)
+                .await
+                .is_some_and(|(r, _)| r == pb::Role::Leader)
+            {
                 return Some(());
             }
         }

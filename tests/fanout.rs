@@ -51,7 +51,7 @@ async fn sixteen_hosts_through_one_relay_read_each_chunk_from_the_store_once() -
     assert!(chunks >= 16, "{chunks} chunks");
     let before = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed);
     let done = release(&client, &ids[0], "east", all_at_once(16)).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     assert_eq!(done.hosts_updated, 16);
     let reads = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed) - before;
     assert_eq!(reads as usize, chunks, "each chunk left the store once");
@@ -92,7 +92,7 @@ async fn a_failing_health_check_on_the_canary_rolls_every_host_back() -> anyhow:
         ..Default::default()
     };
     let first = release(&client, &ids[0], "east", strategy.clone()).await?;
-    assert_eq!(first.state, "SUCCEEDED", "{first:#?}");
+    assert_eq!(first.state().name(), "SUCCEEDED", "{first:#?}");
     let all = ["east-1-h1", "east-1-h2", "east-2-h1", "east-2-h2"];
     for h in all {
         assert_eq!(
@@ -102,7 +102,7 @@ async fn a_failing_health_check_on_the_canary_rolls_every_host_back() -> anyhow:
         );
     }
     let second = release(&client, &ids[1], "east", strategy).await?;
-    assert_eq!(second.state, "ROLLED_BACK", "{second:#?}");
+    assert_eq!(second.state().name(), "ROLLED_BACK", "{second:#?}");
     assert_eq!(second.regions[0].wave, 1, "halted in the canary");
     assert!(
         second.reason.contains("health command failed"),
@@ -116,7 +116,7 @@ async fn a_failing_health_check_on_the_canary_rolls_every_host_back() -> anyhow:
             goal(h, "web") == ids[0]
                 && h.services
                     .iter()
-                    .any(|s| s.running_build_id == ids[0] && s.state == "HEALTHY")
+                    .any(|s| s.running_build_id == ids[0] && s.state().name() == "HEALTHY")
         });
         let on_disk = all
             .iter()
@@ -147,7 +147,7 @@ async fn one_rack_running(
     c.start_fleet(&Limits::default(), false).await?;
     let ids = builds(&client, &c.dir(), 1024, versions).await?;
     let first = release(&client, &ids[0], "east", all_at_once(2)).await?;
-    assert_eq!(first.state, "SUCCEEDED", "{first:#?}");
+    assert_eq!(first.state().name(), "SUCCEEDED", "{first:#?}");
     Ok((c, client, ids, first))
 }
 
@@ -162,7 +162,7 @@ async fn rolling_back_a_first_release_stops_the_service_it_started() -> anyhow::
         .collect();
     assert_eq!(pids.len(), 2, "each host runs the service");
     let rolled = act(&client, &first.id, "rollback").await?;
-    assert_eq!(rolled.state, "ROLLED_BACK");
+    assert_eq!(rolled.state().name(), "ROLLED_BACK");
     wait_until(T, "both hosts to stop the service", || async {
         let hs = hosts(&client, "east").await.ok()?;
         let stopped = hs.iter().all(|h| {
@@ -224,7 +224,7 @@ async fn an_aborted_wave_leaves_the_held_back_hosts_on_their_build() -> anyhow::
             .find(|h| {
                 h.services
                     .iter()
-                    .any(|s| s.running_build_id == ids[1] && s.state == "UNHEALTHY")
+                    .any(|s| s.running_build_id == ids[1] && s.state().name() == "UNHEALTHY")
             })
             .map(|h| h.host.clone())
     })
@@ -246,7 +246,7 @@ async fn an_aborted_wave_leaves_the_held_back_hosts_on_their_build() -> anyhow::
     )
     .await?;
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
-    assert_eq!(done.state, "ABORTED");
+    assert_eq!(done.state().name(), "ABORTED");
     assert_eq!(current(&c, other).map(|x| x.0), Some(ids[0].clone()));
     assert!(!c
         .host_root(other)
@@ -378,7 +378,7 @@ async fn a_relay_serving_corrupt_chunks_is_detected_and_never_installed() -> any
     // The corrupt relay is asked first for data; it serves no goals (404), so those come
     // from the real one.
     let done = release(&client, &ids[0], "east", all_at_once(1)).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     assert!(
         served.load(Ordering::Relaxed) > 0,
         "the corrupt relay was asked"
@@ -438,7 +438,7 @@ async fn a_relay_killed_mid_transfer_leaves_its_hosts_to_the_fallback() -> anyho
     .await?;
     c.kill_relay("east-rack-1-relay").await?;
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     for h in ["east-1-h1", "east-1-h2"] {
         let rec = std::fs::read_to_string(c.host_root(h).join("sim/web"))?;
         assert!(rec.starts_with(&ids[0]), "{h}: {rec}");
@@ -502,7 +502,7 @@ async fn with_every_link_limited_the_artifact_reaches_all_hosts_within_twice_siz
         "last host after {last:?}, S/B = {bound:?}"
     );
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
-    assert_eq!(done.state, "SUCCEEDED");
+    assert_eq!(done.state().name(), "SUCCEEDED");
     Ok(())
 }
 
@@ -518,7 +518,7 @@ async fn metrics_of_a_node_and_a_relay_parse_and_count_a_release() -> anyhow::Re
     c.start_fleet(&Limits::default(), true).await?;
     let ids = builds(&client, &c.dir(), 200 * 1024, &[("v1", true)]).await?;
     let done = release(&client, &ids[0], "east", all_at_once(2)).await?;
-    assert_eq!(done.state, "SUCCEEDED");
+    assert_eq!(done.state().name(), "SUCCEEDED");
     let http = reqwest::Client::new();
     let get = |addr: String, path: &'static str| {
         let http = http.clone();
@@ -605,7 +605,7 @@ async fn a_relay_below_another_fetches_from_it_and_the_store_is_read_once() -> a
     let chunks = manifest_chunks(&c, "east", &client, &ids[0]).await?;
     let before = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed);
     let done = release(&client, &ids[0], "east", all_at_once(2)).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     let reads = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed) - before;
     assert_eq!(reads as usize, chunks, "only the top relay read the store");
     let top = c.relay("east-rack-1-relay").expect("relay");
@@ -635,7 +635,7 @@ async fn an_agent_keeps_the_three_newest_releases() -> anyhow::Result<()> {
     let ids = builds(&client, &c.dir(), 1024, &versions).await?;
     for id in &ids {
         let done = release(&client, id, "east", all_at_once(1)).await?;
-        assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+        assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     }
     let releases = c.host_root("east-1-h1").join("services/web/releases");
     let mut kept: Vec<String> = std::fs::read_dir(&releases)?

@@ -71,7 +71,7 @@ async fn an_agent_killed_mid_install_leaves_a_whole_release_and_carries_on() -> 
     }
     let ids = web_builds(&client, c.dir(), 256 * 1024, &[("v1", true), ("v2", true)]).await?;
     let first = release(&client, &ids[0], "east", all_at_once(3)).await?;
-    assert_eq!(first.state, "SUCCEEDED", "{first:#?}");
+    assert_eq!(first.state().name(), "SUCCEEDED", "{first:#?}");
     for h in hosts {
         assert_eq!(complete_current(&c, h)?, ids[0]);
     }
@@ -108,7 +108,7 @@ async fn an_agent_killed_mid_install_leaves_a_whole_release_and_carries_on() -> 
         c.start_agent(h, None)?;
     }
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     // Agents and workers serve their probes too.
     let http = reqwest::Client::new();
     for who in ["east-1-h1", "wk"] {
@@ -214,7 +214,7 @@ async fn deployd_dev_with_two_regions_of_two_racks_of_four_hosts_runs_the_releas
             })
             .await?;
         let done = wait_release(&client, &r.id, "to end", is_final).await?;
-        anyhow::ensure!(done.state == "SUCCEEDED", "{done:#?}");
+        anyhow::ensure!(done.state().name() == "SUCCEEDED", "{done:#?}");
         anyhow::ensure!(done.hosts_updated == 16, "{done:#?}");
         for rack in spec.racks_of() {
             for h in rack.hosts {

@@ -83,7 +83,7 @@ fn report(region: &str, rack: &str, relay: &str, hosts: &[&str]) -> pb::ReportRa
                 services: vec![pb::ServiceReport {
                     service: "web".into(),
                     build_id: "b-1".into(),
-                    state: "HEALTHY".into(),
+                    state: pb::ServiceState::Healthy as i32,
                     detail: String::new(),
                 }],
             })
@@ -310,7 +310,7 @@ async fn two_credentials_a_foreign_repository_or_a_hop_count_change_nothing() ->
     let ids = web_builds(&admin, c.dir(), 1024, &[("v1", true)]).await?;
     wait_until(T, "the allowed build to succeed", || async {
         let b = admin.get_build(&ids[0], false).await.ok()?;
-        (b.state == "SUCCEEDED").then_some(())
+        (b.state().name() == "SUCCEEDED").then_some(())
     })
     .await?;
     Ok(())

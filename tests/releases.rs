@@ -73,14 +73,14 @@ async fn a_release_goes_through_every_wave_of_both_regions_in_order() -> anyhow:
     let r = create(&client, &ids[0], &["west", "east"], fast(200)).await?;
     assert_eq!(r.created_by, "tester");
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     assert_eq!(done.hosts_total, 10);
     assert_eq!(done.hosts_updated, 10);
     assert_eq!(done.hosts_failed, 0);
     let order: Vec<&str> = done.regions.iter().map(|g| g.region.as_str()).collect();
     assert_eq!(order, ["west", "east"]);
     for g in &done.regions {
-        assert_eq!(g.state, "SUCCEEDED");
+        assert_eq!(g.state().name(), "SUCCEEDED");
         assert_eq!(g.wave, g.waves, "{g:?}");
         assert_eq!(g.hosts_updated, g.hosts_total);
     }
@@ -97,7 +97,7 @@ async fn a_release_goes_through_every_wave_of_both_regions_in_order() -> anyhow:
         let rr = region_release(&client, region, &r.id)
             .await
             .expect("region view");
-        assert_eq!(rr.state, "SUCCEEDED");
+        assert_eq!(rr.state().name(), "SUCCEEDED");
         assert!(rr.history.iter().any(|e| e.what.contains("wave 1 passed")));
     }
     Ok(())
@@ -120,14 +120,14 @@ async fn a_failing_canary_halts_the_release_and_rolls_every_moved_host_back() ->
     wait_hosts(&client, "east", 6).await?;
     let first = create(&client, &ids[0], &["east"], fast(100)).await?;
     let first = wait_release(&client, &first.id, "to end", is_final).await?;
-    assert_eq!(first.state, "SUCCEEDED");
+    assert_eq!(first.state().name(), "SUCCEEDED");
 
     *bad.lock().unwrap_or_else(|p| p.into_inner()) = ids[1].clone();
     let second = create(&client, &ids[1], &["east"], fast(100)).await?;
     let done = wait_release(&client, &second.id, "to end", is_final).await?;
-    assert_eq!(done.state, "ROLLED_BACK", "{done:#?}");
+    assert_eq!(done.state().name(), "ROLLED_BACK", "{done:#?}");
     let east = &done.regions[0];
-    assert_eq!(east.state, "ROLLED_BACK");
+    assert_eq!(east.state().name(), "ROLLED_BACK");
     assert_eq!(east.wave, 1, "halted in the canary wave, before the second");
     assert!(east.reason.contains("failed"), "{}", east.reason);
     // One host of a rack updates at a time: the first failure halted it.
@@ -139,7 +139,7 @@ async fn a_failing_canary_halts_the_release_and_rolls_every_moved_host_back() ->
             goal(h, "web") == ids[0]
                 && h.services
                     .iter()
-                    .any(|s| s.running_build_id == ids[0] && s.state == "HEALTHY")
+                    .any(|s| s.running_build_id == ids[0] && s.state().name() == "HEALTHY")
         });
         back.then_some(())
     })
@@ -167,7 +167,7 @@ async fn a_region_finishes_its_release_with_the_global_group_stopped() -> anyhow
     }
     let here = wait_until(T, "the region to finish on its own", || async {
         let rr = region_release(&regional, "east", &r.id).await?;
-        (rr.state == "SUCCEEDED").then_some(rr)
+        (rr.state().name() == "SUCCEEDED").then_some(rr)
     })
     .await?;
     assert_eq!(here.hosts_updated, 6);
@@ -196,7 +196,7 @@ async fn a_region_finishes_its_release_with_the_global_group_stopped() -> anyhow
         c.start_node(g).await?;
     }
     let done = wait_release(&client, &r.id, "the global view to catch up", is_final).await?;
-    assert_eq!(done.state, "SUCCEEDED");
+    assert_eq!(done.state().name(), "SUCCEEDED");
     assert_eq!(done.regions[0].hosts_updated, 6);
     Ok(())
 }
@@ -232,12 +232,12 @@ async fn a_region_cut_off_applies_every_decision_in_order_once_restored() -> any
     // The first two were superseded while west was away.
     for id in &rel[..2] {
         let r = client.get_release(id, false).await?;
-        assert_eq!(r.state, "ABORTED");
+        assert_eq!(r.state().name(), "ABORTED");
     }
     // East went ahead; west, cut off, has applied none of it and still answers.
     wait_until(T, "east to finish the third", || async {
         let rr = region_release(&client, "east", &rel[2]).await?;
-        (rr.state == "SUCCEEDED").then_some(())
+        (rr.state().name() == "SUCCEEDED").then_some(())
     })
     .await?;
     let status = west
@@ -249,12 +249,12 @@ async fn a_region_cut_off_applies_every_decision_in_order_once_restored() -> any
     assert!(status.releases.is_empty(), "{:?}", status.releases);
     assert_eq!(status.applied_decision, 0);
     assert_eq!(
-        client.get_release(&rel[2], false).await?.state,
+        client.get_release(&rel[2], false).await?.state().name(),
         "ROLLING_OUT"
     );
     c.heal();
     let done = wait_release(&client, &rel[2], "to end", is_final).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     let status = west
         .region_status(pb::RegionStatusRequest {
             region: "west".into(),
@@ -264,7 +264,7 @@ async fn a_region_cut_off_applies_every_decision_in_order_once_restored() -> any
     let seen: Vec<(&str, &str)> = status
         .releases
         .iter()
-        .map(|r| (r.id.as_str(), r.state.as_str()))
+        .map(|r| (r.id.as_str(), r.state().name()))
         .collect();
     for (i, id) in rel.iter().enumerate() {
         let r = status
@@ -279,7 +279,7 @@ async fn a_region_cut_off_applies_every_decision_in_order_once_restored() -> any
             .count();
         assert_eq!(starts, 1, "{id} started once: {:?}", r.history);
         if i < 2 {
-            assert_eq!(r.state, "ABORTED", "{seen:?}");
+            assert_eq!(r.state().name(), "ABORTED", "{seen:?}");
             let next = &rel[i + 1];
             assert!(
                 r.reason.contains(&format!("superseded by {next}")),
@@ -287,7 +287,7 @@ async fn a_region_cut_off_applies_every_decision_in_order_once_restored() -> any
                 r.reason
             );
         } else {
-            assert_eq!(r.state, "SUCCEEDED");
+            assert_eq!(r.state().name(), "SUCCEEDED");
         }
     }
     for h in hosts(&west, "west").await? {
@@ -309,7 +309,7 @@ async fn pause_holds_resume_continues_promote_skips_the_wait_and_abort_stops() -
     // Pause at once: the canary hosts update and stay healthy, but the wave does not pass.
     let r = create(&client, &ids[0], &["east"], fast(300)).await?;
     let paused = act(&client, &r.id, "pause").await?;
-    assert_eq!(paused.state, "PAUSED");
+    assert_eq!(paused.state().name(), "PAUSED");
     assert!(
         act(&client, &r.id, "pause").await.is_err(),
         "already paused"
@@ -317,7 +317,7 @@ async fn pause_holds_resume_continues_promote_skips_the_wait_and_abort_stops() -
     let since = wait_until(T, "the canary to be healthy while paused", || async {
         let rr = region_release(&client, "east", &r.id).await?;
         assert_eq!(rr.wave, 1, "a paused release moved on: {rr:?}");
-        (rr.state == "PAUSED" && rr.hosts_updated >= 2).then(std::time::Instant::now)
+        (rr.state().name() == "PAUSED" && rr.hosts_updated >= 2).then(std::time::Instant::now)
     })
     .await?;
     // Held for several times the minimum healthy time: still wave 1 at every look.
@@ -325,13 +325,13 @@ async fn pause_holds_resume_continues_promote_skips_the_wait_and_abort_stops() -
         let rr = region_release(&client, "east", &r.id)
             .await
             .expect("region view");
-        assert_eq!((rr.state.as_str(), rr.wave), ("PAUSED", 1));
+        assert_eq!((rr.state().name(), rr.wave), ("PAUSED", 1));
         (since.elapsed() >= std::time::Duration::from_millis(1500)).then_some(())
     })
     .await?;
     act(&client, &r.id, "resume").await?;
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
-    assert_eq!(done.state, "SUCCEEDED");
+    assert_eq!(done.state().name(), "SUCCEEDED");
     let who: Vec<(&str, &str)> = done
         .history
         .iter()
@@ -347,13 +347,13 @@ async fn pause_holds_resume_continues_promote_skips_the_wait_and_abort_stops() -
     for wave in 1..=3u32 {
         wait_until(T, &format!("wave {wave} under way"), || async {
             let rr = region_release(&client, "east", &slow.id).await?;
-            (rr.wave == wave && rr.state == "ROLLING_OUT").then_some(())
+            (rr.wave == wave && rr.state().name() == "ROLLING_OUT").then_some(())
         })
         .await?;
         act(&client, &slow.id, "promote").await?;
     }
     let done = wait_release(&client, &slow.id, "to end", is_final).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
 
     // Abort stops it where it is: canary hosts that took the build keep it, the others
     // (held back in their rack, or never reached) keep what they had, once the region has
@@ -367,10 +367,10 @@ async fn pause_holds_resume_continues_promote_skips_the_wait_and_abort_stops() -
     })
     .await?;
     let aborted = act(&client, &stopped.id, "abort").await?;
-    assert_eq!(aborted.state, "ABORTED");
+    assert_eq!(aborted.state().name(), "ABORTED");
     wait_until(T, "the region to settle the aborted wave", || async {
         let rr = region_release(&client, "east", &stopped.id).await?;
-        (rr.state == "ABORTED" && rr.history.iter().any(|e| e.what.starts_with("settled")))
+        (rr.state().name() == "ABORTED" && rr.history.iter().any(|e| e.what.starts_with("settled")))
             .then_some(())
     })
     .await?;
@@ -388,7 +388,7 @@ async fn pause_holds_resume_continues_promote_skips_the_wait_and_abort_stops() -
             .all(|h| {
                 h.services
                     .iter()
-                    .any(|s| s.running_build_id == goal(h, "web") && s.state == "HEALTHY")
+                    .any(|s| s.running_build_id == goal(h, "web") && s.state().name() == "HEALTHY")
             })
             .then_some(())
     })
@@ -414,7 +414,7 @@ async fn retention_keeps_a_released_artifact_past_keep_per_service() -> anyhow::
     // A region without hosts: the release succeeds at once.
     let r = create(&client, &ids[0], &["east"], fast(100)).await?;
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
-    assert_eq!(done.state, "SUCCEEDED");
+    assert_eq!(done.state().name(), "SUCCEEDED");
     let gc = client.collect_garbage(false).await?;
     let kept: Vec<&String> = gc.kept_artifacts.iter().collect();
     assert!(
@@ -467,10 +467,10 @@ async fn a_repeated_create_or_action_with_its_request_id_happens_once() -> anyho
         request_id: "ci-run-43".into(),
     };
     let paused = client.release_action(pause.clone()).await?;
-    assert_eq!(paused.state, "PAUSED");
+    assert_eq!(paused.state().name(), "PAUSED");
     // Without its id the second pause would be refused: the release is paused already.
     let repeat = via_region.release_action(pause).await?;
-    assert_eq!(repeat.state, "PAUSED");
+    assert_eq!(repeat.state().name(), "PAUSED");
     let pauses = repeat.history.iter().filter(|e| e.what == "pause").count();
     assert_eq!(pauses, 1, "{:#?}", repeat.history);
     Ok(())

@@ -57,7 +57,7 @@ async fn kill9_of_the_regional_leader_mid_wave_resumes_and_no_goal_moves_backwar
     wait_hosts(&client, "east", 8).await?;
     let first = create(&client, &ids[0], 100).await?;
     let first = wait_release(&client, &first, "to end", is_final).await?;
-    assert_eq!(first.state, "SUCCEEDED", "{first:#?}");
+    assert_eq!(first.state().name(), "SUCCEEDED", "{first:#?}");
 
     // Every host's goals in the order seen, sampled at each look while waiting below: once
     // on v2, never back on v1.
@@ -81,7 +81,7 @@ async fn kill9_of_the_regional_leader_mid_wave_resumes_and_no_goal_moves_backwar
     })
     .await?;
     record_goals(&watcher, &seen).await;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     assert_eq!(done.hosts_updated, 8);
     let rr = region_release(&client, "east", &second)
         .await

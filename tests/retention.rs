@@ -120,7 +120,7 @@ async fn collected_builds_leave_every_replica_and_are_answered_from_history_then
     wait_everywhere(&c, "the collect applied on every replica", &collected).await?;
     let from_history = client.get_build(&ids[0], false).await?;
     assert_eq!(from_history.id, ids[0]);
-    assert_eq!(from_history.state, "CANCELLED");
+    assert_eq!(from_history.state().name(), "CANCELLED");
 
     // Two days later the history (one day) is over: tombstones, and a dated answer.
     h.propose(collect(now + 2 * DAY_MS)).await?;
@@ -146,7 +146,10 @@ async fn collected_builds_leave_every_replica_and_are_answered_from_history_then
         [ids[2].as_str()]
     );
     // The newest build was never collected; one that never existed is still "does not exist".
-    assert_eq!(client.get_build(&ids[2], false).await?.state, "CANCELLED");
+    assert_eq!(
+        client.get_build(&ids[2], false).await?.state().name(),
+        "CANCELLED"
+    );
     let none = client.get_build("b-99", false).await.unwrap_err();
     assert!(none.to_string().contains("does not exist"), "{none}");
     Ok(())
@@ -173,23 +176,30 @@ async fn the_leader_collects_finished_builds_under_the_configured_policy() -> an
                 ..Default::default()
             })
             .await?;
-        listed.extend(page.builds.into_iter().map(|b| (b.id, b.state)));
+        listed.extend(
+            page.builds
+                .into_iter()
+                .map(|b| (b.id.clone(), b.state().name())),
+        );
         token = page.next_page_token;
         if token.is_empty() {
             break;
         }
     }
-    let cancelled = |i: usize| (ids[i].clone(), "CANCELLED".to_string());
+    let cancelled = |i: usize| (ids[i].clone(), "CANCELLED");
     assert_eq!(listed, [cancelled(2), cancelled(1), cancelled(0)]);
     // A filter applies to the history too.
     let none = client
         .list_builds(deploy_proto::v1::ListBuildsRequest {
-            state: "SUCCEEDED".into(),
+            state: deploy_proto::v1::BuildState::Succeeded as i32,
             ..Default::default()
         })
         .await?;
     assert!(none.builds.is_empty(), "{none:?}");
-    assert_eq!(client.get_build(&ids[0], false).await?.state, "CANCELLED");
+    assert_eq!(
+        client.get_build(&ids[0], false).await?.state().name(),
+        "CANCELLED"
+    );
     Ok(())
 }
 
@@ -232,7 +242,11 @@ async fn collected_releases_are_answered_from_history_then_as_removed() -> anyho
     let client = c.client()?;
     let releases = three_releases(&client, &c.dir(), false).await?;
     assert_eq!(
-        client.get_release(&releases[0], false).await?.state,
+        client
+            .get_release(&releases[0], false)
+            .await?
+            .state()
+            .name(),
         "ABORTED"
     );
     let h = global_leader(&c).await?;
@@ -260,7 +274,7 @@ async fn collected_releases_are_answered_from_history_then_as_removed() -> anyho
     );
     let old = client.get_release(&releases[0], false).await?;
     assert_eq!(
-        (old.id.as_str(), old.state.as_str()),
+        (old.id.as_str(), old.state().name()),
         (releases[0].as_str(), "ABORTED")
     );
     assert!(client.get_release(&releases[2], false).await.is_ok());
@@ -437,7 +451,11 @@ async fn applied_decisions_and_old_region_release_records_leave_the_state() -> a
     // The global release records are untouched by the region's collect; the request ids,
     // younger than a keep_days of 0 only by clock, are gone with it.
     assert_eq!(
-        client.get_release(&releases[2], false).await?.state,
+        client
+            .get_release(&releases[2], false)
+            .await?
+            .state()
+            .name(),
         "SUCCEEDED"
     );
     wait_until(T, "old request ids forgotten", || async {

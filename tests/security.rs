@@ -57,7 +57,7 @@ async fn a_secure_cluster_builds_and_releases_over_mutual_tls() -> anyhow::Resul
     }
     let ids = web_builds(&client, c.dir(), 64 * 1024, &[("v1", true)]).await?;
     let done = release(&client, &ids[0], "east", all_at_once(2)).await?;
-    assert_eq!(done.state, "SUCCEEDED", "{done:#?}");
+    assert_eq!(done.state().name(), "SUCCEEDED", "{done:#?}");
     // The worker, relays and agents spoke TLS too: nothing was refused along the way.
     for p in ["g1", "east-1", "east-rack-1-relay"] {
         assert!(

@@ -201,11 +201,15 @@ pub fn one_success_per_build(history: &[Op], rep: &Replicas) -> Verdict {
                 .entry(b.id.clone())
                 .or_default()
                 .insert(b.commit.clone());
-            let successes = b.history.iter().filter(|t| t.state == "SUCCEEDED").count();
+            let successes = b
+                .history
+                .iter()
+                .filter(|t| t.state().name() == "SUCCEEDED")
+                .count();
             if successes > 1 {
                 v.push(format!("build {} SUCCEEDED {successes} times", b.id));
             }
-            if b.state == "SUCCEEDED" {
+            if b.state().name() == "SUCCEEDED" {
                 succeeded_by_commit
                     .entry(format!("{}/{}", b.service, b.commit))
                     .or_default()
@@ -398,7 +402,7 @@ pub async fn regions_agree(cluster: &Cluster, rep: &Replicas, global_leader: &st
             let rels: Vec<(String, String)> = status
                 .releases
                 .iter()
-                .map(|r| (r.id.clone(), r.state.clone()))
+                .map(|r| (r.id.clone(), r.state().name().to_string()))
                 .collect();
             let goals: Vec<(String, String)> = hosts
                 .iter()

@@ -45,7 +45,7 @@ pub async fn leader(cluster: &Cluster, group: &str) -> Option<String> {
         let Some(s) = node_status(cluster, &m.name, group, Duration::from_millis(700)).await else {
             continue;
         };
-        if s.role == "LEADER" && best.as_ref().is_none_or(|(t, _)| s.term > *t) {
+        if s.role().name() == "LEADER" && best.as_ref().is_none_or(|(t, _)| s.term > *t) {
             best = Some((s.term, m.name.clone()));
         }
     }
@@ -83,7 +83,7 @@ pub async fn group_converged(cluster: &Cluster, group: &str) -> Result<(), Strin
         let Some(s) = s else {
             return Err(format!("{group}: {name} does not answer"));
         };
-        if s.role == "LEADER" {
+        if s.role().name() == "LEADER" {
             leaders += 1;
         }
         match applied {

@@ -77,13 +77,13 @@ impl From<&pb::Build> for BuildObs {
             service: b.service.clone(),
             repo: b.repo.clone(),
             commit: b.commit.clone(),
-            state: b.state.clone(),
+            state: b.state().name().to_string(),
             digest: b.artifact_digest.clone(),
             created: b.created,
             history: b
                 .history
                 .iter()
-                .map(|t| (t.state.clone(), t.at_ms, t.note.clone()))
+                .map(|t| (t.state().name().to_string(), t.at_ms, t.note.clone()))
                 .collect(),
         }
     }
@@ -105,7 +105,7 @@ impl From<&pb::Release> for ReleaseObs {
         Self {
             id: r.id.clone(),
             build: r.build_id.clone(),
-            state: r.state.clone(),
+            state: r.state().name().to_string(),
             created_by: r.created_by.clone(),
             history: r
                 .history

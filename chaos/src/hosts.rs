@@ -104,7 +104,7 @@ pub fn view(h: &pb::Host) -> HostView {
         host: h.host.clone(),
         goal: s.map(|s| s.goal_build_id.clone()).unwrap_or_default(),
         running: s.map(|s| s.running_build_id.clone()).unwrap_or_default(),
-        state: s.map(|s| s.state.clone()).unwrap_or_default(),
+        state: s.map(|s| s.state().name().to_string()).unwrap_or_default(),
     }
 }
 

@@ -546,7 +546,7 @@ impl Injector {
             return Vec::new();
         };
         let req = deploy_proto::v1::ListBuildsRequest {
-            state: "RUNNING".into(),
+            state: deploy_proto::v1::BuildState::Running as i32,
             page_size: 100,
             ..Default::default()
         };
@@ -574,7 +574,7 @@ impl Injector {
             for h in hosts {
                 if h.services
                     .iter()
-                    .any(|s| matches!(s.state.as_str(), "DOWNLOADING" | "INSTALLING" | "STARTING"))
+                    .any(|s| matches!(s.state().name(), "DOWNLOADING" | "INSTALLING" | "STARTING"))
                 {
                     moving.push(h.host.clone());
                 }

@@ -257,7 +257,7 @@ async fn drive(
                 for g in &groups {
                     let mut leaders: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
                     for (name, s) in control::group_status(&c, g).await {
-                        if let Some(s) = s.filter(|s| s.role == "LEADER") {
+                        if let Some(s) = s.filter(|s| s.role().name() == "LEADER") {
                             leaders.entry(s.term).or_default().insert(name);
                         }
                     }
@@ -424,7 +424,7 @@ async fn drive(
         .next()
         .map(|b| {
             b.values()
-                .filter(|b| matches!(b.state.as_str(), "FAILED" | "CANCELLED"))
+                .filter(|b| matches!(b.state().name(), "FAILED" | "CANCELLED"))
                 .map(|b| b.id.clone())
                 .collect()
         })
@@ -496,7 +496,7 @@ async fn drive(
             .builds
             .values()
             .next()
-            .map(|b| b.values().map(|x| x.state.clone()).collect())
+            .map(|b| b.values().map(|x| x.state().name().to_string()).collect())
             .unwrap_or_default(),
     );
     let releases_by_state = tally(
@@ -504,7 +504,7 @@ async fn drive(
             .releases
             .values()
             .next()
-            .map(|r| r.values().map(|x| x.state.clone()).collect())
+            .map(|r| r.values().map(|x| x.state().name().to_string()).collect())
             .unwrap_or_default(),
     );
     let violations: Vec<String> = verdicts.iter().flat_map(|v| v.violations.clone()).collect();
@@ -585,9 +585,8 @@ async fn converge(
                         Ok(builds) => {
                             for b in &builds {
                                 build_commit.insert(b.id.clone(), b.commit.clone());
-                                if !matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED")
-                                {
-                                    pending.push(format!("build {} is {}", b.id, b.state));
+                                if !b.state().is_final() {
+                                    pending.push(format!("build {} is {}", b.id, b.state().name()));
                                 }
                             }
                         }
@@ -595,15 +594,16 @@ async fn converge(
                     }
                     match control::releases(&c, false).await {
                         Ok(releases) => {
-                            if releases.iter().any(|r| r.state == "PAUSED") {
+                            if releases.iter().any(|r| r.state().name() == "PAUSED") {
                                 workload.resume_paused(&releases).await;
                             }
                             for r in &releases {
-                                if !matches!(
-                                    r.state.as_str(),
-                                    "SUCCEEDED" | "FAILED" | "ABORTED" | "ROLLED_BACK"
-                                ) {
-                                    pending.push(format!("release {} is {}", r.id, r.state));
+                                if !r.state().is_final() {
+                                    pending.push(format!(
+                                        "release {} is {}",
+                                        r.id,
+                                        r.state().name()
+                                    ));
                                 }
                             }
                         }

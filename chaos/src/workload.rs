@@ -449,7 +449,7 @@ impl Workload {
     /// that each can end. Returns how many it resumed.
     pub async fn resume_paused(&self, releases: &[pb::Release]) -> usize {
         let mut n = 0;
-        for r in releases.iter().filter(|r| r.state == "PAUSED") {
+        for r in releases.iter().filter(|r| r.state().name() == "PAUSED") {
             let via = self.clients[0].clone();
             let tag = self.tag("finish");
             self.act(&via, &r.id, "resume", tag).await;

@@ -33,6 +33,64 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".deploy.v1",
             "#[derive(serde::Serialize, serde::Deserialize)]",
         )
+        // ... and states by their names (`SUCCEEDED`), not their numbers: `crate::names`.
+        // Every enum field of the package is listed here; `names` has a test that checks it.
+        .field_attribute(
+            ".deploy.v1.Build.state",
+            "#[serde(with = \"crate::names::build_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.RegionReplication.state",
+            "#[serde(with = \"crate::names::replication_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.BuildTransition.state",
+            "#[serde(with = \"crate::names::build_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.ListBuildsRequest.state",
+            "#[serde(with = \"crate::names::build_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.CompleteBuildReply.state",
+            "#[serde(with = \"crate::names::build_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.MemberStatus.role",
+            "#[serde(with = \"crate::names::role\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.NodeStatusReply.role",
+            "#[serde(with = \"crate::names::role\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.RegionRelease.state",
+            "#[serde(with = \"crate::names::release_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.ReportRegionRequest.state",
+            "#[serde(with = \"crate::names::release_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.Release.state",
+            "#[serde(with = \"crate::names::release_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.RegionRollout.state",
+            "#[serde(with = \"crate::names::release_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.ListReleasesRequest.state",
+            "#[serde(with = \"crate::names::release_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.HostService.state",
+            "#[serde(with = \"crate::names::service_state\")]",
+        )
+        .field_attribute(
+            ".deploy.v1.ServiceReport.state",
+            "#[serde(with = \"crate::names::service_state\")]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

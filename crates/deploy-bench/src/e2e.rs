@@ -29,7 +29,12 @@ const REGIONS: [&str; 2] = ["us-east", "eu-west"];
 
 /// Seconds between the first transitions into `from` and into `to`.
 fn between(b: &pb::Build, from: &str, to: &str) -> f64 {
-    let at = |s: &str| b.history.iter().find(|t| t.state == s).map(|t| t.at_ms);
+    let at = |s: &str| {
+        b.history
+            .iter()
+            .find(|t| t.state().name() == s)
+            .map(|t| t.at_ms)
+    };
     match (at(from), at(to)) {
         (Some(a), Some(z)) => round(z.saturating_sub(a) as f64 / 1000.0),
         _ => 0.0,
@@ -76,9 +81,9 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let b = client.submit_build("web", &repo.url(), &sha).await?;
     let build = wait_build(&client, &b.id, Duration::from_secs(600)).await?;
     anyhow::ensure!(
-        build.state == "SUCCEEDED",
+        build.state().name() == "SUCCEEDED",
         "the build ended {}: {}",
-        build.state,
+        build.state().name(),
         build.error
     );
     let built = start.elapsed();
@@ -122,7 +127,9 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             for region in REGIONS {
                 for h in hosts(&client, region).await.ok()? {
                     if h.services.iter().any(|s| {
-                        s.service == "web" && s.running_build_id == build.id && s.state == "HEALTHY"
+                        s.service == "web"
+                            && s.running_build_id == build.id
+                            && s.state().name() == "HEALTHY"
                     }) {
                         n += 1;
                     }
@@ -138,7 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     })
     .await?;
     anyhow::ensure!(
-        done.state == "SUCCEEDED",
+        done.state().name() == "SUCCEEDED",
         "the release ended {}",
         done.state
     );
@@ -185,7 +192,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             "min_healthy_secs_per_wave": round(args.min_healthy_ms as f64 / 1000.0),
         },
         "overhead_secs": round(total - command_secs),
-        "release_state": done.state,
+        "release_state": done.state().name(),
         "release_secs": round(done.finished_at_ms.saturating_sub(done.created_at_ms) as f64 / 1000.0),
         "region_events": waves,
     }))

@@ -202,7 +202,7 @@ impl Load {
                 let ok = s
                     .members(&self.group)
                     .iter()
-                    .all(|m| m.role == "LEADER" || m.role == "FOLLOWER");
+                    .all(|m| m.role().name() == "LEADER" || m.role().name() == "FOLLOWER");
                 (ok && self.flowing()).then_some(leader)
             },
         )
@@ -220,7 +220,7 @@ impl Load {
                 let m = s.members(&self.group);
                 let top = m.iter().map(|m| m.last_applied).max()?;
                 let me = m.iter().find(|m| m.id == name)?;
-                (me.role == "FOLLOWER" && me.last_applied + 100 >= top).then_some(())
+                (me.role().name() == "FOLLOWER" && me.last_applied + 100 >= top).then_some(())
             },
         )
         .await
@@ -403,7 +403,7 @@ async fn kills(
                             tokio::time::timeout(Duration::from_millis(200), c.node_status(req))
                                 .await
                         {
-                            if r.into_inner().role == "LEADER" {
+                            if r.into_inner().role().name() == "LEADER" {
                                 return Some(name);
                             }
                         }

@@ -159,7 +159,7 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
         .unwrap_or(1) as f64;
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
     anyhow::ensure!(
-        done.state == "SUCCEEDED",
+        done.state().name() == "SUCCEEDED",
         "the release ended {}",
         done.state
     );

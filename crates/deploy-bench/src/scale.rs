@@ -170,7 +170,7 @@ async fn one(args: &Args, racks: u32) -> anyhow::Result<Value> {
             is_final(&r).then_some(r)
         })
         .await?;
-        anyhow::ensure!(done.state == "SUCCEEDED", "the release ended {}", done.state);
+        anyhow::ensure!(done.state().name() == "SUCCEEDED", "the release ended {}", done.state().name());
         let finished = decided.elapsed();
         let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
         let log_after = applied().await?;

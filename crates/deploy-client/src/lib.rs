@@ -547,11 +547,11 @@ impl ClusterStatusView {
             .unwrap_or_default()
     }
 
-    /// Some member of `group` in `role` (LEADER, FOLLOWER, ...).
-    pub fn member_with_role(&self, group: &str, role: &str) -> Option<String> {
+    /// Some member of `group` in `role`.
+    pub fn member_with_role(&self, group: &str, role: deploy_proto::v1::Role) -> Option<String> {
         self.members(group)
             .into_iter()
-            .find(|m| m.role == role)
+            .find(|m| m.role() == role)
             .map(|m| m.id)
     }
 
@@ -560,8 +560,9 @@ impl ClusterStatusView {
         let members = self.members(group);
         self.leader(group).is_some()
             && !members.is_empty()
-            && members
-                .iter()
-                .all(|m| m.role != "UNREACHABLE" && m.last_applied == members[0].last_applied)
+            && members.iter().all(|m| {
+                m.role() != deploy_proto::v1::Role::Unreachable
+                    && m.last_applied == members[0].last_applied
+            })
     }
 }

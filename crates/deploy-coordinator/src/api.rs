@@ -94,7 +94,7 @@ impl ClusterApi {
         for (m, status) in results {
             match status {
                 Ok(s) => {
-                    if s.role == "LEADER" && s.term >= out.term {
+                    if s.role() == deploy_proto::v1::Role::Leader && s.term >= out.term {
                         out.leader = s.node_id.clone();
                     }
                     out.term = out.term.max(s.term);
@@ -109,7 +109,7 @@ impl ClusterApi {
                 Err(e) => out.members.push(MemberStatus {
                     id: m.id.clone(),
                     addr: m.addr.clone(),
-                    role: "UNREACHABLE".into(),
+                    role: deploy_proto::v1::Role::Unreachable as i32,
                     last_applied: 0,
                     error: e.to_string(),
                 }),

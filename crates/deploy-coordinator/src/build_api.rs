@@ -44,7 +44,7 @@ pub fn to_proto(b: &Build, regions: &[String]) -> PbBuild {
         service: b.service.clone(),
         repo: b.repo.clone(),
         commit: b.commit.clone(),
-        state: b.state.as_str().to_string(),
+        state: crate::states::build_state(b.state) as i32,
         attempts: b.attempts,
         worker: b.worker.clone(),
         artifact_digest: b.artifact_digest.map(|d| d.to_string()).unwrap_or_default(),
@@ -59,7 +59,7 @@ pub fn to_proto(b: &Build, regions: &[String]) -> PbBuild {
             .history
             .iter()
             .map(|t| BuildTransition {
-                state: t.state.as_str().to_string(),
+                state: crate::states::build_state(t.state) as i32,
                 at_ms: t.at_ms,
                 note: t.note.clone(),
             })
@@ -76,13 +76,12 @@ fn replication_of(b: &Build, regions: &[String]) -> Vec<deploy_proto::v1::Region
         .map(|r| deploy_proto::v1::RegionReplication {
             region: r.clone(),
             state: if b.regions_done.contains(r) {
-                "DONE"
+                deploy_proto::v1::ReplicationState::Done
             } else if b.replication_failed.as_ref() == Some(r) {
-                "FAILED"
+                deploy_proto::v1::ReplicationState::Failed
             } else {
-                "PENDING"
-            }
-            .to_string(),
+                deploy_proto::v1::ReplicationState::Pending
+            } as i32,
             bytes_copied: b.bytes_copied.get(r).copied().unwrap_or(0),
         })
         .collect()
@@ -277,9 +276,7 @@ impl BuildService for BuildApi {
         let req = request.into_inner();
         let args = list_args(
             &req.service,
-            &req.state,
-            BuildState::parse,
-            "QUEUED, RUNNING, REPLICATING, SUCCEEDED, FAILED, CANCELLED",
+            crate::states::build_filter(req.state)?,
             &req.page_token,
             req.page_size,
         )?;

@@ -24,13 +24,15 @@ pub enum Role {
 }
 
 impl Role {
-    pub fn as_str(self) -> &'static str {
+    /// As the API shows it.
+    pub fn to_proto(self) -> deploy_proto::v1::Role {
+        use deploy_proto::v1::Role as Pb;
         match self {
-            Role::Leader => "LEADER",
-            Role::Follower => "FOLLOWER",
-            Role::Candidate => "CANDIDATE",
-            Role::Learner => "LEARNER",
-            Role::Shutdown => "SHUTDOWN",
+            Role::Leader => Pb::Leader,
+            Role::Follower => Pb::Follower,
+            Role::Candidate => Pb::Candidate,
+            Role::Learner => Pb::Learner,
+            Role::Shutdown => Pb::Shutdown,
         }
     }
 }
@@ -150,7 +152,7 @@ impl<C: GroupTypes> GroupHandle<C> {
         NodeStatusReply {
             group: self.name.to_string(),
             node_id: self.me.to_string(),
-            role: Role::from(m.state).as_str().to_string(),
+            role: Role::from(m.state).to_proto() as i32,
             term: m.current_term,
             leader,
             last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),

@@ -34,6 +34,7 @@ pub mod rollout_tasks;
 pub mod routing;
 pub mod seams;
 pub mod server;
+pub mod states;
 pub mod token_api;
 pub mod worker_api;
 

@@ -296,7 +296,7 @@ pub fn render(node: &Node) -> String {
                 hosts
                     .get_or_create(&RegionStateLabel {
                         region: region.clone(),
-                        state: s.state.clone(),
+                        state: s.state.name().to_string(),
                     })
                     .inc();
             }

@@ -10,9 +10,7 @@ use deploy_proto::v1 as pb;
 use deploy_proto::v1::region_service_client::RegionServiceClient;
 use deploy_proto::v1::region_service_server::RegionService;
 use deploy_state::region::{Region, RegionCommand, RegionRelease};
-use deploy_state::releases::{
-    Counts, RegionProgress, ReleaseCommand, ReleaseResponse, ReleaseState,
-};
+use deploy_state::releases::{Counts, RegionProgress, ReleaseCommand, ReleaseResponse};
 use deploy_state::{GlobalCommand, RegionalCommand, Response as SmResponse};
 use deploy_types::GroupName;
 use tonic::transport::Channel;
@@ -22,7 +20,7 @@ use crate::build_api::now_ms;
 use crate::error::ApiError;
 use crate::group::GroupHandle;
 use crate::release_api::propose_release;
-use crate::reports::{HostSeen, HOST_STATES, MAX_HOSTS_PER_REPORT, MAX_SERVICES_PER_HOST};
+use crate::reports::{HostSeen, MAX_HOSTS_PER_REPORT, MAX_SERVICES_PER_HOST};
 use crate::routing::{forwarded, hops, Route, Routing};
 
 /// Who may report a rack and watch its goals: its relay, a host for itself (when its relay
@@ -64,7 +62,7 @@ fn region_release(r: &RegionRelease) -> pb::RegionRelease {
         id: r.id(),
         service: r.service.clone(),
         build_id: r.build_id.clone(),
-        state: r.state.as_str().into(),
+        state: crate::states::release_state(r.state) as i32,
         wave: r.wave + 1,
         waves: r.plan.len() as u32,
         hosts_total: r.counts.hosts_total,
@@ -116,7 +114,7 @@ fn host_view(
                     ..Default::default()
                 });
             e.running_build_id = r.build_id.clone();
-            e.state = r.state.clone();
+            e.state = r.state as i32;
             e.detail = r.detail.clone();
         }
     }
@@ -418,12 +416,11 @@ impl RegionService for RegionApi {
             }
             for s in &host.services {
                 deploy_types::check_service(&s.service).map_err(invalid)?;
-                if !HOST_STATES.contains(&s.state.as_str()) {
+                // Unknown numbers decode as UNSPECIFIED, which no agent reports.
+                if s.state() == pb::ServiceState::Unspecified {
                     return Err(invalid(format!(
-                        "host {}: state {:?} is not one of {}",
-                        host.host,
-                        s.state.chars().take(40).collect::<String>(),
-                        HOST_STATES.join(", ")
+                        "host {}: service {} reports no state (or one this node does not know: {})",
+                        host.host, s.service, s.state
                     ))
                     .into());
                 }
@@ -616,12 +613,8 @@ impl RegionService for RegionApi {
         )?;
         let req = request.into_inner();
         region_group(&self.routing, &req.region)?;
-        let state = ReleaseState::parse(&req.state).ok_or_else(|| {
-            invalid(format!(
-                "state {:?} is not a release state",
-                req.state.chars().take(40).collect::<String>()
-            ))
-        })?;
+        let state = crate::states::from_release_state(req.state())
+            .ok_or_else(|| invalid(format!("state {} is not a release state", req.state)))?;
         if req.reason.len() > 4096 {
             return Err(invalid("reason: at most 4096 bytes").into());
         }

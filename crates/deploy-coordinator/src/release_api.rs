@@ -7,8 +7,7 @@ use deploy_proto::v1::release_service_server::ReleaseService;
 use deploy_raft::{GlobalTypes, GroupTypes};
 use deploy_state::releases::MAX_RELEASE_REGIONS;
 use deploy_state::releases::{
-    parse_release_id, Action, Release, ReleaseCommand, ReleaseError, ReleaseResponse, ReleaseState,
-    Strategy,
+    parse_release_id, Action, Release, ReleaseCommand, ReleaseError, ReleaseResponse, Strategy,
 };
 use deploy_state::rollout::Canary;
 use deploy_state::{GlobalCommand, Response as SmResponse};
@@ -119,7 +118,7 @@ pub fn release_to_proto(r: &Release) -> pb::Release {
         service: r.service.clone(),
         build_id: r.build_id.clone(),
         artifact_digest: r.artifact_digest.to_string(),
-        state: r.state.as_str().into(),
+        state: crate::states::release_state(r.state) as i32,
         reason: r.reason.clone(),
         hosts_total: c.hosts_total,
         hosts_updated: c.hosts_updated,
@@ -132,7 +131,7 @@ pub fn release_to_proto(r: &Release) -> pb::Release {
                 let started = p.state.is_some();
                 pb::RegionRollout {
                     region: g.clone(),
-                    state: p.state().as_str().into(),
+                    state: crate::states::release_state(p.state()) as i32,
                     wave: if started { p.wave + 1 } else { 0 },
                     waves: p.waves,
                     hosts_total: p.counts.hosts_total,
@@ -326,9 +325,7 @@ impl ReleaseService for ReleaseApi {
         let req = request.into_inner();
         let args = list_args(
             &req.service,
-            &req.state,
-            ReleaseState::parse,
-            "PENDING, ROLLING_OUT, PAUSED, SUCCEEDED, FAILED, ABORTED, ROLLED_BACK",
+            crate::states::release_filter(req.state)?,
             &req.page_token,
             req.page_size,
         )?;

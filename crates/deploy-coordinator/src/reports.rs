@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use deploy_proto::v1::HostReport;
+use deploy_proto::v1::{HostReport, ServiceState};
 use deploy_state::region::RegionRelease;
 use deploy_state::releases::Counts;
 
@@ -20,24 +20,16 @@ pub const MAX_HOSTS_PER_REPORT: usize = 1024;
 /// Services one host may report.
 pub const MAX_SERVICES_PER_HOST: usize = 64;
 
-pub const HEALTHY: &str = "HEALTHY";
-pub const HOST_STATES: [&str; 6] = [
-    "DOWNLOADING",
-    "INSTALLING",
-    "STARTING",
-    HEALTHY,
-    "UNHEALTHY",
-    "FAILED",
-];
+pub const HEALTHY: ServiceState = ServiceState::Healthy;
 
-fn is_failure(state: &str) -> bool {
-    state == "FAILED" || state == "UNHEALTHY"
+fn is_failure(state: ServiceState) -> bool {
+    matches!(state, ServiceState::Failed | ServiceState::Unhealthy)
 }
 
 #[derive(Debug, Clone)]
 pub struct ServiceSeen {
     pub build_id: String,
-    pub state: String,
+    pub state: ServiceState,
     pub detail: String,
     /// Since when this build has been reported healthy without a break.
     pub healthy_since: Option<Instant>,
@@ -145,7 +137,7 @@ impl Reports {
                 let old = book.remove(&h.host);
                 let mut services = BTreeMap::new();
                 for s in h.services.iter().take(MAX_SERVICES_PER_HOST) {
-                    let healthy = s.state == HEALTHY;
+                    let healthy = s.state() == HEALTHY;
                     let prior = old.as_ref().and_then(|o| o.services.get(&s.service));
                     let healthy_since = match prior {
                         Some(p) if healthy && p.build_id == s.build_id => {
@@ -158,7 +150,7 @@ impl Reports {
                         s.service.clone(),
                         ServiceSeen {
                             build_id: s.build_id.clone(),
-                            state: s.state.clone(),
+                            state: s.state(),
                             detail: s.detail.chars().take(512).collect(),
                             healthy_since,
                         },
@@ -291,7 +283,7 @@ pub fn judge(
             .count() as u64,
         hosts_failed: all
             .iter()
-            .filter(|h| on_build(h).is_some_and(|s| is_failure(&s.state)))
+            .filter(|h| on_build(h).is_some_and(|s| is_failure(s.state)))
             .count() as u64,
     };
     let hosts = r.wave_hosts();
@@ -308,7 +300,7 @@ pub fn judge(
             {
                 ready += 1
             }
-            Some(s) if is_failure(&s.state) => failed.push((h, s.detail.clone())),
+            Some(s) if is_failure(s.state) => failed.push((h, s.detail.clone())),
             _ => {}
         }
     }
@@ -377,14 +369,14 @@ mod tests {
         }
     }
 
-    fn report(host: &str, build: &str, state: &str) -> HostReport {
+    fn report(host: &str, build: &str, state: ServiceState) -> HostReport {
         HostReport {
             host: host.into(),
             services: vec![ServiceReport {
                 service: "web".into(),
                 build_id: build.into(),
-                state: state.into(),
-                detail: format!("{state} detail"),
+                state: state as i32,
+                detail: format!("{} detail", state.name()),
             }],
         }
     }
@@ -450,7 +442,10 @@ mod tests {
             "east",
             1,
             "k0",
-            &[report("a", "b-2", "FAILED"), report("b", "b-2", HEALTHY)],
+            &[
+                report("a", "b-2", ServiceState::Failed),
+                report("b", "b-2", HEALTHY),
+            ],
             t0,
         );
         let seen = book.fresh("east", 1, &hosts, t0);

@@ -406,7 +406,7 @@ impl Driver {
                     let req = pb::ReportRegionRequest {
                         release_id: r.id(),
                         region: self.region.clone(),
-                        state: r.state.as_str().into(),
+                        state: crate::states::release_state(r.state) as i32,
                         wave: r.wave,
                         waves: r.plan.len() as u32,
                         hosts_total: r.counts.hosts_total,

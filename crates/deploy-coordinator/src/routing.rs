@@ -177,7 +177,7 @@ impl Routing {
             let Ok(status) = self.peer_status(&addr, group).await else {
                 continue;
             };
-            if status.role == "LEADER" {
+            if status.role() == deploy_proto::v1::Role::Leader {
                 return self.remote(addr, hops);
             }
             if let Some(m) = status.members.iter().find(|m| m.id == status.leader) {

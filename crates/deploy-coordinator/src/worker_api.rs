@@ -304,7 +304,7 @@ impl WorkerService for WorkerApi {
             BuildResponse::State { state, .. } => {
                 info!(build = %req.id, state = state.as_str(), "attempt completed");
                 Ok(Response::new(CompleteBuildReply {
-                    state: state.as_str().to_string(),
+                    state: crate::states::build_state(state) as i32,
                 }))
             }
             other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use deploy_artifact::recipe::{parse_run_toml, RunSection};
 use deploy_artifact::{Manifest, TrustedKeys};
+use deploy_proto::v1 as pb;
 use deploy_types::Digest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +74,7 @@ pub struct AgentOptions {
 #[derive(Debug, Clone, Default)]
 struct Svc {
     build_id: String,
-    state: String,
+    state: pb::ServiceState,
     detail: String,
     pid: Option<service::Proc>,
     started: Option<Instant>,
@@ -142,7 +143,7 @@ impl Agent {
                 .map(|(s, v)| ServiceState {
                     service: s.clone(),
                     build_id: v.build_id.clone(),
-                    state: v.state.clone(),
+                    state: v.state,
                     detail: v.detail.clone(),
                 })
                 .collect(),
@@ -220,7 +221,7 @@ impl Agent {
             for goal in reply.goals {
                 let skip = lock(&self.services).get(&goal.service).is_some_and(|s| {
                     s.build_id == goal.build_id
-                        && (s.state != "FAILED"
+                        && (s.state != pb::ServiceState::Failed
                             || s.failed_at.is_some_and(|t| t.elapsed() < RETRY_FAILED))
                 });
                 if skip {
@@ -239,7 +240,7 @@ impl Agent {
                     warn!(host = %self.opts.id, service = %goal.service, build = %goal.build_id, error = %e, "install failed");
                     self.set(&goal.service, |s| {
                         s.build_id = goal.build_id.clone();
-                        s.state = "FAILED".into();
+                        s.state = pb::ServiceState::Failed;
                         s.detail = e;
                         s.failed_at = Some(Instant::now());
                     });
@@ -434,7 +435,7 @@ impl Agent {
         info!(host = %self.opts.id, service = %s, build = %goal.build_id, "installing");
         self.set(&s, |v| {
             v.build_id = goal.build_id.clone();
-            v.state = "DOWNLOADING".into();
+            v.state = pb::ServiceState::Downloading;
             v.detail.clear();
         });
         let m = self.fetch_manifest(&goal.artifact_digest).await?;
@@ -452,10 +453,10 @@ impl Agent {
                 rec.join(&s),
                 format!("{} {}\n", goal.build_id, m.artifact_digest),
             );
-            self.set(&s, |v| v.state = "HEALTHY".into());
+            self.set(&s, |v| v.state = pb::ServiceState::Healthy);
             return Ok(());
         }
-        self.set(&s, |v| v.state = "INSTALLING".into());
+        self.set(&s, |v| v.state = pb::ServiceState::Installing);
         let releases = self.svc_dir(&s).join("releases");
         let dir = releases.join(&goal.build_id);
         if !dir.exists() {
@@ -537,7 +538,7 @@ impl Agent {
         info!(host = %self.opts.id, %service, %build, pid = proc.pid, "started");
         self.set(service, |v| {
             v.build_id = build.to_string();
-            v.state = "STARTING".into();
+            v.state = pb::ServiceState::Starting;
             v.detail.clear();
             v.pid = Some(proc);
             v.started = Some(Instant::now());
@@ -598,7 +599,7 @@ impl Agent {
             if self.opts.sim {
                 self.set(&service, |v| {
                     v.build_id = build.clone();
-                    v.state = "HEALTHY".into();
+                    v.state = pb::ServiceState::Healthy;
                 });
                 continue;
             }
@@ -622,7 +623,7 @@ impl Agent {
                     info!(%service, %build, pid = pid.pid, "adopted the running service");
                     self.set(&service, |v| {
                         v.build_id = build.clone();
-                        v.state = "STARTING".into();
+                        v.state = pb::ServiceState::Starting;
                         v.pid = Some(pid);
                         v.started = Some(Instant::now());
                         v.run = Some(run);
@@ -661,7 +662,10 @@ impl Agent {
         let (Some(pid), Some(run)) = (v.pid, v.run.as_ref()) else {
             return;
         };
-        if matches!(v.state.as_str(), "DOWNLOADING" | "INSTALLING" | "FAILED") {
+        if matches!(
+            v.state,
+            pb::ServiceState::Downloading | pb::ServiceState::Installing | pb::ServiceState::Failed
+        ) {
             return;
         }
         // The verdict is on this snapshot's process; by the time it is in, an install may
@@ -669,14 +673,19 @@ impl Agent {
         // the state until it starts its process: judge nothing then.
         let still = |x: &Svc| {
             x.pid == Some(pid)
-                && !matches!(x.state.as_str(), "DOWNLOADING" | "INSTALLING" | "FAILED")
+                && !matches!(
+                    x.state,
+                    pb::ServiceState::Downloading
+                        | pb::ServiceState::Installing
+                        | pb::ServiceState::Failed
+                )
         };
         let ended =
             service::reap(pid.pid).or_else(|| (!pid.alive()).then(|| "is gone".to_string()));
         if let Some(how) = ended {
             self.set(s, |x| {
                 if still(x) {
-                    x.state = "FAILED".into();
+                    x.state = pb::ServiceState::Failed;
                     x.detail = format!("the service process {how}");
                     x.pid = None;
                 }
@@ -690,13 +699,13 @@ impl Agent {
             }
             match &verdict {
                 Ok(()) => {
-                    x.state = "HEALTHY".into();
+                    x.state = pb::ServiceState::Healthy;
                     x.detail.clear();
                 }
                 Err(why) => {
                     let young = x.started.is_some_and(|t| t.elapsed() < START_GRACE);
-                    if !(x.state == "STARTING" && young) {
-                        x.state = "UNHEALTHY".into();
+                    if !(x.state == pb::ServiceState::Starting && young) {
+                        x.state = pb::ServiceState::Unhealthy;
                     }
                     x.detail = why.clone();
                 }
@@ -758,7 +767,7 @@ mod tests {
         let run = parse_run_toml("[run]\ncommand = \"true\"\n").expect("run section");
         let snapshot = Svc {
             build_id: "b-1".into(),
-            state: "HEALTHY".into(),
+            state: pb::ServiceState::Healthy,
             pid: Some(pid),
             run: Some(run),
             dir: dir.path().to_path_buf(),
@@ -768,21 +777,22 @@ mod tests {
         a.set("web", |x| {
             *x = Svc {
                 build_id: "b-2".into(),
-                state: "INSTALLING".into(),
+                state: pb::ServiceState::Installing,
                 ..snapshot.clone()
             }
         });
         a.check_service("web", snapshot.clone()).await;
         let now = lock(&a.services)["web"].clone();
         assert_eq!(
-            now.state, "INSTALLING",
+            now.state,
+            pb::ServiceState::Installing,
             "b-2 was not failed for b-1's process"
         );
         // With no install in the way, a gone process is a failure.
         a.set("web", |x| *x = snapshot.clone());
         a.check_service("web", snapshot).await;
         let now = lock(&a.services)["web"].clone();
-        assert_eq!(now.state, "FAILED");
+        assert_eq!(now.state, pb::ServiceState::Failed);
         assert!(now.detail.contains("gone"), "{}", now.detail);
     }
 

@@ -135,8 +135,9 @@ pub struct AgentReport {
 pub struct ServiceState {
     pub service: String,
     pub build_id: String,
-    /// DOWNLOADING, INSTALLING, STARTING, HEALTHY, UNHEALTHY, FAILED.
-    pub state: String,
+    /// By its name in JSON (`HEALTHY`).
+    #[serde(with = "deploy_proto::names::service_state::typed")]
+    pub state: pb::ServiceState,
     pub detail: String,
 }
 
@@ -151,7 +152,7 @@ impl AgentReport {
                 .map(|s| pb::ServiceReport {
                     service: s.service.clone(),
                     build_id: s.build_id.clone(),
-                    state: s.state.clone(),
+                    state: s.state as i32,
                     detail: s.detail.clone(),
                 })
                 .collect(),
@@ -454,7 +455,7 @@ impl Inner {
                         .filter(|h| {
                             handed.get(&((*h).clone(), g.service.clone())) == Some(&g.build_id)
                                 && !running(h, &g.service).is_some_and(|r| {
-                                    r.build_id == g.build_id && r.state == "HEALTHY"
+                                    r.build_id == g.build_id && r.state == pb::ServiceState::Healthy
                                 })
                         })
                         .count();

@@ -73,12 +73,16 @@ pub fn host_name(region: &str, rack: u32, i: u32) -> String {
     format!("{region}-r{rack}-h{i}")
 }
 
-const STEPS: [&str; 3] = ["DOWNLOADING", "INSTALLING", "STARTING"];
+const STEPS: [pb::ServiceState; 3] = [
+    pb::ServiceState::Downloading,
+    pb::ServiceState::Installing,
+    pb::ServiceState::Starting,
+];
 
 #[derive(Debug, Clone)]
 struct Running {
     build_id: String,
-    state: &'static str,
+    state: pb::ServiceState,
     since: Instant,
     /// A report of this build healthy was acknowledged (told to the observer once).
     announced: bool,
@@ -156,10 +160,10 @@ async fn rack(client: Arc<Client>, opts: SimOptions, r: u32, stop: CancellationT
                 run.since = now;
                 changed = true;
                 run.state = match run.state {
-                    "DOWNLOADING" => "INSTALLING",
-                    "INSTALLING" => "STARTING",
-                    _ if (opts.fails)(&h.name, service, &run.build_id) => "FAILED",
-                    _ => "HEALTHY",
+                    pb::ServiceState::Downloading => pb::ServiceState::Installing,
+                    pb::ServiceState::Installing => pb::ServiceState::Starting,
+                    _ if (opts.fails)(&h.name, service, &run.build_id) => pb::ServiceState::Failed,
+                    _ => pb::ServiceState::Healthy,
                 };
             }
         }
@@ -197,8 +201,8 @@ async fn rack(client: Arc<Client>, opts: SimOptions, r: u32, stop: CancellationT
                         .map(|(s, run)| pb::ServiceReport {
                             service: s.clone(),
                             build_id: run.build_id.clone(),
-                            state: run.state.into(),
-                            detail: if run.state == "FAILED" {
+                            state: run.state as i32,
+                            detail: if run.state == pb::ServiceState::Failed {
                                 "health check failed (simulated)".into()
                             } else {
                                 String::new()
@@ -275,7 +279,7 @@ fn announce(hosts: &mut [Host], observer: Option<&Observer>) {
     };
     for h in hosts {
         for run in h.services.values_mut() {
-            if run.state == "HEALTHY" && !run.announced {
+            if run.state == pb::ServiceState::Healthy && !run.announced {
                 run.announced = true;
                 observe(SimEvent::ReportedHealthy {
                     host: h.name.clone(),
@@ -424,7 +428,7 @@ mod tests {
         // Once they are healthy, the next two start.
         for h in &mut hosts {
             if let Some(r) = h.services.get_mut("web") {
-                r.state = "HEALTHY";
+                r.state = pb::ServiceState::Healthy;
             }
         }
         start_updates(&mut hosts, &reply, Instant::now(), None);

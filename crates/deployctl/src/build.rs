@@ -3,14 +3,10 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use deploy_proto::v1::{Build, ListBuildsReply, ListBuildsRequest};
+use deploy_proto::v1::{self as pb, Build, ListBuildsReply, ListBuildsRequest};
 
 use crate::cli::{BuildCommand, Failure, Global, ListArgs, Output};
 use crate::output::{ms, print, table};
-
-fn is_final(state: &str) -> bool {
-    matches!(state, "SUCCEEDED" | "FAILED" | "CANCELLED")
-}
 
 /// A local repository path given relative to the current directory becomes absolute.
 fn absolute_repo(repo: &str) -> String {
@@ -41,7 +37,7 @@ pub async fn run(global: &Global, command: BuildCommand) -> Result<(), Failure> 
                     } else {
                         "already known:"
                     };
-                    println!("{verb} build {} ({})", b.id, b.state);
+                    println!("{verb} build {} ({})", b.id, b.state().name());
                 });
             }
             if global.output == Output::Table {
@@ -73,7 +69,7 @@ pub async fn run(global: &Global, command: BuildCommand) -> Result<(), Failure> 
         }) => {
             let req = ListBuildsRequest {
                 service: service.unwrap_or_default(),
-                state: state.map(|s| s.to_uppercase()).unwrap_or_default(),
+                state: crate::cli::state_arg(state, pb::BuildState::from_name)?,
                 page_size: limit,
                 page_token: page_token.unwrap_or_default(),
                 stale: global.stale,
@@ -84,7 +80,7 @@ pub async fn run(global: &Global, command: BuildCommand) -> Result<(), Failure> 
         BuildCommand::Cancel { id } => {
             let b = client.cancel_build(&id).await?;
             print(global.output, &b, |b| {
-                println!("build {} is {}", b.id, b.state)
+                println!("build {} is {}", b.id, b.state().name())
             })
         }
         BuildCommand::Logs { id, follow } => {
@@ -126,7 +122,7 @@ pub async fn run(global: &Global, command: BuildCommand) -> Result<(), Failure> 
 
 /// Exit status for a build's end state.
 fn ended(b: &Build) -> Result<(), Failure> {
-    if b.state == "SUCCEEDED" {
+    if b.state() == pb::BuildState::Succeeded {
         return Ok(());
     }
     let why = if b.error.is_empty() {
@@ -135,7 +131,7 @@ fn ended(b: &Build) -> Result<(), Failure> {
         format!(": {}", b.error)
     };
     Err(Failure {
-        message: format!("build {} ended {}{why}", b.id, b.state),
+        message: format!("build {} ended {}{why}", b.id, b.state().name()),
         code: crate::exit::ENDED_BADLY,
     })
 }
@@ -160,19 +156,19 @@ async fn wait_for(client: &deploy_client::Client, id: &str, show: bool) -> Resul
             Ok(b) => {
                 misses = 0;
                 if let Some(bar) = &bar {
-                    let mut msg = format!("{} {}", b.id, b.state);
+                    let mut msg = format!("{} {}", b.id, b.state().name());
                     if b.attempts > 1 {
                         msg.push_str(&format!(" (attempt {})", b.attempts));
                     }
                     if !b.worker.is_empty() {
                         msg.push_str(&format!(" on {}", b.worker));
                     }
-                    if b.state == "REPLICATING" {
+                    if b.state() == pb::BuildState::Replicating {
                         msg.push_str(&format!(" ({} regions done)", b.regions_done.len()));
                     }
                     bar.set_message(msg);
                 }
-                if is_final(&b.state) {
+                if b.state().is_final() {
                     if let Some(bar) = bar {
                         bar.finish_and_clear();
                     }
@@ -180,7 +176,7 @@ async fn wait_for(client: &deploy_client::Client, id: &str, show: bool) -> Resul
                         eprintln!(
                             "build {} {} after {:.1}s",
                             b.id,
-                            b.state,
+                            b.state().name(),
                             started.elapsed().as_secs_f64()
                         );
                     }
@@ -201,7 +197,7 @@ fn print_build(b: &Build) {
         ("service", b.service.clone()),
         ("repo", b.repo.clone()),
         ("commit", b.commit.clone()),
-        ("state", b.state.clone()),
+        ("state", b.state().name().to_string()),
         ("attempts", b.attempts.to_string()),
         ("worker", b.worker.clone()),
         (
@@ -212,7 +208,14 @@ fn print_build(b: &Build) {
             "regions",
             b.replication
                 .iter()
-                .map(|r| format!("{} {} ({} bytes copied)", r.region, r.state, r.bytes_copied))
+                .map(|r| {
+                    format!(
+                        "{} {} ({} bytes copied)",
+                        r.region,
+                        r.state().name(),
+                        r.bytes_copied
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
@@ -226,7 +229,7 @@ fn print_build(b: &Build) {
         }
     }
     for t in &b.history {
-        println!("  {} {:<11} {}", ms(t.at_ms), t.state, t.note);
+        println!("  {} {:<11} {}", ms(t.at_ms), t.state().name(), t.note);
     }
 }
 
@@ -238,7 +241,7 @@ fn print_list(reply: &ListBuildsReply) {
             vec![
                 b.id.clone(),
                 b.service.clone(),
-                b.state.clone(),
+                b.state().name().to_string(),
                 b.attempts.to_string(),
                 b.commit.chars().take(12).collect(),
                 b.worker.clone(),

@@ -313,6 +313,24 @@ pub struct Failure {
     pub code: u8,
 }
 
+/// A `--state` value, in any case, as the API's enum number (0, any state, without one).
+pub fn state_arg<T: Into<i32>>(
+    state: Option<String>,
+    parse: fn(&str) -> Option<T>,
+) -> Result<i32, Failure> {
+    let Some(s) = state else { return Ok(0) };
+    parse(&s.to_uppercase())
+        .filter(|_| !s.is_empty())
+        .map(Into::into)
+        .ok_or_else(|| Failure {
+            message: format!(
+                "--state {:?} is not a state (see `--help` for the list)",
+                s.chars().take(40).collect::<String>()
+            ),
+            code: exit::USAGE,
+        })
+}
+
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {

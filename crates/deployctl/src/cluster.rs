@@ -68,9 +68,9 @@ fn print_status(status: &ClusterStatus) {
                 g.leader.as_str()
             };
             let role = if m.error.is_empty() {
-                m.role.clone()
+                m.role().name().to_string()
             } else {
-                format!("{} ({})", m.role, m.error)
+                format!("{} ({})", m.role().name(), m.error)
             };
             rows.push(vec![
                 g.name.clone(),

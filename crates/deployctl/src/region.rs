@@ -67,7 +67,7 @@ pub async fn region(global: &Global, command: RegionCommand) -> Result<(), Failu
                     r.id.clone(),
                     r.service.clone(),
                     r.build_id.clone(),
-                    r.state.clone(),
+                    r.state().name().to_string(),
                     format!("{}/{}", r.wave, r.waves),
                     format!("{}/{}", r.hosts_updated, r.hosts_total),
                     r.hosts_failed.to_string(),
@@ -114,7 +114,7 @@ fn host_rows(hosts: &[pb::Host]) -> Vec<Vec<String>> {
                 s.service.clone(),
                 s.goal_build_id.clone(),
                 s.running_build_id.clone(),
-                s.state.clone(),
+                s.state().name().to_string(),
                 seen.clone(),
             ]);
         }

@@ -11,10 +11,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::cli::{Decision, Failure, Global, ListArgs, Output, ReleaseCommand, StrategyArgs};
 use crate::output::{ms, print, table};
 
-fn is_final(state: &str) -> bool {
-    matches!(state, "SUCCEEDED" | "FAILED" | "ABORTED" | "ROLLED_BACK")
-}
-
 fn strategy(a: StrategyArgs) -> pb::Strategy {
     pb::Strategy {
         canary: a.canary,
@@ -64,7 +60,7 @@ pub async fn run(global: &Global, command: ReleaseCommand) -> Result<(), Failure
                         r.service,
                         r.build_id,
                         regions_of(r),
-                        r.state
+                        r.state().name()
                     )
                 });
             }
@@ -84,7 +80,7 @@ pub async fn run(global: &Global, command: ReleaseCommand) -> Result<(), Failure
             let reply = client
                 .list_releases(pb::ListReleasesRequest {
                     service: service.unwrap_or_default(),
-                    state: state.map(|s| s.to_uppercase()).unwrap_or_default(),
+                    state: crate::cli::state_arg(state, pb::ReleaseState::from_name)?,
                     page_size: limit,
                     page_token: page_token.unwrap_or_default(),
                     stale: global.stale,
@@ -101,7 +97,7 @@ pub async fn run(global: &Global, command: ReleaseCommand) -> Result<(), Failure
     let action = request.action.clone();
     let r = client.release_action(request).await?;
     print(global.output, &r, |r| {
-        println!("{action}: release {} is {}", r.id, r.state)
+        println!("{action}: release {} is {}", r.id, r.state().name())
     })
 }
 
@@ -116,7 +112,11 @@ fn regions_of(r: &pb::Release) -> String {
 fn region_line(g: &pb::RegionRollout) -> String {
     let mut s = format!(
         "{:<11} wave {}/{}  {}/{} hosts updated",
-        g.state, g.wave, g.waves, g.hosts_updated, g.hosts_total
+        g.state().name(),
+        g.wave,
+        g.waves,
+        g.hosts_updated,
+        g.hosts_total
     );
     if g.hosts_failed > 0 {
         s.push_str(&format!(", {} failed", g.hosts_failed));
@@ -155,7 +155,7 @@ async fn follow(global: &Global, client: &Client, id: &str) -> Result<(), Failur
         };
         for g in &r.regions {
             // A region not started yet gets its bar when it starts.
-            if bars && g.hosts_total == 0 && g.state == "PENDING" {
+            if bars && g.hosts_total == 0 && g.state() == pb::ReleaseState::Pending {
                 continue;
             }
             let line = region_line(g);
@@ -172,13 +172,13 @@ async fn follow(global: &Global, client: &Client, id: &str) -> Result<(), Failur
             entry.0.set_position(g.hosts_updated);
             entry
                 .0
-                .set_message(format!("{} wave {}/{}", g.state, g.wave, g.waves));
+                .set_message(format!("{} wave {}/{}", g.state().name(), g.wave, g.waves));
             if people && !bars && entry.1 != line {
                 eprintln!("{} {:<10} {line}", r.id, g.region);
             }
             entry.1 = line;
         }
-        if is_final(&r.state) {
+        if r.state().is_final() {
             break r;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -188,7 +188,7 @@ async fn follow(global: &Global, client: &Client, id: &str) -> Result<(), Failur
         let ok = r
             .regions
             .iter()
-            .any(|g| &g.region == region && g.state == "SUCCEEDED");
+            .any(|g| &g.region == region && g.state() == pb::ReleaseState::Succeeded);
         if ok {
             bar.finish();
         } else {
@@ -199,12 +199,12 @@ async fn follow(global: &Global, client: &Client, id: &str) -> Result<(), Failur
         eprintln!(
             "release {} {} after {:.1}s",
             r.id,
-            r.state,
+            r.state().name(),
             started.elapsed().as_secs_f64()
         );
     }
     print(global.output, &r, print_release)?;
-    if r.state == "SUCCEEDED" {
+    if r.state() == pb::ReleaseState::Succeeded {
         return Ok(());
     }
     let why = if r.reason.is_empty() {
@@ -213,7 +213,7 @@ async fn follow(global: &Global, client: &Client, id: &str) -> Result<(), Failur
         format!(": {}", r.reason)
     };
     Err(Failure {
-        message: format!("release {} ended {}{why}", r.id, r.state),
+        message: format!("release {} ended {}{why}", r.id, r.state().name()),
         code: crate::exit::ENDED_BADLY,
     })
 }
@@ -223,7 +223,7 @@ fn print_release(r: &pb::Release) {
         ("id", r.id.clone()),
         ("service", r.service.clone()),
         ("build", r.build_id.clone()),
-        ("state", r.state.clone()),
+        ("state", r.state().name().to_string()),
         ("reason", r.reason.clone()),
         (
             "hosts",
@@ -259,7 +259,7 @@ fn print_list(reply: &pb::ListReleasesReply) {
                 r.id.clone(),
                 r.service.clone(),
                 r.build_id.clone(),
-                r.state.clone(),
+                r.state().name().to_string(),
                 format!("{}/{}", r.hosts_updated, r.hosts_total),
                 regions_of(r),
                 r.created_by.clone(),

@@ -81,18 +81,18 @@ async fn build(client: &Client, repo: &Path, sha: &str) -> anyhow::Result<pb::Bu
         .submit_build("hello", &repo.display().to_string(), sha)
         .await?;
     println!("build {} of hello at {}:", b.id, &sha[..12]);
-    let mut last = String::new();
+    let mut last = pb::BuildState::Unspecified;
     let b = loop {
         let b = client.get_build(&b.id, false).await?;
-        if b.state != last {
+        if b.state() != last {
             println!(
                 "  {:<11} {}",
-                b.state,
+                b.state().name(),
                 b.history.last().map(|h| h.note.as_str()).unwrap_or("")
             );
-            last = b.state.clone();
+            last = b.state();
         }
-        if matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED") {
+        if b.state().is_final() {
             break b;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -113,10 +113,10 @@ async fn build(client: &Client, repo: &Path, sha: &str) -> anyhow::Result<pb::Bu
         println!("  | {line}");
     }
     ensure!(
-        b.state == "SUCCEEDED",
+        b.state() == pb::BuildState::Succeeded,
         "build {} ended {}: {}",
         b.id,
-        b.state,
+        b.state().name(),
         b.error
     );
     Ok(b)
@@ -157,10 +157,10 @@ async fn release(client: &Client, build: &str, short: bool) -> anyhow::Result<pb
         let r = client.get_release(&r.id, false).await?;
         for g in &r.regions {
             // A region not started yet gets its bar when it starts.
-            if bars && g.hosts_total == 0 && g.state == "PENDING" {
+            if bars && g.hosts_total == 0 && g.state() == pb::ReleaseState::Pending {
                 continue;
             }
-            let line = format!("{} wave {}/{}", g.state, g.wave, g.waves);
+            let line = format!("{} wave {}/{}", g.state().name(), g.wave, g.waves);
             let e = shown.entry(g.region.clone()).or_insert_with(|| {
                 let bar = if bars {
                     multi.add(indicatif::ProgressBar::new(0).with_style(style.clone()))
@@ -181,16 +181,13 @@ async fn release(client: &Client, build: &str, short: bool) -> anyhow::Result<pb
             }
             e.1 = line;
         }
-        if matches!(
-            r.state.as_str(),
-            "SUCCEEDED" | "FAILED" | "ABORTED" | "ROLLED_BACK"
-        ) {
+        if r.state().is_final() {
             // A bar stays where its region ended: full only for a region that succeeded.
             for (region, (bar, _)) in &shown {
                 let ok = r
                     .regions
                     .iter()
-                    .any(|g| &g.region == region && g.state == "SUCCEEDED");
+                    .any(|g| &g.region == region && g.state() == pb::ReleaseState::Succeeded);
                 if ok {
                     bar.finish();
                 } else {
@@ -200,7 +197,7 @@ async fn release(client: &Client, build: &str, short: bool) -> anyhow::Result<pb
             println!(
                 "  release {} {}{}",
                 r.id,
-                r.state,
+                r.state().name(),
                 if r.reason.is_empty() {
                     String::new()
                 } else {
@@ -235,7 +232,12 @@ fn running(h: &pb::Host) -> Option<&pb::HostService> {
 
 /// Milliseconds between the first transitions into `from` and into `to`.
 fn between(b: &pb::Build, from: &str, to: &str) -> f64 {
-    let at = |s: &str| b.history.iter().find(|t| t.state == s).map(|t| t.at_ms);
+    let at = |s: &str| {
+        b.history
+            .iter()
+            .find(|t| t.state().name() == s)
+            .map(|t| t.at_ms)
+    };
     match (at(from), at(to)) {
         (Some(a), Some(z)) => z.saturating_sub(a) as f64 / 1000.0,
         _ => 0.0,
@@ -334,7 +336,7 @@ async fn demo(
     println!();
     let first = release(&client, &good.id, opts.short).await?;
     ensure!(
-        first.state == "SUCCEEDED",
+        first.state() == pb::ReleaseState::Succeeded,
         "the first release ended {}",
         first.state
     );
@@ -343,7 +345,7 @@ async fn demo(
     println!();
     let second = release(&client, &bad.id, opts.short).await?;
     ensure!(
-        second.state == "ROLLED_BACK",
+        second.state() == pb::ReleaseState::RolledBack,
         "the broken release ended {}, not ROLLED_BACK",
         second.state
     );
@@ -353,7 +355,9 @@ async fn demo(
         let hosts = fleet(&client, &regions).await?;
         let good_everywhere = hosts.len() >= hosts_total
             && hosts.iter().all(|h| {
-                running(h).is_some_and(|s| s.running_build_id == good.id && s.state == "HEALTHY")
+                running(h).is_some_and(|s| {
+                    s.running_build_id == good.id && s.state() == pb::ServiceState::Healthy
+                })
             });
         if good_everywhere {
             break hosts;
@@ -372,7 +376,7 @@ async fn demo(
         let key = (
             h.region.clone(),
             s.map(|s| s.running_build_id.clone()).unwrap_or_default(),
-            s.map(|s| s.state.clone()).unwrap_or_default(),
+            s.map(|s| s.state().name().to_string()).unwrap_or_default(),
         );
         *by.entry(key).or_default() += 1;
     }

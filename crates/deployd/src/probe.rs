@@ -143,7 +143,7 @@ pub fn agent(agent: Arc<deploy_fanout::agent::Agent>) -> (Ready, Render) {
                 .get_or_create(&ServiceLabel {
                     service: s.service,
                     build: s.build_id,
-                    state: s.state,
+                    state: s.state.name().to_string(),
                 })
                 .set(1);
         }

@@ -91,10 +91,7 @@ pub async fn wait_release(
 }
 
 pub fn is_final(r: &pb::Release) -> bool {
-    matches!(
-        r.state.as_str(),
-        "SUCCEEDED" | "FAILED" | "ABORTED" | "ROLLED_BACK"
-    )
+    r.state().is_final()
 }
 
 /// The region's view of release `id`.
@@ -136,7 +133,7 @@ pub fn goal(host: &pb::Host, service: &str) -> String {
 pub async fn wait_build(client: &Client, id: &str, within: Duration) -> anyhow::Result<pb::Build> {
     wait_until(within, &format!("build {id} to end"), || async {
         let b = client.get_build(id, false).await.ok()?;
-        matches!(b.state.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED").then_some(b)
+        b.state().is_final().then_some(b)
     })
     .await
 }
@@ -164,9 +161,9 @@ pub async fn succeeded_builds(
     for id in &ids {
         let b = wait_build(client, id, T).await?;
         anyhow::ensure!(
-            b.state == "SUCCEEDED",
+            b.state().name() == "SUCCEEDED",
             "build {id} ended {}: {}",
-            b.state,
+            b.state().name(),
             b.error
         );
     }
@@ -201,7 +198,7 @@ pub async fn web_builds(
     }
     for id in &ids {
         let b = wait_build(client, id, T).await?;
-        anyhow::ensure!(b.state == "SUCCEEDED", "{id}: {}", b.error);
+        anyhow::ensure!(b.state().name() == "SUCCEEDED", "{id}: {}", b.error);
     }
     Ok(ids)
 }
