@@ -250,7 +250,7 @@ impl Client {
         })
     }
 
-    /// Runs one cluster-service call.
+    /// Runs one cluster-service write that is not safe to repeat.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
         F: Fn(ClusterServiceClient<Chan>) -> Fut,
@@ -259,10 +259,26 @@ impl Client {
         self.call_on(|ch| f(ClusterServiceClient::new(ch))).await
     }
 
-    /// Runs one call on a channel, moving to the next endpoint if the current one stops
-    /// answering, and retrying briefly when the cluster answers Unavailable (no leader yet,
-    /// leadership moving): the server says so only when the request was not applied.
+    /// Runs a write that is not safe to repeat (see [`Client::call_on_with`]).
     pub(crate) async fn call_on<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Chan) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_on_with(Repeat::Never, f).await
+    }
+
+    /// Runs one call on a channel, retrying briefly when the cluster answers Unavailable (no
+    /// leader yet, leadership moving: the server says so only when the request was not
+    /// applied). When the connection fails, the call moves to the next endpoint only if it
+    /// is safe to send again: `Repeat::Safe`, or the connection was refused, so the request
+    /// never left. A write whose connection broke mid-call may have been applied: it is
+    /// never sent twice, and its error says so.
+    pub(crate) async fn call_on_with<T, F, Fut>(
+        &self,
+        repeat: Repeat,
+        f: F,
+    ) -> Result<T, ClientError>
     where
         F: Fn(Chan) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -277,15 +293,29 @@ impl Client {
             match result {
                 Ok(Ok(r)) => return Ok(r.into_inner()),
                 Ok(Err(status)) => {
-                    // A transport failure (the node died) is a locally made Unavailable carrying
-                    // its cause; a status sent by a server has none. Try the other endpoints.
-                    let transport = status.code() == tonic::Code::Unavailable
-                        && std::error::Error::source(&status).is_some();
+                    // A transport failure (the node died, the connection broke) is a locally
+                    // made status carrying its cause; a status sent by a server has none.
+                    let transport = std::error::Error::source(&status).is_some();
                     tries += 1;
-                    if transport && tries < self.endpoints.len() {
+                    if transport {
+                        // Whatever follows, the next call starts from a fresh connection.
                         *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    }
+                    let resend = repeat == Repeat::Safe || never_sent(&status);
+                    if transport && resend && tries < self.endpoints.len() {
                         (index, channel) = self.channel(Some(index)).await?;
                         continue;
+                    }
+                    if transport && !resend {
+                        return Err(ClientError::Api {
+                            endpoint,
+                            code: tonic::Code::Unavailable,
+                            message: format!(
+                                "the connection broke during the call ({}): it may or may not \
+                                 have been applied, and was not sent again",
+                                status.message()
+                            ),
+                        });
                     }
                     if !transport && status.code() == tonic::Code::Unavailable && unavailable < 3 {
                         unavailable += 1;
@@ -320,10 +350,10 @@ impl Client {
     }
 
     /// Runs a call that is safe to repeat (a read, or a write the cluster deduplicates by its
-    /// request id or its key): as [`Client::call_on`], and also again, with a growing pause
-    /// and within the call's deadline, when it failed in a way that says nothing about the
-    /// cluster's state (the node, or the leader it forwarded to, went away mid-call). Other
-    /// writes are never repeated this way.
+    /// request id or its key): as [`Client::call_on_with`] with `Repeat::Safe`, and also
+    /// again, with a growing pause and within the call's deadline, when it failed in a way
+    /// that says nothing about the cluster's state (the node, or the leader it forwarded to,
+    /// went away mid-call). Other writes are never repeated this way.
     pub(crate) async fn read_on<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
         F: Fn(Chan) -> Fut,
@@ -332,7 +362,7 @@ impl Client {
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(200);
         loop {
-            match self.call_on(&f).await {
+            match self.call_on_with(Repeat::Safe, &f).await {
                 Err(e)
                     if e.read_may_succeed_again() && started.elapsed() + pause < self.timeout =>
                 {
@@ -513,6 +543,36 @@ impl Client {
     }
 }
 
+/// Whether a call may be sent again after its connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    /// A read, or a write the cluster deduplicates (by its key or its request id).
+    Safe,
+    /// Any other write: sent again only if it provably never left.
+    Never,
+}
+
+/// Whether a failed call's request provably never reached a server: its connection was
+/// refused (a dead node's port) while it was being made, or hyper dropped it unsent because
+/// the connection had already closed. A broken pipe or a reset proves nothing.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_canceled())
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// A fresh request id: 128 random bits, hex; `None` if the system has no randomness to
 /// give (a made-up id could collide with another call's and be taken for its repeat).
 pub fn request_id() -> Option<String> {
@@ -566,3 +626,6 @@ impl ClusterStatusView {
             })
     }
 }
+
+#[cfg(test)]
+mod repeat_tests;

@@ -8,7 +8,8 @@ use deploy_proto::v1::token_service_client::TokenServiceClient;
 use crate::{Client, ClientError};
 
 /// Generates a method that sends its request to one service and returns the reply; `read`
-/// ones are asked again when the call broke off (see `Client::read_on`).
+/// ones (and writes safe to repeat) are asked again when the call broke off (see
+/// `Client::read_on`); the others are never sent twice.
 macro_rules! rpc {
     ($(#[$doc:meta])* $name:ident, $svc:ident, $req:ty, $reply:ty) => {
         $(#[$doc])*
@@ -90,7 +91,9 @@ impl Client {
     );
     rpc!(read get_host, RegionServiceClient, pb::GetHostRequest, pb::Host);
     rpc!(
-        /// A rack's host reports; the reply carries their goals.
+        read
+        /// A rack's host reports; the reply carries their goals. Safe to repeat: a report is
+        /// the hosts' whole current state, which a second copy only restates.
         report_rack, RegionServiceClient, pb::ReportRackRequest, pb::ReportRackReply
     );
 
@@ -99,7 +102,7 @@ impl Client {
         &self,
         req: pb::WatchRackRequest,
     ) -> Result<tonic::Streaming<pb::ReportRackReply>, ClientError> {
-        self.call_on(|ch| {
+        self.call_on_with(crate::Repeat::Safe, |ch| {
             let req = req.clone();
             async move { RegionServiceClient::new(ch).watch_rack(req).await }
         })
