@@ -41,6 +41,17 @@ async fn leadership(client: &deploy_client::Client) -> anyhow::Result<(String, u
     Ok((g.leader.clone(), g.term))
 }
 
+/// The index the global group's member `node` has applied, as the cluster status shows it.
+async fn applied(client: &deploy_client::Client, node: &str) -> anyhow::Result<u64> {
+    let s = client.cluster_status().await?;
+    s.groups
+        .iter()
+        .find(|g| g.name == "global")
+        .and_then(|g| g.members.iter().find(|m| m.id == node))
+        .map(|m| m.last_applied)
+        .ok_or_else(|| anyhow::anyhow!("no member {node} of global in {s:?}"))
+}
+
 /// The node's `deploy_api_calls_shed` gauge.
 async fn shed(addr: &str, ca: &[u8]) -> anyhow::Result<f64> {
     gauge(addr, ca, "deploy_api_calls_shed").await
@@ -178,6 +189,81 @@ async fn a_flooding_client_waits_its_turn_and_nobody_else_is_refused() -> anyhow
     assert_eq!(
         admin.get_meta("global", "after-flood", false).await?.value,
         Some("ok".to_string())
+    );
+    Ok(())
+}
+
+/// The largest requests the API admits, many at once, and one past its bounds: the past one
+/// is refused before it is proposed, the rest commit, and the global group holds its leader
+/// and term throughout (a heartbeat never waits behind a large AppendEntries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_admitted_requests_leave_the_term_where_it_was() -> anyhow::Result<()> {
+    let c = ProcessCluster::start_spec(Spec::new(3).secure())?;
+    let admin = c.client()?;
+    let (leader, term) = wait_until(T, "a global leader", || async {
+        leadership(&admin).await.ok().filter(|(l, _)| !l.is_empty())
+    })
+    .await?;
+
+    // 100,000 service names (under the 4 MiB message limit): refused before it is proposed,
+    // so the log does not grow. (The leader's own tasks may write meanwhile: a try whose
+    // index moved is made again, and every one of three moving is a failure.)
+    let names: Vec<String> = (0..100_000).map(|i| format!("svc-{i}")).collect();
+    let mut unmoved = false;
+    for _ in 0..3 {
+        let before = applied(&admin, &leader).await?;
+        let e = admin
+            .create_token(pb::CreateTokenRequest {
+                name: "wide".into(),
+                role: "releaser".into(),
+                services: names.clone(),
+            })
+            .await
+            .expect_err("a token naming 100,000 services was made");
+        assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+        assert!(e.to_string().len() < 1024, "{e}");
+        if applied(&admin, &leader).await? == before {
+            unmoved = true;
+            break;
+        }
+    }
+    assert!(
+        unmoved,
+        "the refused token was proposed: the log grew each time"
+    );
+
+    // The largest admitted: 64 KiB metadata values from 256 callers at once (16 MiB a round),
+    // and tokens naming 64 services of 63 characters.
+    let value = "v".repeat(deploy_state::MAX_META_VALUE_BYTES);
+    let admin = std::sync::Arc::new(admin);
+    for round in 0..4 {
+        let writes = (0..256).map(|i| {
+            let (admin, value) = (admin.clone(), value.clone());
+            async move {
+                admin
+                    .set_meta("global", &format!("big-{i}"), Some(&value))
+                    .await
+                    .map(drop)
+            }
+        });
+        for r in futures::future::join_all(writes).await {
+            r.map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
+        }
+        let services: Vec<String> = (0..deploy_state::tokens::MAX_SERVICES)
+            .map(|s| format!("{}{s:02}", "s".repeat(61)))
+            .collect();
+        admin
+            .create_token(pb::CreateTokenRequest {
+                name: format!("wide-{round}"),
+                role: "releaser".into(),
+                services,
+            })
+            .await?;
+    }
+    assert_eq!(
+        leadership(&admin).await?,
+        (leader, term),
+        "the group held an election"
     );
     Ok(())
 }

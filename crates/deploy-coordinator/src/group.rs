@@ -69,6 +69,10 @@ pub use deploy_raft::types::Cmd;
 /// Batches proposed by one group at once, at most: while they commit, more writes queue up
 /// and go together in the next batch.
 const BATCHES_IN_FLIGHT: usize = 4;
+/// The most one batch entry holds, encoded (a lone write larger than this goes alone): 256
+/// writes of 64 KiB would otherwise make one entry of 16 MiB, which no AppendEntries can
+/// split, to be sent, appended and synced within one heartbeat interval.
+pub const MAX_BATCH_BYTES: usize = 512 * 1024;
 
 /// A group hosted by this process, of kind `C` (global or regional): it takes only that
 /// kind's commands.
@@ -340,17 +344,32 @@ async fn batch_writes<C: GroupTypes>(
     failover: std::sync::Arc<crate::failover::Failover>,
 ) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    // A write that would have made the last batch too large: the next batch's first.
+    let mut carried: Option<PendingWrite<C>> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
         };
+        let mut bytes = deploy_raft::codec::encoded_len(&first.0);
         let mut batch = vec![first];
         while batch.len() < deploy_state::MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    let n = deploy_raft::codec::encoded_len(&p.0);
+                    if bytes + n > MAX_BATCH_BYTES {
+                        carried = Some(p);
+                        break;
+                    }
+                    bytes += n;
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }

@@ -68,6 +68,13 @@ pub enum CodecError {
     },
 }
 
+/// The bytes `value` takes encoded (without the version byte), counted without encoding it
+/// into a buffer.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .unwrap_or(usize::MAX)
+}
+
 /// One record: the version byte, then postcard.
 pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
     postcard::to_extend(value, vec![FORMAT_VERSION])

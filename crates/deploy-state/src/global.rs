@@ -52,6 +52,9 @@ impl StateMachine for GlobalState {
                 commit,
                 ..
             }) => crate::check_build_input(service, repo, commit)?,
+            GlobalCommand::Token(tokens::TokenCommand::Create { token, .. }) => {
+                tokens::check(token)?
+            }
             GlobalCommand::Build(_)
             | GlobalCommand::Release(_)
             | GlobalCommand::Token(_)

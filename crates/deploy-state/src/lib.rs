@@ -69,6 +69,8 @@ pub enum CommandError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Token(#[from] tokens::TokenError),
 }
 
 /// `s` cut to at most `max` bytes (on a character boundary), marked with `...` when cut.
