@@ -1,7 +1,6 @@
 //! The fan-out tree over loopback: relays and host agents of a `GrpcCluster`, real service
 //! processes, real artifacts.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -447,7 +446,10 @@ async fn a_relay_killed_mid_transfer_leaves_its_hosts_to_the_fallback() -> anyho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_every_link_limited_the_artifact_reaches_all_hosts_within_twice_size_over_rate(
+/// With every link limited, the artifact still reaches every host, and the store serves each
+/// chunk once per rack (its relay's fetch), not once per host: the relays pipeline it to
+/// their hosts. (How fast, against `S/B`, is the fan-out benchmark's to measure, not a test's.)
+async fn with_every_link_limited_the_artifact_reaches_all_hosts_reading_the_store_once(
 ) -> anyhow::Result<()> {
     const RATE: u64 = 20_000_000;
     let spec = Spec::new(1)
@@ -467,9 +469,15 @@ async fn with_every_link_limited_the_artifact_reaches_all_hosts_within_twice_siz
     let ids = builds(&client, &c.dir(), 64 * 1024 * 1024, &[("v1", true)]).await?;
     let digest =
         deploy_types::Digest::parse(&client.get_build(&ids[0], false).await?.artifact_digest)?;
-    let size = c.store("east")?.get_manifest(&digest).await?.size;
-    let bound = Duration::from_secs_f64(size as f64 / RATE as f64);
-    let start = Instant::now();
+    let chunks = c.store("east")?.get_manifest(&digest).await?.chunks.len() as u64;
+    let store_reads = || {
+        c.node("east-1").map(|n| {
+            n.node
+                .chunk_reads
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    };
+    let reads_before = store_reads()?;
     let r = client
         .create_release(pb::CreateReleaseRequest {
             service: "web".into(),
@@ -484,22 +492,18 @@ async fn with_every_link_limited_the_artifact_reaches_all_hosts_within_twice_siz
         })
         .await?;
     let hosts_all = ["east-1-h1", "east-1-h2", "east-2-h1", "east-2-h2"];
-    let mut done_at: BTreeMap<&str, Duration> = BTreeMap::new();
     wait_until(T, "every host to hold the artifact", || {
-        for h in hosts_all {
-            if !done_at.contains_key(h) && c.host_root(h).join("sim/web").exists() {
-                done_at.insert(h, start.elapsed());
-            }
-        }
-        let all = done_at.len() == hosts_all.len();
+        let all = hosts_all
+            .iter()
+            .all(|h| c.host_root(h).join("sim/web").exists());
         async move { all.then_some(()) }
     })
     .await?;
-    let last = done_at.values().max().copied().unwrap_or_default();
-    println!("size {size} B, S/B {bound:?}, last host after {last:?}: {done_at:?}");
-    assert!(
-        last < bound * 2,
-        "last host after {last:?}, S/B = {bound:?}"
+    let racks = 2;
+    assert_eq!(
+        store_reads()? - reads_before,
+        chunks * racks,
+        "the store served a chunk more than once per rack"
     );
     let done = wait_release(&client, &r.id, "to end", is_final).await?;
     assert_eq!(done.state().name(), "SUCCEEDED");
