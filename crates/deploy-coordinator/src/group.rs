@@ -363,7 +363,7 @@ async fn batch_writes<C: GroupTypes>(
             match rx.try_recv() {
                 Ok(p) => {
                     let n = deploy_raft::codec::encoded_len(&p.0);
-                    if bytes + n > MAX_BATCH_BYTES {
+                    if bytes.saturating_add(n) > MAX_BATCH_BYTES {
                         carried = Some(p);
                         break;
                     }

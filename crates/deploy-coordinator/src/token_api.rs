@@ -88,23 +88,10 @@ impl TokenService for TokenApi {
                 req.role.chars().take(40).collect::<String>()
             ))
         })?;
-        // Refused here, before it is forwarded or proposed (with a stand-in for the hash the
-        // leader makes): what the log never holds cannot slow it.
-        let shape = Token {
-            name: req.name,
-            sha256: "0".repeat(64),
-            role,
-            services: req.services,
-            created_by: String::new(),
-            created_at_ms: 0,
-        };
-        deploy_state::tokens::check(&shape)
+        // Refused here, before it is forwarded or proposed: what the log never holds cannot
+        // slow it.
+        deploy_state::tokens::check_request(&req.name, role, &req.services)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let req = pb::CreateTokenRequest {
-            name: shape.name,
-            role: req.role,
-            services: shape.services,
-        };
         let h = match self.routing.route::<GlobalTypes>(&GLOBAL, hops).await? {
             Route::Remote(addr) => {
                 return self

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::bucket::Bucket;
-use crate::cache::write_durably;
+use crate::cache::{digest_off_thread, write_durably};
 use crate::fetch;
 use crate::relay::{AgentReport, GoalReply, HostGoal, ServiceState};
 use crate::service;
@@ -717,12 +717,7 @@ impl Agent {
 /// Whether `path` holds the bytes of `digest` (a missing or unreadable file does not).
 async fn holds(path: &Path, digest: &Digest) -> bool {
     match tokio::fs::read(path).await {
-        Ok(data) => {
-            let want = *digest;
-            tokio::task::spawn_blocking(move || Digest::of(&data) == want)
-                .await
-                .unwrap_or(false)
-        }
+        Ok(data) => digest_off_thread(data).await.is_ok_and(|d| d == *digest),
         Err(_) => false,
     }
 }

@@ -65,6 +65,13 @@ pub(crate) fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     written
 }
 
+/// The digest of `data`, hashed on a blocking thread (a chunk is megabytes).
+pub(crate) async fn digest_off_thread(
+    data: impl AsRef<[u8]> + Send + 'static,
+) -> Result<Digest, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || Digest::of(data.as_ref())).await
+}
+
 impl Cache {
     /// Opens (or creates) the cache in `dir`, indexing what a previous run left as unverified,
     /// oldest first; temporary files of an interrupted write and files not named by a digest
@@ -134,12 +141,9 @@ impl Cache {
             Err(e) => return Err(e),
         };
         if !verified {
-            let (digest, data) = {
-                let data = data.clone();
-                tokio::task::spawn_blocking(move || (Digest::of(&data), data))
-                    .await
-                    .map_err(std::io::Error::other)?
-            };
+            let digest = digest_off_thread(data.clone())
+                .await
+                .map_err(std::io::Error::other)?;
             if digest != *d {
                 warn!(chunk = %d, hashes_to = %digest, "cached chunk does not match its name; removing it");
                 self.forget(d);

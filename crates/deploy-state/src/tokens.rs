@@ -116,28 +116,35 @@ fn valid_name(kind: &str, n: &str) -> Result<(), TokenError> {
 
 /// Checks a token before it is made: its name, hash, role and services.
 pub fn check(t: &Token) -> Result<(), TokenError> {
-    valid_name("token name", &t.name)?;
-    if t.name == BOOTSTRAP_ADMIN {
-        return Err(TokenError::Invalid(format!(
-            "{BOOTSTRAP_ADMIN:?} is the bootstrap admin's name (rotate it in the config)"
-        )));
-    }
+    check_request(&t.name, t.role, &t.services)?;
     if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(TokenError::Invalid(
             "the token's hash is not 64 hex characters".into(),
         ));
     }
-    if t.services.len() > MAX_SERVICES {
+    Ok(())
+}
+
+/// Checks what a caller asks a token to be (all of [`check`] but the hash, which the leader
+/// makes): where a request comes in, before it is forwarded or proposed.
+pub fn check_request(name: &str, role: Role, services: &[String]) -> Result<(), TokenError> {
+    valid_name("token name", name)?;
+    if name == BOOTSTRAP_ADMIN {
+        return Err(TokenError::Invalid(format!(
+            "{BOOTSTRAP_ADMIN:?} is the bootstrap admin's name (rotate it in the config)"
+        )));
+    }
+    if services.len() > MAX_SERVICES {
         return Err(TokenError::Invalid(format!(
             "at most {MAX_SERVICES} services"
         )));
     }
-    if !t.services.is_empty() && t.role != Role::Releaser {
+    if !services.is_empty() && role != Role::Releaser {
         return Err(TokenError::Invalid(
             "only a releaser token is limited to services".into(),
         ));
     }
-    for s in &t.services {
+    for s in services {
         valid_name("service", s)?;
     }
     Ok(())
