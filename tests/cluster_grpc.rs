@@ -266,3 +266,135 @@ async fn malformed_raft_messages_are_refused_and_change_nothing() -> anyhow::Res
     assert_eq!(after.term("global"), before.term("global"));
     Ok(())
 }
+
+/// A write sent again under its request id (its answer was lost with a connection) applies
+/// once, on every write RPC: metadata of either kind of group, a build's cancel, tokens, and
+/// membership changes (whose repeat finds what it asked for already done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_sent_again_under_its_request_id_applies_once() -> anyhow::Result<()> {
+    use deploy_proto::v1 as pb;
+    use deploy_proto::v1::build_service_client::BuildServiceClient;
+    use deploy_proto::v1::cluster_service_client::ClusterServiceClient;
+    use deploy_proto::v1::token_service_client::TokenServiceClient;
+
+    let c = GrpcCluster::start(1, &[("east", 1)]).await?;
+    let client = c.client()?;
+    wait_until(T, "leaders", || async {
+        let s = deploy_client::ClusterStatusView(client.cluster_status().await.ok()?);
+        (s.leader("global").is_some() && s.leader("region/east").is_some()).then_some(())
+    })
+    .await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addrs["g1"]))?
+        .connect()
+        .await?;
+    let mut cluster = ClusterServiceClient::new(channel.clone());
+
+    for group in ["global", "region/east"] {
+        let set = |value: &str, id: &str| pb::SetMetaRequest {
+            group: group.into(),
+            key: "k".into(),
+            value: Some(value.into()),
+            request_id: id.into(),
+        };
+        let first = cluster.set_meta(set("a", "meta-1")).await?.into_inner();
+        assert!(!first.repeated);
+        cluster.set_meta(set("b", "")).await?;
+        let again = cluster.set_meta(set("a", "meta-1")).await?.into_inner();
+        assert!(again.repeated, "{group}: {again:?}");
+        let now = client.get_meta(group, "k", false).await?;
+        assert_eq!(
+            now.value.as_deref(),
+            Some("b"),
+            "{group}: the repeat applied again"
+        );
+    }
+
+    // A token: the repeat cannot hand out the secret again, and makes no second token.
+    let mut tokens = TokenServiceClient::new(channel.clone());
+    let create = pb::CreateTokenRequest {
+        name: "ci".into(),
+        role: "reader".into(),
+        services: vec![],
+        request_id: "token-1".into(),
+    };
+    let made = tokens.create_token(create.clone()).await?.into_inner();
+    assert!(made.secret.starts_with("dpl_"));
+    let again = tokens
+        .create_token(create)
+        .await
+        .expect_err("a second secret");
+    assert_eq!(again.code(), tonic::Code::AlreadyExists);
+    assert!(
+        again.message().contains("shown only once"),
+        "{}",
+        again.message()
+    );
+    let revoke = pb::RevokeTokenRequest {
+        name: "ci".into(),
+        request_id: "revoke-1".into(),
+    };
+    tokens.revoke_token(revoke.clone()).await?;
+    tokens.revoke_token(revoke.clone()).await?;
+    let unnamed = tokens
+        .revoke_token(pb::RevokeTokenRequest {
+            request_id: String::new(),
+            ..revoke
+        })
+        .await
+        .expect_err("the token is gone");
+    assert_eq!(unnamed.code(), tonic::Code::NotFound);
+
+    // A build's cancel: the repeat answers with the build as it is.
+    let b = client
+        .submit_build("svc", "/srv/git/svc", &"a".repeat(40))
+        .await?;
+    let mut builds = BuildServiceClient::new(channel.clone());
+    let cancel = pb::CancelBuildRequest {
+        id: b.id.clone(),
+        request_id: "cancel-1".into(),
+    };
+    let first = builds.cancel_build(cancel.clone()).await?.into_inner();
+    let again = builds.cancel_build(cancel.clone()).await?.into_inner();
+    assert_eq!(first.state, again.state);
+    assert_eq!(again.state(), pb::BuildState::Cancelled);
+    let unnamed = builds
+        .cancel_build(pb::CancelBuildRequest {
+            request_id: String::new(),
+            ..cancel
+        })
+        .await;
+    assert!(unnamed.is_err(), "{unnamed:?}");
+
+    // Membership: a repeat finds the node a voter, or gone, as it asked.
+    let add = pb::AddNodeRequest {
+        group: "global".into(),
+        node_id: "g1".into(),
+        addr: c.addrs["g1"].clone(),
+        request_id: "add-1".into(),
+    };
+    let r = cluster.add_node(add.clone()).await?.into_inner();
+    assert!(r.members.iter().any(|m| m.id == "g1"), "{r:?}");
+    let unnamed = cluster
+        .add_node(pb::AddNodeRequest {
+            request_id: String::new(),
+            ..add
+        })
+        .await
+        .expect_err("already a voter");
+    assert_eq!(unnamed.code(), tonic::Code::FailedPrecondition);
+    let remove = pb::RemoveNodeRequest {
+        group: "global".into(),
+        node_id: "g9".into(),
+        request_id: "remove-1".into(),
+    };
+    cluster.remove_node(remove.clone()).await?;
+    let unnamed = cluster
+        .remove_node(pb::RemoveNodeRequest {
+            request_id: String::new(),
+            ..remove
+        })
+        .await
+        .expect_err("not a member");
+    assert_eq!(unnamed.code(), tonic::Code::NotFound);
+    Ok(())
+}

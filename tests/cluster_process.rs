@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use deploy_client::ClusterStatusView;
-use test_harness::process::{bin_dir, free_ports};
+use test_harness::ports::{spawn_with, Ports};
+use test_harness::process::bin_dir;
 use test_harness::{wait_until, ProcessCluster, Spec};
 
 const T: Duration = Duration::from_secs(30);
@@ -95,12 +96,12 @@ async fn dev_cluster_status_through_deployctl_and_restart_from_data() -> anyhow:
     let bins = bin_dir()?;
     let dir = tempfile::TempDir::new()?;
     let spec = Spec::new(3).region("us-east", 3).region("eu-west", 3);
-    let ports = free_ports(9)?;
+    let ports = Ports::reserve(9)?;
     let addrs: std::collections::BTreeMap<String, String> = spec
         .node_names()
         .into_iter()
-        .zip(ports)
-        .map(|(n, p)| (n, format!("127.0.0.1:{p}")))
+        .zip(ports.addrs())
+        .map(|(n, a)| (n, a.to_string()))
         .collect();
     let text = spec.toml(&addrs, dir.path())?;
     let config = dir.path().join("dev.toml");
@@ -150,15 +151,17 @@ async fn dev_cluster_status_through_deployctl_and_restart_from_data() -> anyhow:
     };
 
     for round in 0..2 {
-        let mut dev = Command::new(bins.join("deployd"))
-            .args(["dev", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut dev = spawn_with(
+            Command::new(bins.join("deployd"))
+                .args(["dev", "--config"])
+                .arg(&config)
+                .arg("--data-dir")
+                .arg(&data)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+            ports.listeners()?,
+        )?;
         let seen = wait_until(T, "the dev cluster to converge", || async {
             ctl_status().filter(converged)
         })

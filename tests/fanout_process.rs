@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use test_harness::ports::{spawn_with, Ports};
 use test_harness::releases::{all_at_once, is_final, release, wait_release, web_builds, T};
 use test_harness::{wait_until, ProcessCluster, Spec};
 
@@ -27,28 +28,30 @@ fn complete_current(c: &ProcessCluster, host: &str) -> anyhow::Result<String> {
         .unwrap_or_default())
 }
 
-/// Writes `spec`'s config with free loopback ports; returns its path and the addresses.
+/// Writes `spec`'s config with reserved loopback ports; returns its path, the addresses and
+/// the reservation (whose listeners the one process serving them all is given).
 fn write_config(
     spec: &Spec,
     dir: &std::path::Path,
 ) -> anyhow::Result<(
     std::path::PathBuf,
     std::collections::BTreeMap<String, String>,
+    Ports,
 )> {
     let names: Vec<String> = spec
         .node_names()
         .into_iter()
         .chain(spec.relay_ids())
         .collect();
-    let ports = test_harness::process::free_ports(names.len())?;
+    let ports = Ports::reserve(names.len())?;
     let addrs: std::collections::BTreeMap<String, String> = names
         .iter()
-        .zip(ports)
-        .map(|(n, p)| (n.clone(), format!("127.0.0.1:{p}")))
+        .zip(ports.addrs())
+        .map(|(n, a)| (n.clone(), a.to_string()))
         .collect();
     let config = dir.join("cluster.toml");
     std::fs::write(&config, spec.toml(&addrs, dir)?)?;
-    Ok((config, addrs))
+    Ok((config, addrs, ports))
 }
 
 /// The pid of the service `current` runs, if it is alive.
@@ -176,20 +179,22 @@ async fn deployd_dev_with_two_regions_of_two_racks_of_four_hosts_runs_the_releas
         spec = spec.rack(region, 4).rack(region, 4);
     }
     let dir = tempfile::tempdir()?;
-    let (config, addrs) = write_config(&spec, dir.path())?;
+    let (config, addrs, ports) = write_config(&spec, dir.path())?;
     let data = dir.path().join("dev");
     let bins = test_harness::process::bin_dir()?;
     let log = std::fs::File::create(dir.path().join("dev.log"))?;
-    let mut dev = std::process::Command::new(bins.join("deployd"))
-        .arg("dev")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .env("RUST_LOG", "warn")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    let mut dev = spawn_with(
+        std::process::Command::new(bins.join("deployd"))
+            .arg("dev")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log),
+        ports.listeners()?,
+    )?;
     let result = async {
         let nodes: Vec<String> = spec.node_names().iter().map(|n| addrs[n].clone()).collect();
         let client = deploy_client::Client::new(&nodes)?;
@@ -265,17 +270,23 @@ fn the_demo_runs_to_completion_and_leaves_every_host_on_the_good_build() -> anyh
         spec = spec.rack(region, 2).rack(region, 2);
     }
     let dir = tempfile::tempdir()?;
-    let (config, _) = write_config(&spec, dir.path())?;
+    let (config, _, ports) = write_config(&spec, dir.path())?;
     let data = dir.path().join("demo");
-    let out = std::process::Command::new(test_harness::process::bin_dir()?.join("deployd"))
-        .arg("demo")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--short")
-        .env("RUST_LOG", "warn")
-        .output()?;
+    let out = spawn_with(
+        std::process::Command::new(test_harness::process::bin_dir()?.join("deployd"))
+            .arg("demo")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--short")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+        ports.listeners()?,
+    )?
+    .wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -170,6 +170,36 @@ fn short(sha: &str) -> &str {
 
 /// No build SUCCEEDED twice or with two artifacts, no two SUCCEEDED builds of one commit,
 /// and no build id given to two commits.
+/// In a run whose faults never keep a live worker from renewing (`may_cost_a_lease` is
+/// false for all of them: a skewed clock is one), no build's lease may expire: an expiry there
+/// means a leader took its own wall clock, or another's, for the lease's.
+pub fn no_lease_expired(rep: &Replicas, applies: bool) -> Verdict {
+    let name = "no lease expired under a live worker";
+    if !applies {
+        return Verdict::new(
+            name,
+            "not checked: the run's faults may cost leases".into(),
+            vec![],
+        );
+    }
+    let mut seen = BTreeSet::new();
+    let mut v = Vec::new();
+    for builds in rep.builds.values() {
+        for b in builds.values() {
+            for t in &b.history {
+                if t.note.contains("lease of")
+                    && t.note.contains("expired")
+                    && seen.insert((b.id.clone(), t.note.clone()))
+                {
+                    v.push(format!("{}: {}", b.id, t.note));
+                }
+            }
+        }
+    }
+    let n: usize = rep.builds.values().map(BTreeMap::len).max().unwrap_or(0);
+    Verdict::new(name, format!("{n} builds' histories read"), v)
+}
+
 pub fn one_success_per_build(history: &[Op], rep: &Replicas) -> Verdict {
     let mut v = Vec::new();
     let mut digests: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

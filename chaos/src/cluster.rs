@@ -57,6 +57,19 @@ pub struct Cluster {
     pub tmpfs: Vec<PathBuf>,
     /// Agents' download limit, bytes per second.
     agent_down_limit: u64,
+    /// Processes started with their wall clock off by this many seconds (libfaketime).
+    skews: Mutex<BTreeMap<String, i64>>,
+}
+
+/// Debian's libfaketime, if installed: what the `skew-clock` fault preloads.
+pub fn faketime_lib() -> Option<PathBuf> {
+    let dirs = std::fs::read_dir("/usr/lib").ok()?;
+    dirs.flatten()
+        .map(|d| d.path().join("faketime").join("libfaketime.so.1"))
+        .chain(std::iter::once(PathBuf::from(
+            "/usr/lib/faketime/libfaketime.so.1",
+        )))
+        .find(|p| p.exists())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -116,6 +129,7 @@ impl Cluster {
             started: Instant::now(),
             tmpfs,
             agent_down_limit,
+            skews: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -180,11 +194,31 @@ impl Cluster {
                 std::env::var("CHAOS_PROCESS_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
             .env_remove("DEPLOY_AGENT_FAILPOINT")
-            .stdin(Stdio::null())
+            .env_remove("LD_PRELOAD")
+            .env_remove("FAKETIME");
+        if let (Some(skew), Some(lib)) = (lock(&self.skews).get(name).copied(), faketime_lib()) {
+            // The wall clock only: Instant (CLOCK_MONOTONIC) stays true, as it would on a
+            // machine whose NTP went wrong.
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME", format!("{skew:+}s"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_DONT_RESET", "1");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         cmd.spawn()
             .with_context(|| format!("cannot start {} for {name}", self.bin.display()))
+    }
+
+    /// From its next start on, `name` runs with its wall clock off by `skew` seconds (None:
+    /// the true clock).
+    pub fn set_skew(&self, name: &str, skew: Option<i64>) {
+        let mut s = lock(&self.skews);
+        match skew {
+            Some(k) => s.insert(name.to_string(), k),
+            None => s.remove(name),
+        };
     }
 
     /// Starts (or restarts) `name` unless it runs.

@@ -54,7 +54,7 @@ pub async fn leader(cluster: &Cluster, group: &str) -> Option<String> {
 
 /// The leader of `group`, waiting up to `within` for one.
 pub async fn wait_leader(cluster: &Cluster, group: &str, within: Duration) -> Option<String> {
-    test_harness::wait_every(Duration::from_millis(200), within, "a leader", || {
+    test_support::wait_every(Duration::from_millis(200), within, "a leader", || {
         leader(cluster, group)
     })
     .await

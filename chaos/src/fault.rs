@@ -51,10 +51,14 @@ pub enum FaultKind {
     RollingRestart,
     /// Stop and restart a rack's relay and agents, one after another.
     RollingRestartFleet,
+    /// Restart a global follower with its wall clock 30-120 s off (libfaketime), then hand
+    /// the global group's leadership over, so the skewed node may lead while builds hold
+    /// leases; healed by a restart on the true clock.
+    SkewClock,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::KillGlobalLeader,
         FaultKind::KillRegionLeader,
         FaultKind::KillFollower,
@@ -72,6 +76,7 @@ impl FaultKind {
         FaultKind::DiskFull,
         FaultKind::RollingRestart,
         FaultKind::RollingRestartFleet,
+        FaultKind::SkewClock,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,7 +98,22 @@ impl FaultKind {
             FaultKind::DiskFull => "disk-full",
             FaultKind::RollingRestart => "rolling-restart",
             FaultKind::RollingRestartFleet => "rolling-restart-fleet",
+            FaultKind::SkewClock => "skew-clock",
         }
+    }
+
+    /// Whether the fault may, by design, keep a live worker from renewing its lease for a
+    /// whole lease (a killed or paused worker, a cut or slowed network, a leader gone for
+    /// longer than failover takes). In a run of only the others, no lease may expire.
+    pub fn may_cost_a_lease(self) -> bool {
+        !matches!(
+            self,
+            FaultKind::KillRelay
+                | FaultKind::KillAgent
+                | FaultKind::CorruptRelay
+                | FaultKind::RollingRestartFleet
+                | FaultKind::SkewClock
+        )
     }
 
     /// Pauses must outlast the election timeout (at most 900 ms in the chaos cluster).

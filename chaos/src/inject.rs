@@ -402,7 +402,63 @@ impl Injector {
                 rec.detail = format!("{} {}: relay, then each agent", r.region, r.rack);
                 self.rolling(p, names, false, rec).await
             }
+            FaultKind::SkewClock => self.skew_clock(p, rec).await,
         }
+    }
+
+    /// Restarts the lowest-named free global follower with its wall clock off by 30-120 s
+    /// (ahead or behind, by the draw), asks the leader to hand over (SIGTERM: the handover
+    /// prefers the lowest-named caught-up voter), holds, then restarts it on the true clock.
+    async fn skew_clock(&self, p: &Planned, rec: &mut Injected) -> Result<(), String> {
+        let c = &self.cluster;
+        if crate::cluster::faketime_lib().is_none() {
+            return Err("libfaketime is not installed (apt-get install libfaketime)".into());
+        }
+        let leader = self.leader_of("global").await?;
+        let mut followers = self.free(
+            self.members("global")
+                .into_iter()
+                .filter(|n| *n != leader)
+                .collect(),
+        );
+        followers.sort();
+        let f = followers.first().cloned().ok_or("no global follower up")?;
+        let _busy = self
+            .claim(&[f.clone(), leader.clone()])
+            .ok_or("target busy")?;
+        let secs = 30 + (p.variant >> 1) % 91;
+        let skew = if p.variant & 1 == 0 {
+            secs as i64
+        } else {
+            -(secs as i64)
+        };
+        rec.at_ms = self.now_ms();
+        rec.target = f.clone();
+        let grace = Duration::from_secs(5);
+        c.set_skew(&f, Some(skew));
+        c.terminate(&f, grace).map_err(|e| e.to_string())?;
+        c.start(&f).map_err(|e| e.to_string())?;
+        // Let it catch up, so that the handover may choose it.
+        let within = Duration::from_secs(5);
+        let caught_up =
+            test_support::wait_every(Duration::from_millis(100), within, "catch-up", || async {
+                let l =
+                    control::node_status(c, &leader, "global", Duration::from_millis(500)).await?;
+                let s = control::node_status(c, &f, "global", Duration::from_millis(500)).await?;
+                (s.last_applied + 2 >= l.last_applied).then_some(())
+            })
+            .await
+            .is_ok();
+        c.terminate(&leader, grace).map_err(|e| e.to_string())?;
+        c.start(&leader).map_err(|e| e.to_string())?;
+        let now = self.leader_of("global").await.unwrap_or_else(|e| e);
+        rec.detail = format!(
+            "clock {skew:+} s (caught up before the handover: {caught_up}); global leader after it: {now}"
+        );
+        self.hold(p).await;
+        c.set_skew(&f, None);
+        c.terminate(&f, grace).map_err(|e| e.to_string())?;
+        c.start(&f).map_err(|e| e.to_string())
     }
 
     async fn pause(&self, p: &Planned, name: String, rec: &mut Injected) -> Result<(), String> {

@@ -356,6 +356,12 @@ async fn drive(
     verdicts.push(check::acknowledged_everywhere(&ops, &replicas));
     verdicts.push(check::one_success_per_build(&ops, &replicas));
     verdicts.push(check::no_duplicate_or_phantom_writes(&ops, &replicas));
+    let lease_safe = scenario
+        .faults
+        .weights
+        .iter()
+        .all(|(k, w)| *w == 0 || !k.may_cost_a_lease());
+    verdicts.push(check::no_lease_expired(&replicas, lease_safe));
     let global_leader = control::wait_leader(&cluster, "global", Duration::from_secs(10)).await;
     match &global_leader {
         Some(l) => verdicts.push(check::regions_agree(&cluster, &replicas, l).await),

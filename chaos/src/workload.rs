@@ -41,7 +41,7 @@ pub fn make_repo(
     unhealthy_pct: u32,
     seed: u64,
 ) -> anyhow::Result<Vec<Commit>> {
-    let repo = test_harness::gitrepo::GitRepo::init(dir)?;
+    let repo = test_support::gitrepo::GitRepo::init(dir)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c0de);
     let mut out = Vec::with_capacity(n);
     let mut blob = vec![0u8; bytes as usize];

@@ -24,7 +24,7 @@ async fn short_run(name: &str, binary: &str) -> anyhow::Result<(Scenario, Report
 async fn short_run_of(scenario: Scenario, binary: &str) -> anyhow::Result<(Scenario, Report)> {
     let _one = ONE_AT_A_TIME.lock().await;
     let name = scenario.name.clone();
-    let bins = test_harness::process::bin_dir()?;
+    let bins = test_support::bin_dir()?;
     let deployd = bins.join(binary);
     anyhow::ensure!(
         deployd.is_file(),
@@ -115,6 +115,12 @@ async fn disk_full_short_run_passes() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a whole cluster run, with libfaketime; cargo xtask chaos --short runs every scenario"]
+async fn clock_skew_short_run_passes() -> anyhow::Result<()> {
+    passes("clock-skew").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a whole cluster run; cargo xtask chaos --short runs every scenario"]
 async fn everything_at_once_short_run_passes() -> anyhow::Result<()> {
     passes("everything-at-once").await
@@ -158,7 +164,7 @@ async fn a_build_that_acknowledges_before_committing_is_caught() -> anyhow::Resu
 #[test]
 fn no_build_of_deployd_carries_the_ack_before_commit_fault() -> anyhow::Result<()> {
     const MARKER: &[u8] = b"acknowledged before commit";
-    let bins = test_harness::process::bin_dir()?;
+    let bins = test_support::bin_dir()?;
     let holds = |name: &str| -> anyhow::Result<bool> {
         let bytes = std::fs::read(bins.join(name))
             .map_err(|e| anyhow::anyhow!("{name} in {}: {e}", bins.display()))?;

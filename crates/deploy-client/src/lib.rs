@@ -250,15 +250,6 @@ impl Client {
         })
     }
 
-    /// Runs one cluster-service write that is not safe to repeat.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
-    where
-        F: Fn(ClusterServiceClient<Chan>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        self.call_on(|ch| f(ClusterServiceClient::new(ch))).await
-    }
-
     /// Runs a write that is not safe to repeat (see [`Client::call_on_with`]).
     pub(crate) async fn call_on<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
@@ -349,6 +340,21 @@ impl Client {
         }
     }
 
+    /// Runs a write named by request id `id`: asked again as a read is when the call broke
+    /// off (the cluster applies it once), or, with no id (no randomness to make one), sent
+    /// only once.
+    pub(crate) async fn write_once<T, F, Fut>(&self, id: &str, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Chan) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if id.is_empty() {
+            self.call_on(f).await
+        } else {
+            self.read_on(f).await
+        }
+    }
+
     /// Runs a call that is safe to repeat (a read, or a write the cluster deduplicates by its
     /// request id or its key): as [`Client::call_on_with`] with `Repeat::Safe`, and also
     /// again, with a growing pause and within the call's deadline, when it failed in a way
@@ -394,10 +400,11 @@ impl Client {
             group: group.into(),
             node_id: node_id.into(),
             addr: addr.into(),
+            request_id: request_id().unwrap_or_default(),
         };
-        self.call(|mut c| {
+        self.write_once(&req.request_id, |ch| {
             let req = req.clone();
-            async move { c.add_node(req).await }
+            async move { ClusterServiceClient::new(ch).add_node(req).await }
         })
         .await
     }
@@ -410,10 +417,11 @@ impl Client {
         let req = RemoveNodeRequest {
             group: group.into(),
             node_id: node_id.into(),
+            request_id: request_id().unwrap_or_default(),
         };
-        self.call(|mut c| {
+        self.write_once(&req.request_id, |ch| {
             let req = req.clone();
-            async move { c.remove_node(req).await }
+            async move { ClusterServiceClient::new(ch).remove_node(req).await }
         })
         .await
     }
@@ -429,10 +437,11 @@ impl Client {
             group: group.into(),
             key: key.into(),
             value: value.map(Into::into),
+            request_id: request_id().unwrap_or_default(),
         };
-        self.call(|mut c| {
+        self.write_once(&req.request_id, |ch| {
             let req = req.clone();
-            async move { c.set_meta(req).await }
+            async move { ClusterServiceClient::new(ch).set_meta(req).await }
         })
         .await
     }
@@ -481,20 +490,25 @@ impl Client {
     }
 
     pub async fn cancel_build(&self, id: &str) -> Result<Build, ClientError> {
-        let req = CancelBuildRequest { id: id.into() };
-        self.call_on(|ch| {
+        let req = CancelBuildRequest {
+            id: id.into(),
+            request_id: request_id().unwrap_or_default(),
+        };
+        self.write_once(&req.request_id, |ch| {
             let req = req.clone();
             async move { BuildServiceClient::new(ch).cancel_build(req).await }
         })
         .await
     }
 
-    /// Garbage-collects the regions' stores (or, with `dry_run`, says what would go).
+    /// Garbage-collects the regions' stores (or, with `dry_run`, says what would go). Safe
+    /// to repeat without a request id: it removes what nothing references, which a second
+    /// pass finds again (less of it), so it is asked again as a read is.
     pub async fn collect_garbage(
         &self,
         dry_run: bool,
     ) -> Result<deploy_proto::v1::CollectGarbageReply, ClientError> {
-        self.call_on(|ch| async move {
+        self.read_on(|ch| async move {
             deploy_proto::v1::artifact_service_client::ArtifactServiceClient::new(ch)
                 .collect_garbage(deploy_proto::v1::CollectGarbageRequest { dry_run })
                 .await

@@ -21,6 +21,23 @@ macro_rules! rpc {
             .await
         }
     };
+    (once $(#[$doc:meta])* $name:ident, $svc:ident, $req:ty, $reply:ty) => {
+        $(#[$doc])*
+        ///
+        /// Given no request id, it sets one, so a call whose answer was lost is asked again
+        /// and applies once.
+        pub async fn $name(&self, mut req: $req) -> Result<$reply, ClientError> {
+            if req.request_id.is_empty() {
+                req.request_id = crate::request_id().unwrap_or_default();
+            }
+            let id = req.request_id.clone();
+            self.write_once(&id, |ch| {
+                let req = req.clone();
+                async move { $svc::new(ch).$name(req).await }
+            })
+            .await
+        }
+    };
     (read $(#[$doc:meta])* $name:ident, $svc:ident, $req:ty, $reply:ty) => {
         $(#[$doc])*
         pub async fn $name(&self, req: $req) -> Result<$reply, ClientError> {
@@ -34,50 +51,22 @@ macro_rules! rpc {
 }
 
 impl Client {
-    /// Decides a release of a SUCCEEDED build. Given no request id, it sets one, so a call
-    /// whose answer was lost is asked again and makes one release.
-    pub async fn create_release(
-        &self,
-        mut req: pb::CreateReleaseRequest,
-    ) -> Result<pb::Release, ClientError> {
-        // Without an id a repeat could act twice: then one try only.
-        let repeatable = !req.request_id.is_empty()
-            || crate::request_id().map(|id| req.request_id = id).is_some();
-        let call = |ch| {
-            let req = req.clone();
-            async move { ReleaseServiceClient::new(ch).create_release(req).await }
-        };
-        if repeatable {
-            self.read_on(call).await
-        } else {
-            self.call_on(call).await
-        }
-    }
+    rpc!(
+        once
+        /// Decides a release of a SUCCEEDED build.
+        create_release, ReleaseServiceClient, pb::CreateReleaseRequest, pb::Release
+    );
     rpc!(
         read list_releases,
         ReleaseServiceClient,
         pb::ListReleasesRequest,
         pb::ListReleasesReply
     );
-    /// pause, resume, abort, rollback or promote; with a request id (set here if none), so a
-    /// repeat acts once.
-    pub async fn release_action(
-        &self,
-        mut req: pb::ReleaseActionRequest,
-    ) -> Result<pb::Release, ClientError> {
-        // Without an id a repeat could act twice: then one try only.
-        let repeatable = !req.request_id.is_empty()
-            || crate::request_id().map(|id| req.request_id = id).is_some();
-        let call = |ch| {
-            let req = req.clone();
-            async move { ReleaseServiceClient::new(ch).release_action(req).await }
-        };
-        if repeatable {
-            self.read_on(call).await
-        } else {
-            self.call_on(call).await
-        }
-    }
+    rpc!(
+        once
+        /// pause, resume, abort, rollback or promote.
+        release_action, ReleaseServiceClient, pb::ReleaseActionRequest, pb::Release
+    );
     rpc!(
         read
         /// What a region runs, answered by the region's group.
@@ -110,7 +99,10 @@ impl Client {
     }
 
     rpc!(
-        /// Makes an API token (admins only); the reply holds its text, shown only now.
+        once
+        /// Makes an API token (admins only); the reply holds its text, shown only now. Sent
+        /// again after its answer was lost, it is refused (AlreadyExists), since the text
+        /// went out only in that answer.
         create_token, TokenServiceClient, pb::CreateTokenRequest, pb::CreateTokenReply
     );
     rpc!(
@@ -120,6 +112,7 @@ impl Client {
         pb::ListTokensReply
     );
     rpc!(
+        once
         /// Revokes a token: calls made with it are refused from when each node applies it.
         revoke_token, TokenServiceClient, pb::RevokeTokenRequest, pb::TokenInfo
     );

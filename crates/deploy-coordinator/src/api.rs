@@ -124,10 +124,19 @@ impl ClusterApi {
         req: SetMetaRequest,
         hops: u32,
     ) -> Result<SetMetaReply, Status> {
-        match group.set_meta(req.key.clone(), req.value.clone()).await {
+        match group
+            .set_meta(req.key.clone(), req.value.clone(), &req.request_id)
+            .await
+        {
             Ok((log_index, SmResponse::MetaSet { previous })) => Ok(SetMetaReply {
                 log_index,
                 previous,
+                repeated: false,
+            }),
+            Ok((log_index, SmResponse::Repeated { .. })) => Ok(SetMetaReply {
+                log_index,
+                previous: None,
+                repeated: true,
             }),
             Ok((_, SmResponse::Rejected(why))) => Err(ApiError::InvalidArgument(why).into()),
             Ok((_, other)) => {
@@ -212,6 +221,15 @@ impl ClusterService for ClusterApi {
             .voter_ids()
             .collect();
         if voters.contains(&id) {
+            // Sent again under its request id (the answer to the first was lost): the node
+            // being a voter at that address is what it asked for.
+            if !req.request_id.is_empty() && nodes.get(&id).is_some_and(|n| n.addr == req.addr) {
+                return Ok(Response::new(MembershipReply {
+                    group: handle.name().to_string(),
+                    members: handle.members(),
+                    log_index: handle.metrics().last_applied.map_or(0, |l| l.index),
+                }));
+            }
             return Err(ApiError::FailedPrecondition(format!(
                 "{name} is already a voter of {group}"
             ))
@@ -272,6 +290,14 @@ impl ClusterService for ClusterApi {
         let id = name.raft_id();
         let nodes: BTreeMap<u64, DeployNode> = handle.membership_nodes();
         if !nodes.contains_key(&id) {
+            // Sent again under its request id: the node being gone is what it asked for.
+            if !req.request_id.is_empty() {
+                return Ok(Response::new(MembershipReply {
+                    group: handle.name().to_string(),
+                    members: handle.members(),
+                    log_index: handle.metrics().last_applied.map_or(0, |l| l.index),
+                }));
+            }
             return Err(ApiError::NotFound(format!("{name} is not a member of {group}")).into());
         }
         let voters: BTreeSet<u64> = handle

@@ -346,15 +346,20 @@ impl BuildService for BuildApi {
         if let Some(service) = service {
             crate::auth::may_touch(&service)?;
         }
-        propose(
-            h,
-            BuildCommand::Cancel {
-                id: req.id.clone(),
-                now_ms: now_ms(),
-                by: by(),
-            },
-        )
-        .await?;
+        let cancel = GlobalCommand::Build(BuildCommand::Cancel {
+            id: req.id.clone(),
+            now_ms: now_ms(),
+            by: by(),
+        });
+        let cmd = crate::request_id::once::<deploy_state::GlobalState>(&req.request_id, cancel)?;
+        match h.propose(cmd).await?.1 {
+            // Sent again under its request id: the build is read as it is now.
+            SmResponse::Build(_) | SmResponse::Repeated { .. } => {}
+            SmResponse::BuildRejected(e) => return Err(build_error(e).into()),
+            other => {
+                return Err(ApiError::Internal(format!("unexpected response {other:?}")).into())
+            }
+        }
         tracing::info!(build = %req.id, "build cancelled");
         Ok(Response::new(read_build(
             h,

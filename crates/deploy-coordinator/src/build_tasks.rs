@@ -2,8 +2,8 @@
 //! collecting finished builds under the retention policy.
 //!
 //! The loops run on every node that hosts the global group and act only while it leads, so
-//! a new leader picks the work up from the committed state: leases keep their absolute
-//! expiry times, and replication skips chunks the destination already holds.
+//! a new leader picks the work up from the committed state: it watches each lease afresh on
+//! its own clock (`lease_watch`), and replication skips chunks the destination already holds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,27 +43,25 @@ async fn ticks(node: &Node, every: Duration) -> bool {
 }
 
 async fn reaper(node: Arc<Node>) {
+    let lease = Duration::from_millis(node.config.builds.lease_ms);
     while ticks(&node, REAP_EVERY).await {
         let Some(h) = node.global() else {
             return;
         };
         if !h.is_leader() {
+            node.leases.clear();
             continue;
         }
-        let now = now_ms();
-        let any_expired = h.state.read(|d| {
-            let b = &d.state.builds;
-            b.running
-                .iter()
-                .filter_map(|s| b.by_seq.get(s))
-                .any(|b| b.lease.as_ref().is_none_or(|l| l.expires_at_ms < now))
-        });
-        if !any_expired {
+        let running: Vec<_> = h.state.read(|d| d.state.builds.lease_versions().collect());
+        let mut leases = node.leases.observe(running, Instant::now(), lease);
+        if leases.is_empty() {
             continue;
         }
+        leases.truncate(deploy_state::builds::MAX_EXPIRE);
         let cmd = BuildCommand::ExpireLeases {
-            now_ms: now,
+            now_ms: now_ms(),
             max_attempts: node.config.builds.max_attempts,
+            leases,
         };
         match propose(h, cmd).await {
             Ok(r) => info!(result = ?r, "expired build leases"),

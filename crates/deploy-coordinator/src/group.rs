@@ -285,8 +285,14 @@ impl<C: GroupTypes> GroupHandle<C> {
     }
 
     /// Sets or deletes a metadata key, checked against the state before it is proposed.
-    pub async fn set_meta(&self, key: String, value: Option<String>) -> WriteResult {
-        let cmd = C::State::set_meta(key, value);
+    pub async fn set_meta(
+        &self,
+        key: String,
+        value: Option<String>,
+        request_id: &str,
+    ) -> WriteResult {
+        let cmd = crate::request_id::once::<C::State>(request_id, C::State::set_meta(key, value))
+            .map_err(Err)?;
         self.state
             .read(|d| d.state.check(&cmd))
             .map_err(|e| Err(ApiError::InvalidArgument(e.to_string())))?;
@@ -499,8 +505,13 @@ impl<'a> AnyGroup<'a> {
     }
 
     /// Sets or deletes a metadata key, checked against the state before it is proposed.
-    pub async fn set_meta(&self, key: String, value: Option<String>) -> WriteResult {
-        each!(self, h => h.set_meta(key, value).await)
+    pub async fn set_meta(
+        &self,
+        key: String,
+        value: Option<String>,
+        request_id: &str,
+    ) -> WriteResult {
+        each!(self, h => h.set_meta(key, value, request_id).await)
     }
 
     /// A metadata key's value and the index it was read at.

@@ -79,6 +79,8 @@ pub struct Node {
     pub reports: crate::reports::Reports,
     /// How far each region applied the global decisions, seen from its pulls (soft state).
     pub pulls: crate::pulls::Pulls,
+    /// The running builds' leases as this node, leading the global group, watched them.
+    pub leases: crate::lease_watch::LeaseWatch,
     /// Chunks this node served from its region's store over HTTP.
     pub chunk_reads: std::sync::atomic::AtomicU64,
     /// Event counts for `/metrics`.
@@ -148,6 +150,7 @@ impl Node {
             trusted,
             reports: Default::default(),
             pulls: Default::default(),
+            leases: Default::default(),
             chunk_reads: Default::default(),
             metrics: Default::default(),
             transport: options.transport.clone(),

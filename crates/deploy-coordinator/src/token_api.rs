@@ -51,9 +51,20 @@ fn secret() -> Result<String, ApiError> {
     ))
 }
 
-async fn propose(h: &GroupHandle<GlobalTypes>, cmd: TokenCommand) -> Result<String, ApiError> {
-    match h.propose(GlobalCommand::Token(cmd)).await?.1 {
-        SmResponse::Token { name } => Ok(name),
+/// Proposes a token change, once for `request_id` (if any); `Ok(None)`: the id had already
+/// applied it.
+async fn propose(
+    h: &GroupHandle<GlobalTypes>,
+    cmd: TokenCommand,
+    request_id: &str,
+) -> Result<Option<String>, ApiError> {
+    let cmd = crate::request_id::once::<deploy_state::GlobalState>(
+        request_id,
+        GlobalCommand::Token(cmd),
+    )?;
+    match h.propose(cmd).await?.1 {
+        SmResponse::Token { name } => Ok(Some(name)),
+        SmResponse::Repeated { .. } => Ok(None),
         SmResponse::TokenRejected(e) => Err(token_error(e)),
         other => Err(ApiError::Internal(format!("unexpected response {other:?}"))),
     }
@@ -114,14 +125,24 @@ impl TokenService for TokenApi {
             created_at_ms: now_ms(),
         };
         let info = info_of(&token);
-        propose(
+        let made = propose(
             h,
             TokenCommand::Create {
                 token,
                 regions: self.routing.regions(),
             },
+            &req.request_id,
         )
         .await?;
+        if made.is_none() {
+            // Its secret went out in the answer that was lost, and no node keeps it.
+            return Err(ApiError::AlreadyExists(format!(
+                "request {} already created token {}; its secret is shown only once, in the \
+                 answer that was lost: revoke the token and create another",
+                req.request_id, info.name
+            ))
+            .into());
+        }
         info!(token = %info.name, role = %info.role, "token created");
         Ok(Response::new(pb::CreateTokenReply {
             token: Some(info),
@@ -183,6 +204,7 @@ impl TokenService for TokenApi {
                 now_ms: now_ms(),
                 regions: self.routing.regions(),
             },
+            &req.request_id,
         )
         .await?;
         info!(token = %req.name, "token revoked");

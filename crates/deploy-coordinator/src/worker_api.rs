@@ -2,7 +2,7 @@
 //! Every call runs on the global leader (forwarded there by whichever node receives it).
 
 use deploy_raft::GlobalTypes;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deploy_proto::v1::worker_service_client::WorkerServiceClient;
 use deploy_proto::v1::worker_service_server::WorkerService;
@@ -145,7 +145,7 @@ impl WorkerService for WorkerApi {
             // Only propose when there is work: an empty poll writes nothing to the log.
             let pending = h.state.read(|d| {
                 let b = &d.state.builds;
-                !b.queued.is_empty() || b.held_by(&req.worker, now_ms()).is_some()
+                !b.queued.is_empty() || b.held_by(&req.worker).is_some()
             });
             if pending {
                 let cmd = BuildCommand::Acquire {
@@ -211,9 +211,9 @@ impl WorkerService for WorkerApi {
             d.state
                 .builds
                 .get(&req.id)
-                .map(|b| (b.state, b.lease.clone()))
+                .map(|b| (b.state, b.seq, b.lease.clone()))
         });
-        let Some((state, lease)) = seen else {
+        let Some((state, seq, lease)) = seen else {
             return stop(format!("build {} does not exist", req.id), false);
         };
         if state == BuildState::Cancelled {
@@ -229,9 +229,11 @@ impl WorkerService for WorkerApi {
                 false,
             );
         };
-        // Most renewals are answered from the state: the log is written only once a third of
-        // the lease has been used.
-        if lease.expires_at_ms >= now + lease_ms * 2 / 3 {
+        // Most renewals are answered from the state: the log is written only once this
+        // leader has watched the lease's version for a third of the lease (its own clock).
+        let watch = &self.routing.node.leases;
+        let third = Duration::from_millis(lease_ms / 3);
+        if watch.fresh(lease.version(seq), Instant::now(), third) {
             return Ok(Response::new(RenewLeaseReply {
                 ok: true,
                 ..Default::default()
@@ -245,10 +247,24 @@ impl WorkerService for WorkerApi {
             lease_ms,
         };
         match propose(h, cmd).await {
-            Ok(_) => Ok(Response::new(RenewLeaseReply {
-                ok: true,
-                ..Default::default()
-            })),
+            Ok(_) => {
+                let renewed = h.state.read(|d| {
+                    d.state
+                        .builds
+                        .by_seq
+                        .get(&seq)
+                        .and_then(|b| b.lease.as_ref())
+                        .filter(|l| l.worker == req.worker && l.attempt == req.attempt)
+                        .map(|l| l.version(seq))
+                });
+                if let Some(v) = renewed {
+                    watch.renewed(v, Instant::now());
+                }
+                Ok(Response::new(RenewLeaseReply {
+                    ok: true,
+                    ..Default::default()
+                }))
+            }
             Err(ApiError::FailedPrecondition(why)) => stop(why, false),
             Err(e) => Err(e.into()),
         }

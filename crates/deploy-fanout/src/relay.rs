@@ -168,6 +168,8 @@ pub struct Stats {
     pub upstream_fetches: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub bytes_served: AtomicU64,
+    /// Rack reports the region's leader took (one every `REPORT_EVERY` while it answers).
+    pub rack_reports: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -630,6 +632,11 @@ async fn metrics(State(me): State<Arc<Inner>>) -> Response {
             "Bytes served to hosts",
             load(&s.bytes_served),
         ),
+        (
+            "deploy_relay_rack_reports",
+            "Rack reports the region's leader took",
+            load(&s.rack_reports),
+        ),
     ] {
         let c: Counter = Counter::default();
         c.inc_by(v);
@@ -1024,7 +1031,10 @@ async fn send_reports(me: Arc<Inner>, stop: CancellationToken) {
             relay: me.opts.id.clone(),
         };
         match me.client.report_rack(req).await {
-            Ok(reply) => me.set_goals(&reply),
+            Ok(reply) => {
+                me.stats.rack_reports.fetch_add(1, Ordering::Relaxed);
+                me.set_goals(&reply)
+            }
             Err(e) => debug!(error = %e, "rack report not delivered"),
         }
         tokio::select! {

@@ -293,9 +293,22 @@ pub fn commands() -> Vec<Command> {
             now_ms: 1_800,
             by: None,
         }),
+        Command::Once {
+            request_id: "0123456789abcdef".into(),
+            now_ms: 99_000,
+            cmd: Box::new(Command::SetMeta {
+                key: "k".into(),
+                value: Some("v".into()),
+            }),
+        },
         Command::Build(BuildCommand::ExpireLeases {
             now_ms: 99_999,
             max_attempts: 3,
+            leases: vec![deploy_state::builds::LeaseVersion {
+                seq: 1,
+                attempt: 1,
+                renewals: 2,
+            }],
         }),
         Command::Release(ReleaseCommand::Act {
             id: "r-1".into(),
@@ -336,6 +349,14 @@ pub fn region_state_commands() -> Vec<RegionalCommand> {
         RegionalCommand::SetMeta {
             key: "owner".into(),
             value: Some("ops".into()),
+        },
+        RegionalCommand::Once {
+            request_id: "fedcba9876543210".into(),
+            now_ms: 1_000,
+            cmd: Box::new(RegionalCommand::SetMeta {
+                key: "team".into(),
+                value: Some("infra".into()),
+            }),
         },
         RegionalCommand::Region(RegionCommand::RegisterHosts {
             hosts: vec![

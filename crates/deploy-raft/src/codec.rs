@@ -20,8 +20,8 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 
 /// The record format this build writes, and the only one it reads (2: each kind of group
 /// logs its own command enum; 3: a collect carries the decisions every region applied, and
-/// request ids their time).
-pub const FORMAT_VERSION: u8 = 3;
+/// request ids their time; 4: a lease has a version, and an expiry names the versions it ends).
+pub const FORMAT_VERSION: u8 = 4;
 
 /// What a snapshot stream starts with, before its version byte.
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"DSNP";

@@ -4,8 +4,15 @@
 //! applying stays deterministic. A lease names a worker and an attempt number; the attempt is
 //! the fencing token: renewals and completions that carry an older attempt, another worker,
 //! or arrive after the lease expired are refused, so a worker that lost its lease can never
-//! decide the build's result. Leases are absolute expiry times in the replicated state, so a
-//! leader change keeps each one valid for exactly its remaining time.
+//! decide the build's result.
+//!
+//! No replica compares clocks to decide that a lease ran out: stamps come from whichever node
+//! led when each command was proposed, and their wall clocks need not agree. A lease holds
+//! until a committed [`BuildCommand::ExpireLeases`] names it, at the exact version
+//! (attempt, renewals) its proposer watched go unrenewed for a whole lease on its own
+//! monotonic clock (the coordinator's `lease_watch`). A renewal committed meanwhile changes
+//! the version, and the expiry then leaves the lease alone. `expires_at_ms` is what the
+//! stamping leader's clock expected, kept for people to read.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,8 +76,35 @@ impl BuildState {
 pub struct Lease {
     pub worker: String,
     pub attempt: u32,
+    /// The stamping leader's expectation (for display): expiry is decided by
+    /// [`BuildCommand::ExpireLeases`], never by comparing this with another clock.
     pub expires_at_ms: u64,
+    /// Renewals committed for this attempt: with the attempt, the lease's version.
+    pub renewals: u32,
 }
+
+/// One version of one build's lease: what an expiry names, so that a renewal committed
+/// after the proposer looked makes the expiry a no-op for that lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LeaseVersion {
+    pub seq: u64,
+    pub attempt: u32,
+    pub renewals: u32,
+}
+
+impl Lease {
+    pub fn version(&self, seq: u64) -> LeaseVersion {
+        LeaseVersion {
+            seq,
+            attempt: self.attempt,
+            renewals: self.renewals,
+        }
+    }
+}
+
+/// Leases one expiry names, at most: running builds are bounded by the workers, and an
+/// entry stays small.
+pub const MAX_EXPIRE: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
@@ -216,8 +250,14 @@ pub enum BuildCommand {
         regions: Vec<String>,
         max_attempts: u32,
     },
-    /// Re-queues builds whose lease expired before `now_ms`; fails those out of attempts.
-    ExpireLeases { now_ms: u64, max_attempts: u32 },
+    /// Re-queues the builds whose leases are still at exactly the versions named (their
+    /// proposer saw each go unrenewed for a whole lease); fails those out of attempts.
+    /// `now_ms` only stamps the history.
+    ExpireLeases {
+        now_ms: u64,
+        max_attempts: u32,
+        leases: Vec<LeaseVersion>,
+    },
     /// `region`'s store now holds the whole artifact of build `id`.
     Replicated {
         id: String,
@@ -331,16 +371,24 @@ impl Builds {
             .ok_or_else(|| BuildError::NotFound(id.chars().take(40).collect()))
     }
 
-    /// The running build whose live lease `worker` holds, if any. A worker runs one build at a
+    /// The running build whose lease `worker` holds, if any. A worker runs one build at a
     /// time and only polls between builds, so a poll from a worker that still holds a lease
     /// means the reply that handed it out was lost (a leader died after committing it).
-    pub fn held_by(&self, worker: &str, now_ms: u64) -> Option<u64> {
+    pub fn held_by(&self, worker: &str) -> Option<u64> {
         self.running.iter().copied().find(|seq| {
-            self.by_seq.get(seq).is_some_and(|b| {
-                b.lease
-                    .as_ref()
-                    .is_some_and(|l| l.worker == worker && l.expires_at_ms >= now_ms)
-            })
+            self.by_seq
+                .get(seq)
+                .is_some_and(|b| b.lease.as_ref().is_some_and(|l| l.worker == worker))
+        })
+    }
+
+    /// The version of every running build's lease.
+    pub fn lease_versions(&self) -> impl Iterator<Item = LeaseVersion> + '_ {
+        self.running.iter().filter_map(|seq| {
+            self.by_seq
+                .get(seq)
+                .and_then(|b| b.lease.as_ref())
+                .map(|l| l.version(*seq))
         })
     }
 
@@ -357,15 +405,9 @@ impl Builds {
         Ok(b)
     }
 
-    /// Checks a lease claim: the build is running under exactly this worker and attempt, and
-    /// the lease has not expired.
-    fn check_lease(
-        &self,
-        id: &str,
-        worker: &str,
-        attempt: u32,
-        now_ms: u64,
-    ) -> Result<u64, BuildError> {
+    /// Checks a lease claim: the build is running under exactly this worker and attempt (an
+    /// expired lease is gone, or has a newer attempt). No clock is compared.
+    fn check_lease(&self, id: &str, worker: &str, attempt: u32) -> Result<u64, BuildError> {
         let b = self
             .get(id)
             .ok_or_else(|| BuildError::NotFound(id.chars().take(40).collect()))?;
@@ -384,12 +426,6 @@ impl Builds {
             return Err(stale(format!(
                 "attempt {attempt} of {worker} is not the current lease (attempt {} of {})",
                 lease.attempt, lease.worker
-            )));
-        }
-        if now_ms > lease.expires_at_ms {
-            return Err(stale(format!(
-                "the lease expired at {} ms",
-                lease.expires_at_ms
             )));
         }
         Ok(b.seq)
@@ -510,12 +546,13 @@ impl Builds {
                     .ok_or_else(|| BuildError::UnknownWorker(worker.clone()))?;
                 // Hand a lost assignment back to its holder instead of leaving the build to
                 // wait out its lease: same attempt, fresh expiry.
-                if let Some(seq) = self.held_by(worker, *now_ms) {
+                if let Some(seq) = self.held_by(worker) {
                     if let Some(b) = self.by_seq.get_mut(&seq) {
                         let expires_at_ms = now_ms.saturating_add(*lease_ms);
                         let attempt = b.attempts;
                         if let Some(l) = b.lease.as_mut() {
                             l.expires_at_ms = expires_at_ms;
+                            l.renewals = l.renewals.saturating_add(1);
                         }
                         let note = format!("attempt {attempt} handed to {worker} again");
                         b.to(BuildState::Running, *now_ms, note);
@@ -538,6 +575,7 @@ impl Builds {
                     worker: worker.clone(),
                     attempt: b.attempts,
                     expires_at_ms,
+                    renewals: 0,
                 });
                 b.worker = worker.clone();
                 b.worker_region = region;
@@ -558,14 +596,15 @@ impl Builds {
                 now_ms,
                 lease_ms,
             } => {
-                let seq = self.check_lease(id, worker, *attempt, *now_ms)?;
+                let seq = self.check_lease(id, worker, *attempt)?;
                 let b = self
                     .by_seq
                     .get_mut(&seq)
                     .ok_or_else(|| BuildError::NotFound(id.clone()))?;
                 let expires_at_ms = now_ms.saturating_add(*lease_ms);
                 if let Some(l) = b.lease.as_mut() {
-                    l.expires_at_ms = l.expires_at_ms.max(expires_at_ms);
+                    l.expires_at_ms = expires_at_ms;
+                    l.renewals = l.renewals.saturating_add(1);
                 }
                 b.updated_at_ms = *now_ms;
                 Ok(BuildResponse::Leased { expires_at_ms })
@@ -579,7 +618,7 @@ impl Builds {
                 regions,
                 max_attempts,
             } => {
-                let seq = self.check_lease(id, worker, *attempt, *now_ms)?;
+                let seq = self.check_lease(id, worker, *attempt)?;
                 let b = self
                     .by_seq
                     .get_mut(&seq)
@@ -636,19 +675,22 @@ impl Builds {
             BuildCommand::ExpireLeases {
                 now_ms,
                 max_attempts,
+                leases,
             } => {
                 let mut requeued = Vec::new();
                 let mut failed = Vec::new();
-                let expired: Vec<u64> = self
-                    .running
+                // Only a lease still at the version its proposer watched go unrenewed.
+                let expired: BTreeSet<u64> = leases
                     .iter()
-                    .copied()
-                    .filter(|s| {
-                        self.by_seq
-                            .get(s)
-                            .and_then(|b| b.lease.as_ref())
-                            .is_none_or(|l| l.expires_at_ms < *now_ms)
+                    .filter(|v| {
+                        self.running.contains(&v.seq)
+                            && self
+                                .by_seq
+                                .get(&v.seq)
+                                .and_then(|b| b.lease.as_ref())
+                                .is_some_and(|l| l.version(v.seq) == **v)
                     })
+                    .map(|v| v.seq)
                     .collect();
                 for seq in expired {
                     self.running.remove(&seq);

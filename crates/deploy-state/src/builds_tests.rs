@@ -56,6 +56,17 @@ fn complete(
     })
 }
 
+/// Expires every running lease at its current version, as a leader that watched them all
+/// go unrenewed would.
+fn expire_all(q: &mut Builds, now_ms: u64) -> Result<BuildResponse, BuildError> {
+    let leases = q.lease_versions().collect();
+    q.apply(&BuildCommand::ExpireLeases {
+        now_ms,
+        max_attempts: MAX,
+        leases,
+    })
+}
+
 /// A test's short name for an artifact, as its digest.
 fn digest(name: &str) -> Digest {
     Digest::of(name.as_bytes())
@@ -169,11 +180,7 @@ fn lease_fencing_refuses_stale_attempts() {
         Ok(BuildResponse::Assigned { attempt: 1, .. })
     ));
     // The lease expires; the build goes to w2 as attempt 2.
-    q.apply(&BuildCommand::ExpireLeases {
-        now_ms: 10 + LEASE + 1,
-        max_attempts: MAX,
-    })
-    .unwrap();
+    expire_all(&mut q, 10 + LEASE + 1).unwrap();
     assert!(matches!(
         acquire(&mut q, "w2", 4000),
         Ok(BuildResponse::Assigned { attempt: 2, .. })
@@ -248,10 +255,14 @@ fn a_poll_from_a_lease_holder_hands_back_the_same_attempt() {
         b.history
     );
     assert_eq!(q.get(&second).unwrap().state, BuildState::Queued);
-    // Once that lease has expired, a poll takes new work instead.
-    let later = acquire(&mut q, "w1", 2000 + LEASE + 1).unwrap();
+    // Handing it back is a renewal: an expiry of the version before it leaves it alone.
+    let before = q.get(&first).unwrap().lease.as_ref().unwrap().version(1);
+    assert_eq!(before.renewals, 1);
+    // Once that lease has expired, a poll takes the next attempt instead.
+    expire_all(&mut q, 2000 + LEASE + 1).unwrap();
+    let later = acquire(&mut q, "w1", 2000 + LEASE + 2).unwrap();
     assert!(
-        matches!(&later, BuildResponse::Assigned { id, attempt: 1, .. } if *id == second),
+        matches!(&later, BuildResponse::Assigned { id, attempt: 2, .. } if *id == first),
         "{later:?}"
     );
 }
@@ -267,11 +278,7 @@ fn expired_leases_fail_the_build_after_max_attempts() {
             matches!(acquire(&mut q, "w1", now), Ok(BuildResponse::Assigned { attempt: a, .. }) if a == attempt)
         );
         now += LEASE + 1;
-        q.apply(&BuildCommand::ExpireLeases {
-            now_ms: now,
-            max_attempts: MAX,
-        })
-        .unwrap();
+        expire_all(&mut q, now).unwrap();
     }
     let b = q.get(&id).unwrap();
     assert_eq!(b.state, BuildState::Failed);
@@ -287,11 +294,15 @@ fn expired_leases_fail_the_build_after_max_attempts() {
 }
 
 #[test]
-fn a_renewed_lease_survives_the_reaper_and_an_unrenewed_one_does_not() {
+fn a_renewal_committed_after_the_expiry_was_decided_keeps_the_lease() {
     let mut q = Builds::default();
     register(&mut q, "w1");
     let id = submit(&mut q, "svc", 0);
     acquire(&mut q, "w1", 0).unwrap();
+    // The leader decided to expire the lease as it saw it...
+    let seen: Vec<LeaseVersion> = q.lease_versions().collect();
+    assert_eq!(seen[0].renewals, 0);
+    // ...and a renewal committed first.
     q.apply(&BuildCommand::Renew {
         id: id.clone(),
         worker: "w1".into(),
@@ -304,6 +315,7 @@ fn a_renewed_lease_survives_the_reaper_and_an_unrenewed_one_does_not() {
         .apply(&BuildCommand::ExpireLeases {
             now_ms: 4000,
             max_attempts: MAX,
+            leases: seen,
         })
         .unwrap();
     assert_eq!(
@@ -313,121 +325,74 @@ fn a_renewed_lease_survives_the_reaper_and_an_unrenewed_one_does_not() {
             failed: vec![]
         }
     );
+    assert_eq!(q.get(&id).unwrap().state, BuildState::Running);
+    // The version after the renewal expires, once; naming it twice expires it once.
+    let v = q.lease_versions().next().unwrap();
     let r = q
         .apply(&BuildCommand::ExpireLeases {
             now_ms: 5001,
             max_attempts: MAX,
+            leases: vec![v, v],
         })
         .unwrap();
     assert_eq!(
         r,
         BuildResponse::Expired {
-            requeued: vec![id],
+            requeued: vec![id.clone()],
             failed: vec![]
         }
     );
+    assert_eq!(q.get(&id).unwrap().attempts, 1);
 }
 
+/// Leaders stamp commands with their own wall clocks, which need not agree. A lease stamped
+/// by a leader an hour ahead is renewed by one an hour behind and completed by one a day
+/// ahead: no replica takes the stamps for expiry, so the worker keeps its lease throughout.
 #[test]
-fn failures_retry_only_when_retryable() {
+fn skewed_stamps_neither_expire_nor_extend_a_lease() {
+    const HOUR: u64 = 3_600_000;
+    let t = 10 * 24 * HOUR;
     let mut q = Builds::default();
     register(&mut q, "w1");
     register(&mut q, "w2");
-    let a = submit(&mut q, "a", 0);
-    let b = submit(&mut q, "b", 0);
-    acquire(&mut q, "w1", 1).unwrap();
-    acquire(&mut q, "w2", 1).unwrap();
-    let fail = |error: &str, retry| Outcome::Failed {
-        error: error.into(),
-        retry,
-    };
-    assert_eq!(
-        complete(&mut q, &a, "w1", 1, 2, fail("commit not found", false)).unwrap(),
-        BuildResponse::State {
-            id: a.clone(),
-            state: BuildState::Failed
-        }
-    );
-    assert_eq!(
-        complete(&mut q, &b, "w2", 1, 2, fail("store unreachable", true)).unwrap(),
-        BuildResponse::State {
-            id: b.clone(),
-            state: BuildState::Queued
-        }
-    );
-    assert_eq!(
-        q.get(&a).unwrap().error.as_deref(),
-        Some("commit not found")
-    );
-}
-
-#[test]
-fn cancel_stops_queued_and_running_builds_and_fences_the_worker() {
-    let mut q = Builds::default();
-    register(&mut q, "w1");
-    let a = submit(&mut q, "a", 0);
-    let b = submit(&mut q, "b", 0);
-    acquire(&mut q, "w1", 1).unwrap(); // a runs
-    q.apply(&BuildCommand::Cancel {
-        id: a.clone(),
-        now_ms: 2,
-        by: None,
+    let id = submit(&mut q, "svc", t);
+    acquire(&mut q, "w1", t + HOUR).unwrap();
+    // A leader an hour behind renews it: accepted, and its version moves on.
+    q.apply(&BuildCommand::Renew {
+        id: id.clone(),
+        worker: "w1".into(),
+        attempt: 1,
+        now_ms: t - HOUR,
+        lease_ms: LEASE,
     })
     .unwrap();
-    q.apply(&BuildCommand::Cancel {
-        id: b.clone(),
-        now_ms: 2,
-        by: None,
-    })
-    .unwrap();
-    assert_eq!(q.get(&a).unwrap().state, BuildState::Cancelled);
-    assert_eq!(q.get(&b).unwrap().state, BuildState::Cancelled);
-    assert!(matches!(
-        complete(&mut q, &a, "w1", 1, 3, built("sha256:x")),
-        Err(BuildError::Stale { .. })
-    ));
-    assert_eq!(acquire(&mut q, "w1", 4), Ok(BuildResponse::NoWork));
-    assert!(matches!(
-        q.apply(&BuildCommand::Cancel {
-            id: a,
-            now_ms: 5,
-            by: None
-        }),
-        Err(BuildError::WrongState { .. })
-    ));
-}
-
-#[test]
-fn list_is_newest_first_filtered_and_paged() {
-    let mut q = Builds::default();
-    for i in 0..5u64 {
-        q.apply(&BuildCommand::Submit {
-            service: if i % 2 == 0 { "even" } else { "odd" }.into(),
-            repo: "/r".into(),
-            commit: format!("{i:040x}"),
-            now_ms: i,
-            by: None,
-            max_queued: None,
+    // That leader's poll from another worker does not take the build: it is held.
+    assert_eq!(acquire(&mut q, "w2", t - HOUR), Ok(BuildResponse::NoWork));
+    // A leader a day ahead stamps an expiry that names no lease: nothing expires.
+    let r = q
+        .apply(&BuildCommand::ExpireLeases {
+            now_ms: t + 24 * HOUR,
+            max_attempts: MAX,
+            leases: vec![],
         })
         .unwrap();
-    }
-    let all: Vec<String> = q.list(None, None, None).map(Build::id).collect();
-    assert_eq!(all, ["b-5", "b-4", "b-3", "b-2", "b-1"]);
-    let even: Vec<String> = q.list(Some("even"), None, None).map(Build::id).collect();
-    assert_eq!(even, ["b-5", "b-3", "b-1"]);
-    let page: Vec<String> = q
-        .list(None, Some(BuildState::Queued), Some(3))
-        .map(Build::id)
-        .collect();
-    assert_eq!(page, ["b-2", "b-1"]);
-}
-
-#[test]
-fn build_ids_parse_strictly() {
-    assert_eq!(parse_build_id("b-12"), Some(12));
-    for bad in ["", "b-", "b-01", "12", "b-1x", "b--1", "B-1"] {
-        assert_eq!(parse_build_id(bad), None, "{bad}");
-    }
+    assert_eq!(
+        r,
+        BuildResponse::Expired {
+            requeued: vec![],
+            failed: vec![]
+        }
+    );
+    // The same leader takes w1's result: its stamp is far past the expiry the first leader
+    // wrote, and the lease still holds.
+    let done = complete(&mut q, &id, "w1", 1, t + 24 * HOUR, built("sha256:ok")).unwrap();
+    assert_eq!(
+        done,
+        BuildResponse::State {
+            id,
+            state: BuildState::Replicating
+        }
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -436,7 +401,7 @@ enum Op {
     Acquire(u8),
     Renew(u8, u8, u32),
     Complete(u8, u8, u32, bool, bool),
-    Expire,
+    Expire(u8),
     Cancel(u8),
     Tick(u64),
 }
@@ -448,7 +413,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..6, 0u8..3, 0u32..5).prop_map(|(b, w, a)| Op::Renew(b, w, a)),
         (0u8..6, 0u8..3, 0u32..5, any::<bool>(), any::<bool>())
             .prop_map(|(b, w, a, ok, retry)| Op::Complete(b, w, a, ok, retry)),
-        Just(Op::Expire),
+        any::<u8>().prop_map(Op::Expire),
         (0u8..6).prop_map(Op::Cancel),
         (0u64..2500).prop_map(Op::Tick),
     ]
@@ -479,14 +444,21 @@ proptest! {
                     let outcome = if *ok { built(&format!("d{b}-{a}")) } else { Outcome::Failed { error: "x".into(), retry: *retry } };
                     complete(&mut q, &build_id(*b as u64), workers[*w as usize], *a, now, outcome)
                 }
-                Op::Expire => q.apply(&BuildCommand::ExpireLeases { now_ms: now, max_attempts: MAX }),
+                // Some of the running leases, at their versions, or one version behind.
+                Op::Expire(pick) => {
+                    let leases = q.lease_versions().enumerate()
+                        .filter(|(i, _)| pick & (1 << (i % 4)) != 0)
+                        .map(|(i, v)| if pick & 0x80 != 0 && i % 2 == 0 { LeaseVersion { renewals: v.renewals.wrapping_sub(1), ..v } } else { v })
+                        .collect();
+                    q.apply(&BuildCommand::ExpireLeases { now_ms: now, max_attempts: MAX, leases })
+                }
                 Op::Cancel(b) => q.apply(&BuildCommand::Cancel { id: build_id(*b as u64), now_ms: now, by: None }),
                 Op::Tick(d) => { now += d; Ok(BuildResponse::NoWork) }
             };
             // A renewal or completion is accepted only from the live lease holder.
             if let (Op::Renew(b, w, a) | Op::Complete(b, w, a, _, _), Ok(_)) = (&op, &result) {
                 let held = before.by_seq.get(&(*b as u64)).and_then(|x| x.lease.clone());
-                let held = held.filter(|l| l.worker == workers[*w as usize] && l.attempt == *a && now <= l.expires_at_ms);
+                let held = held.filter(|l| l.worker == workers[*w as usize] && l.attempt == *a);
                 prop_assert!(held.is_some(), "{op:?} accepted without the live lease");
             }
             // A refused command changes nothing.
@@ -496,7 +468,7 @@ proptest! {
             // A worker holds at most one live lease: a poll re-delivers the one it holds.
             for w in workers {
                 let live = q.by_seq.values().filter(|b| b.lease.as_ref()
-                    .is_some_and(|l| l.worker == w && l.expires_at_ms >= now)).count();
+                    .is_some_and(|l| l.worker == w)).count();
                 prop_assert!(live <= 1, "{} holds {} live leases", w, live);
             }
             for (seq, b) in &q.by_seq {

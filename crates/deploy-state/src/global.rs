@@ -23,6 +23,13 @@ pub enum GlobalCommand {
     Batch(Vec<GlobalCommand>),
     /// Finished builds and releases beyond the retention policy leave the state.
     Collect(retention::Collect),
+    /// `cmd` (metadata, a build's cancel, a token), applied once for `request_id`; sent
+    /// again, it answers [`Response::Repeated`].
+    Once {
+        request_id: String,
+        now_ms: u64,
+        cmd: Box<GlobalCommand>,
+    },
 }
 
 /// The replicated state of the global group.
@@ -36,6 +43,8 @@ pub struct GlobalState {
     pub releases: Releases,
     /// API tokens.
     pub tokens: tokens::Tokens,
+    /// Request ids of the writes that applied (see [`crate::once`]).
+    pub once: crate::once::Once,
 }
 
 impl StateMachine for GlobalState {
@@ -52,8 +61,32 @@ impl StateMachine for GlobalState {
                 commit,
                 ..
             }) => crate::check_build_input(service, repo, commit)?,
+            GlobalCommand::Build(BuildCommand::ExpireLeases { leases, .. })
+                if leases.len() > crate::builds::MAX_EXPIRE =>
+            {
+                return Err(crate::builds::BuildError::Invalid {
+                    field: "leases".into(),
+                    why: format!(
+                        "an expiry names at most {} leases, not {}",
+                        crate::builds::MAX_EXPIRE,
+                        leases.len()
+                    ),
+                }
+                .into());
+            }
             GlobalCommand::Token(tokens::TokenCommand::Create { token, .. }) => {
                 tokens::check(token)?
+            }
+            GlobalCommand::Once {
+                request_id, cmd, ..
+            } => {
+                crate::once::check_id(request_id)?;
+                match cmd.as_ref() {
+                    GlobalCommand::SetMeta { .. }
+                    | GlobalCommand::Build(BuildCommand::Cancel { .. })
+                    | GlobalCommand::Token(_) => self.check(cmd)?,
+                    _ => return Err(CommandError::NotOnce("only metadata, a cancel or a token")),
+                }
             }
             GlobalCommand::Build(_)
             | GlobalCommand::Release(_)
@@ -86,6 +119,20 @@ impl StateMachine for GlobalState {
             GlobalCommand::Token(c) => self.token(c),
             GlobalCommand::Collect(c) => Response::Collected(self.collect(c)),
             GlobalCommand::Batch(_) => Response::Rejected("a batch inside a batch".into()),
+            GlobalCommand::Once {
+                request_id,
+                now_ms,
+                cmd,
+            } => {
+                if let Some(first_ms) = self.once.seen(request_id) {
+                    return Response::Repeated { first_ms };
+                }
+                let r = self.apply(cmd);
+                if crate::once::applied(&r) {
+                    self.once.remember(request_id, *now_ms);
+                }
+                r
+            }
         }
     }
 
@@ -102,6 +149,14 @@ impl StateMachine for GlobalState {
 
     fn set_meta(key: String, value: Option<String>) -> GlobalCommand {
         GlobalCommand::SetMeta { key, value }
+    }
+
+    fn once(request_id: String, now_ms: u64, cmd: GlobalCommand) -> GlobalCommand {
+        GlobalCommand::Once {
+            request_id,
+            now_ms,
+            cmd: Box::new(cmd),
+        }
     }
 
     fn meta(&self) -> &imbl::OrdMap<String, String> {

@@ -12,6 +12,7 @@
 pub mod builds;
 mod global;
 mod meta;
+pub mod once;
 pub mod region;
 mod regional;
 pub mod releases;
@@ -59,6 +60,10 @@ pub enum Response {
     TokenRejected(tokens::TokenError),
     /// What a collect removed, for the store's history.
     Collected(retention::Collected),
+    /// A `Once` whose request id already applied (at `first_ms`): nothing changed now.
+    Repeated {
+        first_ms: u64,
+    },
 }
 
 /// Why a command is refused. Checked before proposing and again when applying, so a command
@@ -71,6 +76,10 @@ pub enum CommandError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Token(#[from] tokens::TokenError),
+    #[error(transparent)]
+    RequestId(#[from] once::BadRequestId),
+    #[error("a request id names one write: {0} cannot be wrapped")]
+    NotOnce(&'static str),
 }
 
 /// `s` cut to at most `max` bytes (on a character boundary), marked with `...` when cut.
@@ -152,6 +161,9 @@ pub trait StateMachine:
 
     /// The command that sets (`Some`) or deletes (`None`) a metadata key: every group has one.
     fn set_meta(key: String, value: Option<String>) -> Self::Command;
+
+    /// `cmd`, applied at most once for `request_id` (see [`once`]): every group has it.
+    fn once(request_id: String, now_ms: u64, cmd: Self::Command) -> Self::Command;
 
     /// Operator-set key/value pairs.
     fn meta(&self) -> &imbl::OrdMap<String, String>;

@@ -15,6 +15,12 @@ pub enum RegionalCommand {
     Region(RegionCommand),
     /// Commands proposed at the same time, in one log entry (see [`crate::GlobalCommand`]).
     Batch(Vec<RegionalCommand>),
+    /// A metadata change applied once for `request_id` (see [`crate::once`]).
+    Once {
+        request_id: String,
+        now_ms: u64,
+        cmd: Box<RegionalCommand>,
+    },
 }
 
 /// The replicated state of one regional group.
@@ -24,14 +30,28 @@ pub struct RegionalState {
     pub meta: imbl::OrdMap<String, String>,
     /// The region itself.
     pub region: Region,
+    /// Request ids of the writes that applied (see [`crate::once`]).
+    pub once: crate::once::Once,
 }
 
 impl StateMachine for RegionalState {
     type Command = RegionalCommand;
 
     fn check(&self, cmd: &RegionalCommand) -> Result<(), CommandError> {
-        if let RegionalCommand::SetMeta { key, value } = cmd {
-            meta::check(&self.meta, key, value.as_deref())?;
+        match cmd {
+            RegionalCommand::SetMeta { key, value } => {
+                meta::check(&self.meta, key, value.as_deref())?
+            }
+            RegionalCommand::Once {
+                request_id, cmd, ..
+            } => {
+                crate::once::check_id(request_id)?;
+                if !matches!(cmd.as_ref(), RegionalCommand::SetMeta { .. }) {
+                    return Err(CommandError::NotOnce("only metadata"));
+                }
+                self.check(cmd)?;
+            }
+            RegionalCommand::Region(_) | RegionalCommand::Batch(_) => {}
         }
         Ok(())
     }
@@ -44,10 +64,36 @@ impl StateMachine for RegionalState {
             RegionalCommand::SetMeta { key, value } => {
                 crate::apply_meta(&mut self.meta, key, value)
             }
-            RegionalCommand::Region(c) => match self.region.apply(c) {
-                Ok(r) => Response::Region(r),
-                Err(e) => Response::ReleaseRejected(e),
-            },
+            RegionalCommand::Region(c) => {
+                // Request ids leave by the same policy as the finished release records.
+                if let crate::region::RegionCommand::Collect {
+                    now_ms, keep_ms, ..
+                } = c
+                {
+                    self.once.forget_before(
+                        now_ms.saturating_sub(*keep_ms),
+                        crate::retention::MAX_COLLECT,
+                    );
+                }
+                match self.region.apply(c) {
+                    Ok(r) => Response::Region(r),
+                    Err(e) => Response::ReleaseRejected(e),
+                }
+            }
+            RegionalCommand::Once {
+                request_id,
+                now_ms,
+                cmd,
+            } => {
+                if let Some(first_ms) = self.once.seen(request_id) {
+                    return Response::Repeated { first_ms };
+                }
+                let r = self.apply(cmd);
+                if crate::once::applied(&r) {
+                    self.once.remember(request_id, *now_ms);
+                }
+                r
+            }
             RegionalCommand::Batch(cmds) => {
                 crate::apply_batch(self, cmds, |c| matches!(c, RegionalCommand::Batch(_)))
             }
@@ -67,6 +113,14 @@ impl StateMachine for RegionalState {
 
     fn set_meta(key: String, value: Option<String>) -> RegionalCommand {
         RegionalCommand::SetMeta { key, value }
+    }
+
+    fn once(request_id: String, now_ms: u64, cmd: RegionalCommand) -> RegionalCommand {
+        RegionalCommand::Once {
+            request_id,
+            now_ms,
+            cmd: Box::new(cmd),
+        }
     }
 
     fn meta(&self) -> &imbl::OrdMap<String, String> {

@@ -84,6 +84,7 @@ pub fn anything(state: &GlobalState, c: &Collect) -> bool {
             .releases
             .requests_collectable(requests_before(c), MAX_COLLECT)
             > 0
+        || state.once.forgettable(requests_before(c), MAX_COLLECT) > 0
 }
 
 /// Request ids first seen before this leave.
@@ -180,7 +181,9 @@ impl GlobalState {
                 .collect_decisions(c.decisions_upto, MAX_COLLECT) as u64,
             requests: self
                 .releases
-                .collect_requests(requests_before(c), MAX_COLLECT) as u64,
+                .collect_requests(requests_before(c), MAX_COLLECT)
+                .max(self.once.forget_before(requests_before(c), MAX_COLLECT))
+                as u64,
         }
     }
 }

@@ -8,7 +8,6 @@ use anyhow::Context;
 use deploy_coordinator::server::{launch, RunningNode};
 use deploy_coordinator::NodeOptions;
 use deploy_raft::network::ChannelPool;
-use tokio::net::TcpListener;
 use tracing::info;
 
 /// What `deployd dev` (and `deployd demo`) run.
@@ -79,13 +78,8 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevCluster> {
         .iter()
         .filter(|n| !exclude.contains(&n.id.to_string()))
     {
-        let l = TcpListener::bind(n.listen_addr()).await.with_context(|| {
-            format!(
-                "cannot listen on {} for node {}; is another deployd dev running?",
-                n.listen_addr(),
-                n.id
-            )
-        })?;
+        let what = format!("node {}; is another deployd dev running?", n.id);
+        let l = crate::listen::bind(n.listen_addr(), &what).await?;
         listeners.push((n.id.clone(), l));
     }
     let mut nodes: Vec<RunningNode> = Vec::new();

@@ -23,9 +23,7 @@ pub async fn spawn_relay(
     let transport = deploy_tls::Transport::of(config, id)
         .with_context(|| format!("relay {id} cannot set up TLS"))?;
     let (opts, addr) = relay_options(config, id, dir, limits, &transport)?;
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("relay {id} cannot listen on {addr}"))?;
+    let listener = crate::listen::bind(&addr.to_string(), &format!("relay {id}")).await?;
     let relay = Relay::new(opts)?;
     Ok(tokio::spawn(relay.run(listener, stop)))
 }

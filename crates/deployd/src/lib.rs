@@ -10,6 +10,7 @@ mod demo;
 mod dev;
 mod devcerts;
 mod fleet;
+pub mod listen;
 mod logging;
 mod node;
 mod probe;

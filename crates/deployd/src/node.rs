@@ -8,7 +8,6 @@ use deploy_coordinator::server::launch;
 use deploy_coordinator::NodeOptions;
 use deploy_raft::network::ChannelPool;
 use deploy_types::NodeName;
-use tokio::net::TcpListener;
 use tracing::{error, info};
 
 pub async fn run(
@@ -26,9 +25,7 @@ pub async fn run(
     let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(".deploy").join(me.as_str()));
     let transport = deploy_tls::Transport::of(&config, me.as_str())
         .with_context(|| format!("node {me} cannot set up TLS"))?;
-    let listener = TcpListener::bind(node_cfg.listen_addr())
-        .await
-        .with_context(|| format!("cannot listen on {} (node {me})", node_cfg.listen_addr()))?;
+    let listener = crate::listen::bind(node_cfg.listen_addr(), &format!("node {me}")).await?;
     let mut running = launch(
         config.clone(),
         me.clone(),

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -26,9 +25,7 @@ pub async fn serve(
     render: Render,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for /metrics"))?;
+    let listener = crate::listen::bind(addr, "/metrics").await?;
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(

@@ -18,64 +18,11 @@ pub mod router;
 pub mod s3;
 pub mod secure;
 
-use std::future::Future;
-use std::time::{Duration, Instant};
-
 pub use grpc::GrpcCluster;
 pub mod fleet;
-pub mod gitrepo;
 pub use inproc::InProcCluster;
 pub use process::ProcessCluster;
-
-/// Polls `check` until it returns `Some`, or fails after `within` naming `what`.
-pub async fn wait_until<T, F, Fut>(within: Duration, what: &str, check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    poll(within, what, Duration::from_millis(10), true, check).await
-}
-
-/// As [`wait_until`], but checking every `every` without backing off: for a condition that
-/// holds only briefly (a write half done), or when the moment it holds is a measurement.
-pub async fn wait_every<T, F, Fut>(
-    every: Duration,
-    within: Duration,
-    what: &str,
-    check: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    poll(within, what, every, false, check).await
-}
-
-async fn poll<T, F, Fut>(
-    within: Duration,
-    what: &str,
-    mut pause: Duration,
-    back_off: bool,
-    mut check: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(pause).await;
-        if back_off {
-            pause = (pause * 2).min(Duration::from_millis(200));
-        }
-    }
-}
+pub use test_support::{gitrepo, ports, wait_every, wait_until};
 
 /// Logs for tests: quiet by default, `RUST_LOG` to see more. Safe to call more than once.
 pub fn init_logging() {

@@ -9,41 +9,9 @@ use anyhow::{bail, Context};
 use deploy_client::Client;
 use tempfile::TempDir;
 
-/// The directory of the `deployd` and `deployctl` binaries: `DEPLOY_BIN_DIR`, else the
-/// profile directory the running test binary was built into.
-pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    let dir = match std::env::var_os("DEPLOY_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let exe = std::env::current_exe()?;
-            // target/<profile>/deps/<test> -> target/<profile>
-            exe.parent()
-                .and_then(Path::parent)
-                .map(Path::to_path_buf)
-                .context("cannot locate the target directory")?
-        }
-    };
-    for bin in ["deployd", "deployctl"] {
-        if !dir.join(bin).exists() {
-            bail!(
-                "{} is missing: build the binaries first (`cargo build --bins`; `cargo xtask test` does it)",
-                dir.join(bin).display()
-            );
-        }
-    }
-    Ok(dir)
-}
+use crate::ports::{spawn_with, Ports};
 
-/// Ports the OS reports free at this moment, distinct from each other.
-pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()?)
-}
+pub use test_support::{bin_dir, free_ports};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
@@ -66,6 +34,8 @@ pub struct ProcessCluster {
     bins: PathBuf,
     config_path: PathBuf,
     nodes: BTreeMap<String, Proc>,
+    /// Every process's port, held for the cluster's life; each start is passed its listener.
+    ports: Ports,
 }
 
 impl ProcessCluster {
@@ -84,12 +54,14 @@ impl ProcessCluster {
         let bins = bin_dir()?;
         let names = spec.node_names();
         let relays = spec.relay_ids();
-        let ports = free_ports(names.len() + relays.len())?;
+        let hosts: Vec<String> = spec.racks_of().into_iter().flat_map(|r| r.hosts).collect();
+        let ports = Ports::reserve(names.len() + relays.len() + spec.workers.len() + hosts.len())?;
+        let mut free = ports.addrs().into_iter();
         let addrs: BTreeMap<String, String> = names
             .iter()
             .chain(relays.iter())
-            .zip(ports)
-            .map(|(n, p)| (n.clone(), format!("127.0.0.1:{p}")))
+            .zip(free.by_ref())
+            .map(|(n, a)| (n.clone(), a.to_string()))
             .collect();
         let dir = TempDir::new()?;
         let config_path = dir.path().join("cluster.toml");
@@ -113,13 +85,12 @@ impl ProcessCluster {
             })
             .collect();
         // Workers and agents serve their probes (/metrics) on a port of their own.
-        let hosts: Vec<String> = spec.racks_of().into_iter().flat_map(|r| r.hosts).collect();
-        let mut probe_ports = free_ports(spec.workers.len() + hosts.len())?.into_iter();
+        let mut probe_ports = free.map(|a| a.to_string());
         for (id, _) in &spec.workers {
             nodes.insert(
                 id.clone(),
                 Proc {
-                    addr: format!("127.0.0.1:{}", probe_ports.next().unwrap_or_default()),
+                    addr: probe_ports.next().context("a reserved port")?,
                     kind: Kind::Worker,
                     child: None,
                 },
@@ -130,6 +101,7 @@ impl ProcessCluster {
             bins,
             config_path,
             nodes,
+            ports,
         };
         for n in names
             .iter()
@@ -142,7 +114,7 @@ impl ProcessCluster {
             cluster.nodes.insert(
                 h,
                 Proc {
-                    addr: format!("127.0.0.1:{}", probe_ports.next().unwrap_or_default()),
+                    addr: probe_ports.next().context("a reserved port")?,
                     kind: Kind::Agent(None),
                     child: None,
                 },
@@ -227,8 +199,8 @@ impl ProcessCluster {
         if matches!(p.kind, Kind::Worker | Kind::Agent(_)) {
             cmd.arg("--http").arg(&p.addr);
         }
-        let child = cmd
-            .arg("--config")
+        let listener = self.ports.listener(&p.addr)?;
+        cmd.arg("--config")
             .arg(&self.config_path)
             .arg("--id")
             .arg(name)
@@ -238,8 +210,8 @@ impl ProcessCluster {
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
+            .stderr(log);
+        let child = spawn_with(&mut cmd, vec![listener])
             .with_context(|| format!("spawn deployd node {name}"))?;
         p.child = Some(child);
         Ok(())

@@ -1,5 +1,5 @@
 //! A local S3-compatible server for tests: moto's `moto_server` (from PyPI; `cargo xtask test`
-//! installs it), on a loopback port of its own.
+//! installs it), on a loopback port of its own: it binds port 0 and says which it got.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -29,15 +29,37 @@ async fn http(addr: &str, method: &str, path: &str) -> anyhow::Result<u16> {
 
 impl MotoServer {
     pub async fn start() -> anyhow::Result<Self> {
-        let port = crate::process::free_ports(1)?[0];
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .context("cannot start moto_server (`cargo xtask test` installs it: pip install 'moto[server]')")?;
+        // Werkzeug says where it listens on stderr: " * Running on http://127.0.0.1:PORT".
+        let stderr = child.stderr.take().context("moto_server's stderr")?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("Running on http://").nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.trim().to_string());
+                    }
+                }
+                // Keep draining, so the server never blocks on a full pipe.
+            }
+        });
+        let addr = match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(a)) => a,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("moto_server did not say where it listens within 30 s");
+            }
+        };
         let server = Self {
             child,
             endpoint: format!("http://{addr}"),

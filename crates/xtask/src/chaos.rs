@@ -51,6 +51,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     setup::ensure_system_packages()?;
+    setup::ensure_faketime()?;
     if short {
         run_checked(cargo().args([
             "build",

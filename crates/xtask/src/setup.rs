@@ -105,6 +105,36 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// libfaketime, which the chaos fault `skew-clock` preloads into a node to set its wall clock
+/// off: Debian's `libfaketime`, installed when missing.
+pub fn ensure_faketime() -> anyhow::Result<()> {
+    let found = std::fs::read_dir("/usr/lib").is_ok_and(|dirs| {
+        dirs.flatten()
+            .any(|d| d.path().join("faketime/libfaketime.so.1").exists())
+    });
+    if found {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("the chaos scenario clock-skew needs libfaketime; run as root: apt-get update && apt-get install -y libfaketime");
+    }
+    eprintln!("xtask: installing libfaketime (the chaos fault skew-clock)");
+    for args in [
+        vec!["update"],
+        vec!["install", "-y", "--no-install-recommends", "libfaketime"],
+    ] {
+        let ok = Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get")?;
+        if !ok.success() {
+            bail!("apt-get {} failed ({ok})", args.join(" "));
+        }
+    }
+    Ok(())
+}
+
 /// etcd, the write benchmark's baseline: Debian's `etcd-server`, installed when missing.
 pub fn ensure_etcd() -> anyhow::Result<()> {
     if std::env::var_os("ETCD_BIN").is_some() || present("etcd") {
