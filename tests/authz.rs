@@ -146,6 +146,7 @@ async fn call(ch: &Channel, name: &str, ctx: &Ctx, tok: Option<&str>) -> Result<
                     group: "global".into(),
                     key: "owner".into(),
                     value: Some("ops".into()),
+                    request_id: String::new(),
                 },
                 tok,
             ))
@@ -157,6 +158,7 @@ async fn call(ch: &Channel, name: &str, ctx: &Ctx, tok: Option<&str>) -> Result<
                     group: "global".into(),
                     node_id: "g1".into(),
                     addr: "127.0.0.1:1".into(),
+                    request_id: String::new(),
                 },
                 tok,
             ))
@@ -167,6 +169,7 @@ async fn call(ch: &Channel, name: &str, ctx: &Ctx, tok: Option<&str>) -> Result<
                 pb::RemoveNodeRequest {
                     group: "global".into(),
                     node_id: "nobody".into(),
+                    request_id: String::new(),
                 },
                 tok,
             ))
@@ -202,6 +205,7 @@ async fn call(ch: &Channel, name: &str, ctx: &Ctx, tok: Option<&str>) -> Result<
             .cancel_build(req(
                 pb::CancelBuildRequest {
                     id: "b-999999".into(),
+                    request_id: String::new(),
                 },
                 tok,
             ))
@@ -211,6 +215,7 @@ async fn call(ch: &Channel, name: &str, ctx: &Ctx, tok: Option<&str>) -> Result<
             .cancel_build(req(
                 pb::CancelBuildRequest {
                     id: ctx.web_build.clone(),
+                    request_id: String::new(),
                 },
                 tok,
             ))
@@ -364,6 +369,7 @@ async fn call(ch: &Channel, name: &str, ctx: &Ctx, tok: Option<&str>) -> Result<
                     name: "viewer".into(),
                     role: "admin".into(),
                     services: vec![],
+                    request_id: String::new(),
                 },
                 tok,
             ))
@@ -377,6 +383,7 @@ async fn call(ch: &Channel, name: &str, ctx: &Ctx, tok: Option<&str>) -> Result<
             .revoke_token(req(
                 pb::RevokeTokenRequest {
                     name: "nobody".into(),
+                    request_id: String::new(),
                 },
                 tok,
             ))
@@ -460,6 +467,7 @@ async fn make_token(
             name: name.into(),
             role: role.into(),
             services: services.iter().map(|s| s.to_string()).collect(),
+            request_id: String::new(),
         })
         .await?;
     Ok(r.secret)
@@ -626,6 +634,7 @@ async fn a_region_checks_tokens_from_its_own_copy_while_the_global_group_is_down
     admin
         .revoke_token(pb::RevokeTokenRequest {
             name: "leaver".into(),
+            request_id: String::new(),
         })
         .await?;
     wait_until(T, "the region to refuse the revoked token", || async {

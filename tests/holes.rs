@@ -238,6 +238,7 @@ async fn two_credentials_a_foreign_repository_or_a_hop_count_change_nothing() ->
             name: "viewer".into(),
             role: "reader".into(),
             services: Vec::new(),
+            request_id: String::new(),
         })
         .await?
         .secret;
@@ -252,6 +253,7 @@ async fn two_credentials_a_foreign_repository_or_a_hop_count_change_nothing() ->
                 name: "sneaky".into(),
                 role: "admin".into(),
                 services: Vec::new(),
+                request_id: String::new(),
             },
             Some(first),
         );

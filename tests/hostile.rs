@@ -335,6 +335,7 @@ async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Re
                 name: "a b\n".into(),
                 role: "admin".into(),
                 services: vec![],
+                request_id: String::new(),
             },
             Some(&token),
         ))
@@ -352,6 +353,7 @@ async fn hostile_api_input_gets_clear_errors_and_changes_nothing() -> anyhow::Re
                 name: "ops".into(),
                 role: "root".into(),
                 services: vec![],
+                request_id: String::new(),
             },
             Some(&token),
         ))

@@ -92,6 +92,7 @@ async fn a_flooding_client_waits_its_turn_and_nobody_else_is_refused() -> anyhow
                 name: name.into(),
                 role: role.into(),
                 services: vec![],
+                request_id: String::new(),
             })
             .await?;
         secrets.push(r.secret);
@@ -217,6 +218,7 @@ async fn the_largest_admitted_requests_leave_the_term_where_it_was() -> anyhow::
                 name: "wide".into(),
                 role: "releaser".into(),
                 services: names.clone(),
+                request_id: String::new(),
             })
             .await
             .expect_err("a token naming 100,000 services was made");
@@ -258,6 +260,7 @@ async fn the_largest_admitted_requests_leave_the_term_where_it_was() -> anyhow::
                 name: format!("wide-{round}"),
                 role: "releaser".into(),
                 services,
+                request_id: String::new(),
             })
             .await?;
     }

@@ -116,6 +116,7 @@ impl Load {
                         group: group.clone(),
                         key: format!("bench-{}", seq.fetch_add(1, Ordering::Relaxed) % 1000),
                         value: Some("x".repeat(64)),
+                        request_id: String::new(),
                     };
                     let issued = Instant::now();
                     match tokio::time::timeout(Duration::from_secs(1), c.set_meta(req)).await {

@@ -18,6 +18,8 @@ pub async fn run(global: &Global, command: TokensCommand) -> Result<(), Failure>
                     name,
                     role,
                     services,
+                    // The client names the call.
+                    request_id: String::new(),
                 })
                 .await?;
             print(global.output, &reply, |r| {
@@ -54,7 +56,12 @@ pub async fn run(global: &Global, command: TokensCommand) -> Result<(), Failure>
             })
         }
         TokensCommand::Revoke { name } => {
-            let reply = client.revoke_token(pb::RevokeTokenRequest { name }).await?;
+            let reply = client
+                .revoke_token(pb::RevokeTokenRequest {
+                    name,
+                    request_id: String::new(),
+                })
+                .await?;
             print(global.output, &reply, |t| {
                 println!("token {} revoked", t.name)
             })
