@@ -277,8 +277,8 @@ async fn every_write_sent_again_under_its_request_id_applies_once() -> anyhow::R
     use deploy_proto::v1::cluster_service_client::ClusterServiceClient;
     use deploy_proto::v1::token_service_client::TokenServiceClient;
 
-    let c = GrpcCluster::start(1, &[("east", 1)]).await?;
-    let client = c.client()?;
+    let c = GrpcCluster::start_with_spares(1, &[("east", 1)], 1).await?;
+    let client = c.client_of("g1")?;
     wait_until(T, "leaders", || async {
         let s = deploy_client::ClusterStatusView(client.cluster_status().await.ok()?);
         (s.leader("global").is_some() && s.leader("region/east").is_some()).then_some(())
@@ -365,36 +365,37 @@ async fn every_write_sent_again_under_its_request_id_applies_once() -> anyhow::R
         .await;
     assert!(unnamed.is_err(), "{unnamed:?}");
 
-    // Membership: a repeat finds the node a voter, or gone, as it asked.
-    let add = pb::AddNodeRequest {
+    // Membership: a repeat under its id finds the change made; another call is refused.
+    let add = |id: &str| pb::AddNodeRequest {
         group: "global".into(),
-        node_id: "g1".into(),
-        addr: c.addrs["g1"].clone(),
-        request_id: "add-1".into(),
+        node_id: "s1".into(),
+        addr: c.addrs["s1"].clone(),
+        request_id: id.into(),
     };
-    let r = cluster.add_node(add.clone()).await?.into_inner();
-    assert!(r.members.iter().any(|m| m.id == "g1"), "{r:?}");
-    let unnamed = cluster
-        .add_node(pb::AddNodeRequest {
-            request_id: String::new(),
-            ..add
-        })
+    let r = cluster.add_node(add("add-1")).await?.into_inner();
+    assert!(r.members.iter().any(|m| m.id == "s1" && m.voter), "{r:?}");
+    let again = cluster.add_node(add("add-1")).await?.into_inner();
+    assert!(
+        again.members.iter().any(|m| m.id == "s1" && m.voter),
+        "{again:?}"
+    );
+    let other = cluster
+        .add_node(add("add-2"))
         .await
         .expect_err("already a voter");
-    assert_eq!(unnamed.code(), tonic::Code::FailedPrecondition);
-    let remove = pb::RemoveNodeRequest {
+    assert_eq!(other.code(), tonic::Code::FailedPrecondition);
+    let remove = |id: &str| pb::RemoveNodeRequest {
         group: "global".into(),
-        node_id: "g9".into(),
-        request_id: "remove-1".into(),
+        node_id: "s1".into(),
+        request_id: id.into(),
     };
-    cluster.remove_node(remove.clone()).await?;
-    let unnamed = cluster
-        .remove_node(pb::RemoveNodeRequest {
-            request_id: String::new(),
-            ..remove
-        })
+    let r = cluster.remove_node(remove("remove-1")).await?.into_inner();
+    assert!(!r.members.iter().any(|m| m.id == "s1"), "{r:?}");
+    cluster.remove_node(remove("remove-1")).await?;
+    let other = cluster
+        .remove_node(remove("remove-2"))
         .await
         .expect_err("not a member");
-    assert_eq!(unnamed.code(), tonic::Code::NotFound);
+    assert_eq!(other.code(), tonic::Code::NotFound);
     Ok(())
 }

@@ -158,6 +158,27 @@ impl ClusterApi {
         }
     }
 
+    /// The group's membership, if the change named `request_id` was already made (a repeat
+    /// whose first answer was lost).
+    fn repeated(&self, group: AnyGroup<'_>, request_id: &str) -> Option<MembershipReply> {
+        (!request_id.is_empty() && group.request_seen(request_id)).then(|| MembershipReply {
+            group: group.name().to_string(),
+            members: group.members(),
+            log_index: group.metrics().last_applied.map_or(0, |l| l.index),
+        })
+    }
+
+    /// Records a membership change as done under its request id. A failure is only logged:
+    /// the change itself stands, and a repeat then finds the node as it asked (and says so).
+    async fn mark(&self, group: AnyGroup<'_>, request_id: &str) {
+        if request_id.is_empty() {
+            return;
+        }
+        if let Err(e) = group.mark_request(request_id).await {
+            tracing::warn!(group = %group.name(), error = ?e.err(), "cannot record the membership change's request id");
+        }
+    }
+
     /// Applies a membership change on the leader and reports the result.
     async fn change_membership(
         &self,
@@ -212,6 +233,9 @@ impl ClusterService for ClusterApi {
             }
             Route::Local(h) => h,
         };
+        if let Some(done) = self.repeated(handle, &req.request_id) {
+            return Ok(Response::new(done));
+        }
         let id = name.raft_id();
         let nodes = handle.membership_nodes();
         let voters: BTreeSet<u64> = handle
@@ -221,15 +245,6 @@ impl ClusterService for ClusterApi {
             .voter_ids()
             .collect();
         if voters.contains(&id) {
-            // Sent again under its request id (the answer to the first was lost): the node
-            // being a voter at that address is what it asked for.
-            if !req.request_id.is_empty() && nodes.get(&id).is_some_and(|n| n.addr == req.addr) {
-                return Ok(Response::new(MembershipReply {
-                    group: handle.name().to_string(),
-                    members: handle.members(),
-                    log_index: handle.metrics().last_applied.map_or(0, |l| l.index),
-                }));
-            }
             return Err(ApiError::FailedPrecondition(format!(
                 "{name} is already a voter of {group}"
             ))
@@ -264,6 +279,7 @@ impl ClusterService for ClusterApi {
         let reply = self
             .change_membership(handle, ChangeMembers::AddVoterIds(BTreeSet::from([id])))
             .await?;
+        self.mark(handle, &req.request_id).await;
         Ok(Response::new(reply))
     }
 
@@ -287,17 +303,12 @@ impl ClusterService for ClusterApi {
             }
             Route::Local(h) => h,
         };
+        if let Some(done) = self.repeated(handle, &req.request_id) {
+            return Ok(Response::new(done));
+        }
         let id = name.raft_id();
         let nodes: BTreeMap<u64, DeployNode> = handle.membership_nodes();
         if !nodes.contains_key(&id) {
-            // Sent again under its request id: the node being gone is what it asked for.
-            if !req.request_id.is_empty() {
-                return Ok(Response::new(MembershipReply {
-                    group: handle.name().to_string(),
-                    members: handle.members(),
-                    log_index: handle.metrics().last_applied.map_or(0, |l| l.index),
-                }));
-            }
             return Err(ApiError::NotFound(format!("{name} is not a member of {group}")).into());
         }
         let voters: BTreeSet<u64> = handle
@@ -318,7 +329,9 @@ impl ClusterService for ClusterApi {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
         info!(%group, node = %name, "removing member");
-        Ok(Response::new(self.change_membership(handle, change).await?))
+        let reply = self.change_membership(handle, change).await?;
+        self.mark(handle, &req.request_id).await;
+        Ok(Response::new(reply))
     }
 
     #[instrument(skip_all, fields(group = %request.get_ref().group, key = %request.get_ref().key))]

@@ -299,6 +299,20 @@ impl<C: GroupTypes> GroupHandle<C> {
         self.write(cmd).await
     }
 
+    /// Whether the write named `request_id` applied (and is still remembered).
+    pub fn request_seen(&self, request_id: &str) -> bool {
+        self.state
+            .read(|d| d.state.once_table().seen(request_id).is_some())
+    }
+
+    /// Records that the change named `request_id`, made outside the state (membership),
+    /// is done: a repeat of it then finds it so.
+    pub async fn mark_request(&self, request_id: &str) -> WriteResult {
+        let marker = crate::request_id::once::<C::State>(request_id, C::State::batch(Vec::new()))
+            .map_err(Err)?;
+        self.write(marker).await
+    }
+
     /// A metadata key's value and the index it was read at.
     pub fn get_meta(&self, key: &str) -> (Option<String>, u64) {
         self.state.read(|d| {
@@ -517,6 +531,14 @@ impl<'a> AnyGroup<'a> {
     /// A metadata key's value and the index it was read at.
     pub fn get_meta(&self, key: &str) -> (Option<String>, u64) {
         each!(self, h => h.get_meta(key))
+    }
+
+    pub fn request_seen(&self, request_id: &str) -> bool {
+        each!(self, h => h.request_seen(request_id))
+    }
+
+    pub async fn mark_request(&self, request_id: &str) -> WriteResult {
+        each!(self, h => h.mark_request(request_id).await)
     }
 
     /// Stops the group's `Raft`.

@@ -85,7 +85,13 @@ impl StateMachine for GlobalState {
                     GlobalCommand::SetMeta { .. }
                     | GlobalCommand::Build(BuildCommand::Cancel { .. })
                     | GlobalCommand::Token(_) => self.check(cmd)?,
-                    _ => return Err(CommandError::NotOnce("only metadata, a cancel or a token")),
+                    // A marker: a change made outside the state (membership) is recorded.
+                    GlobalCommand::Batch(cmds) if cmds.is_empty() => {}
+                    _ => {
+                        return Err(CommandError::NotOnce(
+                            "only metadata, a cancel, a token or an empty batch",
+                        ))
+                    }
                 }
             }
             GlobalCommand::Build(_)
@@ -123,16 +129,7 @@ impl StateMachine for GlobalState {
                 request_id,
                 now_ms,
                 cmd,
-            } => {
-                if let Some(first_ms) = self.once.seen(request_id) {
-                    return Response::Repeated { first_ms };
-                }
-                let r = self.apply(cmd);
-                if crate::once::applied(&r) {
-                    self.once.remember(request_id, *now_ms);
-                }
-                r
-            }
+            } => crate::once::apply_once(self, |s| &mut s.once, request_id, *now_ms, cmd),
         }
     }
 
@@ -161,6 +158,10 @@ impl StateMachine for GlobalState {
 
     fn meta(&self) -> &imbl::OrdMap<String, String> {
         &self.meta
+    }
+
+    fn once_table(&self) -> &crate::once::Once {
+        &self.once
     }
 
     fn collects<'a>(

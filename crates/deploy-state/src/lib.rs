@@ -165,6 +165,9 @@ pub trait StateMachine:
     /// `cmd`, applied at most once for `request_id` (see [`once`]): every group has it.
     fn once(request_id: String, now_ms: u64, cmd: Self::Command) -> Self::Command;
 
+    /// The request ids of the writes that applied.
+    fn once_table(&self) -> &once::Once;
+
     /// Operator-set key/value pairs.
     fn meta(&self) -> &imbl::OrdMap<String, String>;
 

@@ -3,7 +3,8 @@
 //! `Once` ([`crate::GlobalCommand::Once`], [`crate::RegionalCommand::Once`]), and applying
 //! it a second time answers [`crate::Response::Repeated`] instead of applying again. Releases
 //! keep their own ids (which also name the release they made); this table serves every other
-//! write: metadata, cancelling a build, tokens.
+//! write: metadata, cancelling a build, tokens, and membership changes, which are made outside
+//! the state and recorded by a `Once` around an empty batch (a marker) once they are done.
 //!
 //! Bounded: at most [`MAX_ONCE_KEPT`] ids, oldest forgotten first, and ids older than the
 //! retention policy's `keep_days` leave with each collect. Only ids of writes that applied
@@ -73,6 +74,25 @@ impl Once {
             .take_while(|(_, at)| *at < before_ms)
             .count()
     }
+}
+
+/// Applies `cmd` to `state` once for `request_id`: a second time answers
+/// [`crate::Response::Repeated`] and changes nothing. `once` finds the state's table.
+pub(crate) fn apply_once<S: crate::StateMachine>(
+    state: &mut S,
+    once: fn(&mut S) -> &mut Once,
+    request_id: &str,
+    now_ms: u64,
+    cmd: &S::Command,
+) -> crate::Response {
+    if let Some(first_ms) = once(state).seen(request_id) {
+        return crate::Response::Repeated { first_ms };
+    }
+    let r = state.apply(cmd);
+    if applied(&r) {
+        once(state).remember(request_id, now_ms);
+    }
+    r
 }
 
 /// Whether `r` says the write applied (its id is then remembered).
@@ -163,6 +183,26 @@ mod tests {
         let bad_id = <crate::GlobalState as StateMachine>::once("a b".into(), 10, set("k", "a"));
         assert!(matches!(g.apply(&bad_id), Response::Rejected(_)));
         assert!(g.meta.is_empty());
+    }
+
+    /// A change made outside the state (membership) is recorded by a marker: a `Once` around
+    /// an empty batch. Nothing else may hide inside a batch under an id.
+    #[test]
+    fn an_empty_batch_marks_an_id_and_a_full_one_is_refused() {
+        type G = crate::GlobalState;
+        let mut g = G::default();
+        let mark = <G as StateMachine>::once("m-1".into(), 7, GlobalCommand::Batch(vec![]));
+        assert_eq!(g.apply(&mark), Response::Batch(vec![]));
+        assert_eq!(g.once.seen("m-1"), Some(7));
+        let hidden =
+            <G as StateMachine>::once("m-2".into(), 7, GlobalCommand::Batch(vec![set("k", "v")]));
+        assert!(matches!(g.apply(&hidden), Response::Rejected(_)));
+        assert!(g.meta.is_empty());
+        let mut r = RegionalState::default();
+        let mark =
+            <RegionalState as StateMachine>::once("m-3".into(), 9, RegionalCommand::Batch(vec![]));
+        r.apply(&mark);
+        assert_eq!(r.once.seen("m-3"), Some(9));
     }
 
     #[test]

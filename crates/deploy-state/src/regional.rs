@@ -46,8 +46,11 @@ impl StateMachine for RegionalState {
                 request_id, cmd, ..
             } => {
                 crate::once::check_id(request_id)?;
-                if !matches!(cmd.as_ref(), RegionalCommand::SetMeta { .. }) {
-                    return Err(CommandError::NotOnce("only metadata"));
+                match cmd.as_ref() {
+                    RegionalCommand::SetMeta { .. } => {}
+                    // A marker: a change made outside the state (membership) is recorded.
+                    RegionalCommand::Batch(cmds) if cmds.is_empty() => {}
+                    _ => return Err(CommandError::NotOnce("only metadata or an empty batch")),
                 }
                 self.check(cmd)?;
             }
@@ -84,16 +87,7 @@ impl StateMachine for RegionalState {
                 request_id,
                 now_ms,
                 cmd,
-            } => {
-                if let Some(first_ms) = self.once.seen(request_id) {
-                    return Response::Repeated { first_ms };
-                }
-                let r = self.apply(cmd);
-                if crate::once::applied(&r) {
-                    self.once.remember(request_id, *now_ms);
-                }
-                r
-            }
+            } => crate::once::apply_once(self, |s| &mut s.once, request_id, *now_ms, cmd),
             RegionalCommand::Batch(cmds) => {
                 crate::apply_batch(self, cmds, |c| matches!(c, RegionalCommand::Batch(_)))
             }
@@ -125,5 +119,9 @@ impl StateMachine for RegionalState {
 
     fn meta(&self) -> &imbl::OrdMap<String, String> {
         &self.meta
+    }
+
+    fn once_table(&self) -> &crate::once::Once {
+        &self.once
     }
 }

@@ -118,10 +118,15 @@ pub fn ensure_faketime() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the chaos scenario clock-skew needs libfaketime; run as root: apt-get update && apt-get install -y libfaketime");
     }
-    eprintln!("xtask: installing libfaketime (the chaos fault skew-clock)");
+    apt_install("libfaketime", "the chaos fault skew-clock")
+}
+
+/// `apt-get update`, then installs Debian's `package` (needed for `why`).
+fn apt_install(package: &str, why: &str) -> anyhow::Result<()> {
+    eprintln!("xtask: installing {package} ({why})");
     for args in [
         vec!["update"],
-        vec!["install", "-y", "--no-install-recommends", "libfaketime"],
+        vec!["install", "-y", "--no-install-recommends", package],
     ] {
         let ok = Command::new("apt-get")
             .args(&args)
@@ -144,20 +149,7 @@ pub fn ensure_etcd() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the write benchmark compares against etcd; run as root: apt-get update && {cmd}, or set ETCD_BIN");
     }
-    eprintln!("xtask: installing etcd-server (the write benchmark's baseline)");
-    for args in [
-        vec!["update"],
-        vec!["install", "-y", "--no-install-recommends", "etcd-server"],
-    ] {
-        let ok = Command::new("apt-get")
-            .args(&args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("cannot run apt-get")?;
-        if !ok.success() {
-            bail!("apt-get {} failed ({ok})", args.join(" "));
-        }
-    }
+    apt_install("etcd-server", "the write benchmark's baseline")?;
     // Debian's package may start a system etcd on the default ports; ours use their own.
     let _ = Command::new("systemctl")
         .args(["disable", "--now", "etcd"])
