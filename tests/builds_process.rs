@@ -135,37 +135,40 @@ fn staging_files(store_dir: &std::path::Path) -> Vec<String> {
 async fn a_writer_killed_mid_chunk_leaves_nothing_visible_and_the_retry_succeeds(
 ) -> anyhow::Result<()> {
     let _heavy = one_at_a_time().await;
-    // Large chunks make each write long enough to be caught half done.
+    // The first chunk write of either worker stops half done (a failpoint), so the test
+    // kills a writer that is certainly mid-write, however fast the disk.
+    let fp = tempfile::TempDir::new()?;
+    let marker = fp.path().join("mid-chunk");
     let spec = Spec::new(3)
         .region("east", 1)
         .worker("wk-a", "east")
         .worker("wk-b", "east")
+        .worker_failpoint(&format!("mid-chunk:{}", marker.display()))
         .lease_ms(1500)
         .chunk_bytes(16 * 1024 * 1024)
         .retention(10, 0);
     let mut c = ProcessCluster::start_spec(spec)?;
     let repo = GitRepo::init(&c.dir().join("repo"))?;
-    let script = "mkdir -p out\nhead -c 134217728 /dev/urandom > out/big\necho app > out/app\n";
+    let script = "mkdir -p out\nhead -c 67108864 /dev/urandom > out/big\necho app > out/app\n";
     let sha = repo.commit("big", &[("deploy.toml", RECIPE), ("build.sh", script)])?;
     let client = c.client()?;
     let store_dir = c.dir().join("stores").join("east");
     let b = client.submit_build("big", &repo.url(), &sha).await?;
 
-    // Kill the worker the moment a chunk is half written: learn which worker holds the build
-    // first, then look for a staged chunk every millisecond (a 16 MiB write takes far longer)
-    // and kill at once, so the write cannot finish in between.
-    let running = wait_until(T, "the build to be leased", || async {
-        let b = client.get_build(&b.id, false).await.ok()?;
-        (!b.worker.is_empty()).then_some(b)
+    // The worker holding the build stops half way through its first chunk and says so.
+    wait_until(T, "a worker to stop mid-chunk", || async {
+        std::fs::read_to_string(&marker)
+            .ok()
+            .filter(|pid| !pid.trim().is_empty())
     })
     .await?;
-    let staged = test_harness::wait_every(Duration::from_millis(1), T, "a chunk write", || {
-        let s = staging_files(&store_dir);
-        async move { (!s.is_empty()).then_some(s) }
-    })
-    .await?;
+    let running = client.get_build(&b.id, false).await?;
+    let staged = staging_files(&store_dir);
+    assert!(
+        !staged.is_empty(),
+        "no staged chunk while a write is half done"
+    );
     c.kill9(&running.worker)?;
-    assert!(!staged.is_empty());
 
     // No reader sees a partial object: everything the store lists (by digest: a staged
     // `<hex>#<n>` name is no digest) verifies.

@@ -45,6 +45,9 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     /// The directory of a local store: where a killed writer's staged files may linger.
     local_dir: Option<std::path::PathBuf>,
+    /// A test's failpoint (`deployd worker`'s `DEPLOY_WORKER_FAILPOINT=mid-chunk:PATH`): the
+    /// first chunk write of any process given the same PATH stops half written, forever.
+    pause_mid_chunk: Option<std::path::PathBuf>,
 }
 
 fn chunk_path(digest: &Digest) -> Path {
@@ -72,6 +75,7 @@ impl Store {
             name: dir.display().to_string(),
             inner: Arc::new(fs),
             local_dir: Some(dir.to_path_buf()),
+            pause_mid_chunk: None,
         })
     }
 
@@ -97,6 +101,7 @@ impl Store {
                     name: url.clone(),
                     inner,
                     local_dir: None,
+                    pause_mid_chunk: None,
                 })
             }
         }
@@ -104,6 +109,47 @@ impl Store {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Arms the failpoint that stops a chunk write half done (for tests of a writer killed
+    /// mid-write): the first writer to create `marker` writes half of its chunk to the
+    /// store's staging file, writes its pid into `marker`, and waits forever; every later
+    /// writer, finding `marker`, writes as usual. Only a local store has it.
+    pub fn with_pause_mid_chunk(mut self, marker: std::path::PathBuf) -> Self {
+        self.pause_mid_chunk = Some(marker);
+        self
+    }
+
+    /// The failpoint of [`Store::with_pause_mid_chunk`], if armed and not yet taken.
+    async fn maybe_pause(&self, path: &Path, data: &Bytes) -> Result<(), StoreError> {
+        let Some(marker) = &self.pause_mid_chunk else {
+            return Ok(());
+        };
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(marker);
+        let Ok(mut file) = claimed else {
+            return Ok(());
+        };
+        let what = format!("chunk {path} (failpoint)");
+        let mut upload = self
+            .inner
+            .put_multipart(path)
+            .await
+            .map_err(self.io(&what))?;
+        upload
+            .put_part(PutPayload::from_bytes(data.slice(..data.len() / 2)))
+            .await
+            .map_err(self.io(&what))?;
+        use std::io::Write;
+        let _ = writeln!(file, "{}", std::process::id());
+        let _ = file.sync_all();
+        drop(file);
+        tracing::warn!(marker = %marker.display(), "failpoint: stopped half way through a chunk write");
+        std::future::pending::<()>().await;
+        drop(upload);
+        Ok(())
     }
 
     fn io(&self, what: impl Into<String>) -> impl FnOnce(object_store::Error) -> StoreError + '_ {
@@ -159,6 +205,7 @@ impl Store {
                 why: format!("the bytes to write hash to {actual}"),
             });
         }
+        self.maybe_pause(&chunk_path(digest), &data).await?;
         self.put_once(&chunk_path(digest), data, &format!("chunk {digest}"))
             .await
     }

@@ -22,7 +22,14 @@ pub fn make(
     let location = config
         .store_location(&w.region, store_base)
         .with_context(|| format!("region {} has no store", w.region))?;
-    let store = Store::open(&location)?;
+    let mut store = Store::open(&location)?;
+    // A test's failpoint: the first chunk write stops half done (see the store).
+    if let Some(marker) = std::env::var("DEPLOY_WORKER_FAILPOINT")
+        .ok()
+        .and_then(|f| f.strip_prefix("mid-chunk:").map(PathBuf::from))
+    {
+        store = store.with_pause_mid_chunk(marker);
+    }
     let key_file = config.key_file(store_base).context(
         "signing.key_file is not set: workers sign every manifest (make a key with `deployd keys generate`)",
     )?;

@@ -43,6 +43,8 @@ pub struct Spec {
     pub spares: usize,
     /// Build workers: (id, region).
     pub workers: Vec<(String, String)>,
+    /// `DEPLOY_WORKER_FAILPOINT` for every worker process (see `deployd worker`).
+    pub worker_failpoint: Option<String>,
     /// Workers the config names but nobody starts: the caller plays them over gRPC.
     pub external_workers: Vec<(String, String)>,
     pub lease_ms: u64,
@@ -126,6 +128,7 @@ impl Spec {
             spares: 0,
             workers: Vec::new(),
             external_workers: Vec::new(),
+            worker_failpoint: None,
             lease_ms: 2000,
             replication_deadline_secs: 600,
             retention: (10, 3600),
@@ -227,6 +230,12 @@ impl Spec {
 
     pub fn worker(mut self, id: &str, region: &str) -> Self {
         self.workers.push((id.to_string(), region.to_string()));
+        self
+    }
+
+    /// Every worker process runs with this failpoint (`DEPLOY_WORKER_FAILPOINT`).
+    pub fn worker_failpoint(mut self, failpoint: &str) -> Self {
+        self.worker_failpoint = Some(failpoint.to_string());
         self
     }
 

@@ -36,6 +36,8 @@ pub struct ProcessCluster {
     nodes: BTreeMap<String, Proc>,
     /// Every process's port, held for the cluster's life; each start is passed its listener.
     ports: Ports,
+    /// `DEPLOY_WORKER_FAILPOINT` for the workers, if the spec set one.
+    worker_failpoint: Option<String>,
 }
 
 impl ProcessCluster {
@@ -102,6 +104,7 @@ impl ProcessCluster {
             config_path,
             nodes,
             ports,
+            worker_failpoint: spec.worker_failpoint.clone(),
         };
         for n in names
             .iter()
@@ -176,6 +179,10 @@ impl ProcessCluster {
         match &p.kind {
             Kind::Worker => {
                 cmd.arg("worker").arg("--work-dir").arg(&data);
+                match &self.worker_failpoint {
+                    Some(f) => cmd.env("DEPLOY_WORKER_FAILPOINT", f),
+                    None => cmd.env_remove("DEPLOY_WORKER_FAILPOINT"),
+                };
             }
             Kind::Node => {
                 cmd.arg("node").arg("--data-dir").arg(&data);
