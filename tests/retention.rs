@@ -464,7 +464,7 @@ async fn applied_decisions_and_old_region_release_records_leave_the_state() -> a
     );
     wait_until(T, "old request ids forgotten", || async {
         g.state
-            .read(|d| d.state.releases.requests.is_empty())
+            .read(|d| d.state.releases.requests.ids.is_empty())
             .then_some(())
     })
     .await?;

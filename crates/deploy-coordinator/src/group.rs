@@ -302,7 +302,7 @@ impl<C: GroupTypes> GroupHandle<C> {
     /// Whether the write named `request_id` applied (and is still remembered).
     pub fn request_seen(&self, request_id: &str) -> bool {
         self.state
-            .read(|d| d.state.once_table().seen(request_id).is_some())
+            .read(|d| d.state.once_table().get(request_id).is_some())
     }
 
     /// Records that the change named `request_id`, made outside the state (membership),

@@ -74,12 +74,9 @@ impl LeaseWatch {
         self.map().clear();
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.map().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -146,7 +143,7 @@ mod tests {
         w.observe([v(5, 1, 0)], t0, LEASE);
         assert_eq!(w.len(), 1);
         w.observe([], t0, LEASE);
-        assert!(w.is_empty());
+        assert_eq!(w.len(), 0);
     }
 
     #[test]

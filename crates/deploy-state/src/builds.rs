@@ -3,7 +3,7 @@
 //! Every transition is a committed command stamped with the proposer's clock (`now_ms`), so
 //! applying stays deterministic. A lease names a worker and an attempt number; the attempt is
 //! the fencing token: renewals and completions that carry an older attempt, another worker,
-//! or arrive after the lease expired are refused, so a worker that lost its lease can never
+//! or arrive after an expiry ended the lease are refused, so a worker that lost its lease can never
 //! decide the build's result.
 //!
 //! No replica compares clocks to decide that a lease ran out: stamps come from whichever node

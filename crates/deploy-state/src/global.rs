@@ -44,7 +44,7 @@ pub struct GlobalState {
     /// API tokens.
     pub tokens: tokens::Tokens,
     /// Request ids of the writes that applied (see [`crate::once`]).
-    pub once: crate::once::Once,
+    pub once: crate::once::RequestIds,
 }
 
 impl StateMachine for GlobalState {
@@ -160,7 +160,7 @@ impl StateMachine for GlobalState {
         &self.meta
     }
 
-    fn once_table(&self) -> &crate::once::Once {
+    fn once_table(&self) -> &crate::once::RequestIds {
         &self.once
     }
 

@@ -166,7 +166,7 @@ pub trait StateMachine:
     fn once(request_id: String, now_ms: u64, cmd: Self::Command) -> Self::Command;
 
     /// The request ids of the writes that applied.
-    fn once_table(&self) -> &once::Once;
+    fn once_table(&self) -> &once::RequestIds;
 
     /// Operator-set key/value pairs.
     fn meta(&self) -> &imbl::OrdMap<String, String>;

@@ -6,14 +6,14 @@
 //! write: metadata, cancelling a build, tokens, and membership changes, which are made outside
 //! the state and recorded by a `Once` around an empty batch (a marker) once they are done.
 //!
-//! Bounded: at most [`MAX_ONCE_KEPT`] ids, oldest forgotten first, and ids older than the
+//! Bounded: at most [`MAX_REQUEST_IDS_KEPT`] ids, oldest forgotten first, and ids older than the
 //! retention policy's `keep_days` leave with each collect. Only ids of writes that applied
 //! are kept: a refused write changes nothing, and sent again is refused again.
 
 use serde::{Deserialize, Serialize};
 
-/// Ids remembered at most (a burst); each is at most [`MAX_REQUEST_ID_BYTES`].
-pub const MAX_ONCE_KEPT: usize = 10_000;
+/// Ids one table remembers at most (a burst); each is at most [`MAX_REQUEST_ID_BYTES`].
+pub const MAX_REQUEST_IDS_KEPT: usize = 10_000;
 pub const MAX_REQUEST_ID_BYTES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -29,37 +29,43 @@ pub fn check_id(id: &str) -> Result<(), BadRequestId> {
     Ok(())
 }
 
+/// Request ids remembered, each with a value (when the write applied, or the release a call
+/// made), and the order they came in, to forget the oldest first: beyond
+/// [`MAX_REQUEST_IDS_KEPT`], or once older than the retention policy. The `Once` table of
+/// each group and the releases' table are both one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Once {
-    /// Id -> when (proposer's stamp) the write it named applied.
-    pub seen: imbl::OrdMap<String, u64>,
-    /// The same ids in the order they applied, to forget the oldest first.
+pub struct RequestIds {
+    /// Id -> its value.
+    pub ids: imbl::OrdMap<String, u64>,
+    /// The same ids with when each was first seen (proposer's stamp), oldest first.
     pub order: imbl::Vector<(String, u64)>,
 }
 
-impl Once {
-    /// When the write named `id` applied, if it did and is still remembered.
-    pub fn seen(&self, id: &str) -> Option<u64> {
-        self.seen.get(id).copied()
+impl RequestIds {
+    /// The value remembered for `id`, if it is still remembered.
+    pub fn get(&self, id: &str) -> Option<u64> {
+        self.ids.get(id).copied()
     }
 
-    pub(crate) fn remember(&mut self, id: &str, now_ms: u64) {
-        if self.seen.insert(id.to_string(), now_ms).is_none() {
-            self.order.push_back((id.to_string(), now_ms));
+    /// Remembers `id` with `value`, first seen at `at_ms` (a known id keeps its value).
+    pub(crate) fn remember(&mut self, id: &str, value: u64, at_ms: u64) {
+        if self.ids.get(id).is_none() {
+            self.ids.insert(id.to_string(), value);
+            self.order.push_back((id.to_string(), at_ms));
         }
-        while self.order.len() > MAX_ONCE_KEPT {
+        while self.order.len() > MAX_REQUEST_IDS_KEPT {
             if let Some((old, _)) = self.order.pop_front() {
-                self.seen.remove(&old);
+                self.ids.remove(&old);
             }
         }
     }
 
-    /// Forgets up to `max` ids that applied before `before_ms`, oldest first; how many.
+    /// Forgets up to `max` ids first seen before `before_ms`, oldest first; how many.
     pub(crate) fn forget_before(&mut self, before_ms: u64, max: usize) -> usize {
         let mut n = 0;
         while n < max && self.order.front().is_some_and(|(_, at)| *at < before_ms) {
             if let Some((old, _)) = self.order.pop_front() {
-                self.seen.remove(&old);
+                self.ids.remove(&old);
                 n += 1;
             }
         }
@@ -80,17 +86,17 @@ impl Once {
 /// [`crate::Response::Repeated`] and changes nothing. `once` finds the state's table.
 pub(crate) fn apply_once<S: crate::StateMachine>(
     state: &mut S,
-    once: fn(&mut S) -> &mut Once,
+    once: fn(&mut S) -> &mut RequestIds,
     request_id: &str,
     now_ms: u64,
     cmd: &S::Command,
 ) -> crate::Response {
-    if let Some(first_ms) = once(state).seen(request_id) {
+    if let Some(first_ms) = once(state).get(request_id) {
         return crate::Response::Repeated { first_ms };
     }
     let r = state.apply(cmd);
     if applied(&r) {
-        once(state).remember(request_id, now_ms);
+        once(state).remember(request_id, now_ms, now_ms);
     }
     r
 }
@@ -112,18 +118,18 @@ mod tests {
 
     #[test]
     fn ids_are_bounded_and_forgotten_oldest_first() {
-        let mut o = Once::default();
-        for i in 0..(MAX_ONCE_KEPT + 5) {
-            o.remember(&format!("r{i}"), i as u64);
+        let mut o = RequestIds::default();
+        for i in 0..(MAX_REQUEST_IDS_KEPT + 5) {
+            o.remember(&format!("r{i}"), i as u64, i as u64);
         }
-        assert_eq!(o.seen.len(), MAX_ONCE_KEPT);
-        assert_eq!(o.seen("r0"), None);
-        assert_eq!(o.seen("r5"), Some(5));
+        assert_eq!(o.ids.len(), MAX_REQUEST_IDS_KEPT);
+        assert_eq!(o.get("r0"), None);
+        assert_eq!(o.get("r5"), Some(5));
         assert_eq!(o.forgettable(10, 100), 5);
         assert_eq!(o.forget_before(10, 3), 3);
-        assert_eq!(o.seen("r7"), None);
-        assert_eq!(o.seen("r8"), Some(8));
-        assert_eq!(o.order.len(), o.seen.len());
+        assert_eq!(o.get("r7"), None);
+        assert_eq!(o.get("r8"), Some(8));
+        assert_eq!(o.order.len(), o.ids.len());
     }
 
     use crate::{GlobalCommand, RegionalCommand, RegionalState, Response, StateMachine};
@@ -173,7 +179,7 @@ mod tests {
         let mut g = crate::GlobalState::default();
         let bad = <crate::GlobalState as StateMachine>::once("r-1".into(), 10, set("", "a"));
         assert!(matches!(g.apply(&bad), Response::Rejected(_)));
-        assert_eq!(g.once.seen("r-1"), None);
+        assert_eq!(g.once.get("r-1"), None);
         let wrapped_twice = <crate::GlobalState as StateMachine>::once(
             "r-2".into(),
             10,
@@ -193,7 +199,7 @@ mod tests {
         let mut g = G::default();
         let mark = <G as StateMachine>::once("m-1".into(), 7, GlobalCommand::Batch(vec![]));
         assert_eq!(g.apply(&mark), Response::Batch(vec![]));
-        assert_eq!(g.once.seen("m-1"), Some(7));
+        assert_eq!(g.once.get("m-1"), Some(7));
         let hidden =
             <G as StateMachine>::once("m-2".into(), 7, GlobalCommand::Batch(vec![set("k", "v")]));
         assert!(matches!(g.apply(&hidden), Response::Rejected(_)));
@@ -202,7 +208,7 @@ mod tests {
         let mark =
             <RegionalState as StateMachine>::once("m-3".into(), 9, RegionalCommand::Batch(vec![]));
         r.apply(&mark);
-        assert_eq!(r.once.seen("m-3"), Some(9));
+        assert_eq!(r.once.get("m-3"), Some(9));
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub struct RegionalState {
     /// The region itself.
     pub region: Region,
     /// Request ids of the writes that applied (see [`crate::once`]).
-    pub once: crate::once::Once,
+    pub once: crate::once::RequestIds,
 }
 
 impl StateMachine for RegionalState {
@@ -121,7 +121,7 @@ impl StateMachine for RegionalState {
         &self.meta
     }
 
-    fn once_table(&self) -> &crate::once::Once {
+    fn once_table(&self) -> &crate::once::RequestIds {
         &self.once
     }
 }

@@ -81,9 +81,7 @@ impl Ports {
         s.listen(1024)?;
         Ok(s.into())
     }
-}
 
-impl Ports {
     /// A listening socket on every reserved port: for one process serving them all
     /// (`deployd dev`).
     pub fn listeners(&self) -> anyhow::Result<Vec<std::net::TcpListener>> {

@@ -51,7 +51,7 @@ impl Releases {
         if let Some(seq) = request_id.as_ref().and_then(|r| self.requests.get(r)) {
             // A repeat of a call that already made its release.
             return Ok(ReleaseResponse::Created {
-                id: release_id(*seq),
+                id: release_id(seq),
                 superseded: None,
             });
         }
@@ -174,10 +174,7 @@ impl Releases {
         check_request_id(request_id)?;
         check_actor(by)?;
         let latest = self.latest.clone();
-        let done = request_id
-            .as_ref()
-            .and_then(|r| self.requests.get(r))
-            .copied();
+        let done = request_id.as_ref().and_then(|r| self.requests.get(r));
         let r = self.release_mut(id)?;
         let seq = r.seq;
         if let Some(done) = done {

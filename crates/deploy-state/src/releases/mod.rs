@@ -39,8 +39,7 @@ pub const MAX_DECISIONS_KEPT: usize = 100_000;
 /// Request ids remembered, so that a create or an action repeated by a client (its answer
 /// was lost) happens once. They leave sooner, by retention, once older than the policy's
 /// `keep_days` ([`Releases::collect_requests`]); this bound is for a burst.
-pub const MAX_REQUESTS_KEPT: usize = 10_000;
-const MAX_REQUEST_ID_BYTES: usize = 64;
+pub const MAX_REQUESTS_KEPT: usize = crate::once::MAX_REQUEST_IDS_KEPT;
 /// History entries kept per release.
 const MAX_HISTORY: usize = 200;
 const MAX_REASON_BYTES: usize = 1024;
@@ -121,13 +120,10 @@ pub struct Releases {
     pub decisions: imbl::OrdMap<u64, Decision>,
     /// The last decision's number (0: none yet).
     pub last_decision: u64,
-    /// Request id -> the release the call made or acted on.
-    #[serde(default)]
-    pub requests: imbl::OrdMap<String, u64>,
-    /// The same ids with when they were first seen, oldest first, to forget beyond
+    /// Request id -> the release the call made or acted on, forgotten oldest first beyond
     /// [`MAX_REQUESTS_KEPT`] or the retention policy.
     #[serde(default)]
-    pub request_order: imbl::Vector<(String, u64)>,
+    pub requests: crate::once::RequestIds,
 }
 
 pub(crate) fn clip(s: &str) -> String {
@@ -136,16 +132,13 @@ pub(crate) fn clip(s: &str) -> String {
 
 pub(super) fn check_request_id(id: &Option<String>) -> Result<(), ReleaseError> {
     match id {
-        Some(r)
-            if r.is_empty()
-                || r.len() > MAX_REQUEST_ID_BYTES
-                || !r.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            Err(ReleaseError::Invalid {
-                field: "request_id".into(),
-                why: format!("expected 1-{MAX_REQUEST_ID_BYTES} printable characters"),
-            })
-        }
+        Some(r) if crate::once::check_id(r).is_err() => Err(ReleaseError::Invalid {
+            field: "request_id".into(),
+            why: format!(
+                "expected 1-{} printable characters",
+                crate::once::MAX_REQUEST_ID_BYTES
+            ),
+        }),
         _ => Ok(()),
     }
 }
@@ -163,40 +156,19 @@ pub(super) fn check_actor(by: &str) -> Result<(), ReleaseError> {
 impl Releases {
     /// Remembers that call `request_id` made or acted on release `seq` at `now_ms`.
     fn remember(&mut self, request_id: &Option<String>, seq: u64, now_ms: u64) {
-        let Some(r) = request_id else { return };
-        if self.requests.insert(r.clone(), seq).is_none() {
-            self.request_order.push_back((r.clone(), now_ms));
-        }
-        while self.request_order.len() > MAX_REQUESTS_KEPT {
-            if let Some((old, _)) = self.request_order.pop_front() {
-                self.requests.remove(&old);
-            }
+        if let Some(r) = request_id {
+            self.requests.remember(r, seq, now_ms);
         }
     }
 
     /// Forgets up to `max` request ids first seen before `before_ms`, oldest first; how many.
     pub(crate) fn collect_requests(&mut self, before_ms: u64, max: usize) -> usize {
-        let mut n = 0;
-        while n < max {
-            match self.request_order.front() {
-                Some((_, at)) if *at < before_ms => {}
-                _ => break,
-            }
-            if let Some((old, _)) = self.request_order.pop_front() {
-                self.requests.remove(&old);
-                n += 1;
-            }
-        }
-        n
+        self.requests.forget_before(before_ms, max)
     }
 
     /// How many request ids [`Self::collect_requests`] would forget (up to `max`).
     pub fn requests_collectable(&self, before_ms: u64, max: usize) -> usize {
-        self.request_order
-            .iter()
-            .take(max)
-            .take_while(|(_, at)| *at < before_ms)
-            .count()
+        self.requests.forgettable(before_ms, max)
     }
 
     /// Drops up to `max` decisions numbered `upto` or lower, oldest first: every region has

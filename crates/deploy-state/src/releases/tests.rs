@@ -474,11 +474,11 @@ fn request_ids_older_than_the_policy_are_collected_oldest_first() {
     assert_eq!(q.requests_collectable(25, 10), 2);
     assert_eq!(q.requests_collectable(25, 1), 1);
     assert_eq!(q.collect_requests(25, 1), 1);
-    assert!(!q.requests.contains_key("id-0"));
+    assert!(!q.requests.ids.contains_key("id-0"));
     assert_eq!(q.collect_requests(25, 10), 1);
     assert_eq!(q.collect_requests(25, 10), 0);
-    assert_eq!(q.requests.keys().collect::<Vec<_>>(), ["id-2"]);
-    assert_eq!(q.request_order.len(), 1);
+    assert_eq!(q.requests.ids.keys().collect::<Vec<_>>(), ["id-2"]);
+    assert_eq!(q.requests.order.len(), 1);
 }
 
 #[test]
@@ -487,10 +487,11 @@ fn request_ids_are_forgotten_oldest_first_beyond_the_bound() {
     for i in 0..(MAX_REQUESTS_KEPT + 5) as u64 {
         q.remember(&Some(format!("id-{i}")), i, i);
     }
-    assert_eq!(q.requests.len(), MAX_REQUESTS_KEPT);
-    assert_eq!(q.request_order.len(), MAX_REQUESTS_KEPT);
-    assert!(!q.requests.contains_key("id-0"));
+    assert_eq!(q.requests.ids.len(), MAX_REQUESTS_KEPT);
+    assert_eq!(q.requests.order.len(), MAX_REQUESTS_KEPT);
+    assert!(!q.requests.ids.contains_key("id-0"));
     assert!(q
         .requests
+        .ids
         .contains_key(&format!("id-{}", MAX_REQUESTS_KEPT + 4)));
 }
