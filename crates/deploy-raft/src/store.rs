@@ -251,10 +251,22 @@ fn key_what(key: &str) -> &'static str {
     }
 }
 
-impl<C: GroupTypes> RaftLogReader<C> for LogStore<C> {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
+/// The most one AppendEntries carries, in encoded entry bytes (one entry more if the first is
+/// larger). openraft gives each AppendEntries one heartbeat interval to be sent, appended and
+/// answered, and sends nothing else to that follower meanwhile, heartbeats included. Without a
+/// bound, the range behind a slow follower grows with every write, each try times out, and the
+/// follower hears nothing until it stands for election (issue 20: 256 writes of 64 KiB cost
+/// elections this way). A bounded read makes openraft send the rest at once in the next
+/// AppendEntries, so each one is small enough to arrive within the interval.
+pub const MAX_APPEND_BYTES: usize = 512 * 1024;
+
+impl<C: GroupTypes> LogStore<C> {
+    /// The entries in `range`, in order, stopping once `max_bytes` of encoded entries are read
+    /// (never before the first).
+    fn read_entries<RB: RangeBounds<u64>>(
+        &self,
         range: RB,
+        max_bytes: usize,
     ) -> StorageResult<Vec<openraft::Entry<C>>> {
         let start = match range.start_bound() {
             std::ops::Bound::Included(x) => *x,
@@ -270,15 +282,17 @@ impl<C: GroupTypes> RaftLogReader<C> for LogStore<C> {
                 AnyError::error(e.to_string()),
             ),
         };
+        let mut bytes = 0usize;
         for item in self.db.iterator_cf(
             cf(&self.db, CF_LOGS)?,
             IteratorMode::From(&start, Direction::Forward),
         ) {
             let (key, value) = item.map_err(|e| read_err(&e))?;
             let index = key_index(&key)?;
-            if !range.contains(&index) {
+            if !range.contains(&index) || (!out.is_empty() && bytes >= max_bytes) {
                 break;
             }
+            bytes = bytes.saturating_add(value.len());
             let entry: openraft::Entry<C> =
                 codec::decode("stored log entry", &value).map_err(|e| read_err(&e))?;
             if entry.log_id.index != index {
@@ -290,6 +304,24 @@ impl<C: GroupTypes> RaftLogReader<C> for LogStore<C> {
             out.push(entry);
         }
         Ok(out)
+    }
+}
+
+impl<C: GroupTypes> RaftLogReader<C> for LogStore<C> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<openraft::Entry<C>>> {
+        self.read_entries(range, usize::MAX)
+    }
+
+    /// What replication sends: at most [`MAX_APPEND_BYTES`] at a time.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> StorageResult<Vec<openraft::Entry<C>>> {
+        self.read_entries(start..end, MAX_APPEND_BYTES)
     }
 }
 
@@ -545,6 +577,44 @@ mod tests {
         let (applied, _) = sm.applied_state().await?;
         assert_eq!(applied.map(|l| l.index), Some(2));
         assert!(sm.reader().read(|d| d.state.get_meta("b").is_some()));
+        Ok(())
+    }
+
+    /// Replication reads at most `MAX_APPEND_BYTES` at a time (plus the entry that crosses
+    /// it), and always at least one entry, however large; a plain read takes the whole range.
+    #[tokio::test]
+    async fn replication_reads_the_log_in_bounded_pieces() -> StorageResult<()> {
+        use deploy_state::RegionalCommand as Command;
+        let dir = TempDir::new().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+        let (mut log, _sm) = open::<RegionTypes>(dir.path())?;
+        let leader = openraft::CommittedLeaderId::new(1, 7);
+        let value_bytes = |index: u64| if index == 9 { 3 * MAX_APPEND_BYTES } else { 200 * 1024 };
+        for index in 1..=12u64 {
+            let entry = openraft::Entry::<RegionTypes> {
+                log_id: LogId::new(leader, index),
+                payload: EntryPayload::Normal(Command::SetMeta {
+                    key: format!("k{index}"),
+                    value: Some("v".repeat(value_bytes(index))),
+                }),
+            };
+            let bytes = codec::encode("log entry", &entry)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+            log.db
+                .put_cf(cf(&log.db, CF_LOGS)?, index_key(index), bytes)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        }
+        let indexes = |entries: Vec<openraft::Entry<RegionTypes>>| {
+            entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>()
+        };
+        // 200 KiB entries: the third crosses 512 KiB and ends the piece.
+        assert_eq!(indexes(log.limited_get_log_entries(1, 13).await?), [1, 2, 3]);
+        assert_eq!(indexes(log.limited_get_log_entries(4, 13).await?), [4, 5, 6]);
+        assert_eq!(indexes(log.limited_get_log_entries(7, 13).await?), [7, 8, 9]);
+        // An entry larger than the bound still goes, alone.
+        assert_eq!(indexes(log.limited_get_log_entries(9, 13).await?), [9]);
+        // The end of the range bounds it too.
+        assert_eq!(indexes(log.limited_get_log_entries(10, 12).await?), [10, 11]);
+        assert_eq!(log.try_get_log_entries(1..13).await?.len(), 12);
         Ok(())
     }
 }
