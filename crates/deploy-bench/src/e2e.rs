@@ -6,12 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use deploy_fanout::config::Limits;
 use deploy_proto::v1 as pb;
 use serde_json::{json, Value};
-use test_harness::gitrepo::GitRepo;
-use test_harness::releases::{hosts, is_final, status, wait_build};
-use test_harness::{wait_every, wait_until, GrpcCluster, Spec};
+use process_harness::gitrepo::GitRepo;
+use process_harness::releases::{hosts, is_final, status, wait_build};
+use process_harness::{wait_every, wait_until, ProcessCluster, Spec};
 
 use crate::stats::round;
 
@@ -58,9 +57,9 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             .rack(r, 4);
     }
     let host_count = 16;
-    let mut c = GrpcCluster::start_spec(spec).await?;
+    let mut c = ProcessCluster::start_spec(spec)?;
     let client = c.client()?;
-    c.start_fleet(&Limits::default(), false).await?;
+    c.start_agents()?;
     for r in REGIONS {
         wait_until(Duration::from_secs(60), "hosts to register", || async {
             (status(&client, r).await?.hosts >= 8).then_some(())

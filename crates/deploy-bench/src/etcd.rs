@@ -42,7 +42,7 @@ impl EtcdCluster {
     pub async fn start() -> anyhow::Result<Self> {
         let bin = binary()?;
         let dir = TempDir::new()?;
-        let ports = test_harness::process::free_ports(6)?;
+        let ports = process_harness::process::free_ports(6)?;
         let names = ["e1", "e2", "e3"];
         let peer = |i: usize| format!("http://127.0.0.1:{}", ports[3 + i]);
         let initial = names
@@ -92,7 +92,7 @@ impl EtcdCluster {
 
     /// A channel to the member that leads, once the cluster has one.
     pub async fn leader_channel(&self) -> anyhow::Result<Channel> {
-        test_harness::wait_until(Duration::from_secs(30), "an etcd leader", || async {
+        process_harness::wait_until(Duration::from_secs(30), "an etcd leader", || async {
             for url in &self.clients {
                 let Ok(ch) = Channel::from_shared(url.clone()).ok()?.connect().await else {
                     continue;

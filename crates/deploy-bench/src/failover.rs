@@ -17,7 +17,7 @@ use deploy_proto::v1 as pb;
 use deploy_proto::v1::cluster_service_client::ClusterServiceClient;
 use deploy_proto::v1::raft_service_client::RaftServiceClient;
 use serde_json::{json, Value};
-use test_harness::{wait_every, wait_until, ProcessCluster, Spec};
+use process_harness::{wait_every, wait_until, ProcessCluster, Spec};
 use tonic::transport::Channel;
 
 use crate::stats::{latency, round, Latency};

@@ -5,22 +5,23 @@
 //!
 //! The baseline is a naive origin: one server, its link limited to the same `B`, from which
 //! every host downloads the whole artifact (`N·S/B` at best).
+//!
+//! Every part is a real `deployd` process (nodes, worker, relays, agents in sim mode), so the
+//! benchmark measures the binaries as they ship and reads their counters from `/metrics`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use deploy_fanout::bucket::Bucket;
-use deploy_fanout::config::Limits;
 use deploy_proto::v1 as pb;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sha2::Digest;
-use test_harness::releases::{all_at_once, is_final, wait_release, web_builds};
-use test_harness::{wait_every, GrpcCluster, Spec};
+use process_harness::releases::{all_at_once, is_final, parse_metrics, wait_release, web_builds};
+use process_harness::{wait_every, ProcessCluster, Spec};
 
 use crate::stats::{cpu_seconds, latency, ratio, round};
 
@@ -86,7 +87,9 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
         .default_timing()
         .region("east", 1)
         .worker("wk", "east")
-        .chunk_bytes(4 * 1024 * 1024);
+        .chunk_bytes(4 * 1024 * 1024)
+        .link_limit(rate)
+        .sim_agents();
     for _ in 0..args.racks {
         spec = spec.rack("east", per_rack);
     }
@@ -96,31 +99,29 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
         spec = spec.relay_parent(&r.relay, &top);
     }
     let hosts: Vec<String> = racks.iter().flat_map(|r| r.hosts.clone()).collect();
-    let mut c = GrpcCluster::start_spec(spec).await?;
+    let mut c = ProcessCluster::start_spec(spec)?;
     let client = c.client()?;
-    let limits = Limits {
-        up: Some(rate),
-        down: Some(rate),
-        cache_bytes: None,
-    };
-    c.start_fleet(&limits, true).await?;
+    c.start_agents()?;
+    let http = reqwest::Client::new();
     println!("building a {} MiB artifact", args.size_mib);
-    let ids = web_builds(&client, &c.dir(), args.size_mib << 20, &[("v1", true)]).await?;
+    let ids = web_builds(&client, c.dir(), args.size_mib << 20, &[("v1", true)]).await?;
     let digest =
         deploy_types::Digest::parse(&client.get_build(&ids[0], false).await?.artifact_digest)?;
     let manifest = c.store("east")?.get_manifest(&digest).await?;
     let (size, chunks) = (manifest.size, manifest.chunks.len() as u64);
     let bound = size as f64 / rate as f64;
-    let reads_before = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed);
+    let store_reads = |m: &BTreeMap<String, f64>| m.get("deploy_store_chunk_reads").copied();
+    let reads_before = store_reads(&scrape(&http, c.addr("east-1")?).await?).unwrap_or(0.0);
     println!(
         "releasing {size} B ({chunks} chunks) to {} hosts in {} racks at {} B/s per link: S/B = {bound:.2} s",
         hosts.len(),
         args.racks,
         rate
     );
-    // Everything runs in this process: its CPU time over the transfer tells whether the
-    // machine, not the links, was the limit.
-    let cpu_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
+    // Every process's CPU time over the transfer tells whether the machine, not the links,
+    // was the limit.
+    let cpu_of = |pids: Vec<u32>| pids.into_iter().filter_map(cpu_seconds).sum::<f64>();
+    let cpu_before = cpu_of(c.pids());
     let start = Instant::now();
     let r = client
         .create_release(pb::CreateReleaseRequest {
@@ -153,7 +154,7 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
     )
     .await?;
     let last = done_at.values().max().copied().unwrap_or_default();
-    let cpu = cpu_seconds(std::process::id()).unwrap_or(0.0) - cpu_before;
+    let cpu = cpu_of(c.pids()) - cpu_before;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
@@ -163,20 +164,20 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
         "the release ended {}",
         done.state
     );
-    let reads = c.node("east-1")?.node.chunk_reads.load(Ordering::Relaxed) - reads_before;
-    let per_relay: BTreeMap<String, Value> = racks
-        .iter()
-        .filter_map(|r| {
-            let s = c.relay(&r.relay)?.stats();
-            Some((
-                r.relay.clone(),
-                json!({
-                    "upstream_fetches": s.upstream_fetches.load(Ordering::Relaxed),
-                    "chunk_requests": s.chunk_requests.load(Ordering::Relaxed),
-                }),
-            ))
-        })
-        .collect();
+    let reads = (store_reads(&scrape(&http, c.addr("east-1")?).await?).unwrap_or(0.0)
+        - reads_before) as u64;
+    let mut per_relay = BTreeMap::new();
+    for r in &racks {
+        let m = scrape(&http, c.addr(&r.relay)?).await?;
+        let count = |name: &str| m.get(name).copied().unwrap_or(0.0) as u64;
+        per_relay.insert(
+            r.relay.clone(),
+            json!({
+                "upstream_fetches": count("deploy_relay_upstream_fetches_total"),
+                "chunk_requests": count("deploy_relay_chunk_requests_total"),
+            }),
+        );
+    }
     let times: Vec<Duration> = done_at.values().copied().collect();
     let l = latency(&times);
     println!(
@@ -202,6 +203,19 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
         "store_copies_read": ratio(reads as f64, chunks as f64),
         "relays": per_relay,
     }))
+}
+
+/// A process's series from `/metrics` at `addr`, by name with labels.
+async fn scrape(http: &reqwest::Client, addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    parse_metrics(&text).with_context(|| format!("the metrics of {addr}"))
 }
 
 /// Every host downloads the whole artifact from one origin whose link passes `rate` bytes/s.

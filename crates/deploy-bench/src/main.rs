@@ -5,8 +5,9 @@
 //! measured in the same run (etcd, `S/B`, a naive origin) or a count that does not depend on
 //! the machine's speed. Nothing here is a test: `cargo xtask bench` runs it on release builds.
 //!
-//! It drives the system only from outside (processes, gRPC, HTTP), through `test-harness`;
-//! nothing in the product depends on it.
+//! It drives the system only from outside (processes, gRPC, HTTP), through `process-harness`,
+//! and must not link the coordinator, Raft or the replicated state (`cargo tree -p
+//! deploy-bench` shows none); nothing in the product depends on it.
 
 mod e2e;
 mod etcd;

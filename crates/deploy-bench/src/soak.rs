@@ -17,7 +17,7 @@ use deploy_client::{Client, ClusterStatusView};
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::worker_service_client::WorkerServiceClient;
 use serde_json::{json, Value};
-use test_harness::{wait_until, ProcessCluster, Spec};
+use process_harness::{wait_until, ProcessCluster, Spec};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
@@ -308,7 +308,7 @@ async fn scrape(http: &reqwest::Client, addr: &str) -> anyhow::Result<BTreeMap<S
         .await?
         .text()
         .await?;
-    test_harness::releases::parse_metrics(&text)
+    process_harness::releases::parse_metrics(&text)
 }
 
 fn global(m: &BTreeMap<String, f64>, name: &str) -> u64 {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use deploy_client::{Client, ClusterStatusView};
 use serde_json::{json, Value};
-use test_harness::{ProcessCluster, Spec};
+use process_harness::{ProcessCluster, Spec};
 
 use crate::etcd::{pb as etcd, EtcdCluster};
 use crate::stats::{latency, ratio, round};
@@ -136,7 +136,7 @@ async fn ours(args: &Args) -> anyhow::Result<Vec<Level>> {
     .allowed_repos(&[BENCH_REPO_PATTERN]);
     let cluster = ProcessCluster::start_spec(spec)?;
     let any = cluster.client()?;
-    let leader = test_harness::wait_until(Duration::from_secs(30), "a global leader", || async {
+    let leader = process_harness::wait_until(Duration::from_secs(30), "a global leader", || async {
         ClusterStatusView(any.cluster_status().await.ok()?).leader("global")
     })
     .await?;

@@ -38,6 +38,10 @@ pub struct ProcessCluster {
     ports: Ports,
     /// `DEPLOY_WORKER_FAILPOINT` for the workers, if the spec set one.
     worker_failpoint: Option<String>,
+    /// [`crate::Spec::link_limit`]
+    link_limit: Option<u64>,
+    /// [`crate::Spec::sim_agents`]
+    sim_agents: bool,
 }
 
 impl ProcessCluster {
@@ -105,6 +109,8 @@ impl ProcessCluster {
             nodes,
             ports,
             worker_failpoint: spec.worker_failpoint.clone(),
+            link_limit: spec.link_limit,
+            sim_agents: spec.sim_agents,
         };
         for n in names
             .iter()
@@ -159,6 +165,28 @@ impl ProcessCluster {
         self.start_node(id)
     }
 
+    /// Starts every host's agent (each as `deployd agent`, no failpoint).
+    pub fn start_agents(&mut self) -> anyhow::Result<()> {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, p)| matches!(p.kind, Kind::Agent(_)) && p.child.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for h in hosts {
+            self.start_agent(&h, None)?;
+        }
+        Ok(())
+    }
+
+    /// The process ids of everything running: nodes, workers, relays and agents.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .values()
+            .filter_map(|p| p.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     pub fn addr(&self, name: &str) -> anyhow::Result<&str> {
         Ok(&self.nodes.get(name).context("unknown node")?.addr)
     }
@@ -189,6 +217,10 @@ impl ProcessCluster {
             }
             Kind::Relay => {
                 cmd.arg("relay").arg("--data-dir").arg(&data);
+                if let Some(rate) = self.link_limit {
+                    cmd.arg("--up-limit").arg(rate.to_string());
+                    cmd.arg("--down-limit").arg(rate.to_string());
+                }
             }
             Kind::Agent(failpoint) => {
                 cmd.arg("agent")
@@ -198,6 +230,12 @@ impl ProcessCluster {
                     Some(f) => cmd.env("DEPLOY_AGENT_FAILPOINT", f),
                     None => cmd.env_remove("DEPLOY_AGENT_FAILPOINT"),
                 };
+                if let Some(rate) = self.link_limit {
+                    cmd.arg("--down-limit").arg(rate.to_string());
+                }
+                if self.sim_agents {
+                    cmd.arg("--sim");
+                }
             }
         }
         if matches!(p.kind, Kind::Worker | Kind::Node) {
