@@ -422,7 +422,7 @@ async fn a_relay_killed_mid_transfer_leaves_its_hosts_to_the_fallback() -> anyho
     let slow = Limits {
         up: Some(4 * 1024 * 1024),
         down: Some(1024 * 1024),
-        cache_bytes: None,
+        ..Limits::default()
     };
     c.start_fleet(&slow, true).await?;
     let ids = builds(&client, &c.dir(), 3 * 1024 * 1024, &[("v1", true)]).await?;
@@ -473,7 +473,7 @@ async fn with_every_link_limited_the_artifact_reaches_all_hosts_reading_the_stor
     let limits = Limits {
         up: Some(RATE),
         down: Some(RATE),
-        cache_bytes: None,
+        ..Limits::default()
     };
     c.start_fleet(&limits, true).await?;
     let ids = builds(&client, &c.dir(), 64 * 1024 * 1024, &[("v1", true)]).await?;

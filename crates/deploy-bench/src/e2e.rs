@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use deploy_proto::v1 as pb;
-use serde_json::{json, Value};
 use process_harness::gitrepo::GitRepo;
 use process_harness::releases::{hosts, is_final, status, wait_build};
 use process_harness::{wait_every, wait_until, ProcessCluster, Spec};
+use serde_json::{json, Value};
 
 use crate::stats::round;
 

@@ -16,8 +16,8 @@ use deploy_client::{Client, ClusterStatusView};
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::cluster_service_client::ClusterServiceClient;
 use deploy_proto::v1::raft_service_client::RaftServiceClient;
-use serde_json::{json, Value};
 use process_harness::{wait_every, wait_until, ProcessCluster, Spec};
+use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use crate::stats::{latency, round, Latency};

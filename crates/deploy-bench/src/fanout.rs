@@ -1,6 +1,6 @@
 //! Fan-out against the physical limit: an artifact of `S` bytes to `N` hosts in `R` racks
-//! with every link (relays' and agents' token buckets) limited to `B` bytes/s. The lower bound
-//! is `S/B`: no host can receive faster than its own link. Rack 1's relay is the region's top
+//! with every relay's and host's NIC limited to `B` bytes/s in each direction, summed over its
+//! connections. The lower bound is `S/B`: no host can receive faster than its own NIC. Rack 1's relay is the region's top
 //! relay and the other racks' relays fetch from it, so the store is read once.
 //!
 //! The baseline is a naive origin: one server, its link limited to the same `B`, from which
@@ -18,10 +18,10 @@ use bytes::Bytes;
 use deploy_fanout::bucket::Bucket;
 use deploy_proto::v1 as pb;
 use futures::StreamExt;
-use serde_json::{json, Value};
-use sha2::Digest;
 use process_harness::releases::{all_at_once, is_final, parse_metrics, wait_release, web_builds};
 use process_harness::{wait_every, ProcessCluster, Spec};
+use serde_json::{json, Value};
+use sha2::Digest;
 
 use crate::stats::{cpu_seconds, latency, ratio, round};
 
@@ -30,7 +30,7 @@ pub struct Args {
     /// Artifact payload in MiB.
     #[arg(long, default_value_t = 64)]
     pub size_mib: u64,
-    /// Every link's bandwidth, bytes per second.
+    /// Every relay's and host's NIC, bytes per second in each direction.
     #[arg(long, default_value_t = 20_000_000)]
     pub rate: u64,
     #[arg(long, default_value_t = 64)]
@@ -88,7 +88,7 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
         .region("east", 1)
         .worker("wk", "east")
         .chunk_bytes(4 * 1024 * 1024)
-        .link_limit(rate)
+        .nic_limit(rate)
         .sim_agents();
     for _ in 0..args.racks {
         spec = spec.rack("east", per_rack);
@@ -167,14 +167,19 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
     let reads = (store_reads(&scrape(&http, c.addr("east-1")?).await?).unwrap_or(0.0)
         - reads_before) as u64;
     let mut per_relay = BTreeMap::new();
+    let mut max_egress = 0u64;
     for r in &racks {
         let m = scrape(&http, c.addr(&r.relay)?).await?;
         let count = |name: &str| m.get(name).copied().unwrap_or(0.0) as u64;
+        let sent = count("deploy_relay_served_bytes_total");
+        max_egress = max_egress.max(sent);
         per_relay.insert(
             r.relay.clone(),
             json!({
                 "upstream_fetches": count("deploy_relay_upstream_fetches_total"),
                 "chunk_requests": count("deploy_relay_chunk_requests_total"),
+                "bytes_sent": sent,
+                "egress_copies": ratio(sent as f64, size as f64),
             }),
         );
     }
@@ -192,6 +197,7 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
         "hosts": hosts.len(),
         "racks": args.racks,
         "rate_bytes_per_sec": rate,
+        "nic": "every relay's and host's NIC limited to rate in each direction",
         "cpu_busy_fraction": round(cpu / (last.as_secs_f64().max(1e-9) * cores)),
         "lower_bound_secs": round(bound),
         "decision_secs": round(decided.as_secs_f64()),
@@ -202,6 +208,7 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
         "store_bytes_read": reads * size.div_ceil(chunks.max(1)),
         "store_copies_read": ratio(reads as f64, chunks as f64),
         "relays": per_relay,
+        "max_relay_egress_copies": ratio(max_egress as f64, size as f64),
     }))
 }
 

@@ -234,23 +234,26 @@ fn fanout(md: &mut String, doc: Option<Value>) {
     let b = &f["naive_origin"];
     let _ = writeln!(
         md,
-        "An artifact of S = {} bytes ({} chunks) to N = {} hosts in R = {} racks; every link \
-         (each relay's upstream, each host link, the naive origin) limited to B bytes/s. Rack \
-         1's relay fetches from the store; the other racks' relays fetch from it (a two-level \
-         tree). Agents in sim mode: they fetch and verify every chunk, and start no process. \
-         Times from the release request to the last host holding the verified artifact. \
-         *CPU busy*: the share of the machine's cores this process (the whole cluster, every \
-         relay and agent) used meanwhile; near 1, the machine, not the links, was the limit.\n",
+        "An artifact of S = {} bytes ({} chunks) to N = {} hosts in R = {} racks. Every relay's \
+         and every host's NIC is limited to B bytes/s in each direction, summed over all its \
+         connections (`--nic-in`, `--nic-out`); the store is not limited, and what it served is \
+         counted. Rack 1's relay fetches from the store; the other racks' relays fetch from it \
+         (a two-level tree). Hosts fetch only from their relay (no peer exchange), so a relay's \
+         NIC carries one copy per host of its rack, plus one per child relay. Agents in sim \
+         mode: they fetch and verify every chunk, and start no process. Times from the release \
+         request to the last host holding the verified artifact. *CPU busy*: the share of the \
+         machine's cores that every process of the cluster used meanwhile; near 1, the \
+         machine, not the NICs, was the limit.\n",
         t["artifact_bytes"], t["chunks"], t["hosts"], t["racks"]
     );
-    md.push_str("| B (bytes/s) | S/B (s) | last host (s) | ratio to S/B | median host (s) | CPU busy | chunks read from the store |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| B (bytes/s) | S/B (s) | last host (s) | ratio to S/B | median host (s) | CPU busy | chunks read from the store | most one relay sent (x S) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for run in [t, &f["tree_low_rate"]] {
         if run.is_null() {
             continue;
         }
         let _ = writeln!(
             md,
-            "| {} | {} | {} | **{}** | {} | {} | {} of {} |",
+            "| {} | {} | {} | **{}** | {} | {} | {} of {} | {} |",
             run["rate_bytes_per_sec"],
             n(&run["lower_bound_secs"], 2),
             n(&run["last_host_secs"], 2),
@@ -259,6 +262,7 @@ fn fanout(md: &mut String, doc: Option<Value>) {
             n(&run["cpu_busy_fraction"], 2),
             run["store_chunk_reads"],
             run["chunks"],
+            n(&run["max_relay_egress_copies"], 2),
         );
     }
     if !b.is_null() {

@@ -17,9 +17,9 @@ use deploy_client::{Client, ClusterStatusView};
 use deploy_hostsim::{SimEvent, SimOptions};
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::raft_service_client::RaftServiceClient;
-use serde_json::{json, Value};
 use process_harness::releases::{all_at_once, is_final, status, succeeded_builds};
 use process_harness::{wait_until, ProcessCluster, Spec};
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{cpu_seconds, latency, memory_mib, round};

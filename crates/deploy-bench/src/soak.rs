@@ -16,8 +16,8 @@ use anyhow::Context;
 use deploy_client::{Client, ClusterStatusView};
 use deploy_proto::v1 as pb;
 use deploy_proto::v1::worker_service_client::WorkerServiceClient;
-use serde_json::{json, Value};
 use process_harness::{wait_until, ProcessCluster, Spec};
+use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 

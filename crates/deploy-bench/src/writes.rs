@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use deploy_client::{Client, ClusterStatusView};
-use serde_json::{json, Value};
 use process_harness::{ProcessCluster, Spec};
+use serde_json::{json, Value};
 
 use crate::etcd::{pb as etcd, EtcdCluster};
 use crate::stats::{latency, ratio, round};
@@ -136,10 +136,11 @@ async fn ours(args: &Args) -> anyhow::Result<Vec<Level>> {
     .allowed_repos(&[BENCH_REPO_PATTERN]);
     let cluster = ProcessCluster::start_spec(spec)?;
     let any = cluster.client()?;
-    let leader = process_harness::wait_until(Duration::from_secs(30), "a global leader", || async {
-        ClusterStatusView(any.cluster_status().await.ok()?).leader("global")
-    })
-    .await?;
+    let leader =
+        process_harness::wait_until(Duration::from_secs(30), "a global leader", || async {
+            ClusterStatusView(any.cluster_status().await.ok()?).leader("global")
+        })
+        .await?;
     let client = Arc::new(cluster.client_of(&leader)?);
     let mut out = Vec::new();
     for &c in &args.levels {

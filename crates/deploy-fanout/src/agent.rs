@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, Nic};
 use crate::cache::{digest_off_thread, write_durably};
 use crate::fetch;
 use crate::relay::{AgentReport, GoalReply, HostGoal, ServiceState};
@@ -64,6 +64,8 @@ pub struct AgentOptions {
     /// Verify and record, but start no process (for scale tests).
     pub sim: bool,
     pub down_limit: Option<u64>,
+    /// The host's network card: every download draws from its ingress, under `down_limit`.
+    pub nic: Nic,
     pub max_chunk_bytes: usize,
     /// Test hook: pause (so a test can kill the agent) at `unpack`, `switch` or `health`.
     pub failpoint: Option<String>,
@@ -115,7 +117,7 @@ impl Agent {
         Arc::new(Self {
             direct,
             http: fetch::client(&opts.transport),
-            down: Bucket::new(opts.down_limit),
+            down: opts.nic.receiving(opts.down_limit),
             services: Mutex::default(),
             changed: Notify::new(),
             installs: Default::default(),
@@ -738,6 +740,7 @@ mod tests {
             trusted: TrustedKeys::parse::<&str>(&[]).expect("no keys"),
             sim: false,
             down_limit: None,
+            nic: Nic::unlimited(),
             max_chunk_bytes: 1 << 20,
             failpoint: None,
             transport: deploy_tls::Transport::Plain,

@@ -7,14 +7,31 @@ use deploy_artifact::TrustedKeys;
 use deploy_types::ClusterConfig;
 
 use crate::agent::AgentOptions;
+use crate::bucket::Nic;
 use crate::relay::RelayOptions;
 
 /// Bandwidth and cache settings shared by the relay and agent commands.
 #[derive(Debug, Clone, Default)]
 pub struct Limits {
+    /// One connection's pace from upstream (a relay's fetches).
     pub up: Option<u64>,
+    /// One connection's pace toward hosts (a relay's answers, an agent's downloads).
     pub down: Option<u64>,
     pub cache_bytes: Option<u64>,
+    /// The process's NIC, each direction summed over all its connections; `None` takes the
+    /// config's `[fanout]` budget.
+    pub nic_in: Option<u64>,
+    pub nic_out: Option<u64>,
+}
+
+impl Limits {
+    /// The NIC of a process with these limits under `config`.
+    pub fn nic(&self, config: &ClusterConfig) -> Nic {
+        Nic::new(
+            self.nic_in.or(config.fanout.nic_in_bytes_per_sec),
+            self.nic_out.or(config.fanout.nic_out_bytes_per_sec),
+        )
+    }
 }
 
 pub fn trusted(config: &ClusterConfig) -> anyhow::Result<TrustedKeys> {
@@ -49,6 +66,7 @@ pub fn relay_options(
             cache_max_bytes: limits.cache_bytes.unwrap_or(2 << 30),
             up_limit: limits.up,
             down_limit: limits.down,
+            nic: limits.nic(config),
             trusted: trusted(config)?,
             max_chunk_bytes: config.builds.chunk_bytes as usize,
             transport: transport.clone(),
@@ -90,6 +108,7 @@ pub fn agent_options(
         trusted: trusted(config)?,
         sim,
         down_limit: limits.down,
+        nic: limits.nic(config),
         max_chunk_bytes: config.builds.chunk_bytes as usize,
         failpoint: std::env::var("DEPLOY_AGENT_FAILPOINT").ok(),
         transport: transport.clone(),

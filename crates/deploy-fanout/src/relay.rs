@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use deploy_tls::listener::Peer;
 
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, Nic};
 use crate::cache::Cache;
 use crate::fetch;
 
@@ -54,6 +54,9 @@ pub struct RelayOptions {
     /// unlimited.
     pub up_limit: Option<u64>,
     pub down_limit: Option<u64>,
+    /// The relay's network card: every fetch draws from its ingress and every answer (to
+    /// hosts and child relays) from its egress, under the per-connection limits above.
+    pub nic: Nic,
     pub trusted: TrustedKeys,
     pub max_chunk_bytes: usize,
     /// Plain TCP, or mutual TLS: then only the cluster's processes may connect.
@@ -246,7 +249,7 @@ impl Relay {
                 http: fetch::client(&opts.transport),
                 client,
                 cache,
-                up: Bucket::new(opts.up_limit),
+                up: opts.nic.receiving(opts.up_limit),
                 goals: Mutex::default(),
                 registered: Mutex::default(),
                 reports: Mutex::default(),
@@ -892,7 +895,7 @@ fn paced(
     me: Arc<Inner>,
     body: Bytes,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    let link = Bucket::new(me.opts.down_limit);
+    let link = me.opts.nic.sending(me.opts.down_limit);
     futures::stream::unfold(
         (me, body, 0usize, link),
         |(me, body, pos, link)| async move {
@@ -926,7 +929,7 @@ fn forward(
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     let st = Forwarding {
         rx: job.progress.subscribe(),
-        link: Bucket::new(me.opts.down_limit),
+        link: me.opts.nic.sending(me.opts.down_limit),
         me,
         job,
         pos: 0,

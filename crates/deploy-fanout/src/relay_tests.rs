@@ -55,6 +55,7 @@ fn relay(dir: &std::path::Path, upstream: String, trusted: TrustedKeys) -> Relay
         cache_max_bytes: 1 << 20,
         up_limit: None,
         down_limit: None,
+        nic: crate::bucket::Nic::unlimited(),
         trusted,
         max_chunk_bytes: 1 << 20,
         transport: deploy_tls::Transport::Plain,

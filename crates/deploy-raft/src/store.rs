@@ -588,7 +588,13 @@ mod tests {
         let dir = TempDir::new().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         let (mut log, _sm) = open::<RegionTypes>(dir.path())?;
         let leader = openraft::CommittedLeaderId::new(1, 7);
-        let value_bytes = |index: u64| if index == 9 { 3 * MAX_APPEND_BYTES } else { 200 * 1024 };
+        let value_bytes = |index: u64| {
+            if index == 9 {
+                3 * MAX_APPEND_BYTES
+            } else {
+                200 * 1024
+            }
+        };
         for index in 1..=12u64 {
             let entry = openraft::Entry::<RegionTypes> {
                 log_id: LogId::new(leader, index),
@@ -607,13 +613,25 @@ mod tests {
             entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>()
         };
         // 200 KiB entries: the third crosses 512 KiB and ends the piece.
-        assert_eq!(indexes(log.limited_get_log_entries(1, 13).await?), [1, 2, 3]);
-        assert_eq!(indexes(log.limited_get_log_entries(4, 13).await?), [4, 5, 6]);
-        assert_eq!(indexes(log.limited_get_log_entries(7, 13).await?), [7, 8, 9]);
+        assert_eq!(
+            indexes(log.limited_get_log_entries(1, 13).await?),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            indexes(log.limited_get_log_entries(4, 13).await?),
+            [4, 5, 6]
+        );
+        assert_eq!(
+            indexes(log.limited_get_log_entries(7, 13).await?),
+            [7, 8, 9]
+        );
         // An entry larger than the bound still goes, alone.
         assert_eq!(indexes(log.limited_get_log_entries(9, 13).await?), [9]);
         // The end of the range bounds it too.
-        assert_eq!(indexes(log.limited_get_log_entries(10, 12).await?), [10, 11]);
+        assert_eq!(
+            indexes(log.limited_get_log_entries(10, 12).await?),
+            [10, 11]
+        );
         assert_eq!(log.try_get_log_entries(1..13).await?.len(), 12);
         Ok(())
     }

@@ -241,6 +241,31 @@ impl RetentionSettings {
     }
 }
 
+/// The fan-out processes' network cards (`[fanout]`): one budget per direction for each relay
+/// and each host agent, summed over all its connections, so a deploy takes no more of a
+/// machine's NIC than this. Off (unlimited) by default; `deployd relay|agent --nic-in
+/// --nic-out` override it per process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutSettings {
+    /// Total ingress of one relay or agent, bytes per second.
+    pub nic_in_bytes_per_sec: Option<u64>,
+    /// Total egress of one relay or agent, bytes per second.
+    pub nic_out_bytes_per_sec: Option<u64>,
+}
+
+/// The least a NIC budget may be: below it a 4 MiB chunk would take minutes.
+pub const MIN_NIC_BYTES_PER_SEC: u64 = 64 * 1024;
+
+impl FanoutSettings {
+    /// What is wrong with a budget of `value` named `what`, if anything.
+    pub fn check_budget(what: &str, value: Option<u64>) -> Option<String> {
+        value.filter(|v| *v < MIN_NIC_BYTES_PER_SEC).map(|v| {
+            format!("{what} ({v}) must be at least {MIN_NIC_BYTES_PER_SEC} bytes per second")
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterSection {
@@ -270,6 +295,8 @@ struct RawConfig {
     #[serde(default)]
     retention: RetentionSettings,
     #[serde(default)]
+    fanout: FanoutSettings,
+    #[serde(default)]
     signing: SigningConfig,
     #[serde(default)]
     racks: Vec<crate::fleet::RackConfig>,
@@ -288,6 +315,7 @@ pub struct ClusterConfig {
     pub workers: Vec<WorkerConfig>,
     pub builds: BuildSettings,
     pub retention: RetentionSettings,
+    pub fanout: FanoutSettings,
     pub signing: SigningConfig,
     /// Transport security and API tokens (see `security`).
     pub security: crate::security::SecurityConfig,
@@ -428,6 +456,18 @@ impl ClusterConfig {
         if r.forget_hosts_after_secs < 1 {
             problems.push("retention.forget_hosts_after_secs must be above 0".into());
         }
+        for (what, v) in [
+            (
+                "fanout.nic_in_bytes_per_sec",
+                raw.fanout.nic_in_bytes_per_sec,
+            ),
+            (
+                "fanout.nic_out_bytes_per_sec",
+                raw.fanout.nic_out_bytes_per_sec,
+            ),
+        ] {
+            problems.extend(FanoutSettings::check_budget(what, v));
+        }
         let b = &raw.builds;
         if b.lease_ms < 300 {
             problems.push(format!(
@@ -525,6 +565,7 @@ impl ClusterConfig {
             workers: raw.workers,
             builds: raw.builds,
             retention: raw.retention,
+            fanout: raw.fanout,
             signing: raw.signing,
             security: raw.security,
             base: None,
@@ -857,6 +898,26 @@ voters = ["a", "b", "c"]
             ClusterConfig::parse(&ip, "t"),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn nic_budgets_are_off_by_default_and_refused_below_their_minimum() {
+        let cfg = ClusterConfig::parse(SMALL, "test").unwrap();
+        assert_eq!(cfg.fanout, FanoutSettings::default());
+        let with = |text: &str| format!("{SMALL}\n[fanout]\n{text}\n");
+        let cfg = ClusterConfig::parse(
+            &with("nic_in_bytes_per_sec = 1250000000\nnic_out_bytes_per_sec = 1250000000"),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(cfg.fanout.nic_in_bytes_per_sec, Some(1_250_000_000));
+        assert_eq!(cfg.fanout.nic_out_bytes_per_sec, Some(1_250_000_000));
+        let p = problems(&with("nic_out_bytes_per_sec = 10"));
+        assert!(
+            p.iter()
+                .any(|p| p.contains("fanout.nic_out_bytes_per_sec (10)")),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub enum Command {
         /// Cache bound in bytes (default 2 GiB).
         #[arg(long)]
         cache_bytes: Option<u64>,
+        #[command(flatten)]
+        nic: NicArgs,
     },
     /// Run a host agent: install its goal's releases and run them.
     Agent {
@@ -92,6 +94,8 @@ pub enum Command {
         /// Download bandwidth limit, bytes per second (default: none).
         #[arg(long)]
         down_limit: Option<u64>,
+        #[command(flatten)]
+        nic: NicArgs,
     },
     /// Signing keys for artifacts.
     #[command(subcommand)]
@@ -163,6 +167,29 @@ pub enum Command {
 }
 
 /// Parses RACKSxHOSTS, each 1-1000.
+/// A fan-out process's network card, overriding the config's `[fanout]` budgets.
+#[derive(Debug, clap::Args)]
+pub struct NicArgs {
+    /// Total ingress over all connections, bytes per second (default: the config's
+    /// fanout.nic_in_bytes_per_sec, else none).
+    #[arg(long, value_parser = parse_nic_budget)]
+    pub nic_in: Option<u64>,
+    /// Total egress over all connections, bytes per second (default: the config's
+    /// fanout.nic_out_bytes_per_sec, else none).
+    #[arg(long, value_parser = parse_nic_budget)]
+    pub nic_out: Option<u64>,
+}
+
+fn parse_nic_budget(s: &str) -> Result<u64, String> {
+    let v: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of bytes per second"))?;
+    match deploy_types::config::FanoutSettings::check_budget("the budget", Some(v)) {
+        Some(problem) => Err(problem),
+        None => Ok(v),
+    }
+}
+
 pub fn parse_shape(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("{s:?}: expected RACKSxHOSTS, each 1-1000, e.g. 3x4");
     let (r, h) = s.split_once('x').ok_or_else(bad)?;
@@ -232,11 +259,14 @@ pub async fn run(cli: Cli, seams: deploy_coordinator::seams::Seams) -> anyhow::R
             up_limit,
             down_limit,
             cache_bytes,
+            nic,
         } => {
             let limits = crate::fleet::Limits {
                 up: up_limit,
                 down: down_limit,
                 cache_bytes,
+                nic_in: nic.nic_in,
+                nic_out: nic.nic_out,
             };
             crate::fleet::run_relay(config, &id, data_dir, limits).await
         }
@@ -247,9 +277,12 @@ pub async fn run(cli: Cli, seams: deploy_coordinator::seams::Seams) -> anyhow::R
             root,
             sim,
             down_limit,
+            nic,
         } => {
             let limits = crate::fleet::Limits {
                 down: down_limit,
+                nic_in: nic.nic_in,
+                nic_out: nic.nic_out,
                 ..Default::default()
             };
             crate::fleet::run_agent(config, &id, root, sim, limits, http.as_deref()).await

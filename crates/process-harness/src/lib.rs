@@ -62,9 +62,9 @@ pub struct Spec {
     /// Mutual TLS and tokens (a CA, every process's certificate and an admin token made
     /// under the cluster's directory), instead of `insecure = true`.
     pub secure: bool,
-    /// Every relay's and agent's links limited to this many bytes per second, each way it
-    /// has (a relay's upstream and its hosts' side, an agent's download).
-    pub link_limit: Option<u64>,
+    /// Every relay's and agent's NIC limited to this many bytes per second in each direction
+    /// (`--nic-in`, `--nic-out`), summed over all its connections.
+    pub nic_limit: Option<u64>,
     /// Agents verify and record releases but start no process (`deployd agent --sim`).
     pub sim_agents: bool,
 }
@@ -136,15 +136,15 @@ impl Spec {
             racks: Vec::new(),
             parents: Vec::new(),
             secure: false,
-            link_limit: None,
+            nic_limit: None,
             sim_agents: false,
         }
     }
 
     /// Mutual TLS and tokens instead of `insecure = true`.
-    /// Limits every relay's and agent's links to `bytes_per_sec`, each way.
-    pub fn link_limit(mut self, bytes_per_sec: u64) -> Self {
-        self.link_limit = Some(bytes_per_sec);
+    /// Limits every relay's and agent's NIC to `bytes_per_sec` in each direction.
+    pub fn nic_limit(mut self, bytes_per_sec: u64) -> Self {
+        self.nic_limit = Some(bytes_per_sec);
         self
     }
 

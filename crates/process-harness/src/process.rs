@@ -38,8 +38,8 @@ pub struct ProcessCluster {
     ports: Ports,
     /// `DEPLOY_WORKER_FAILPOINT` for the workers, if the spec set one.
     worker_failpoint: Option<String>,
-    /// [`crate::Spec::link_limit`]
-    link_limit: Option<u64>,
+    /// [`crate::Spec::nic_limit`]
+    nic_limit: Option<u64>,
     /// [`crate::Spec::sim_agents`]
     sim_agents: bool,
 }
@@ -109,7 +109,7 @@ impl ProcessCluster {
             nodes,
             ports,
             worker_failpoint: spec.worker_failpoint.clone(),
-            link_limit: spec.link_limit,
+            nic_limit: spec.nic_limit,
             sim_agents: spec.sim_agents,
         };
         for n in names
@@ -217,10 +217,6 @@ impl ProcessCluster {
             }
             Kind::Relay => {
                 cmd.arg("relay").arg("--data-dir").arg(&data);
-                if let Some(rate) = self.link_limit {
-                    cmd.arg("--up-limit").arg(rate.to_string());
-                    cmd.arg("--down-limit").arg(rate.to_string());
-                }
             }
             Kind::Agent(failpoint) => {
                 cmd.arg("agent")
@@ -230,9 +226,6 @@ impl ProcessCluster {
                     Some(f) => cmd.env("DEPLOY_AGENT_FAILPOINT", f),
                     None => cmd.env_remove("DEPLOY_AGENT_FAILPOINT"),
                 };
-                if let Some(rate) = self.link_limit {
-                    cmd.arg("--down-limit").arg(rate.to_string());
-                }
                 if self.sim_agents {
                     cmd.arg("--sim");
                 }
@@ -243,6 +236,14 @@ impl ProcessCluster {
         }
         if matches!(p.kind, Kind::Worker | Kind::Agent(_)) {
             cmd.arg("--http").arg(&p.addr);
+        }
+        if let (Some(rate), Kind::Relay | Kind::Agent(_)) = (self.nic_limit, &p.kind) {
+            cmd.args([
+                "--nic-in",
+                &rate.to_string(),
+                "--nic-out",
+                &rate.to_string(),
+            ]);
         }
         let listener = self.ports.listener(&p.addr)?;
         cmd.arg("--config")

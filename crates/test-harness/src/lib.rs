@@ -28,4 +28,3 @@ pub fn init_logging() {
         .with_test_writer()
         .try_init();
 }
-
