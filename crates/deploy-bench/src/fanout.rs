@@ -18,12 +18,12 @@ use bytes::Bytes;
 use deploy_fanout::bucket::Bucket;
 use deploy_proto::v1 as pb;
 use futures::StreamExt;
-use process_harness::releases::{all_at_once, is_final, parse_metrics, wait_release, web_builds};
+use process_harness::releases::{all_at_once, is_final, wait_release, web_builds};
 use process_harness::{wait_every, ProcessCluster, Spec};
 use serde_json::{json, Value};
 use sha2::Digest;
 
-use crate::stats::{cpu_seconds, latency, ratio, round};
+use crate::stats::{cpu_seconds, latency, ratio, round, scrape};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -210,19 +210,6 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
         "relays": per_relay,
         "max_relay_egress_copies": ratio(max_egress as f64, size as f64),
     }))
-}
-
-/// A process's series from `/metrics` at `addr`, by name with labels.
-async fn scrape(http: &reqwest::Client, addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    parse_metrics(&text).with_context(|| format!("the metrics of {addr}"))
 }
 
 /// Every host downloads the whole artifact from one origin whose link passes `rate` bytes/s.

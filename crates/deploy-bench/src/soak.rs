@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
-use crate::stats::{latency, round};
+use crate::stats::{latency, round, scrape};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -297,18 +297,6 @@ async fn worker_loop(load: Arc<Load>, mut client: WorkerServiceClient<Channel>, 
         load.complete_one();
         load.room.add_permits(1);
     }
-}
-
-/// A node's gauges from `/metrics`, by series name with labels.
-async fn scrape(http: &reqwest::Client, addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await?
-        .text()
-        .await?;
-    process_harness::releases::parse_metrics(&text)
 }
 
 fn global(m: &BTreeMap<String, f64>, name: &str) -> u64 {

@@ -1,5 +1,6 @@
 //! Percentiles, the machine's description, and the JSON files.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -128,6 +129,20 @@ pub fn random_sha() -> String {
     let mut b = [0u8; 20];
     let _ = getrandom::fill(&mut b);
     hex::encode(b)
+}
+
+/// A process's series from `/metrics` at `addr`, by name with labels.
+pub async fn scrape(http: &reqwest::Client, addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    process_harness::releases::parse_metrics(&text)
+        .with_context(|| format!("the metrics of {addr}"))
 }
 
 #[cfg(test)]
