@@ -85,6 +85,11 @@ fn signal(pid: u32, signal: i32) {
 }
 
 impl Cluster {
+    /// The `deployd` binary every process runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// Writes the config into `dir` (made by the caller, with its keys and stores).
     pub fn new(
         dir: &Path,

@@ -12,8 +12,8 @@
 //! - [`check`], [`hosts`], [`logs`], [`lin`]: the invariants;
 //! - [`run`], [`report`]: one run, start to end.
 //!
-//! It drives the system only from outside (processes, gRPC, HTTP, and each node's RocksDB
-//! once every process has stopped); it must not link the coordinator's internals.
+//! It drives the system only from outside (processes, gRPC, HTTP, and each stopped node's
+//! log through `deployd inspect-log`); it must not link the coordinator, Raft or the state.
 
 pub mod check;
 pub mod cluster;

@@ -1,12 +1,11 @@
-//! Committed log prefixes, compared offline: once every process has stopped, each node's
-//! RocksDB is opened and every entry both members of a group still hold, up to the index
-//! both have committed, must be the same entry.
+//! Committed log prefixes, compared offline: once every process has stopped, each node's log
+//! is read by `deployd inspect-log` (the harness links no store), and every entry both
+//! members of a group still hold, up to the index both have committed, must be the same entry.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use deploy_raft::{store, GlobalTypes, GroupTypes, RegionTypes};
-use openraft::storage::{RaftLogReader, RaftLogStorage};
+use anyhow::Context;
 
 /// What one member's log holds.
 pub struct MemberLog {
@@ -18,46 +17,58 @@ pub struct MemberLog {
     pub entries: BTreeMap<u64, Vec<u8>>,
 }
 
-/// Reads the log of `group` (`global`, `region/<r>`) from a stopped node's data directory.
-pub async fn read(node: &str, data_dir: &Path, group: &str) -> anyhow::Result<MemberLog> {
-    let dir = data_dir.join(group.replace('/', "-"));
-    if group == "global" {
-        read_as::<GlobalTypes>(node, &dir).await
-    } else {
-        read_as::<RegionTypes>(node, &dir).await
-    }
+/// Reads the log of `group` (`global`, `region/<r>`) from a stopped node's data directory,
+/// through `deployd inspect-log`.
+pub async fn read(
+    deployd: &Path,
+    node: &str,
+    data_dir: &Path,
+    group: &str,
+) -> anyhow::Result<MemberLog> {
+    let out = tokio::process::Command::new(deployd)
+        .arg("inspect-log")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--group", group])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("{node}: cannot run {} inspect-log", deployd.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{node}: deployd inspect-log {group} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    parse(node, &out.stdout)
 }
 
-/// Reads a log whose entries are of group kind `C`.
-async fn read_as<C: GroupTypes>(node: &str, dir: &Path) -> anyhow::Result<MemberLog> {
-    let (mut log, _sm) = store::open::<C>(dir)
-        .map_err(|e| anyhow::anyhow!("{node}: cannot open {}: {e}", dir.display()))?;
-    let state = log
-        .get_log_state()
-        .await
-        .map_err(|e| anyhow::anyhow!("{node}: {e}"))?;
-    let committed = log
-        .read_committed()
-        .await
-        .map_err(|e| anyhow::anyhow!("{node}: {e}"))?
-        .map(|c| c.index)
-        .unwrap_or(0);
-    let first = state.last_purged_log_id.map(|l| l.index + 1).unwrap_or(0);
-    let last = state.last_log_id.map(|l| l.index).unwrap_or(0);
-    let entries = log
-        .try_get_log_entries(first..=last)
-        .await
-        .map_err(|e| anyhow::anyhow!("{node}: {e}"))?
-        .into_iter()
-        .map(|e| (e.log_id.index, serde_json::to_vec(&e).unwrap_or_default()))
-        .collect();
-    Ok(MemberLog {
+/// A member's log from `deployd inspect-log`'s lines.
+fn parse(node: &str, text: &[u8]) -> anyhow::Result<MemberLog> {
+    let mut lines = text.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    let head: serde_json::Value = serde_json::from_slice(lines.next().context("no header line")?)
+        .with_context(|| format!("{node}: the log's header"))?;
+    let number = |k: &str| {
+        head[k]
+            .as_u64()
+            .with_context(|| format!("{node}: no {k} in the log's header"))
+    };
+    let mut log = MemberLog {
         node: node.to_string(),
-        committed,
-        first,
-        last,
-        entries,
-    })
+        committed: number("committed")?,
+        first: number("first")?,
+        last: number("last")?,
+        entries: BTreeMap::new(),
+    };
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_slice(line).with_context(|| format!("{node}: a log line"))?;
+        let index = v["index"]
+            .as_u64()
+            .with_context(|| format!("{node}: a log line without an index"))?;
+        log.entries.insert(index, serde_json::to_vec(&v["entry"])?);
+    }
+    Ok(log)
 }
 
 /// How two or more members' logs compare.
@@ -110,6 +121,20 @@ mod tests {
                 .map(|(i, e)| (*i, e.as_bytes().to_vec()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn inspect_log_lines_are_read_back() -> anyhow::Result<()> {
+        let text = br#"{"group":"global","committed":3,"first":2,"last":4}
+{"index":2,"entry":{"log_id":2,"payload":"a"}}
+{"index":3,"entry":{"log_id":3,"payload":"b"}}
+"#;
+        let log = parse("n", text)?;
+        assert_eq!((log.committed, log.first, log.last), (3, 2, 4));
+        assert_eq!(log.entries.len(), 2);
+        assert_eq!(log.entries[&3], br#"{"log_id":3,"payload":"b"}"#.to_vec());
+        assert!(parse("n", b"{\"committed\":1}\n").is_err());
+        Ok(())
     }
 
     #[test]

@@ -754,7 +754,7 @@ async fn compare_logs(cluster: &Cluster, groups: &[String]) -> Verdict {
         let mut member_logs = Vec::new();
         for m in cluster.layout.members(g) {
             let data = cluster.data_dir(&m.name);
-            match logs::read(&m.name, &data, g).await {
+            match logs::read(cluster.bin(), &m.name, &data, g).await {
                 Ok(l) => member_logs.push(l),
                 Err(e) => v.push(format!("{g}: {e:#}")),
             }

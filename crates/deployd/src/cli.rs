@@ -146,6 +146,16 @@ pub enum Command {
         #[arg(long)]
         short: bool,
     },
+    /// Write one group's Raft log from a stopped node's data directory as JSON lines (a
+    /// header, then one line per entry), for tools that compare logs from outside.
+    InspectLog {
+        /// The node's data directory (what `deployd node --data-dir` was given).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// `global` or `region/<name>`.
+        #[arg(long)]
+        group: String,
+    },
     /// Simulate a region's hosts: report like rack relays and follow the goals, so releases
     /// can be tried without agents.
     Simhosts {
@@ -341,6 +351,10 @@ pub async fn run(cli: Cli, seams: deploy_coordinator::seams::Seams) -> anyhow::R
                 short,
             })
             .await
+        }
+        Command::InspectLog { data_dir, group } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            crate::inspect::run(&data_dir, &group, &mut out).await
         }
         Command::Simhosts {
             endpoint,

@@ -10,6 +10,7 @@ mod demo;
 mod dev;
 mod devcerts;
 mod fleet;
+mod inspect;
 pub mod listen;
 mod logging;
 mod node;
