@@ -11,6 +11,7 @@
 //! - [`gc`]: retention: which artifacts are kept and what garbage collection may delete.
 //! - [`copy`]: replication of an artifact from one store to another, chunk by chunk, skipping
 //!   chunks the destination already holds intact.
+//! - [`serve`]: the chunk and manifest HTTP answers every artifact server gives.
 //!
 //! This crate knows nothing of Raft, gRPC or the cluster's processes.
 
@@ -19,6 +20,7 @@ pub mod gc;
 pub mod manifest;
 pub mod pack;
 pub mod recipe;
+pub mod serve;
 pub mod signing;
 pub mod store;
 

@@ -9,11 +9,13 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use deploy_artifact::serve::{self, refusal, text, Refusal};
 use deploy_artifact::{Store, StoreError};
 use deploy_types::{Digest, GroupName};
 
@@ -64,17 +66,6 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
-/// A refusal: a status and a one-line reason.
-type Refusal = (StatusCode, String);
-
-fn text(status: StatusCode, msg: impl Into<String>) -> Response {
-    refusal(status, msg).into_response()
-}
-
-fn refusal(status: StatusCode, msg: impl Into<String>) -> Refusal {
-    (status, format!("{}\n", msg.into()))
-}
-
 /// The store this node serves: that of the (first) region whose group it hosts.
 fn serving_store(node: &Node) -> Result<&Store, Refusal> {
     node.regions()
@@ -92,9 +83,7 @@ fn serving_store(node: &Node) -> Result<&Store, Refusal> {
 
 /// The digest a request names and the store that serves it.
 fn target<'a>(node: &'a Node, raw: &str) -> Result<(Digest, &'a Store), Refusal> {
-    let digest =
-        Digest::parse_either(raw).map_err(|e| refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
-    Ok((digest, serving_store(node)?))
+    Ok((serve::path_digest(raw)?, serving_store(node)?))
 }
 
 fn store_error(e: StoreError) -> Response {
@@ -112,10 +101,7 @@ async fn manifest(State(node): State<Arc<Node>>, Path(raw): Path<String>) -> Res
         Err(r) => return r.into_response(),
     };
     match store.get_trusted_manifest(&digest, &node.trusted).await {
-        Ok(m) => match serde_json::to_vec(&m) {
-            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
+        Ok(m) => serve::manifest_answer(&m),
         Err(e) => store_error(e),
     }
 }
@@ -136,32 +122,5 @@ async fn chunk(
     };
     node.chunk_reads
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let len = data.len() as u64;
-    let Some(range) = headers.get(header::RANGE) else {
-        return ([(header::ACCEPT_RANGES, "bytes".to_string())], data).into_response();
-    };
-    let parsed = range
-        .to_str()
-        .ok()
-        .and_then(|r| deploy_artifact::parse_range(r, len));
-    match parsed {
-        Some((start, end)) => (
-            StatusCode::PARTIAL_CONTENT,
-            [
-                (
-                    header::CONTENT_RANGE,
-                    format!("bytes {start}-{}/{len}", end - 1),
-                ),
-                (header::ACCEPT_RANGES, "bytes".to_string()),
-            ],
-            data.slice(start as usize..end as usize),
-        )
-            .into_response(),
-        None => (
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-            "unsatisfiable range\n",
-        )
-            .into_response(),
-    }
+    serve::chunk_answer(data, &headers, Body::from)
 }

@@ -370,7 +370,7 @@ fn start_updates(
                 .iter()
                 .filter(|h| h.services.get(&goal.service).is_some_and(Running::updating))
                 .count();
-            if busy >= goal.max_unavailable_per_rack.max(1) as usize {
+            if !deploy_types::fleet::may_begin_update(busy, goal.max_unavailable_per_rack) {
                 continue;
             }
             hosts[i].services.insert(

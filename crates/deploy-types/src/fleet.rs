@@ -243,9 +243,24 @@ impl ClusterConfig {
     }
 }
 
+/// The rack's max-unavailable gate, the one rule every place that moves hosts applies (the
+/// relay handing out goals, the simulated hosts): one more host of a rack may begin updating
+/// a service while `updating` hosts of the rack are mid-update on it, if that is below
+/// `max_unavailable_per_rack`. A limit of 0 is taken as 1, so a rollout always moves.
+pub fn may_begin_update(updating: usize, max_unavailable_per_rack: u32) -> bool {
+    updating < max_unavailable_per_rack.max(1) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rack_gate_admits_below_its_limit_and_always_one() {
+        assert!(may_begin_update(0, 2) && may_begin_update(1, 2));
+        assert!(!may_begin_update(2, 2) && !may_begin_update(3, 2));
+        assert!(may_begin_update(0, 0) && !may_begin_update(1, 0));
+    }
 
     /// What the index must agree with: a scan of every rack.
     fn scanned<'a>(config: &'a ClusterConfig, host: &str) -> Option<&'a RackConfig> {

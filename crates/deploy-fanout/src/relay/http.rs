@@ -1,10 +1,7 @@
 //! The relay's HTTP face: goal long polls, reports, manifests, chunks, probes and metrics.
 
 use super::*;
-
-pub(super) fn text(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, format!("{}\n", msg.into())).into_response()
-}
+use deploy_artifact::serve::{self, text};
 
 /// Ready once the rack's goals have been heard from the region.
 pub(super) async fn readyz(State(me): State<Arc<Inner>>) -> Response {
@@ -204,12 +201,12 @@ pub(super) async fn report(
 }
 
 pub(super) async fn manifest(State(me): State<Arc<Inner>>, Path(raw): Path<String>) -> Response {
-    let digest = match Digest::parse_either(&raw) {
+    let digest = match serve::path_digest(&raw) {
         Ok(d) => d,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(r) => return r.into_response(),
     };
     match me.manifest(&digest).await {
-        Ok(m) => Json(m).into_response(),
+        Ok(m) => serve::manifest_answer(&m),
         Err(e) => text(StatusCode::BAD_GATEWAY, e),
     }
 }
@@ -219,9 +216,9 @@ pub(super) async fn chunk(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let digest = match Digest::parse_either(&raw) {
+    let digest = match serve::path_digest(&raw) {
         Ok(d) => d,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(r) => return r.into_response(),
     };
     me.stats.chunk_requests.fetch_add(1, Ordering::Relaxed);
     let ranged = headers.get(header::RANGE).is_some();
@@ -273,35 +270,5 @@ pub(super) async fn chunk(
             format!("chunk {digest} could not be fetched"),
         );
     };
-    let len = data.len() as u64;
-    let (status, body, range) = match headers.get(header::RANGE) {
-        None => (StatusCode::OK, data, None),
-        Some(r) => match r
-            .to_str()
-            .ok()
-            .and_then(|r| deploy_artifact::parse_range(r, len))
-        {
-            Some((s, e)) => (
-                StatusCode::PARTIAL_CONTENT,
-                data.slice(s as usize..e as usize),
-                Some((s, e)),
-            ),
-            None => {
-                return (
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-                    "unsatisfiable range\n",
-                )
-                    .into_response()
-            }
-        },
-    };
-    let mut resp = Body::from_stream(paced(me, body)).into_response();
-    *resp.status_mut() = status;
-    if let Some((s, e)) = range {
-        if let Ok(v) = format!("bytes {s}-{}/{len}", e - 1).parse() {
-            resp.headers_mut().insert(header::CONTENT_RANGE, v);
-        }
-    }
-    resp
+    serve::chunk_answer(data, &headers, |part| Body::from_stream(paced(me, part)))
 }

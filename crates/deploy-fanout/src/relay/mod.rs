@@ -357,7 +357,7 @@ impl Inner {
                                 })
                         })
                         .count();
-                    busy < max_unavailable_per_rack.max(1) as usize
+                    deploy_types::fleet::may_begin_update(busy, max_unavailable_per_rack)
                 };
             if allowed {
                 handed.insert((host.to_string(), g.service.clone()), g.build_id.clone());
