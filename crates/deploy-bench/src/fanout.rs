@@ -1,7 +1,8 @@
 //! Fan-out against the physical limit: an artifact of `S` bytes to `N` hosts in `R` racks
 //! with every relay's and host's NIC limited to `B` bytes/s in each direction, summed over its
-//! connections. The lower bound is `S/B`: no host can receive faster than its own NIC. Rack 1's relay is the region's top
-//! relay and the other racks' relays fetch from it, so the store is read once.
+//! connections. The lower bound is `S/B`: no host can receive faster than its own NIC. Rack
+//! 1's relay is the region's top relay and the other racks' relays fetch from it, so the store
+//! is read once.
 //!
 //! The baseline is a naive origin: one server, its link limited to the same `B`, from which
 //! every host downloads the whole artifact (`N·S/B` at best).
@@ -113,7 +114,7 @@ async fn run_tree(args: &Args, rate: u64) -> anyhow::Result<Value> {
     let store_reads = |m: &BTreeMap<String, f64>| m.get("deploy_store_chunk_reads").copied();
     let reads_before = store_reads(&scrape(&http, c.addr("east-1")?).await?).unwrap_or(0.0);
     println!(
-        "releasing {size} B ({chunks} chunks) to {} hosts in {} racks at {} B/s per link: S/B = {bound:.2} s",
+        "releasing {size} B ({chunks} chunks) to {} hosts in {} racks, every NIC at {} B/s: S/B = {bound:.2} s",
         hosts.len(),
         args.racks,
         rate

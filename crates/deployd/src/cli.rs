@@ -176,7 +176,6 @@ pub enum Command {
     },
 }
 
-/// Parses RACKSxHOSTS, each 1-1000.
 /// A fan-out process's network card, overriding the config's `[fanout]` budgets.
 #[derive(Debug, clap::Args)]
 pub struct NicArgs {
@@ -200,6 +199,7 @@ fn parse_nic_budget(s: &str) -> Result<u64, String> {
     }
 }
 
+/// Parses RACKSxHOSTS, each 1-1000.
 pub fn parse_shape(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("{s:?}: expected RACKSxHOSTS, each 1-1000, e.g. 3x4");
     let (r, h) = s.split_once('x').ok_or_else(bad)?;

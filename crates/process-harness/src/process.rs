@@ -1,4 +1,5 @@
-//! Real `deployd node` processes on loopback, killed with SIGKILL.
+//! Real `deployd` processes on loopback (nodes, workers, relays, agents), stopped with
+//! SIGTERM or killed with SIGKILL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
