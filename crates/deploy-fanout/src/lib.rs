@@ -18,6 +18,7 @@ pub mod agent;
 pub mod bucket;
 pub mod cache;
 pub mod config;
+pub mod exchange;
 pub mod fetch;
 pub mod relay;
 pub mod service;
