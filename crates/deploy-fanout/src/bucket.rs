@@ -31,6 +31,11 @@ impl Bucket {
         Self::new(None)
     }
 
+    /// Its own rate, bytes per second (`None`: unlimited).
+    pub fn rate(&self) -> Option<u64> {
+        self.rate
+    }
+
     /// This link, drawing also from `shared` (a direction of the process's [`Nic`]).
     pub fn within(mut self, shared: &Arc<Bucket>) -> Self {
         self.within = Some(shared.clone());

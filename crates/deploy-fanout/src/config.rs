@@ -22,7 +22,15 @@ pub struct Limits {
     /// config's `[fanout]` budget.
     pub nic_in: Option<u64>,
     pub nic_out: Option<u64>,
+    /// An agent's chunk server for its rack's peers: where it binds (`None`: the default,
+    /// [`DEFAULT_PEER_LISTEN`]; `Some("")`: no server), and the address peers use if not that.
+    pub peer_listen: Option<String>,
+    pub peer_advertise: Option<String>,
 }
+
+/// Where an agent serves its chunks to its peers unless told otherwise: loopback, any port
+/// (one machine: `deployd dev`, tests). A fleet's hosts name their own address.
+pub const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:0";
 
 impl Limits {
     /// The NIC of a process with these limits under `config`.
@@ -70,6 +78,7 @@ pub fn relay_options(
             trusted: trusted(config)?,
             max_chunk_bytes: config.builds.chunk_bytes as usize,
             transport: transport.clone(),
+            exchange: config.region(&rack.region).is_none_or(|r| r.peer_exchange),
         },
         relay.listen_addr().to_string(),
     ))
@@ -112,6 +121,20 @@ pub fn agent_options(
         max_chunk_bytes: config.builds.chunk_bytes as usize,
         failpoint: std::env::var("DEPLOY_AGENT_FAILPOINT").ok(),
         transport: transport.clone(),
+        peer_listen: match limits.peer_listen.as_deref() {
+            None => Some(DEFAULT_PEER_LISTEN.to_string()),
+            Some("") => None,
+            Some(a) => Some(a.to_string()),
+        },
+        peer_advertise: limits.peer_advertise.clone(),
+        peer_upload: config.fanout.peer_upload_bytes_per_sec,
+        peer_allowed: place
+            .rack
+            .hosts
+            .iter()
+            .cloned()
+            .chain(place.rack.relays.iter().map(|r| r.id.clone()))
+            .collect(),
     })
 }
 

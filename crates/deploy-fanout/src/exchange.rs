@@ -9,13 +9,18 @@
 //!
 //! - A chunk some eligible host already holds is not taken from the relay again: a later
 //!   wave of a rollout takes everything from the hosts of the earlier ones.
-//! - Owners are kept from one plan to the next while they stay eligible, so a host's
-//!   fetches do not move under it; a host that failed (dead, slow, or served bad bytes) is
-//!   no longer eligible, and everything it owed goes to the others.
+//! - An owner keeps, from one plan to the next, what it holds and the next few chunks of its
+//!   share (on their way), so its fetches do not move under it; the rest is shared anew
+//!   among the hosts taking part now. A host that failed (dead, slow, or served bad bytes)
+//!   is no longer eligible, and everything it owed goes to the others.
 //! - New chunks go to the eligible host whose share, over its upload budget, would end
 //!   soonest, so a host with a quarter of the others' budget owns about a quarter as much.
 
 use std::collections::BTreeMap;
+
+/// Chunks of its share an owner keeps from one plan to the next before it holds them: as
+/// many as a host fetches at once, which are likely on their way.
+pub const KEPT_AHEAD: usize = 4;
 
 /// One host of the rack taking part in one artifact's exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +89,7 @@ fn by_share(load: &[u64], problem: &Problem, a: usize, b: usize) -> std::cmp::Or
 }
 
 /// The owners of every chunk of `problem`, keeping `previous`'s where they are still
-/// eligible.
+/// eligible and hold the chunk or will soon (see [`KEPT_AHEAD`]).
 pub fn plan(problem: &Problem, previous: Option<&Plan>) -> Plan {
     let n = problem.chunk_bytes.len();
     let index: BTreeMap<&str, usize> = problem
@@ -114,13 +119,23 @@ pub fn plan(problem: &Problem, previous: Option<&Plan>) -> Plan {
         }
     }
     let mut owners: Vec<Option<usize>> = vec![None; n];
-    // Pass 1: previous owners that are still eligible stay.
+    // Pass 1: previous owners that are still eligible keep what they hold and the next
+    // `KEPT_AHEAD` chunks of their share (likely on their way); the rest is shared anew among
+    // the members of now, so the first host to ask does not keep the whole artifact.
+    let mut ahead = vec![0usize; problem.members.len()];
     for (c, owner) in owners.iter_mut().enumerate() {
         let kept = previous
             .and_then(|p| p.owners.get(c))
             .and_then(|o| o.as_deref())
             .and_then(|id| index.get(id).copied())
-            .filter(|&m| problem.eligible(m));
+            .filter(|&m| problem.eligible(m))
+            .filter(|&m| {
+                if problem.holds(m, c) {
+                    return true;
+                }
+                ahead[m] += 1;
+                ahead[m] <= KEPT_AHEAD
+            });
         if let Some(m) = kept {
             load[m] += shared(c);
             *owner = Some(m);

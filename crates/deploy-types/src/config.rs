@@ -115,6 +115,14 @@ pub struct RegionConfig {
     /// object_store names them. Credentials normally come from the `AWS_*` environment.
     #[serde(default)]
     pub store_options: BTreeMap<String, String>,
+    /// Whether the hosts of a rack share chunks among themselves, coordinated by their
+    /// relay (default: on). Off: every host takes every chunk from its relays.
+    #[serde(default = "peer_exchange_default")]
+    pub peer_exchange: bool,
+}
+
+fn peer_exchange_default() -> bool {
+    true
 }
 
 /// Where a region's store is.
@@ -252,6 +260,9 @@ pub struct FanoutSettings {
     pub nic_in_bytes_per_sec: Option<u64>,
     /// Total egress of one relay or agent, bytes per second.
     pub nic_out_bytes_per_sec: Option<u64>,
+    /// What one host may upload to its rack's peers, bytes per second, within its NIC's
+    /// egress: a deploy never takes more of a production host's NIC than this.
+    pub peer_upload_bytes_per_sec: Option<u64>,
 }
 
 /// The least a NIC budget may be: below it a 4 MiB chunk would take minutes.
@@ -464,6 +475,10 @@ impl ClusterConfig {
             (
                 "fanout.nic_out_bytes_per_sec",
                 raw.fanout.nic_out_bytes_per_sec,
+            ),
+            (
+                "fanout.peer_upload_bytes_per_sec",
+                raw.fanout.peer_upload_bytes_per_sec,
             ),
         ] {
             problems.extend(FanoutSettings::check_budget(what, v));

@@ -96,6 +96,16 @@ pub enum Command {
         down_limit: Option<u64>,
         #[command(flatten)]
         nic: NicArgs,
+        /// Serve verified chunks to the rack's peers on this address (host:port; port 0
+        /// picks one).
+        #[arg(long, default_value = deploy_fanout::config::DEFAULT_PEER_LISTEN)]
+        peer_listen: String,
+        /// The address peers reach the chunk server at, if not the one it binds.
+        #[arg(long)]
+        peer_advertise: Option<String>,
+        /// Serve no chunks to peers (the host still takes chunks from them).
+        #[arg(long, conflicts_with_all = ["peer_listen", "peer_advertise"])]
+        no_peer_server: bool,
     },
     /// Signing keys for artifacts.
     #[command(subcommand)]
@@ -277,6 +287,7 @@ pub async fn run(cli: Cli, seams: deploy_coordinator::seams::Seams) -> anyhow::R
                 cache_bytes,
                 nic_in: nic.nic_in,
                 nic_out: nic.nic_out,
+                ..Default::default()
             };
             crate::fleet::run_relay(config, &id, data_dir, limits).await
         }
@@ -288,11 +299,20 @@ pub async fn run(cli: Cli, seams: deploy_coordinator::seams::Seams) -> anyhow::R
             sim,
             down_limit,
             nic,
+            peer_listen,
+            peer_advertise,
+            no_peer_server,
         } => {
             let limits = crate::fleet::Limits {
                 down: down_limit,
                 nic_in: nic.nic_in,
                 nic_out: nic.nic_out,
+                peer_listen: Some(if no_peer_server {
+                    String::new()
+                } else {
+                    peer_listen
+                }),
+                peer_advertise,
                 ..Default::default()
             };
             crate::fleet::run_agent(config, &id, root, sim, limits, http.as_deref()).await

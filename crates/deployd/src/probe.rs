@@ -134,6 +134,31 @@ pub fn agent(agent: Arc<deploy_fanout::agent::Agent>) -> (Ready, Render) {
             "Installs that failed",
             agent.install_failures.load(Ordering::Relaxed),
         );
+        let p = &agent.peers;
+        for (name, help, v) in [
+            (
+                "deploy_agent_chunks_from_peers",
+                "Chunks taken from peers of the rack",
+                &p.chunks_from_peers,
+            ),
+            (
+                "deploy_agent_chunks_from_relays",
+                "Chunks taken from the relays or the store during an exchange",
+                &p.chunks_from_relays,
+            ),
+            (
+                "deploy_agent_peer_served_bytes",
+                "Bytes served to peers of the rack",
+                &p.served_bytes,
+            ),
+            (
+                "deploy_agent_peer_troubles",
+                "Peers reported to the relay as failed (down, slow or bad bytes)",
+                &p.peer_troubles,
+            ),
+        ] {
+            counter(&mut reg, name, help, v.load(Ordering::Relaxed));
+        }
         let services: Family<ServiceLabel, Gauge> = Family::default();
         for s in agent.report().services {
             services

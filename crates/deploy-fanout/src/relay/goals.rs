@@ -71,6 +71,9 @@ pub struct GoalReply {
 pub struct AgentReport {
     pub host: String,
     pub services: Vec<ServiceState>,
+    /// Its chunk server, when it serves its rack's peers.
+    #[serde(default)]
+    pub peer: Option<super::exchange::PeerInfo>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

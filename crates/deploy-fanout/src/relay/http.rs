@@ -53,6 +53,21 @@ pub(super) async fn metrics(State(me): State<Arc<Inner>>) -> Response {
             "Rack reports the region's leader took",
             load(&s.rack_reports),
         ),
+        (
+            "deploy_relay_exchange_asks",
+            "Exchange plans the rack's hosts asked for",
+            load(&s.exchange_asks),
+        ),
+        (
+            "deploy_relay_bad_peers",
+            "Peers reported for serving bytes that did not match their digest",
+            load(&s.bad_peers),
+        ),
+        (
+            "deploy_relay_peer_failures",
+            "Peers reported unreachable or too slow",
+            load(&s.peer_failures),
+        ),
     ] {
         let c: Counter = Counter::default();
         c.inc_by(v);
@@ -178,15 +193,12 @@ pub(super) async fn report(
         return refused;
     }
     if !me.opts.hosts.contains(&r.host) {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!(
-                "host {:?} is not in rack {}",
-                r.host.chars().take(64).collect::<String>(),
-                me.opts.rack
-            ),
-        );
+        return super::exchange::not_in_rack(&me, &r.host);
     }
+    if let Some(Err(e)) = r.peer.as_ref().map(|p| p.check()) {
+        return text(StatusCode::BAD_REQUEST, e);
+    }
+    lock(&me.seen).insert(r.host.clone(), std::time::Instant::now());
     let changed = {
         let mut reports = lock(&me.reports);
         let changed = reports.get(&r.host) != Some(&r);

@@ -4,7 +4,8 @@
 //! - `goals`: the goal and report types (re-exported here);
 //! - `flight`: single-flight chunk fetching and paced forwarding;
 //! - `http`: the HTTP handlers;
-//! - `upstream`: the goal watch and rack reports toward the region.
+//! - `upstream`: the goal watch and rack reports toward the region;
+//! - `exchange`: the intra-rack exchange (who takes which chunk from whom).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -67,6 +68,8 @@ pub struct RelayOptions {
     pub max_chunk_bytes: usize,
     /// Plain TCP, or mutual TLS: then only the cluster's processes may connect.
     pub transport: deploy_tls::Transport,
+    /// Whether the rack's hosts share chunks (the region's `peer_exchange`).
+    pub exchange: bool,
 }
 
 /// Counters, for tests and `/metrics`.
@@ -79,6 +82,12 @@ pub struct Stats {
     pub bytes_served: AtomicU64,
     /// Rack reports the region's leader took (one every `REPORT_EVERY` while it answers).
     pub rack_reports: AtomicU64,
+    /// Exchange plans asked for by the rack's hosts.
+    pub exchange_asks: AtomicU64,
+    /// Peers reported for serving bytes that did not match their digest.
+    pub bad_peers: AtomicU64,
+    /// Peers reported unreachable or too slow.
+    pub peer_failures: AtomicU64,
 }
 
 struct Inner {
@@ -92,6 +101,10 @@ struct Inner {
     /// The rack's hosts the region has registered (their goals are complete).
     registered: Mutex<BTreeSet<String>>,
     reports: Mutex<BTreeMap<String, AgentReport>>,
+    /// When each host of the rack last reported (a host silent for long is taken for dead).
+    seen: Mutex<HashMap<String, std::time::Instant>>,
+    /// The intra-rack exchange of each pinned artifact.
+    exchanges: Mutex<HashMap<Digest, exchange::Exchange>>,
     /// The build each (host, service) was last handed, for max-unavailable gating: only
     /// pairs the rack's goals name (pruned with each new set of goals).
     handed: Mutex<HashMap<(String, String), String>>,
@@ -146,6 +159,8 @@ impl Relay {
                 goals: Mutex::default(),
                 registered: Mutex::default(),
                 reports: Mutex::default(),
+                seen: Mutex::default(),
+                exchanges: Mutex::default(),
                 handed: Mutex::default(),
                 version: watch::channel(1).0,
                 inflight: Mutex::default(),
@@ -172,6 +187,8 @@ impl Relay {
             .route("/v1/report", post(report))
             .route("/v1/manifests/{digest}", get(manifest))
             .route("/v1/chunks/{digest}", get(chunk))
+            .route("/v1/exchange/{digest}", get(exchange::plan))
+            .route("/v1/exchange/{digest}/trouble", post(exchange::trouble))
             .with_state(self.inner.clone())
     }
 
@@ -282,6 +299,7 @@ impl Inner {
             }
         }
         self.repin();
+        self.prune_exchanges();
         // Learn the new manifests now, so their chunks are pinned before hosts ask.
         for digest in newly {
             let me = self.clone();
@@ -368,6 +386,7 @@ impl Inner {
     }
 }
 
+pub mod exchange;
 mod flight;
 mod goals;
 mod http;

@@ -59,6 +59,7 @@ fn relay(dir: &std::path::Path, upstream: String, trusted: TrustedKeys) -> Relay
         trusted,
         max_chunk_bytes: 1 << 20,
         transport: deploy_tls::Transport::Plain,
+        exchange: true,
     })
     .unwrap()
 }

@@ -34,6 +34,8 @@ use crate::relay::{AgentReport, GoalReply, HostGoal, ServiceState};
 use crate::service;
 use crate::unpack::unpack;
 
+mod peers;
+
 /// Releases kept per service (the running one included).
 pub const KEEP_RELEASES: usize = 3;
 /// How long a started service may fail its health check before it counts as unhealthy.
@@ -71,6 +73,15 @@ pub struct AgentOptions {
     pub failpoint: Option<String>,
     /// Plain TCP, or mutual TLS with the host's certificate.
     pub transport: deploy_tls::Transport,
+    /// Where the host serves its chunks to its rack's peers (`host:port`; port 0 picks one);
+    /// `None`: it serves nobody (it still takes chunks from peers).
+    pub peer_listen: Option<String>,
+    /// The address peers reach that server at, when it differs from what it bound.
+    pub peer_advertise: Option<String>,
+    /// What the host may upload to its peers, bytes per second, within its NIC's egress.
+    pub peer_upload: Option<u64>,
+    /// Who may fetch chunks from it on a secure cluster: its rack's hosts and relays.
+    pub peer_allowed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -94,6 +105,8 @@ pub struct Agent {
     down: Bucket,
     services: Mutex<BTreeMap<String, Svc>>,
     changed: Notify,
+    /// The intra-rack exchange: its chunk server and counters.
+    pub peers: peers::PeerState,
     /// Installs started and failed, and whether a goal was ever heard (for `/metrics`).
     pub installs: std::sync::atomic::AtomicU64,
     pub install_failures: std::sync::atomic::AtomicU64,
@@ -120,6 +133,7 @@ impl Agent {
             down: opts.nic.receiving(opts.down_limit),
             services: Mutex::default(),
             changed: Notify::new(),
+            peers: peers::PeerState::new(&opts),
             installs: Default::default(),
             install_failures: Default::default(),
             heard: Default::default(),
@@ -149,6 +163,7 @@ impl Agent {
                     detail: v.detail.clone(),
                 })
                 .collect(),
+            peer: self.peer_info(),
         }
     }
 
@@ -177,6 +192,9 @@ impl Agent {
         if let Err(e) = self.restore().await {
             warn!(host = %self.opts.id, error = %e, "cannot restore the services on disk");
         }
+        let me = self.clone();
+        let serving = stop.clone();
+        tokio::spawn(async move { me.serve_peers(serving).await });
         tokio::spawn(self.clone().reporter(stop.clone()));
         if !self.opts.sim {
             tokio::spawn(self.clone().health(stop.clone()));
@@ -392,15 +410,24 @@ impl Agent {
 
     /// Every chunk of `m` in `chunks/`, verified: one left by an earlier run is hashed
     /// again, and fetched anew if it no longer matches (a crash or a bad disk).
-    async fn fetch_chunks(&self, m: &Manifest) -> Result<Vec<PathBuf>, String> {
+    async fn fetch_chunks(self: &Arc<Self>, m: &Manifest) -> Result<Vec<PathBuf>, String> {
         let dir = self.opts.root.join("chunks");
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| e.to_string())?;
-        let mut paths = Vec::new();
-        for c in &m.chunks {
-            let path = dir.join(c.digest.hex());
-            if !holds(&path, &c.digest).await {
+        let paths: Vec<PathBuf> = m.chunks.iter().map(|c| dir.join(c.digest.hex())).collect();
+        let mut have = Vec::with_capacity(paths.len());
+        for (c, path) in m.chunks.iter().zip(&paths) {
+            have.push(holds(path, &c.digest).await);
+        }
+        // The rack's exchange first (when its relay plans one); then, for whatever it left,
+        // the relays and the store in order.
+        if self.opts.rack_relays > 0 && have.iter().any(|h| !h) {
+            self.exchange(m, &paths, &mut have).await;
+        }
+        for ((c, path), held) in m.chunks.iter().zip(&paths).zip(have) {
+            let path = path.clone();
+            if !held {
                 let started = Instant::now();
                 let data = loop {
                     match fetch::chunk(
@@ -425,8 +452,8 @@ impl Agent {
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
+                self.wrote_chunk();
             }
-            paths.push(path);
         }
         Ok(paths)
     }
@@ -744,6 +771,10 @@ mod tests {
             max_chunk_bytes: 1 << 20,
             failpoint: None,
             transport: deploy_tls::Transport::Plain,
+            peer_listen: None,
+            peer_advertise: None,
+            peer_upload: None,
+            peer_allowed: Vec::new(),
         })
     }
 

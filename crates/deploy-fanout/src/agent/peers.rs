@@ -1,0 +1,473 @@
+//! The host's side of the intra-rack exchange.
+//!
+//! - Its chunk server: the verified chunks under `chunks/` for the hosts and relays of its
+//!   rack (on a secure cluster only they may connect: their certificates name them), paced
+//!   by the host's upload share within its NIC's egress. A chunk not held yet is waited for
+//!   a while (its owner is likely still receiving it), so a peer can ask ahead.
+//! - Fetching through the exchange: the rack's relay says where each missing chunk comes
+//!   from ([`crate::relay::exchange`]); a few chunks move at once. A peer that fails (down,
+//!   past the deadline, or bad bytes) is reported to the relay and skipped for the rest of
+//!   the install, and the chunk comes from the relays, then the store, as without the
+//!   exchange. Every chunk is verified before it is written, and so before it is served on.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use deploy_artifact::serve::{self, text};
+use deploy_tls::listener::Peer;
+use tokio::task::JoinSet;
+
+use super::*;
+use crate::relay::exchange::{format_have, ExchangePlan, PeerInfo, Trouble};
+
+/// Chunks fetched at once through the exchange.
+const WINDOW: usize = 4;
+/// How long the chunk server waits for a chunk it does not hold yet.
+const HOLD_WAIT: Duration = Duration::from_secs(8);
+/// How long a fetch from a peer may take before the peer counts as too slow, until the
+/// agent has timed chunks of its own; then four times their median, within these bounds.
+const FIRST_DEADLINE: Duration = Duration::from_secs(10);
+const MIN_DEADLINE: Duration = Duration::from_secs(2);
+/// Chunk times kept for the deadline.
+const TIMES_KEPT: usize = 32;
+
+/// The exchange's share of an agent: its peer address, what it holds, and its counters.
+#[derive(Debug)]
+pub struct PeerState {
+    /// Where peers reach its chunk server, once it serves.
+    url: Mutex<Option<String>>,
+    /// Bumped whenever a chunk is written: the chunk server's waiters look again.
+    written: tokio::sync::watch::Sender<u64>,
+    /// The host's upload share toward its peers, within its NIC's egress.
+    upload: Bucket,
+    times: Mutex<VecDeque<Duration>>,
+    pub served_bytes: std::sync::atomic::AtomicU64,
+    pub chunks_from_peers: std::sync::atomic::AtomicU64,
+    pub chunks_from_relays: std::sync::atomic::AtomicU64,
+    pub peer_troubles: std::sync::atomic::AtomicU64,
+}
+
+impl PeerState {
+    pub(super) fn new(opts: &AgentOptions) -> Self {
+        Self {
+            url: Mutex::default(),
+            written: tokio::sync::watch::channel(0).0,
+            upload: opts.nic.sending(opts.peer_upload),
+            times: Mutex::default(),
+            served_bytes: Default::default(),
+            chunks_from_peers: Default::default(),
+            chunks_from_relays: Default::default(),
+            peer_troubles: Default::default(),
+        }
+    }
+
+    fn deadline(&self) -> Duration {
+        let times = lock(&self.times);
+        if times.len() < 4 {
+            return FIRST_DEADLINE;
+        }
+        let mut sorted: Vec<Duration> = times.iter().copied().collect();
+        sorted.sort();
+        (sorted[sorted.len() / 2] * 4).clamp(MIN_DEADLINE, FIRST_DEADLINE)
+    }
+
+    fn timed(&self, took: Duration) {
+        let mut times = lock(&self.times);
+        if times.len() == TIMES_KEPT {
+            times.pop_front();
+        }
+        times.push_back(took);
+    }
+}
+
+/// Why a fetch from a peer failed.
+enum PeerFailure {
+    /// Bytes that did not match their digest.
+    Bad(String),
+    /// Down, refused, or too slow.
+    Failed(String),
+}
+
+impl Agent {
+    /// What the agent states of its chunk server in its reports.
+    pub(super) fn peer_info(&self) -> Option<PeerInfo> {
+        lock(&self.peers.url).clone().map(|url| PeerInfo {
+            url,
+            up: self.opts.peer_upload.unwrap_or(0),
+        })
+    }
+
+    /// Binds and runs the chunk server when the options name an address for it.
+    pub(super) async fn serve_peers(self: &Arc<Self>, stop: CancellationToken) {
+        let Some(listen) = self.opts.peer_listen.clone() else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::bind(&listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(host = %self.opts.id, %listen, error = %e, "cannot serve peers: the exchange goes on without this host's uploads");
+                return;
+            }
+        };
+        let local: Option<SocketAddr> = listener.local_addr().ok();
+        let advertised = match (&self.opts.peer_advertise, local) {
+            (Some(a), _) => a.clone(),
+            (None, Some(l)) => l.to_string(),
+            (None, None) => return,
+        };
+        *lock(&self.peers.url) = Some(self.opts.transport.url(&advertised));
+        self.changed.notify_one();
+        info!(host = %self.opts.id, addr = %advertised, "serving chunks to the rack's peers");
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/v1/chunks/{digest}", get(chunk))
+            .with_state(self.clone());
+        let served = match &self.opts.transport {
+            deploy_tls::Transport::Plain => {
+                axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }
+            deploy_tls::Transport::Tls(m) => {
+                let tls = m.server_config(true).and_then(|config| {
+                    deploy_tls::listener::AxumListener::new(
+                        listener,
+                        config,
+                        format!("host {} chunks", self.opts.id),
+                        Default::default(),
+                    )
+                    .map_err(|e| deploy_tls::TlsError::Invalid(e.to_string()))
+                });
+                match tls {
+                    Ok(l) => {
+                        axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
+                            .with_graceful_shutdown(async move { stop.cancelled().await })
+                            .await
+                    }
+                    Err(e) => {
+                        warn!(host = %self.opts.id, error = %e, "cannot serve peers over TLS");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = served {
+            warn!(host = %self.opts.id, error = %e, "the chunk server ended");
+        }
+    }
+
+    /// Notes a verified chunk written under `chunks/`: the chunk server's waiters look again.
+    pub(super) fn wrote_chunk(&self) {
+        self.peers.written.send_modify(|n| *n += 1);
+    }
+
+    /// The relays of the host's own rack, which keep its exchange.
+    fn rack_relays(&self) -> Vec<String> {
+        let n = self.opts.rack_relays.min(self.opts.relays.len());
+        self.opts.relays[..n]
+            .iter()
+            .map(|a| fetch::base(a))
+            .collect()
+    }
+
+    /// The exchange's plan for `digest`, from the first relay of the rack that answers.
+    async fn ask(&self, digest: &Digest, have: &[bool]) -> Result<(String, ExchangePlan), String> {
+        let mut tried = Vec::new();
+        for relay in self.rack_relays() {
+            let url = format!(
+                "{relay}/v1/exchange/{}?host={}&have={}",
+                digest.hex(),
+                self.opts.id,
+                format_have(have)
+            );
+            match fetch::get_bounded(&self.http, &url, 4 * 1024 * 1024, None).await {
+                Ok(body) => {
+                    let plan: ExchangePlan = serde_json::from_slice(&body)
+                        .map_err(|e| format!("bad exchange plan from {relay}: {e}"))?;
+                    return Ok((relay, plan));
+                }
+                Err(e) => tried.push(format!("{relay}: {e}")),
+            }
+        }
+        Err(format!(
+            "no relay of the rack gave a plan: {}",
+            tried.join("; ")
+        ))
+    }
+
+    /// Tells `relay` that `peer` failed this host for `digest`.
+    async fn report_trouble(&self, relay: &str, digest: &Digest, peer: &str, bad: bool) {
+        self.peers.peer_troubles.fetch_add(1, Ordering::Relaxed);
+        let body = Trouble {
+            host: self.opts.id.clone(),
+            peer: peer.to_string(),
+            bad,
+        };
+        let sent = self
+            .http
+            .post(format!("{relay}/v1/exchange/{}/trouble", digest.hex()))
+            .timeout(Duration::from_secs(3))
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&body).unwrap_or_default())
+            .send()
+            .await;
+        if let Err(e) = sent {
+            warn!(host = %self.opts.id, %peer, error = %e, "cannot report a failed peer");
+        }
+    }
+
+    /// Fills `have` through the exchange as far as it goes; what is left comes from the
+    /// relays and the store as without it. Gives up (leaving the rest to them) if no relay
+    /// of the rack plans, or the region turned the exchange off.
+    pub(super) async fn exchange(
+        self: &Arc<Self>,
+        m: &Manifest,
+        paths: &[PathBuf],
+        have: &mut [bool],
+    ) {
+        let digest = m.artifact_digest;
+        let skip: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let mut busy = BTreeSet::new();
+        let mut running: JoinSet<(usize, Result<(), String>)> = JoinSet::new();
+        loop {
+            let done = have.iter().all(|h| *h);
+            // Asked once more when done, so the relay knows this host holds it all (a later
+            // wave takes it from here).
+            let (relay, plan) = match self.ask(&digest, have).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(host = %self.opts.id, error = %e, "no exchange plan; taking the chunks from the relays");
+                    break;
+                }
+            };
+            if done || !plan.peers {
+                break;
+            }
+            for p in plan.chunks {
+                if running.len() >= WINDOW {
+                    break;
+                }
+                let (Some(c), Some(path)) = (m.chunks.get(p.index), paths.get(p.index)) else {
+                    continue;
+                };
+                if have.get(p.index).copied().unwrap_or(true) || !busy.insert(p.index) {
+                    continue;
+                }
+                let from = p.from.zip(p.host).filter(|(_, h)| !lock(&skip).contains(h));
+                let (me, skip, relay) = (self.clone(), skip.clone(), relay.clone());
+                let (digest_c, path) = (c.digest, path.clone());
+                running.spawn(async move {
+                    let r = me
+                        .fetch_one(&digest, digest_c, &path, from, &relay, &skip)
+                        .await;
+                    (p.index, r)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                // Nothing left to start and nothing running: the plan gave nothing new.
+                break;
+            };
+            match joined {
+                Ok((i, Ok(()))) => {
+                    busy.remove(&i);
+                    if let Some(h) = have.get_mut(i) {
+                        *h = true;
+                    }
+                }
+                Ok((i, Err(e))) => {
+                    busy.remove(&i);
+                    warn!(host = %self.opts.id, error = %e, "chunk not fetched through the exchange");
+                }
+                Err(e) => warn!(host = %self.opts.id, error = %e, "a chunk fetch ended abnormally"),
+            }
+        }
+        // Whatever is still running finishes (its chunk is written, or left to the caller).
+        while let Some(joined) = running.join_next().await {
+            if let Ok((i, Ok(()))) = joined {
+                if let Some(h) = have.get_mut(i) {
+                    *h = true;
+                }
+            }
+        }
+    }
+
+    /// One chunk: from the peer the plan names (unless it failed this host before), else
+    /// from the relays, then the store; verified, then written durably.
+    async fn fetch_one(
+        &self,
+        artifact: &Digest,
+        digest: Digest,
+        path: &std::path::Path,
+        from: Option<(String, String)>,
+        relay: &str,
+        skip: &Mutex<BTreeSet<String>>,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let mut data = None;
+        if let Some((url, host)) = from {
+            match self.fetch_from_peer(&url, &digest).await {
+                Ok(d) => {
+                    self.peers.chunks_from_peers.fetch_add(1, Ordering::Relaxed);
+                    data = Some(d);
+                }
+                Err(failure) => {
+                    let (bad, why) = match failure {
+                        PeerFailure::Bad(e) => (true, e),
+                        PeerFailure::Failed(e) => (false, e),
+                    };
+                    warn!(host = %self.opts.id, peer = %host, chunk = %digest, bad, error = %why, "peer skipped for this install");
+                    lock(skip).insert(host.clone());
+                    self.report_trouble(relay, artifact, &host, bad).await;
+                }
+            }
+        }
+        let data = match data {
+            Some(d) => d,
+            None => {
+                let d = fetch::chunk(
+                    &self.http,
+                    &self.sources(),
+                    &digest,
+                    self.opts.max_chunk_bytes,
+                    &self.down,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                self.peers
+                    .chunks_from_relays
+                    .fetch_add(1, Ordering::Relaxed);
+                d
+            }
+        };
+        self.peers.timed(started.elapsed());
+        let to = path.to_path_buf();
+        tokio::task::spawn_blocking(move || write_durably(&to, &data))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.wrote_chunk();
+        Ok(())
+    }
+
+    /// A chunk from one peer within the deadline, verified.
+    async fn fetch_from_peer(&self, base: &str, digest: &Digest) -> Result<Bytes, PeerFailure> {
+        let url = format!("{base}/v1/chunks/{}", digest.hex());
+        let deadline = self.peers.deadline();
+        let got = tokio::time::timeout(
+            deadline,
+            fetch::get_bounded(
+                &self.http,
+                &url,
+                self.opts.max_chunk_bytes,
+                Some(&self.down),
+            ),
+        )
+        .await;
+        let body = match got {
+            Err(_) => {
+                return Err(PeerFailure::Failed(format!(
+                    "no chunk within {} ms",
+                    deadline.as_millis()
+                )))
+            }
+            Ok(Err(e)) => return Err(PeerFailure::Failed(e)),
+            Ok(Ok(b)) => b,
+        };
+        let got = Digest::of(&body);
+        if got != *digest {
+            return Err(PeerFailure::Bad(format!("served bytes with digest {got}")));
+        }
+        Ok(body)
+    }
+}
+
+/// A verified chunk this host holds, for a host or relay of its rack (`GET
+/// /v1/chunks/{digest}`); one still arriving is waited for a while.
+async fn chunk(
+    State(a): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(raw): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if a.opts.transport.is_tls()
+        && !peer
+            .id
+            .as_ref()
+            .is_some_and(|id| a.opts.peer_allowed.contains(id))
+    {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "only the hosts and relays of rack {} may fetch chunks from this host",
+                a.opts.rack
+            ),
+        );
+    }
+    let digest = match serve::path_digest(&raw) {
+        Ok(d) => d,
+        Err(r) => return r.into_response(),
+    };
+    let path = a.opts.root.join("chunks").join(digest.hex());
+    let mut written = a.peers.written.subscribe();
+    let until = tokio::time::Instant::now() + HOLD_WAIT;
+    let data = loop {
+        match tokio::fs::read(&path).await {
+            Ok(d) => break Bytes::from(d),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if tokio::time::timeout_at(until, written.changed())
+                    .await
+                    .is_err()
+                {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        format!("host {} does not hold chunk {digest}", a.opts.id),
+                    );
+                }
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read chunk {digest}: {e}"),
+                )
+            }
+        }
+    };
+    let data = if a.opts.failpoint.as_deref() == Some("corrupt-peer") {
+        // Test hook: this host serves its peers bad bytes.
+        let mut d = data.to_vec();
+        if let Some(b) = d.first_mut() {
+            *b ^= 0xff;
+        }
+        Bytes::from(d)
+    } else {
+        data
+    };
+    serve::chunk_answer(data, &headers, |part| Body::from_stream(upload(a, part)))
+}
+
+/// `body` in pieces, each waiting for the host's upload share.
+fn upload(
+    a: Arc<Agent>,
+    body: Bytes,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    const PIECE: usize = 64 * 1024;
+    futures::stream::unfold((a, body, 0usize), |(a, body, pos)| async move {
+        if pos >= body.len() {
+            return None;
+        }
+        let end = (pos + PIECE).min(body.len());
+        a.peers.upload.take(end - pos).await;
+        a.peers
+            .served_bytes
+            .fetch_add((end - pos) as u64, Ordering::Relaxed);
+        Some((Ok(body.slice(pos..end)), (a, body, end)))
+    })
+}
