@@ -200,3 +200,54 @@ async fn a_host_killed_while_it_owes_chunks_costs_the_rest_only_time() -> anyhow
     let _ = r;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_chunk_server_answers_only_its_racks_hosts_and_relays() -> anyhow::Result<()> {
+    let spec = Spec::new(1)
+        .region("east", 1)
+        .worker("wk", "east")
+        .rack("east", 2)
+        .rack("east", 2)
+        .chunk_bytes(CHUNK)
+        .sim_agents()
+        .secure();
+    let mut c = ProcessCluster::start_spec(spec)?;
+    c.start_agents()?;
+    let client = c.client()?;
+    let ids = web_builds(&client, c.dir(), 512 * 1024, &[("v1", true)]).await?;
+    let r = release(&client, &ids[0], "east", all_at_once(2)).await?;
+    assert_eq!(r.state().name(), "SUCCEEDED", "{r:#?}");
+    let root = c.host_root("east-1-h1");
+    let addr = std::fs::read_to_string(root.join(deploy_fanout::agent::PEER_ADDR_FILE))?;
+    let chunk = std::fs::read_dir(root.join("chunks"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.len() == 64)
+        .ok_or_else(|| anyhow::anyhow!("east-1-h1 holds no chunk"))?;
+    let url = format!("https://{}/v1/chunks/{chunk}", addr.trim());
+    let as_process = |id: &str| -> anyhow::Result<reqwest::Client> {
+        Ok(deploy_fanout::fetch::client(
+            &test_harness::secure::transport_of(&c, id)?,
+        ))
+    };
+    // Its rack's peer and its rack's relay: the chunk, whole.
+    for id in ["east-1-h2", "east-rack-1-relay"] {
+        let r = as_process(id)?.get(&url).send().await?;
+        assert_eq!(r.status(), 200, "{id}");
+        let body = r.bytes().await?;
+        assert_eq!(deploy_types::Digest::of(&body).hex(), chunk, "{id}");
+    }
+    // A host of the other rack: refused, and told why.
+    let r = as_process("east-2-h1")?.get(&url).send().await?;
+    assert_eq!(r.status(), 403);
+    let why = r.text().await?;
+    assert!(why.contains("rack-1"), "{why}");
+    // No certificate: no handshake.
+    let ca = std::fs::read(test_harness::certs_dir(c.dir()).join("ca.pem"))?;
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .build()?;
+    let r = anonymous.get(&url).send().await;
+    assert!(r.is_err(), "a host's chunk server answered a client with no certificate: {r:?}");
+    Ok(())
+}

@@ -6,7 +6,8 @@
 //! - `services/<s>/releases/<build>/`: unpacked releases; `.partial-<build>` while unpacking;
 //! - `services/<s>/current`: a symlink to the running release, replaced by rename;
 //! - `services/<s>/pid`: the service's process group, `<pid> <start time> <build>`;
-//! - `services/<s>/logs/<build>.log`: its output.
+//! - `services/<s>/logs/<build>.log`: its output;
+//! - `peer.addr`: where it serves its verified chunks to its rack's peers (see `peers`).
 //!
 //! A kill at any point leaves `current` on a complete release: a release directory appears
 //! only by renaming a fully unpacked and verified one, and `current` changes by renaming a
@@ -35,6 +36,7 @@ use crate::service;
 use crate::unpack::unpack;
 
 mod peers;
+pub use peers::PEER_ADDR_FILE;
 
 /// Releases kept per service (the running one included).
 pub const KEEP_RELEASES: usize = 3;

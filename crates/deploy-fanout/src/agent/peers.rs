@@ -28,6 +28,8 @@ use tokio::task::JoinSet;
 use super::*;
 use crate::relay::exchange::{format_have, ExchangePlan, PeerInfo, Trouble};
 
+/// The file under the agent's root that says where its chunk server is.
+pub const PEER_ADDR_FILE: &str = "peer.addr";
 /// Chunks fetched at once through the exchange.
 const WINDOW: usize = 4;
 /// How long the chunk server waits for a chunk it does not hold yet.
@@ -125,6 +127,10 @@ impl Agent {
         };
         *lock(&self.peers.url) = Some(self.opts.transport.url(&advertised));
         self.changed.notify_one();
+        // Where it serves, for operators and tests (a port 0 listener's port is known only
+        // now).
+        let _ = std::fs::create_dir_all(&self.opts.root);
+        let _ = std::fs::write(self.opts.root.join(PEER_ADDR_FILE), format!("{advertised}\n"));
         info!(host = %self.opts.id, addr = %advertised, "serving chunks to the rack's peers");
         let app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
