@@ -70,6 +70,7 @@ async fn two_racks_of_eight_hosts_take_about_one_copy_per_rack_from_their_relays
         let m = metrics(&c, relay).await?;
         let sent = count(&m, "deploy_relay_served_bytes_total");
         let copies = sent / size;
+        println!("{relay} sent {copies:.2} copies of the artifact");
         // Each chunk leaves the relay once, to its owner; a few more may, when a peer was
         // slow to have one (the fallback). Without the exchange it would be 8 copies.
         assert!(
@@ -248,6 +249,9 @@ async fn a_hosts_chunk_server_answers_only_its_racks_hosts_and_relays() -> anyho
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
         .build()?;
     let r = anonymous.get(&url).send().await;
-    assert!(r.is_err(), "a host's chunk server answered a client with no certificate: {r:?}");
+    assert!(
+        r.is_err(),
+        "a host's chunk server answered a client with no certificate: {r:?}"
+    );
     Ok(())
 }

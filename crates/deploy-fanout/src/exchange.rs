@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 
 /// Chunks of its share an owner keeps from one plan to the next before it holds them: as
-/// many as a host fetches at once, which are likely on their way.
-pub const KEPT_AHEAD: usize = 4;
+/// many as a host takes from one plan, which are likely on their way.
+pub const KEPT_AHEAD: usize = 8;
 
 /// One host of the rack taking part in one artifact's exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -67,6 +67,10 @@ pub struct Spec {
     pub nic_limit: Option<u64>,
     /// Agents verify and record releases but start no process (`deployd agent --sim`).
     pub sim_agents: bool,
+    /// Hosts whose NIC is limited to another rate than [`Spec::nic_limit`] (a slow host).
+    pub host_nics: std::collections::BTreeMap<String, u64>,
+    /// Every region's `peer_exchange` (default on).
+    pub peer_exchange: bool,
 }
 
 /// A directory a [`Spec`]'s builds may write to: tests' builds leave evidence there.
@@ -138,10 +142,11 @@ impl Spec {
             secure: false,
             nic_limit: None,
             sim_agents: false,
+            host_nics: std::collections::BTreeMap::new(),
+            peer_exchange: true,
         }
     }
 
-    /// Mutual TLS and tokens instead of `insecure = true`.
     /// Limits every relay's and agent's NIC to `bytes_per_sec` in each direction.
     pub fn nic_limit(mut self, bytes_per_sec: u64) -> Self {
         self.nic_limit = Some(bytes_per_sec);
@@ -154,8 +159,21 @@ impl Spec {
         self
     }
 
+    /// Mutual TLS and tokens instead of `insecure = true`.
     pub fn secure(mut self) -> Self {
         self.secure = true;
+        self
+    }
+
+    /// Limits host `host`'s NIC to `bytes_per_sec` in each direction, not the others' rate.
+    pub fn host_nic(mut self, host: &str, bytes_per_sec: u64) -> Self {
+        self.host_nics.insert(host.to_string(), bytes_per_sec);
+        self
+    }
+
+    /// Turns the intra-rack exchange off in every region (relays serve every host).
+    pub fn without_peer_exchange(mut self) -> Self {
+        self.peer_exchange = false;
         self
     }
 
@@ -382,8 +400,9 @@ impl Spec {
                 None => format!("store = \"file://{}\"\n", store_root.join(r).display()),
             };
             s.push_str(&format!(
-                "\n[[regions]]\nname = \"{r}\"\nvoters = [{}]\n{store}",
+                "\n[[regions]]\nname = \"{r}\"\nvoters = [{}]\n{store}peer_exchange = {}\n",
                 list((1..=*n).map(|i| format!("{r}-{i}")).collect()),
+                self.peer_exchange,
             ));
         }
         for (id, region) in self.workers.iter().chain(&self.external_workers) {

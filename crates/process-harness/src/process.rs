@@ -43,6 +43,8 @@ pub struct ProcessCluster {
     nic_limit: Option<u64>,
     /// [`crate::Spec::sim_agents`]
     sim_agents: bool,
+    /// [`crate::Spec::host_nics`]
+    host_nics: std::collections::BTreeMap<String, u64>,
 }
 
 impl ProcessCluster {
@@ -112,6 +114,7 @@ impl ProcessCluster {
             worker_failpoint: spec.worker_failpoint.clone(),
             nic_limit: spec.nic_limit,
             sim_agents: spec.sim_agents,
+            host_nics: spec.host_nics.clone(),
         };
         for n in names
             .iter()
@@ -238,7 +241,8 @@ impl ProcessCluster {
         if matches!(p.kind, Kind::Worker | Kind::Agent(_)) {
             cmd.arg("--http").arg(&p.addr);
         }
-        if let (Some(rate), Kind::Relay | Kind::Agent(_)) = (self.nic_limit, &p.kind) {
+        let nic = self.host_nics.get(name).copied().or(self.nic_limit);
+        if let (Some(rate), Kind::Relay | Kind::Agent(_)) = (nic, &p.kind) {
             cmd.args([
                 "--nic-in",
                 &rate.to_string(),

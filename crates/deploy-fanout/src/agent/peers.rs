@@ -26,12 +26,17 @@ use deploy_tls::listener::Peer;
 use tokio::task::JoinSet;
 
 use super::*;
-use crate::relay::exchange::{format_have, ExchangePlan, PeerInfo, Trouble};
+use crate::relay::exchange::{format_have, ExchangePlan, PeerInfo, PlannedChunk, Trouble};
 
 /// The file under the agent's root that says where its chunk server is.
 pub const PEER_ADDR_FILE: &str = "peer.addr";
 /// Chunks fetched at once through the exchange.
 const WINDOW: usize = 4;
+/// Chunks taken from one plan: the planner keeps as many of an owner's next chunks its own.
+const TAKEN: usize = crate::exchange::KEPT_AHEAD;
+/// How often a host asks its relay for a fresh plan while it fetches (new holders, failed
+/// peers, hosts that joined).
+const REPLAN_EVERY: Duration = Duration::from_secs(1);
 /// How long the chunk server waits for a chunk it does not hold yet.
 const HOLD_WAIT: Duration = Duration::from_secs(8);
 /// How long a fetch from a peer may take before the peer counts as too slow, until the
@@ -130,7 +135,10 @@ impl Agent {
         // Where it serves, for operators and tests (a port 0 listener's port is known only
         // now).
         let _ = std::fs::create_dir_all(&self.opts.root);
-        let _ = std::fs::write(self.opts.root.join(PEER_ADDR_FILE), format!("{advertised}\n"));
+        let _ = std::fs::write(
+            self.opts.root.join(PEER_ADDR_FILE),
+            format!("{advertised}\n"),
+        );
         info!(host = %self.opts.id, addr = %advertised, "serving chunks to the rack's peers");
         let app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
@@ -243,24 +251,39 @@ impl Agent {
         let skip: Arc<Mutex<BTreeSet<String>>> = Arc::default();
         let mut busy = BTreeSet::new();
         let mut running: JoinSet<(usize, Result<(), String>)> = JoinSet::new();
+        let mut pending: VecDeque<PlannedChunk> = VecDeque::new();
+        let mut relay = String::new();
+        let mut asked = tokio::time::Instant::now();
+        let mut stale = true;
         loop {
             let done = have.iter().all(|h| *h);
-            // Asked once more when done, so the relay knows this host holds it all (a later
-            // wave takes it from here).
-            let (relay, plan) = match self.ask(&digest, have).await {
-                Ok(p) => p,
-                Err(e) => {
-                    warn!(host = %self.opts.id, error = %e, "no exchange plan; taking the chunks from the relays");
-                    break;
+            // Asked again when the plan is used up, a while old, or a peer failed; and once
+            // more when done, so the relay knows this host holds it all (a later wave takes
+            // it from here).
+            if done || stale || pending.is_empty() || asked.elapsed() >= REPLAN_EVERY {
+                match self.ask(&digest, have).await {
+                    Ok((r, plan)) if plan.peers && !done => {
+                        relay = r;
+                        // Only the head of it: the rest may be planned anew by then (hosts
+                        // that joined take their share of what the first one was given).
+                        pending = plan
+                            .chunks
+                            .into_iter()
+                            .filter(|p| !busy.contains(&p.index))
+                            .take(TAKEN)
+                            .collect();
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        warn!(host = %self.opts.id, error = %e, "no exchange plan; taking the chunks from the relays");
+                        break;
+                    }
                 }
-            };
-            if done || !plan.peers {
-                break;
+                asked = tokio::time::Instant::now();
+                stale = false;
             }
-            for p in plan.chunks {
-                if running.len() >= WINDOW {
-                    break;
-                }
+            while running.len() < WINDOW {
+                let Some(p) = pending.pop_front() else { break };
                 let (Some(c), Some(path)) = (m.chunks.get(p.index), paths.get(p.index)) else {
                     continue;
                 };
@@ -277,22 +300,34 @@ impl Agent {
                     (p.index, r)
                 });
             }
-            let Some(joined) = running.join_next().await else {
-                // Nothing left to start and nothing running: the plan gave nothing new.
-                break;
+            if running.is_empty() {
+                if pending.is_empty() {
+                    // The plan gave nothing new to start: the relays and the store take over.
+                    break;
+                }
+                continue;
+            }
+            let joined = tokio::select! {
+                j = running.join_next() => j,
+                _ = tokio::time::sleep_until(asked + REPLAN_EVERY) => continue,
             };
             match joined {
-                Ok((i, Ok(()))) => {
+                Some(Ok((i, Ok(())))) => {
                     busy.remove(&i);
                     if let Some(h) = have.get_mut(i) {
                         *h = true;
                     }
                 }
-                Ok((i, Err(e))) => {
+                Some(Ok((i, Err(e)))) => {
                     busy.remove(&i);
+                    stale = true;
                     warn!(host = %self.opts.id, error = %e, "chunk not fetched through the exchange");
                 }
-                Err(e) => warn!(host = %self.opts.id, error = %e, "a chunk fetch ended abnormally"),
+                Some(Err(e)) => {
+                    stale = true;
+                    warn!(host = %self.opts.id, error = %e, "a chunk fetch ended abnormally");
+                }
+                None => {}
             }
         }
         // Whatever is still running finishes (its chunk is written, or left to the caller).
