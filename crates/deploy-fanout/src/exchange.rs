@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 /// Chunks of its share an owner keeps from one plan to the next before it holds them: as
 /// many as a host takes from one plan, which are likely on their way.
-pub const KEPT_AHEAD: usize = 8;
+pub const KEPT_AHEAD: usize = 16;
 
 /// One host of the rack taking part in one artifact's exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,9 +245,10 @@ pub fn transfers(problem: &Problem, plan: &Plan) -> Vec<Transfer> {
     out
 }
 
-/// The transfers of member `to` alone, in the order to fetch them: what it takes from the
-/// relay first (others wait for those), then the rest by their place in their owners'
-/// shares, so that a host asks a peer for a chunk about when the peer has it.
+/// The transfers of member `to` alone, in the order to fetch them: by their place in their
+/// owners' shares (an owner takes its share in index order, so a host asks a peer for a
+/// chunk about when the peer has it), and in each round its own from the relay first (the
+/// others wait for those).
 pub fn transfers_for(problem: &Problem, plan: &Plan, to: usize) -> Vec<Transfer> {
     let mut mine: Vec<Transfer> = transfers(problem, plan)
         .into_iter()
@@ -265,8 +266,8 @@ pub fn transfers_for(problem: &Problem, plan: &Plan, to: usize) -> Vec<Transfer>
     }
     mine.sort_by_key(|t| {
         (
-            !matches!(t.from, Source::Relay),
             rank.get(t.chunk).copied().unwrap_or(0),
+            !matches!(t.from, Source::Relay),
             t.chunk,
         )
     });

@@ -129,7 +129,7 @@ fn with_nobody_to_serve_every_host_takes_every_chunk_from_the_relay() {
 }
 
 #[test]
-fn a_host_is_given_its_relay_chunks_first() {
+fn a_host_fetches_round_by_round_its_own_chunk_first() {
     let p = rack(4, 8, 10);
     let plan = plan(&p, None);
     let mine = transfers_for(&p, &plan, 1);
@@ -137,7 +137,7 @@ fn a_host_is_given_its_relay_chunks_first() {
     let relay: Vec<bool> = mine.iter().map(|t| t.from == Source::Relay).collect();
     assert_eq!(
         relay,
-        [true, true, false, false, false, false, false, false]
+        [true, false, false, false, true, false, false, false]
     );
 }
 

@@ -31,7 +31,7 @@ use crate::relay::exchange::{format_have, ExchangePlan, PeerInfo, PlannedChunk, 
 /// The file under the agent's root that says where its chunk server is.
 pub const PEER_ADDR_FILE: &str = "peer.addr";
 /// Chunks fetched at once through the exchange.
-const WINDOW: usize = 4;
+const WINDOW: usize = 8;
 /// Chunks taken from one plan: the planner keeps as many of an owner's next chunks its own.
 const TAKEN: usize = crate::exchange::KEPT_AHEAD;
 /// How often a host asks its relay for a fresh plan while it fetches (new holders, failed
@@ -104,12 +104,15 @@ enum PeerFailure {
 }
 
 impl Agent {
-    /// What the agent states of its chunk server in its reports.
+    /// What the agent states of its chunk server in its reports: where it is, and what it
+    /// may upload (its upload share, or its NIC's egress, whichever is less; 0: unlimited).
     pub(super) fn peer_info(&self) -> Option<PeerInfo> {
-        lock(&self.peers.url).clone().map(|url| PeerInfo {
-            url,
-            up: self.opts.peer_upload.unwrap_or(0),
-        })
+        let up = [self.opts.peer_upload, self.opts.nic.egress.rate()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(0);
+        lock(&self.peers.url).clone().map(|url| PeerInfo { url, up })
     }
 
     /// Binds and runs the chunk server when the options name an address for it.
