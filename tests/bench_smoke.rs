@@ -60,7 +60,10 @@ fn each_benchmark_runs_small_and_the_report_shows_its_figures() -> anyhow::Resul
     // Each rack's relay reads the store once, and the hosts share the chunks.
     let chunks = run["chunks"].as_u64().unwrap_or(0);
     assert_eq!(run["store_chunk_reads"], chunks * 2, "{f}");
-    assert!(run["chunks_from_peers"].as_f64().unwrap_or(0.0) > 0.0, "{f}");
+    assert!(
+        run["chunks_from_peers"].as_f64().unwrap_or(0.0) > 0.0,
+        "{f}"
+    );
     assert!(run["last_host_secs"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(f["runs"]["naive"]["last_host_secs"].as_f64().unwrap_or(0.0) > 0.0);
 

@@ -238,7 +238,10 @@ async fn deployd_dev_with_two_regions_of_two_racks_of_four_hosts_runs_the_releas
                     .proc;
                 anyhow::ensure!(pid.alive(), "{h}: service {pid} is not running");
                 // Its chunk server for the rack's peers is up: dev shares chunks by default.
-                let peer = data.join("hosts").join(&h).join(deploy_fanout::agent::PEER_ADDR_FILE);
+                let peer = data
+                    .join("hosts")
+                    .join(&h)
+                    .join(deploy_fanout::agent::PEER_ADDR_FILE);
                 anyhow::ensure!(peer.is_file(), "{h}: no chunk server");
             }
             // Every relay planned its rack's exchange, and its hosts took chunks from each
@@ -247,10 +250,20 @@ async fn deployd_dev_with_two_regions_of_two_racks_of_four_hosts_runs_the_releas
             let m = test_harness::releases::scrape(&http, &addrs[&rack.relay])
                 .await
                 .ok_or_else(|| anyhow::anyhow!("no metrics from {}", rack.relay))?;
-            let asks = m.get("deploy_relay_exchange_asks_total").copied().unwrap_or(0.0);
+            let asks = m
+                .get("deploy_relay_exchange_asks_total")
+                .copied()
+                .unwrap_or(0.0);
             anyhow::ensure!(asks > 0.0, "{}: no exchange plans asked: {m:?}", rack.relay);
-            let requests = m.get("deploy_relay_chunk_requests_total").copied().unwrap_or(0.0);
-            anyhow::ensure!(requests < 4.0, "{}: {requests} chunk requests for 4 hosts: {m:?}", rack.relay);
+            let requests = m
+                .get("deploy_relay_chunk_requests_total")
+                .copied()
+                .unwrap_or(0.0);
+            anyhow::ensure!(
+                requests < 4.0,
+                "{}: {requests} chunk requests for 4 hosts: {m:?}",
+                rack.relay
+            );
         }
         anyhow::Ok(())
     }

@@ -34,11 +34,11 @@ pub struct Args {
     pub size_mib: u64,
     /// Chunk size in KiB: small enough that each host of a rack owns many chunks, as a
     /// 10 GiB artifact's 4 MiB chunks are to a rack of 40.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     pub chunk_kib: u64,
     /// Every relay's and host's NIC, bytes per second in each direction. Low enough that the
     /// machine's cores keep up with every host hashing at this rate.
-    #[arg(long, default_value_t = 3_000_000)]
+    #[arg(long, default_value_t = 2_000_000)]
     pub rate: u64,
     #[arg(long, default_value_t = 64)]
     pub hosts: usize,
@@ -72,10 +72,34 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "--hosts must be a multiple of --racks"
     );
     let shapes = [
-        Shape { name: "exchange", hosts: args.hosts, racks: args.racks, exchange: true, slow: false },
-        Shape { name: "slow-host", hosts: args.hosts, racks: args.racks, exchange: true, slow: true },
-        Shape { name: "one-rack", hosts: args.rack_hosts, racks: 1, exchange: true, slow: false },
-        Shape { name: "relay-only", hosts: args.hosts, racks: args.racks, exchange: false, slow: false },
+        Shape {
+            name: "exchange",
+            hosts: args.hosts,
+            racks: args.racks,
+            exchange: true,
+            slow: false,
+        },
+        Shape {
+            name: "slow-host",
+            hosts: args.hosts,
+            racks: args.racks,
+            exchange: true,
+            slow: true,
+        },
+        Shape {
+            name: "one-rack",
+            hosts: args.rack_hosts,
+            racks: 1,
+            exchange: true,
+            slow: false,
+        },
+        Shape {
+            name: "relay-only",
+            hosts: args.hosts,
+            racks: args.racks,
+            exchange: false,
+            slow: false,
+        },
     ];
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut runs = serde_json::Map::new();
@@ -138,7 +162,12 @@ async fn run_tree(args: &Args, shape: &Shape) -> anyhow::Result<Value> {
     // The slow host: in the middle of the last rack, its NIC at a quarter of the others'.
     let slow = shape
         .slow
-        .then(|| racks.last().and_then(|r| r.hosts.get(r.hosts.len() / 2)).cloned())
+        .then(|| {
+            racks
+                .last()
+                .and_then(|r| r.hosts.get(r.hosts.len() / 2))
+                .cloned()
+        })
         .flatten();
     if let Some(h) = &slow {
         spec = spec.host_nic(h, rate / 4);
@@ -175,6 +204,8 @@ async fn run_tree(args: &Args, shape: &Shape) -> anyhow::Result<Value> {
             regions: vec!["east".into()],
             strategy: Some(pb::Strategy {
                 min_healthy_ms: Some(0),
+                // Relays alone take `hosts per rack x S/B`.
+                progress_deadline_ms: Some(1_800_000),
                 ..all_at_once(per_rack as u32)
             }),
             actor: "bench".into(),
@@ -240,8 +271,14 @@ async fn run_tree(args: &Args, shape: &Shape) -> anyhow::Result<Value> {
     let (mut from_peers, mut max_upload) = (0.0, 0.0f64);
     for h in &hosts {
         if let Ok(m) = scrape(&http, c.addr(h)?).await {
-            from_peers += m.get("deploy_agent_chunks_from_peers_total").copied().unwrap_or(0.0);
-            let up = m.get("deploy_agent_peer_served_bytes_total").copied().unwrap_or(0.0);
+            from_peers += m
+                .get("deploy_agent_chunks_from_peers_total")
+                .copied()
+                .unwrap_or(0.0);
+            let up = m
+                .get("deploy_agent_peer_served_bytes_total")
+                .copied()
+                .unwrap_or(0.0);
             max_upload = max_upload.max(up);
         }
     }

@@ -523,9 +523,7 @@ impl Measured {
     fn from(fanout: Option<&Value>, scale: Option<&Value>, e2e: Option<&Value>) -> Self {
         // The tree's own efficiency: the run where the machine kept up, if there is one.
         let fanout_ratio = fanout
-            .and_then(|d| {
-                d["figures"]["runs"]["exchange"]["ratio_to_lower_bound"].as_f64()
-            })
+            .and_then(|d| d["figures"]["runs"]["exchange"]["ratio_to_lower_bound"].as_f64())
             .unwrap_or(f64::NAN);
         let store_copies_per_rack = fanout
             .and_then(|d| {

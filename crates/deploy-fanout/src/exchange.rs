@@ -15,12 +15,14 @@
 //!   is no longer eligible, and everything it owed goes to the others.
 //! - New chunks go to the eligible host whose share, over its upload budget, would end
 //!   soonest, so a host with a quarter of the others' budget owns about a quarter as much.
+//!   Every other host takes a chunk from its owner, so what a host uploads is its planned
+//!   share, whenever each host asks.
 
 use std::collections::BTreeMap;
 
 /// Chunks of its share an owner keeps from one plan to the next before it holds them: as
-/// many as a host takes from one plan, which are likely on their way.
-pub const KEPT_AHEAD: usize = 16;
+/// many as a host has on their way from the relay at once.
+pub const KEPT_AHEAD: usize = 4;
 
 /// One host of the rack taking part in one artifact's exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,24 +100,22 @@ pub fn plan(problem: &Problem, previous: Option<&Plan>) -> Plan {
         .enumerate()
         .map(|(i, m)| (m.id.as_str(), i))
         .collect();
-    // Bytes each member is expected to serve, to weigh the next assignment: a chunk's
-    // copies are shared among its eligible holders and its owner.
-    let shared = |c: usize| {
-        let holders = (0..problem.members.len())
-            .filter(|&m| problem.eligible(m) && problem.holds(m, c))
-            .count() as u64;
-        let lacking = (0..problem.members.len())
-            .filter(|&m| !problem.holds(m, c))
-            .count() as u64;
-        problem.chunk_bytes[c] * lacking / (holders + 1)
+    // Bytes each member is expected to serve, to weigh the next assignment: an owner serves
+    // every other member lacking the chunk; a holder serves an owner that lacks it (the
+    // holders of a chunk share that).
+    let lacking = |c: usize, m: usize| {
+        (0..problem.members.len())
+            .filter(|&x| x != m && !problem.holds(x, c))
+            .count() as u64
     };
+    let shared = |c: usize, m: usize| problem.chunk_bytes[c] * lacking(c, m);
     let mut load = vec![0u64; problem.members.len()];
     for c in 0..n {
-        let each = shared(c);
-        for (m, l) in load.iter_mut().enumerate() {
-            if problem.eligible(m) && problem.holds(m, c) {
-                *l += each;
-            }
+        let holders: Vec<usize> = (0..problem.members.len())
+            .filter(|&m| problem.eligible(m) && problem.holds(m, c))
+            .collect();
+        for &m in &holders {
+            load[m] += problem.chunk_bytes[c] / holders.len() as u64;
         }
     }
     let mut owners: Vec<Option<usize>> = vec![None; n];
@@ -137,7 +137,7 @@ pub fn plan(problem: &Problem, previous: Option<&Plan>) -> Plan {
                 ahead[m] <= KEPT_AHEAD
             });
         if let Some(m) = kept {
-            load[m] += shared(c);
+            load[m] += shared(c, m);
             *owner = Some(m);
         }
     }
@@ -147,7 +147,6 @@ pub fn plan(problem: &Problem, previous: Option<&Plan>) -> Plan {
         if owner.is_some() {
             continue;
         }
-        let size = shared(c);
         let eligible: Vec<usize> = (0..problem.members.len())
             .filter(|&m| problem.eligible(m))
             .collect();
@@ -162,11 +161,11 @@ pub fn plan(problem: &Problem, previous: Option<&Plan>) -> Plan {
             lacking
         };
         let best = candidates.into_iter().min_by(|&a, &b| {
-            let ends = |m: usize| (load[m] + size) as f64 / problem.members[m].up as f64;
+            let ends = |m: usize| (load[m] + shared(c, m)) as f64 / problem.members[m].up as f64;
             ends(a).total_cmp(&ends(b)).then(a.cmp(&b))
         });
         if let Some(m) = best {
-            load[m] += size;
+            load[m] += shared(c, m);
             *owner = Some(m);
         }
     }
@@ -179,8 +178,8 @@ pub fn plan(problem: &Problem, previous: Option<&Plan>) -> Plan {
 }
 
 /// Every transfer `plan` makes: a chunk's owner takes it from a member that holds it, else
-/// from the relay; every other member lacking it takes it from the least busy of its
-/// holders and its owner (which serves it once it holds it), else from the relay.
+/// from the relay; every other member lacking it takes it from its owner (which serves it
+/// once it holds it), else (no eligible owner) from a holder, else from the relay.
 pub fn transfers(problem: &Problem, plan: &Plan) -> Vec<Transfer> {
     let index: BTreeMap<&str, usize> = problem
         .members
@@ -209,13 +208,21 @@ pub fn transfers(problem: &Problem, plan: &Plan) -> Vec<Transfer> {
             if problem.holds(to, c) {
                 continue;
             }
-            // The owner takes it from a holder, or from the relay where that ends sooner
-            // (a slow holder's share); the others from a holder or the owner, whichever is least
-            // busy; with neither, from the relay.
-            let host = (0..problem.members.len())
-                .filter(|&m| m != to && problem.eligible(m))
-                .filter(|&m| problem.holds(m, c) || (owner == Some(m) && owner != Some(to)))
-                .min_by(|&a, &b| by_share(&serving, problem, a, b));
+            // The others take it from its owner, so each host serves its planned share. The
+            // owner (or, with none, each host) takes it from the least busy holder, or from
+            // the relay where that ends sooner (a slow holder's share); with no holder, from
+            // the relay.
+            let k = problem.members.len();
+            let host = match owner.filter(|&o| o != to) {
+                Some(o) => Some(o),
+                None => (0..k)
+                    .filter(|&m| m != to && problem.eligible(m) && problem.holds(m, c))
+                    .min_by(|&a, &b| {
+                        // Ties rotate with the chunk, so no holder is everybody's first.
+                        by_share(&serving, problem, a, b)
+                            .then(((a + k - c % k) % k).cmp(&((b + k - c % k) % k)))
+                    }),
+            };
             let from = match host {
                 // Only a holder with less than half the relay's budget is helped out: a
                 // later wave must not take the relay's egress back.

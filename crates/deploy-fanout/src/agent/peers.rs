@@ -30,19 +30,28 @@ use crate::relay::exchange::{format_have, ExchangePlan, PeerInfo, PlannedChunk, 
 
 /// The file under the agent's root that says where its chunk server is.
 pub const PEER_ADDR_FILE: &str = "peer.addr";
-/// Chunks fetched at once through the exchange.
-const WINDOW: usize = 8;
-/// Chunks taken from one plan: the planner keeps as many of an owner's next chunks its own.
-const TAKEN: usize = crate::exchange::KEPT_AHEAD;
+/// Chunks fetched at once through the exchange: one per host taking part (a peer's upload is
+/// shared by every host fetching from it, so a host needs about as many fetches as peers to
+/// fill its own NIC), within these bounds (each holds up to a chunk in memory).
+const MIN_WINDOW: usize = 4;
+const MAX_WINDOW: usize = 32;
+/// Chunks taken from one plan.
+const TAKEN: usize = 2 * MAX_WINDOW;
+/// Chunks from the relay in flight or taken from a plan, at most: the planner keeps as many
+/// of an owner's next chunks its own, and shares the rest anew among the hosts that ask
+/// meanwhile (the first host to ask would otherwise own the whole artifact).
+const RELAY_AHEAD: usize = crate::exchange::KEPT_AHEAD;
 /// How often a host asks its relay for a fresh plan while it fetches (new holders, failed
 /// peers, hosts that joined).
 const REPLAN_EVERY: Duration = Duration::from_secs(1);
 /// How long the chunk server waits for a chunk it does not hold yet.
 const HOLD_WAIT: Duration = Duration::from_secs(8);
-/// How long a fetch from a peer may take before the peer counts as too slow, until the
-/// agent has timed chunks of its own; then four times their median, within these bounds.
-const FIRST_DEADLINE: Duration = Duration::from_secs(10);
-const MIN_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a fetch from a peer may take before the peer counts as too slow: at least the
+/// chunk server's wait for a chunk its owner is still receiving (a round of a large rack's
+/// relay takes seconds), and four times the median of the agent's own chunk times once it
+/// has four, up to twice that.
+const MIN_DEADLINE: Duration = Duration::from_secs(10);
+const MAX_DEADLINE: Duration = Duration::from_secs(20);
 /// Chunk times kept for the deadline.
 const TIMES_KEPT: usize = 32;
 
@@ -79,11 +88,11 @@ impl PeerState {
     fn deadline(&self) -> Duration {
         let times = lock(&self.times);
         if times.len() < 4 {
-            return FIRST_DEADLINE;
+            return MIN_DEADLINE;
         }
         let mut sorted: Vec<Duration> = times.iter().copied().collect();
         sorted.sort();
-        (sorted[sorted.len() / 2] * 4).clamp(MIN_DEADLINE, FIRST_DEADLINE)
+        (sorted[sorted.len() / 2] * 4).clamp(MIN_DEADLINE, MAX_DEADLINE)
     }
 
     fn timed(&self, took: Duration) {
@@ -112,7 +121,9 @@ impl Agent {
             .flatten()
             .min()
             .unwrap_or(0);
-        lock(&self.peers.url).clone().map(|url| PeerInfo { url, up })
+        lock(&self.peers.url)
+            .clone()
+            .map(|url| PeerInfo { url, up })
     }
 
     /// Binds and runs the chunk server when the options name an address for it.
@@ -253,6 +264,9 @@ impl Agent {
         let digest = m.artifact_digest;
         let skip: Arc<Mutex<BTreeSet<String>>> = Arc::default();
         let mut busy = BTreeSet::new();
+        let mut window = MIN_WINDOW;
+        // The chunks in flight from the relay (the plan named no peer).
+        let mut from_relay = BTreeSet::new();
         let mut running: JoinSet<(usize, Result<(), String>)> = JoinSet::new();
         let mut pending: VecDeque<PlannedChunk> = VecDeque::new();
         let mut relay = String::new();
@@ -267,12 +281,22 @@ impl Agent {
                 match self.ask(&digest, have).await {
                     Ok((r, plan)) if plan.peers && !done => {
                         relay = r;
+                        window = plan.members.clamp(MIN_WINDOW, MAX_WINDOW);
                         // Only the head of it: the rest may be planned anew by then (hosts
                         // that joined take their share of what the first one was given).
+                        let mut relay_slots = RELAY_AHEAD.saturating_sub(from_relay.len());
                         pending = plan
                             .chunks
                             .into_iter()
                             .filter(|p| !busy.contains(&p.index))
+                            .take_while(|p| {
+                                if p.from.is_some() {
+                                    return true;
+                                }
+                                let take = relay_slots > 0;
+                                relay_slots = relay_slots.saturating_sub(1);
+                                take
+                            })
                             .take(TAKEN)
                             .collect();
                     }
@@ -285,13 +309,16 @@ impl Agent {
                 asked = tokio::time::Instant::now();
                 stale = false;
             }
-            while running.len() < WINDOW {
+            while running.len() < window {
                 let Some(p) = pending.pop_front() else { break };
                 let (Some(c), Some(path)) = (m.chunks.get(p.index), paths.get(p.index)) else {
                     continue;
                 };
                 if have.get(p.index).copied().unwrap_or(true) || !busy.insert(p.index) {
                     continue;
+                }
+                if p.from.is_none() {
+                    from_relay.insert(p.index);
                 }
                 let from = p.from.zip(p.host).filter(|(_, h)| !lock(&skip).contains(h));
                 let (me, skip, relay) = (self.clone(), skip.clone(), relay.clone());
@@ -317,12 +344,14 @@ impl Agent {
             match joined {
                 Some(Ok((i, Ok(())))) => {
                     busy.remove(&i);
+                    from_relay.remove(&i);
                     if let Some(h) = have.get_mut(i) {
                         *h = true;
                     }
                 }
                 Some(Ok((i, Err(e)))) => {
                     busy.remove(&i);
+                    from_relay.remove(&i);
                     stale = true;
                     warn!(host = %self.opts.id, error = %e, "chunk not fetched through the exchange");
                 }

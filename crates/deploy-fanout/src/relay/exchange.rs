@@ -96,6 +96,10 @@ pub struct ExchangePlan {
     /// Whether the rack's hosts share chunks (off: every chunk from the relays).
     pub peers: bool,
     pub chunks: Vec<PlannedChunk>,
+    /// Hosts taking part: a host fetches from about as many peers at once, since each peer's
+    /// upload is shared by every host fetching from it.
+    #[serde(default)]
+    pub members: usize,
 }
 
 /// Bits `have` as one flag per chunk of `n`.
@@ -212,6 +216,7 @@ impl Inner {
         ExchangePlan {
             peers: true,
             chunks,
+            members: problem.members.len(),
         }
     }
 
