@@ -13,6 +13,8 @@
 //!   share (on their way), so its fetches do not move under it; the rest is shared anew
 //!   among the hosts taking part now. A host that failed (dead, slow, or served bad bytes)
 //!   is no longer eligible, and everything it owed goes to the others.
+//! - A host far slower than the others (less than half the median rate) serves nobody:
+//!   [`Problem::without_slow_members`].
 //! - New chunks go to the eligible host whose share, over its upload budget, would end
 //!   soonest, so a host with a quarter of the others' budget owns about a quarter as much.
 //!   Every other host takes a chunk from its owner, so what a host uploads is its planned
@@ -71,6 +73,23 @@ pub struct Transfer {
 }
 
 impl Problem {
+    /// Takes every member that moves bytes at less than half the median member's rate (the
+    /// lesser of its upload and download budgets) out of serving: it would hold the rest of
+    /// its rack back (it still receives everything, from the others).
+    pub fn without_slow_members(mut self) -> Self {
+        let rate = |m: &Member| m.up.min(m.down);
+        let mut rates: Vec<u64> = self.members.iter().filter(|m| m.up > 0).map(rate).collect();
+        rates.sort_unstable();
+        if let Some(&median) = rates.get(rates.len() / 2) {
+            for m in &mut self.members {
+                if rate(m).saturating_mul(2) < median {
+                    m.up = 0;
+                }
+            }
+        }
+        self
+    }
+
     fn eligible(&self, m: usize) -> bool {
         self.members.get(m).is_some_and(|x| x.up > 0)
     }

@@ -116,6 +116,25 @@ fn a_slow_host_owns_less_and_a_failed_one_nothing() {
 }
 
 #[test]
+fn a_host_at_a_quarter_of_the_others_rate_serves_nobody() {
+    let mut p = rack(8, 32, 10);
+    p.members[3].down = B / 4;
+    let p = p.without_slow_members();
+    assert_eq!(p.members[3].up, 0);
+    assert!(p
+        .members
+        .iter()
+        .enumerate()
+        .all(|(i, m)| i == 3 || m.up == B));
+    let plan = plan(&p, None);
+    let ts = transfers(&p, &plan);
+    assert!(plan.owners.iter().all(|o| o.as_deref() != Some("h3")));
+    assert!(ts.iter().all(|t| t.from != Source::Host(3)));
+    // It still receives every chunk.
+    assert_eq!(ts.iter().filter(|t| t.to == 3).count(), 32);
+}
+
+#[test]
 fn with_nobody_to_serve_every_host_takes_every_chunk_from_the_relay() {
     let mut p = rack(3, 4, 10);
     for m in &mut p.members {

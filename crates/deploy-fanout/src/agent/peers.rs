@@ -121,9 +121,10 @@ impl Agent {
             .flatten()
             .min()
             .unwrap_or(0);
+        let down = self.opts.nic.ingress.rate().unwrap_or(0);
         lock(&self.peers.url)
             .clone()
-            .map(|url| PeerInfo { url, up })
+            .map(|url| PeerInfo { url, up, down })
     }
 
     /// Binds and runs the chunk server when the options name an address for it.

@@ -39,6 +39,9 @@ pub struct PeerInfo {
     /// Bytes per second it may upload to its peers (0: unlimited).
     #[serde(default)]
     pub up: u64,
+    /// Bytes per second it can receive (0: unlimited).
+    #[serde(default)]
+    pub down: u64,
 }
 
 /// Longest peer URL a report may state.
@@ -167,6 +170,10 @@ impl Inner {
                     }
                     _ => 0,
                 };
+                let down = match &peer {
+                    Some(p) if p.down > 0 => p.down,
+                    _ => DEFAULT_UP,
+                };
                 urls.push(peer.map(|p| p.url));
                 let mut holds = holds.clone();
                 holds.resize(n, false);
@@ -174,7 +181,7 @@ impl Inner {
                     id: h.clone(),
                     holds,
                     up,
-                    down: DEFAULT_UP,
+                    down,
                 }
             })
             .collect();
@@ -193,7 +200,8 @@ impl Inner {
         let problem = Problem {
             chunk_bytes: sizes,
             ..problem
-        };
+        }
+        .without_slow_members();
         ex.plan = planner::plan(&problem, Some(&ex.plan));
         let chunks = planner::transfers_for(&problem, &ex.plan, me)
             .into_iter()
@@ -360,6 +368,7 @@ mod tests {
             PeerInfo {
                 url: u.into(),
                 up: 0,
+                down: 0,
             }
             .check()
         };
