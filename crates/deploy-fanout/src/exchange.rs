@@ -90,6 +90,15 @@ impl Problem {
         self
     }
 
+    /// Members by id.
+    fn index(&self) -> BTreeMap<&str, usize> {
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.id.as_str(), i))
+            .collect()
+    }
+
     fn eligible(&self, m: usize) -> bool {
         self.members.get(m).is_some_and(|x| x.up > 0)
     }
@@ -113,12 +122,7 @@ fn by_share(load: &[u64], problem: &Problem, a: usize, b: usize) -> std::cmp::Or
 /// eligible and hold the chunk or will soon (see [`KEPT_AHEAD`]).
 pub fn plan(problem: &Problem, previous: Option<&Plan>) -> Plan {
     let n = problem.chunk_bytes.len();
-    let index: BTreeMap<&str, usize> = problem
-        .members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.id.as_str(), i))
-        .collect();
+    let index = problem.index();
     // Bytes each member is expected to serve, to weigh the next assignment: an owner serves
     // every other member lacking the chunk; a holder serves an owner that lacks it (the
     // holders of a chunk share that).
@@ -200,12 +204,7 @@ pub fn plan(problem: &Problem, previous: Option<&Plan>) -> Plan {
 /// from the relay; every other member lacking it takes it from its owner (which serves it
 /// once it holds it), else (no eligible owner) from a holder, else from the relay.
 pub fn transfers(problem: &Problem, plan: &Plan) -> Vec<Transfer> {
-    let index: BTreeMap<&str, usize> = problem
-        .members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.id.as_str(), i))
-        .collect();
+    let index = problem.index();
     let held =
         |c: usize| (0..problem.members.len()).any(|m| problem.eligible(m) && problem.holds(m, c));
     // The relay sends every chunk nobody can serve: that is its load before it helps out.

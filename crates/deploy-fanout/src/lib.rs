@@ -22,4 +22,5 @@ pub mod exchange;
 pub mod fetch;
 pub mod relay;
 pub mod service;
+pub mod serving;
 pub mod unpack;

@@ -159,36 +159,9 @@ impl Agent {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/v1/chunks/{digest}", get(chunk))
             .with_state(self.clone());
-        let served = match &self.opts.transport {
-            deploy_tls::Transport::Plain => {
-                axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }
-            deploy_tls::Transport::Tls(m) => {
-                let tls = m.server_config(true).and_then(|config| {
-                    deploy_tls::listener::AxumListener::new(
-                        listener,
-                        config,
-                        format!("host {} chunks", self.opts.id),
-                        Default::default(),
-                    )
-                    .map_err(|e| deploy_tls::TlsError::Invalid(e.to_string()))
-                });
-                match tls {
-                    Ok(l) => {
-                        axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
-                            .with_graceful_shutdown(async move { stop.cancelled().await })
-                            .await
-                    }
-                    Err(e) => {
-                        warn!(host = %self.opts.id, error = %e, "cannot serve peers over TLS");
-                        return;
-                    }
-                }
-            }
-        };
-        if let Err(e) = served {
+        let what = format!("host {} chunks", self.opts.id);
+        if let Err(e) = crate::serving::serve(listener, &self.opts.transport, what, app, stop).await
+        {
             warn!(host = %self.opts.id, error = %e, "the chunk server ended");
         }
     }

@@ -198,38 +198,11 @@ impl Relay {
         tokio::spawn(watch_goals(self.inner.clone(), stop.clone()));
         tokio::spawn(send_reports(self.inner.clone(), stop.clone()));
         let app = self.router();
-        let served = match &self.inner.opts.transport {
-            deploy_tls::Transport::Plain => {
-                axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }
-            deploy_tls::Transport::Tls(m) => {
-                // Only the cluster's processes talk to a relay: its hosts and child relays.
-                let tls = m.server_config(true).and_then(|config| {
-                    deploy_tls::listener::AxumListener::new(
-                        listener,
-                        config,
-                        format!("relay {}", self.inner.opts.id),
-                        Default::default(),
-                    )
-                    .map_err(|e| deploy_tls::TlsError::Invalid(e.to_string()))
-                });
-                match tls {
-                    Ok(l) => {
-                        axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
-                            .with_graceful_shutdown(async move { stop.cancelled().await })
-                            .await
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "relay cannot serve TLS");
-                        return;
-                    }
-                }
-            }
-        };
-        if let Err(e) = served {
-            warn!(error = %e, "relay server ended");
+        // Only the cluster's processes talk to a relay: its hosts and child relays.
+        let what = format!("relay {}", self.inner.opts.id);
+        let transport = self.inner.opts.transport.clone();
+        if let Err(e) = crate::serving::serve(listener, &transport, what, app, stop).await {
+            warn!(relay = %self.inner.opts.id, error = %e, "relay server ended");
         }
     }
 }
