@@ -129,14 +129,15 @@ async fn a_host_serving_bad_bytes_is_reported_and_nobody_installs_them() -> anyh
         count(&m, "deploy_relay_bad_peers_total") >= 1.0,
         "{m:?} {seen:?}"
     );
-    // The bad peer served its share at most once to each: after the first bad chunk every
-    // other host skips it, and the relay plans around it.
+    // A host skips the bad peer after its first bad chunk, so it reports it at most once per
+    // fetch it already had going to it (4 at once in a rack of 4), and the relay plans
+    // around it.
     let mut troubles = 0.0;
     for h in &hosts[1..] {
         troubles += count(&metrics(&c, h).await?, "deploy_agent_peer_troubles_total");
     }
     assert!(
-        (1.0..=3.0).contains(&troubles),
+        (1.0..=12.0).contains(&troubles),
         "{troubles} troubles reported"
     );
     Ok(())

@@ -36,11 +36,14 @@ fn current(c: &GrpcCluster, host: &str) -> Option<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_hosts_through_one_relay_read_each_chunk_from_the_store_once() -> anyhow::Result<()>
 {
+    // Relays only: every host asks the relay for every chunk (its single flight is the
+    // point here; tests/exchange.rs covers hosts sharing chunks).
     let spec = Spec::new(1)
         .region("east", 1)
         .worker("wk", "east")
         .chunk_bytes(64 * 1024)
-        .rack("east", 16);
+        .rack("east", 16)
+        .without_peer_exchange();
     let mut c = GrpcCluster::start_spec(spec).await?;
     let client = c.client()?;
     c.start_fleet(&Limits::default(), true).await?;
@@ -522,11 +525,13 @@ async fn with_every_link_limited_the_artifact_reaches_all_hosts_reading_the_stor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_of_a_node_and_a_relay_parse_and_count_a_release() -> anyhow::Result<()> {
+    // Relays only, so the relay's counts are exact (tests/exchange.rs counts the exchange).
     let spec = Spec::new(1)
         .region("east", 1)
         .worker("wk", "east")
         .chunk_bytes(64 * 1024)
-        .rack("east", 2);
+        .rack("east", 2)
+        .without_peer_exchange();
     let mut c = GrpcCluster::start_spec(spec).await?;
     let client = c.client()?;
     c.start_fleet(&Limits::default(), true).await?;
@@ -611,7 +616,9 @@ async fn a_relay_below_another_fetches_from_it_and_the_store_is_read_once() -> a
         .chunk_bytes(64 * 1024)
         .rack("east", 2)
         .rack("east", 2)
-        .relay_parent("east-rack-2-relay", "east-rack-1-relay");
+        .relay_parent("east-rack-2-relay", "east-rack-1-relay")
+        // Relays only, so every host's chunk goes through its relay and the count is exact.
+        .without_peer_exchange();
     let mut c = GrpcCluster::start_spec(spec).await?;
     let client = c.client()?;
     c.start_fleet(&Limits::default(), true).await?;
