@@ -428,7 +428,6 @@ impl Agent {
             self.exchange(m, &paths, &mut have).await;
         }
         for ((c, path), held) in m.chunks.iter().zip(&paths).zip(have) {
-            let path = path.clone();
             if !held {
                 let started = Instant::now();
                 let data = loop {
@@ -449,12 +448,7 @@ impl Agent {
                         Err(e) => return Err(e.to_string()),
                     }
                 };
-                let to = path.clone();
-                tokio::task::spawn_blocking(move || write_durably(&to, &data))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                self.wrote_chunk();
+                self.keep_chunk(path, data).await?;
             }
         }
         Ok(paths)

@@ -166,9 +166,20 @@ impl Agent {
         }
     }
 
-    /// Notes a verified chunk written under `chunks/`: the chunk server's waiters look again.
-    pub(super) fn wrote_chunk(&self) {
+    /// Writes a verified chunk to `path` under `chunks/` durably (off the runtime), then
+    /// tells the chunk server's waiters to look again.
+    pub(super) async fn keep_chunk(
+        &self,
+        path: &std::path::Path,
+        data: Bytes,
+    ) -> Result<(), String> {
+        let to = path.to_path_buf();
+        tokio::task::spawn_blocking(move || write_durably(&to, &data))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         self.peers.written.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// The relays of the host's own rack, which keep its exchange.
@@ -395,13 +406,7 @@ impl Agent {
             }
         };
         self.peers.timed(started.elapsed());
-        let to = path.to_path_buf();
-        tokio::task::spawn_blocking(move || write_durably(&to, &data))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        self.wrote_chunk();
-        Ok(())
+        self.keep_chunk(path, data).await
     }
 
     /// A chunk from one peer within the deadline, verified.

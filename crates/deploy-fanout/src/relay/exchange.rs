@@ -135,8 +135,15 @@ pub fn format_have(flags: &[bool]) -> String {
 }
 
 impl Inner {
-    /// Host `host`'s part of the plan of `digest`, after taking note of what it holds.
-    fn plan_for(&self, digest: Digest, host: &str, have: Vec<bool>) -> ExchangePlan {
+    /// Host `host`'s part of the plan of `digest` (whose chunks weigh `sizes`), after taking
+    /// note of what it holds.
+    fn plan_for(
+        &self,
+        digest: Digest,
+        sizes: Vec<u64>,
+        host: &str,
+        have: Vec<bool>,
+    ) -> ExchangePlan {
         let now = Instant::now();
         let reports = lock(&self.reports);
         let seen = lock(&self.seen);
@@ -186,22 +193,14 @@ impl Inner {
             })
             .collect();
         let problem = Problem {
-            chunk_bytes: Vec::new(),
+            chunk_bytes: sizes,
             members,
             relay_out,
-        };
+        }
+        .without_slow_members();
         let Some(me) = problem.members.iter().position(|m| m.id == host) else {
             return ExchangePlan::default();
         };
-        let sizes = lock(&self.manifests)
-            .get(&digest)
-            .map(|m| m.chunks.iter().map(|c| c.size).collect::<Vec<u64>>())
-            .unwrap_or_else(|| vec![1; n]);
-        let problem = Problem {
-            chunk_bytes: sizes,
-            ..problem
-        }
-        .without_slow_members();
         ex.plan = planner::plan(&problem, Some(&ex.plan));
         let chunks = planner::transfers_for(&problem, &ex.plan, me)
             .into_iter()
@@ -261,16 +260,16 @@ pub(super) async fn plan(
             format!("artifact {digest} is not a goal of rack {}", me.opts.rack),
         );
     }
-    let n = match me.manifest(&digest).await {
-        Ok(m) => m.chunks.len(),
+    let sizes: Vec<u64> = match me.manifest(&digest).await {
+        Ok(m) => m.chunks.iter().map(|c| c.size).collect(),
         Err(e) => return text(StatusCode::BAD_GATEWAY, e),
     };
-    let have = match parse_have(&q.have, n) {
+    let have = match parse_have(&q.have, sizes.len()) {
         Ok(h) => h,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
     me.stats.exchange_asks.fetch_add(1, Ordering::Relaxed);
-    Json(me.plan_for(digest, &q.host, have)).into_response()
+    Json(me.plan_for(digest, sizes, &q.host, have)).into_response()
 }
 
 /// What a host says of a peer that failed it.
