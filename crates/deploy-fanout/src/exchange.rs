@@ -230,16 +230,11 @@ pub fn transfers(problem: &Problem, plan: &Plan) -> Vec<Transfer> {
             // owner (or, with none, each host) takes it from the least busy holder, or from
             // the relay where that ends sooner (a slow holder's share); with no holder, from
             // the relay.
-            let k = problem.members.len();
             let host = match owner.filter(|&o| o != to) {
                 Some(o) => Some(o),
-                None => (0..k)
+                None => (0..problem.members.len())
                     .filter(|&m| m != to && problem.eligible(m) && problem.holds(m, c))
-                    .min_by(|&a, &b| {
-                        // Ties rotate with the chunk, so no holder is everybody's first.
-                        by_share(&serving, problem, a, b)
-                            .then(((a + k - c % k) % k).cmp(&((b + k - c % k) % k)))
-                    }),
+                    .min_by(|&a, &b| by_share(&serving, problem, a, b)),
             };
             let from = match host {
                 // Only a holder with less than half the relay's budget is helped out: a
