@@ -192,6 +192,8 @@ impl Inner {
                 }
             })
             .collect();
+        // The planner runs under the exchanges' lock only: reports and goal polls go on.
+        drop((reports, seen));
         let problem = Problem {
             chunk_bytes: sizes,
             members,
